@@ -1,0 +1,9 @@
+//! cutover: a twemproxy-compatible Redis proxy that moves data to a new pool with no
+//! downtime and no lost write.
+//!
+//! The library holds everything the `cutover` binary is made of, so integration tests
+//! and benchmarks can reach the same code the proxy runs.
+
+pub mod config;
+pub mod hash;
+pub mod stats;

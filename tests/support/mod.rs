@@ -1,0 +1,307 @@
+//! Shared test support: real `redis-server` and `nutcracker` processes on free loopback
+//! ports, each stopped (killed and reaped) when its handle is dropped, and a tiny RESP
+//! client for talking to proxies byte for byte.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started process gets to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many fresh ports to try when one turns out to be taken.
+const START_ATTEMPTS: usize = 5;
+
+/// A loopback port that was free a moment ago (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// Wait until `port` accepts a connection, or the child exits, or time runs out.
+fn wait_for_port(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Kill and reap a child process.
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A redis-server on a free loopback port, with persistence off, stopped on drop.
+pub struct RedisServer {
+    /// The running process.
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+    /// Its working directory (removed on drop).
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Start a redis-server with no password.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Start a redis-server with extra `--name value` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--dir", &dir.path().display().to_string()])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH (apt-get install redis-server)");
+            if wait_for_port(&mut child, port) {
+                return RedisServer {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            stop(&mut child);
+        }
+        panic!("redis-server did not start after {START_ATTEMPTS} attempts");
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A synchronous client connection straight to this server.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .and_then(|c| c.get_connection())
+            .expect("connect to redis-server")
+    }
+
+    /// Every key on this server (db 0), by SCAN.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        let mut conn = self.client();
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut conn)
+                .expect("SCAN");
+            keys.extend(batch);
+            if next == 0 {
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// Several redis-servers, for a pool.
+pub fn redis_servers(count: usize) -> Vec<RedisServer> {
+    (0..count).map(|_| RedisServer::start()).collect()
+}
+
+/// A running proxy process (nutcracker or cutover), stopped on drop.
+pub struct Proxy {
+    /// The running process.
+    child: Child,
+    /// The client port (the pool's `listen:`).
+    pub port: u16,
+    /// The stats port.
+    pub stats_port: u16,
+    /// Its directory: config file and log.
+    pub dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Start nutcracker on `config`, a YAML text in which `LISTEN` stands for the pool's
+    /// listen address (a free port is put there).
+    pub fn nutcracker(config: &str) -> Proxy {
+        Proxy::start(Path::new("nutcracker"), config, &[])
+    }
+
+    /// Start the cutover binary on `config` (see [`Proxy::nutcracker`]).
+    pub fn cutover(config: &str) -> Proxy {
+        Proxy::start(&cutover_bin(), config, &[])
+    }
+
+    /// Start `program` with `-c config -s stats -a 127.0.0.1 -o log` and `extra` arguments.
+    pub fn start(program: &Path, config: &str, extra: &[&str]) -> Proxy {
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let stats_port = free_port();
+            let conf = dir.path().join("proxy.yml");
+            std::fs::write(
+                &conf,
+                config.replace("LISTEN", &format!("127.0.0.1:{port}")),
+            )
+            .expect("write config");
+            let mut child = Command::new(program)
+                .arg("-c")
+                .arg(&conf)
+                .args([
+                    "-s",
+                    &stats_port.to_string(),
+                    "-a",
+                    "127.0.0.1",
+                    "-i",
+                    "1000",
+                ])
+                .arg("-o")
+                .arg(dir.path().join("proxy.log"))
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+            if wait_for_port(&mut child, port) {
+                return Proxy {
+                    child,
+                    port,
+                    stats_port,
+                    dir,
+                };
+            }
+            stop(&mut child);
+        }
+        panic!(
+            "{} did not start after {START_ATTEMPTS} attempts",
+            program.display()
+        );
+    }
+
+    /// A raw connection to the proxy's client port.
+    pub fn connect(&self) -> RespConn {
+        RespConn::connect(self.port)
+    }
+
+    /// The proxy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// The cutover binary built for these tests.
+pub fn cutover_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cutover"))
+}
+
+/// A RESP request: an array of bulk strings.
+pub fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A raw RESP connection that reads whole replies and returns their exact bytes.
+pub struct RespConn {
+    /// Buffered reader over the socket.
+    reader: BufReader<TcpStream>,
+}
+
+impl RespConn {
+    /// Connect to a loopback port with a read timeout.
+    pub fn connect(port: u16) -> RespConn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to proxy");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("set timeout");
+        RespConn {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Send raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .expect("write to proxy");
+    }
+
+    /// Read one complete reply and return its exact bytes.
+    pub fn reply(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.read_reply(&mut out);
+        out
+    }
+
+    /// Send one command and read its reply.
+    pub fn call(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.send(&command(args));
+        self.reply()
+    }
+
+    /// Append one reply's bytes to `out`.
+    fn read_reply(&mut self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let n = self.reader.read_until(b'\n', out).expect("read reply line");
+        assert!(n > 0, "connection closed before a reply");
+        let line = &out[start..];
+        let head = line[0];
+        let number: i64 = std::str::from_utf8(&line[1..line.len() - 2])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        match head {
+            b'$' if number >= 0 => {
+                let mut body = vec![0u8; number as usize + 2];
+                self.reader.read_exact(&mut body).expect("read bulk");
+                out.extend_from_slice(&body);
+            }
+            b'*' if number > 0 => {
+                for _ in 0..number {
+                    self.read_reply(out);
+                }
+            }
+            _ => {}
+        }
+    }
+}

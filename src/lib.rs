@@ -4,6 +4,10 @@
 //! The library holds everything the `cutover` binary is made of, so integration tests
 //! and benchmarks can reach the same code the proxy runs.
 
+pub mod admin;
+pub mod command;
 pub mod config;
 pub mod hash;
+pub mod proxy;
+pub mod resp;
 pub mod stats;

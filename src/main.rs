@@ -1,12 +1,17 @@
 //! The `cutover` command line: nutcracker's flags with nutcracker's meanings, plus the
-//! admin address. Subcommands (`migrate`, `verify`, `ctl`) arrive with the migration engine.
+//! admin address and the client request limits. Subcommands (`migrate`, `verify`, `ctl`)
+//! arrive with the migration engine.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use cutover::config::{Config, ConfigError};
-use cutover::stats;
+use cutover::proxy::Proxy;
+use cutover::resp::RequestLimits;
+use cutover::{admin, stats};
 
 /// Smallest and largest `-m` nutcracker accepts (src/nc_mbuf.h).
 const MBUF_MIN: u64 = 512;
@@ -78,7 +83,8 @@ struct Cli {
     #[arg(short = 'p', long = "pid-file", value_name = "FILE")]
     pid_file: Option<PathBuf>,
 
-    /// Size of nutcracker's mbuf chunk in bytes; keys must be shorter than this minus 48.
+    /// Size of nutcracker's mbuf chunk in bytes (accepted for compatibility; cutover's
+    /// buffers grow as needed, and keys of any length are forwarded).
     #[arg(short = 'm', long = "mbuf-size", value_name = "N", default_value_t = 16384,
           value_parser = clap::value_parser!(u64).range(MBUF_MIN..=MBUF_MAX))]
     mbuf_size: u64,
@@ -90,6 +96,18 @@ struct Cli {
         default_value = "127.0.0.1:22223"
     )]
     admin: String,
+
+    /// Largest single argument a client may send, in bytes.
+    #[arg(long = "max-bulk-bytes", value_name = "N", default_value_t = RequestLimits::default().max_bulk)]
+    max_bulk_bytes: usize,
+
+    /// Most arguments in one client request.
+    #[arg(long = "max-args", value_name = "N", default_value_t = RequestLimits::default().max_args)]
+    max_args: usize,
+
+    /// Largest whole client request, in bytes.
+    #[arg(long = "max-request-bytes", value_name = "N", default_value_t = RequestLimits::default().max_request)]
+    max_request_bytes: usize,
 }
 
 fn main() -> ExitCode {
@@ -113,9 +131,158 @@ fn main() -> ExitCode {
         eprintln!("cutover: {message}");
         return ExitCode::FAILURE;
     }
-    tracing::info!(pools = config.pools.len(), conf = %cli.conf_file.display(), "configuration loaded");
-    eprintln!("cutover: serving is not built yet; use -t to check a configuration");
-    ExitCode::from(2)
+    let stats_addr = match resolve(&format!("{}:{}", cli.stats_addr, cli.stats_port)) {
+        Ok(addr) => addr,
+        Err(message) => return fail(&format!("stats address: {message}")),
+    };
+    let admin_addr = match resolve(&cli.admin) {
+        Ok(addr) => addr,
+        Err(message) => return fail(&format!("--admin: {message}")),
+    };
+    let pid_file = cli
+        .pid_file
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    if cli.daemonize
+        && let Err(message) = daemonize()
+    {
+        return fail(&message);
+    }
+    if let Some(path) = &pid_file
+        && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
+    {
+        return fail(&format!("cannot write pid file '{}': {e}", path.display()));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let limits = RequestLimits {
+        max_args: cli.max_args,
+        max_bulk: cli.max_bulk_bytes,
+        max_request: cli.max_request_bytes,
+        ..RequestLimits::default()
+    };
+    let served = runtime.block_on(serve(
+        config,
+        limits,
+        stats_addr,
+        Duration::from_millis(cli.stats_interval),
+        admin_addr,
+    ));
+    if let Some(path) = &pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+/// Run the proxy until SIGTERM or SIGINT, then shut down gracefully.
+async fn serve(
+    config: Config,
+    limits: RequestLimits,
+    stats_addr: SocketAddr,
+    stats_interval: Duration,
+    admin_addr: SocketAddr,
+) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let metrics = admin::install_metrics();
+    let stats_listener = stats::bind(stats_addr)
+        .await
+        .map_err(|e| format!("cannot listen on stats address {stats_addr}: {e}"))?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| format!("cannot listen on admin address {admin_addr}: {e}"))?;
+    let proxy = Proxy::start(&config, limits)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(stats::serve(
+        stats_listener,
+        stats::StatsReporter::new(proxy.pools.clone()),
+        stats_interval,
+    ));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin::Admin::new(metrics, proxy.pools.clone()),
+    ));
+    tracing::info!(%stats_addr, %admin_addr, "cutover {} started", env!("CARGO_PKG_VERSION"));
+
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+        return Err("cannot install signal handlers".to_string());
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            // nutcracker reopens its log on SIGHUP; cutover's log needs no reopening.
+            _ = hup.recv() => tracing::info!("SIGHUP ignored"),
+        }
+    }
+    tracing::info!("shutting down: no new clients; finishing requests in flight");
+    proxy.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `host:port` to a socket address.
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("'{text}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{text}' resolves to no address"))
+}
+
+/// Print an error and return a failing exit code.
+fn fail(message: &str) -> ExitCode {
+    eprintln!("cutover: {message}");
+    tracing::error!("{message}");
+    ExitCode::FAILURE
+}
+
+/// Become a daemon as nutcracker does: fork, new session, fork again, `/` as working
+/// directory, standard streams on /dev/null. Must run before any thread is started.
+fn daemonize() -> Result<(), String> {
+    // SAFETY: called before the runtime starts any thread; only async-signal-safe calls
+    // happen between fork and the parent's exit.
+    unsafe {
+        match libc::fork() {
+            -1 => return Err(format!("fork: {}", std::io::Error::last_os_error())),
+            0 => {}
+            _ => libc::_exit(0),
+        }
+        if libc::setsid() == -1 {
+            return Err(format!("setsid: {}", std::io::Error::last_os_error()));
+        }
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        match libc::fork() {
+            -1 => return Err(format!("fork: {}", std::io::Error::last_os_error())),
+            0 => {}
+            _ => libc::_exit(0),
+        }
+        libc::umask(0);
+        let root = c"/";
+        libc::chdir(root.as_ptr());
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Print every config problem with its line, then nutcracker's verdict line.

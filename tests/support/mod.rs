@@ -105,6 +105,31 @@ impl RedisServer {
             .expect("connect to redis-server")
     }
 
+    /// Remove every key (all databases).
+    pub fn flush(&self) {
+        let _: () = redis::cmd("FLUSHALL")
+            .query(&mut self.client())
+            .expect("FLUSHALL");
+    }
+
+    /// Every key of this server with its DUMP payload, sorted: what the server holds.
+    pub fn snapshot(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut conn = self.client();
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = self
+            .keys()
+            .into_iter()
+            .map(|k| {
+                let dump: Vec<u8> = redis::cmd("DUMP")
+                    .arg(&k)
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                (k, dump)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Every key on this server (db 0), by SCAN.
     pub fn keys(&self) -> Vec<Vec<u8>> {
         let mut conn = self.client();
@@ -147,6 +172,8 @@ pub struct Proxy {
     pub stats_port: u16,
     /// Its directory: config file and log.
     pub dir: tempfile::TempDir,
+    /// cutover's admin port (0 for nutcracker).
+    pub admin_port: u16,
 }
 
 impl Proxy {
@@ -156,9 +183,21 @@ impl Proxy {
         Proxy::start(Path::new("nutcracker"), config, &[])
     }
 
-    /// Start the cutover binary on `config` (see [`Proxy::nutcracker`]).
+    /// Start the cutover binary on `config` (see [`Proxy::nutcracker`]), with its admin
+    /// API on a free port ([`Proxy::admin_port`]).
     pub fn cutover(config: &str) -> Proxy {
-        Proxy::start(&cutover_bin(), config, &[])
+        Proxy::cutover_with(config, &[])
+    }
+
+    /// Start cutover with extra arguments.
+    pub fn cutover_with(config: &str, extra: &[&str]) -> Proxy {
+        let admin = free_port();
+        let mut args = vec!["--admin".to_string(), format!("127.0.0.1:{admin}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut proxy = Proxy::start(&cutover_bin(), config, &args);
+        proxy.admin_port = admin;
+        proxy
     }
 
     /// Start `program` with `-c config -s stats -a 127.0.0.1 -o log` and `extra` arguments.
@@ -197,6 +236,7 @@ impl Proxy {
                     port,
                     stats_port,
                     dir,
+                    admin_port: 0,
                 };
             }
             stop(&mut child);
@@ -212,6 +252,40 @@ impl Proxy {
         RespConn::connect(self.port)
     }
 
+    /// The stats port's JSON (one snapshot).
+    pub fn stats(&self) -> String {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.stats_port)).expect("connect to stats port");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read stats");
+        text
+    }
+
+    /// `GET path` on cutover's admin API: `(status, body)`.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http(self.admin_port, "GET", path)
+    }
+
+    /// Send SIGTERM and wait for the process to exit; returns whether it exited by itself
+    /// within `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// The proxy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
@@ -222,6 +296,31 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         stop(&mut self.child);
     }
+}
+
+/// One HTTP/1.1 request to a loopback port: `(status, body)`.
+pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to admin");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read response");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// The cutover binary built for these tests.
@@ -273,35 +372,85 @@ impl RespConn {
         out
     }
 
+    /// Read one reply, or `None` when the connection closed (or stayed silent past the
+    /// read timeout).
+    pub fn try_reply(&mut self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.try_read_reply(&mut out).then_some(out)
+    }
+
+    /// Whether the peer has closed the connection (reads EOF within `wait`).
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        let stream = self.reader.get_mut();
+        stream.set_read_timeout(Some(wait)).expect("timeout");
+        let mut byte = [0u8; 1];
+        let closed = matches!(self.reader.read(&mut byte), Ok(0));
+        self.reader
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        closed
+    }
+
+    /// Set how long reads wait.
+    pub fn set_timeout(&mut self, wait: Duration) {
+        self.reader
+            .get_mut()
+            .set_read_timeout(Some(wait))
+            .expect("timeout");
+    }
+
     /// Send one command and read its reply.
     pub fn call(&mut self, args: &[&[u8]]) -> Vec<u8> {
         self.send(&command(args));
         self.reply()
     }
 
-    /// Append one reply's bytes to `out`.
+    /// Append one reply's bytes to `out`; panics when the connection closes first.
     fn read_reply(&mut self, out: &mut Vec<u8>) {
+        assert!(self.try_read_reply(out), "connection closed before a reply");
+    }
+
+    /// Append one reply's bytes (RESP2 or RESP3) to `out`; false on EOF or timeout.
+    fn try_read_reply(&mut self, out: &mut Vec<u8>) -> bool {
         let start = out.len();
-        let n = self.reader.read_until(b'\n', out).expect("read reply line");
-        assert!(n > 0, "connection closed before a reply");
+        match self.reader.read_until(b'\n', out) {
+            Ok(n) if n > 0 && out.ends_with(b"\n") => {}
+            _ => return false,
+        }
         let line = &out[start..];
         let head = line[0];
-        let number: i64 = std::str::from_utf8(&line[1..line.len() - 2])
+        let number: i64 = std::str::from_utf8(&line[1..line.len().saturating_sub(2)])
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         match head {
-            b'$' if number >= 0 => {
+            b'$' | b'=' | b'!' if number >= 0 => {
                 let mut body = vec![0u8; number as usize + 2];
-                self.reader.read_exact(&mut body).expect("read bulk");
+                if self.reader.read_exact(&mut body).is_err() {
+                    return false;
+                }
                 out.extend_from_slice(&body);
             }
-            b'*' if number > 0 => {
+            b'*' | b'~' | b'>' if number > 0 => {
                 for _ in 0..number {
-                    self.read_reply(out);
+                    if !self.try_read_reply(out) {
+                        return false;
+                    }
+                }
+            }
+            b'%' | b'|' if number > 0 => {
+                for _ in 0..number * 2 {
+                    if !self.try_read_reply(out) {
+                        return false;
+                    }
+                }
+                if head == b'|' {
+                    return self.try_read_reply(out);
                 }
             }
             _ => {}
         }
+        true
     }
 }

@@ -1,0 +1,140 @@
+//! The admin API on `--admin` (default 127.0.0.1:22223): `GET /metrics` (Prometheus text)
+//! and `GET /status` (JSON). The migration controls join it with the migration engine.
+
+mod http;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+pub use http::{HttpRequest, HttpResponse};
+
+use crate::proxy::Pool;
+
+/// Histogram buckets for every `_seconds` histogram: 50 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+];
+
+/// How often histogram samples are folded into buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Install the Prometheus recorder for the `metrics` crate; call once, before any pool is
+/// built, so every handle resolved afterwards is exported.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .ok()?;
+    match builder.install_recorder() {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!(%error, "metrics recorder not installed");
+            None
+        }
+    }
+}
+
+/// What the admin API serves.
+pub struct Admin {
+    /// The Prometheus handle, when the recorder is installed.
+    metrics: Option<PrometheusHandle>,
+    /// The proxy's pools.
+    pools: Vec<Arc<Pool>>,
+}
+
+impl Admin {
+    /// An admin API over `pools`.
+    pub fn new(metrics: Option<PrometheusHandle>, pools: Vec<Arc<Pool>>) -> Admin {
+        Admin { metrics, pools }
+    }
+
+    /// Answer one request.
+    pub fn handle(&self, request: &HttpRequest) -> HttpResponse {
+        match (request.method.as_str(), request.path.as_str()) {
+            ("GET", "/metrics") => match &self.metrics {
+                Some(handle) => {
+                    HttpResponse::text(200, "text/plain; version=0.0.4", handle.render())
+                }
+                None => {
+                    HttpResponse::json(404, "{\"error\":\"metrics recorder not installed\"}".into())
+                }
+            },
+            ("GET", "/status") => HttpResponse::json(200, self.status()),
+            (_, "/metrics" | "/status") => {
+                HttpResponse::json(405, "{\"error\":\"use GET\"}".into())
+            }
+            _ => HttpResponse::json(
+                404,
+                format!(
+                    "{{\"error\":\"no such endpoint: {}\"}}",
+                    request.path.escape_default()
+                ),
+            ),
+        }
+    }
+
+    /// `/status`: the pools and their servers.
+    fn status(&self) -> String {
+        let pools: Vec<String> = self
+            .pools
+            .iter()
+            .map(|p| {
+                let servers: Vec<String> = p
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{{\"name\":\"{}\",\"address\":\"{}\",\"connections\":{}}}",
+                            s.name.escape_default(),
+                            s.addr.to_string().escape_default(),
+                            s.counters.server_connections.load(Relaxed)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{{\"name\":\"{}\",\"client_connections\":{},\"servers\":[{}]}}",
+                    p.name().escape_default(),
+                    p.counters.client_connections.load(Relaxed),
+                    servers.join(",")
+                )
+            })
+            .collect();
+        format!(
+            "{{\"version\":\"{}\",\"phase\":null,\"pools\":[{}]}}\n",
+            env!("CARGO_PKG_VERSION"),
+            pools.join(",")
+        )
+    }
+}
+
+/// Serve the admin API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, admin: Admin) {
+    let admin = Arc::new(admin);
+    if let Some(handle) = admin.metrics.clone() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let response = match http::read_request(&mut stream).await {
+                Ok(request) => admin.handle(&request),
+                Err(response) => response,
+            };
+            http::write_response(&mut stream, &response).await;
+        });
+    }
+}

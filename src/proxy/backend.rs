@@ -1,0 +1,359 @@
+//! One backend connection: a task that connects (lazily, or at start with `preconnect`),
+//! authenticates and selects the pool's database, then pipelines requests from many
+//! clients, written in batches, with replies matched to requests in order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::pool::Pool;
+use crate::config::ServerAddr;
+use crate::resp::{ReplyScanner, encode};
+
+/// Bytes gathered before a write is issued.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+/// Connect timeout when the pool has no `timeout:`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request got no reply from its backend. Shown to clients as `-ERR <text>`, the
+/// `strerror` texts nutcracker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The server refused the connection, or no server is live.
+    #[error("Connection refused")]
+    Refused,
+    /// The request's `timeout:` passed.
+    #[error("Connection timed out")]
+    TimedOut,
+    /// The connection broke after the request was sent (EOF or reset).
+    #[error("Connection reset by peer")]
+    Reset,
+    /// The server's host is unknown or unreachable.
+    #[error("No route to host")]
+    Unreachable,
+    /// The server sent bytes that are not RESP.
+    #[error("Invalid argument")]
+    BadReply,
+}
+
+/// A reply, or why there is none.
+pub type ReplyResult = Result<Bytes, BackendError>;
+
+/// A request on its way to a backend.
+pub struct BackendRequest {
+    /// The request's bytes, as they go on the wire.
+    pub bytes: Bytes,
+    /// Where the reply goes.
+    pub reply: oneshot::Sender<ReplyResult>,
+    /// When it times out (the pool's `timeout:` from when it was queued).
+    pub deadline: Option<Instant>,
+}
+
+/// A request written and awaiting its reply.
+struct InFlight {
+    /// Where the reply goes; `None` for the connection's own AUTH/SELECT.
+    reply: Option<oneshot::Sender<ReplyResult>>,
+    /// Request size, for the out-queue gauges.
+    bytes: usize,
+    /// When it times out.
+    deadline: Option<Instant>,
+    /// What it was, for logs when it is the connection's own setup command.
+    setup: Option<&'static str>,
+}
+
+/// How a connection ended.
+enum End {
+    /// Every sender is gone: the pool is shutting down.
+    Shutdown,
+    /// The connection failed; in-flight requests get this error.
+    Failed(BackendError),
+}
+
+/// Run connection tasks for `server` of `pool`, taking requests from `rx`, until the pool
+/// is dropped.
+pub async fn run(pool: Arc<Pool>, server: usize, mut rx: mpsc::Receiver<BackendRequest>) {
+    let mut first: Option<BackendRequest> = None;
+    let mut connect_now = pool.config.preconnect;
+    loop {
+        if first.is_none() && !connect_now {
+            match rx.recv().await {
+                Some(request) => first = Some(request),
+                None => return,
+            }
+        }
+        connect_now = false;
+        let s = &pool.servers[server];
+        let end = match connect(&s.addr, pool.timeout()).await {
+            Ok(Stream::Tcp(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let (rd, wr) = stream.into_split();
+                serve(&pool, server, rd, wr, first.take(), &mut rx).await
+            }
+            Ok(Stream::Unix(stream)) => {
+                let (rd, wr) = stream.into_split();
+                serve(&pool, server, rd, wr, first.take(), &mut rx).await
+            }
+            Err(error) => {
+                s.counters.server_err.fetch_add(1, Relaxed);
+                s.counters.errors_metric.increment(1);
+                tracing::debug!(pool = pool.name(), server = %s.name, %error, "connect failed");
+                pool.server_failed(server);
+                // Everything waiting for this connection fails with it, as in nutcracker.
+                let mut failed = first.take().into_iter().collect::<Vec<_>>();
+                while let Ok(request) = rx.try_recv() {
+                    failed.push(request);
+                }
+                for request in failed {
+                    s.counters.unqueued(request.bytes.len());
+                    let _ = request.reply.send(Err(error));
+                }
+                continue;
+            }
+        };
+        match end {
+            End::Shutdown => return,
+            End::Failed(_) => pool.server_failed(server),
+        }
+    }
+}
+
+/// A connected backend socket.
+enum Stream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix socket.
+    Unix(UnixStream),
+}
+
+/// Connect to `addr`, within the pool's timeout.
+async fn connect(addr: &ServerAddr, timeout: Option<Duration>) -> Result<Stream, BackendError> {
+    let limit = timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let attempt = async {
+        match addr {
+            ServerAddr::Tcp { host, port } => TcpStream::connect((host.as_str(), *port))
+                .await
+                .map(Stream::Tcp),
+            ServerAddr::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+        }
+    };
+    match tokio::time::timeout(limit, attempt).await {
+        Err(_) => Err(BackendError::TimedOut),
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(match e.kind() {
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+                BackendError::Refused
+            }
+            std::io::ErrorKind::TimedOut => BackendError::TimedOut,
+            _ => BackendError::Unreachable,
+        }),
+    }
+}
+
+/// Whether a reply is one nutcracker counts as a server failure: `-OOM`, `-BUSY`, `-LOADING`.
+fn is_failure_reply(reply: &[u8]) -> bool {
+    reply.starts_with(b"-OOM") || reply.starts_with(b"-BUSY") || reply.starts_with(b"-LOADING")
+}
+
+/// Serve one open connection until it fails or the pool shuts down.
+async fn serve<R, W>(
+    pool: &Pool,
+    server: usize,
+    mut rd: R,
+    mut wr: W,
+    first: Option<BackendRequest>,
+    rx: &mut mpsc::Receiver<BackendRequest>,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let s = &pool.servers[server];
+    s.counters.connection(1);
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let mut wbuf = BytesMut::with_capacity(WRITE_BATCH);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = ReplyScanner::default();
+
+    // The connection's own setup, ahead of any request: AUTH, then SELECT.
+    if let Some(password) = &pool.config.redis_auth {
+        encode::command(&mut wbuf, &[b"AUTH".as_slice(), password.as_bytes()]);
+        inflight.push_back(InFlight {
+            reply: None,
+            bytes: 0,
+            deadline: None,
+            setup: Some("AUTH"),
+        });
+    }
+    if pool.config.redis_db > 0 {
+        encode::command(
+            &mut wbuf,
+            &[
+                b"SELECT".to_vec(),
+                pool.config.redis_db.to_string().into_bytes(),
+            ],
+        );
+        inflight.push_back(InFlight {
+            reply: None,
+            bytes: 0,
+            deadline: None,
+            setup: Some("SELECT"),
+        });
+    }
+    let enqueue =
+        |request: BackendRequest, wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>| {
+            let bytes = request.bytes.len();
+            s.counters.written(bytes);
+            wbuf.extend_from_slice(&request.bytes);
+            inflight.push_back(InFlight {
+                reply: Some(request.reply),
+                bytes,
+                deadline: request.deadline,
+                setup: None,
+            });
+        };
+    if let Some(request) = first {
+        enqueue(request, &mut wbuf, &mut inflight);
+    }
+
+    let mut senders_gone = false;
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut timer_at: Option<Instant> = None;
+
+    let end = loop {
+        while wbuf.len() < WRITE_BATCH && !senders_gone {
+            match rx.try_recv() {
+                Ok(request) => enqueue(request, &mut wbuf, &mut inflight),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => senders_gone = true,
+            }
+        }
+        if senders_gone && inflight.is_empty() && wbuf.is_empty() {
+            break End::Shutdown;
+        }
+        let deadline = inflight.front().and_then(|f| f.deadline);
+        if deadline != timer_at {
+            if let Some(at) = deadline {
+                timer.as_mut().reset(at);
+            }
+            timer_at = deadline;
+        }
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            biased;
+            read = rd.read_buf(&mut rbuf) => {
+                match read {
+                    Ok(0) => {
+                        s.counters.server_eof.fetch_add(1, Relaxed);
+                        break End::Failed(BackendError::Reset);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        s.counters.server_err.fetch_add(1, Relaxed);
+                        break End::Failed(BackendError::Reset);
+                    }
+                }
+                if let Err(error) = deliver(pool, server, &mut rbuf, &mut scanner, &mut inflight) {
+                    break End::Failed(error);
+                }
+            }
+            written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
+                if written.is_err() {
+                    s.counters.server_err.fetch_add(1, Relaxed);
+                    break End::Failed(BackendError::Reset);
+                }
+            }
+            request = rx.recv(), if wbuf.is_empty() && !senders_gone => match request {
+                Some(request) => enqueue(request, &mut wbuf, &mut inflight),
+                None => senders_gone = true,
+            },
+            () = &mut timer, if timer_at.is_some() => {
+                s.counters.server_timedout.fetch_add(1, Relaxed);
+                s.counters.timeouts_metric.increment(1);
+                break End::Failed(BackendError::TimedOut);
+            }
+        }
+    };
+
+    if let End::Failed(error) = end {
+        if error != BackendError::TimedOut {
+            s.counters.errors_metric.increment(1);
+        }
+        tracing::debug!(pool = pool.name(), server = %s.name, %error, inflight = inflight.len(), "backend connection closed");
+    }
+    // Every request still in flight gets the connection's error.
+    let error = match end {
+        End::Failed(e) => e,
+        End::Shutdown => BackendError::Reset,
+    };
+    for f in inflight.drain(..) {
+        if let Some(reply) = f.reply {
+            s.counters.finished(f.bytes, None);
+            let _ = reply.send(Err(error));
+        }
+    }
+    s.counters.connection(-1);
+    end
+}
+
+/// Hand every complete reply in `rbuf` to its request. A `-OOM`/`-BUSY`/`-LOADING`
+/// reply counts as a server failure (toward ejection) but, unlike nutcracker, is passed
+/// to the client as it is and does not close the connection.
+fn deliver(
+    pool: &Pool,
+    server: usize,
+    rbuf: &mut BytesMut,
+    scanner: &mut ReplyScanner,
+    inflight: &mut VecDeque<InFlight>,
+) -> Result<(), BackendError> {
+    let s = &pool.servers[server];
+    let mut failure = false;
+    let mut answered = false;
+    loop {
+        let len = match scanner.scan(rbuf) {
+            Ok(Some(len)) => len,
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(pool = pool.name(), server = %s.name, %error, "backend sent a malformed reply");
+                s.counters.server_err.fetch_add(1, Relaxed);
+                return Err(BackendError::BadReply);
+            }
+        };
+        let reply = rbuf.split_to(len).freeze();
+        let Some(f) = inflight.pop_front() else {
+            tracing::warn!(pool = pool.name(), server = %s.name, "backend sent a reply nobody asked for");
+            return Err(BackendError::BadReply);
+        };
+        if let Some(command) = f.setup {
+            if reply.first() == Some(&b'-') {
+                tracing::warn!(pool = pool.name(), server = %s.name, command, reply = %String::from_utf8_lossy(&reply).trim_end(), "backend refused connection setup");
+            }
+            continue;
+        }
+        s.counters.finished(f.bytes, Some(len));
+        if is_failure_reply(&reply) {
+            failure = true;
+            pool.server_failed(server);
+        } else {
+            answered = true;
+        }
+        if let Some(tx) = f.reply {
+            let _ = tx.send(Ok(reply));
+        }
+    }
+    if answered && !failure {
+        pool.server_ok(server);
+    }
+    Ok(())
+}

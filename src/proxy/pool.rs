@@ -1,0 +1,216 @@
+//! A server pool at run time: its servers and their connections, the current placement
+//! (rebuilt when servers are ejected and when they come back), and its counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+
+use super::backend::{self, BackendRequest};
+use super::counters::{PoolCounters, ServerCounters};
+use crate::config::{PoolConfig, ServerAddr};
+use crate::hash::Placement;
+
+/// Requests that may wait for one backend connection before senders have to wait.
+const CONNECTION_QUEUE: usize = 4096;
+
+/// One backend server of a pool.
+pub struct Server {
+    /// Its index in the pool's name-sorted server list.
+    pub index: usize,
+    /// Its identity (stats key, metrics label).
+    pub name: String,
+    /// Where to connect.
+    pub addr: ServerAddr,
+    /// Senders to its `server_connections` connection tasks.
+    pub connections: Vec<mpsc::Sender<BackendRequest>>,
+    /// Its counters.
+    pub counters: ServerCounters,
+    /// Consecutive failures since the last success.
+    failures: AtomicU32,
+    /// Pool-clock millisecond until which it is ejected (0 = live).
+    ejected_until_ms: AtomicU64,
+}
+
+/// A pool at run time.
+pub struct Pool {
+    /// The pool's configuration.
+    pub config: PoolConfig,
+    /// Its servers, in name-sorted order.
+    pub servers: Vec<Server>,
+    /// Its counters.
+    pub counters: PoolCounters,
+    /// The placement over the servers live now.
+    placement: ArcSwap<Placement>,
+    /// The placement with every server live (rebuilt from on changes).
+    full_placement: Placement,
+    /// The pool clock's zero.
+    clock: Instant,
+    /// Pool-clock millisecond of the next ejected server's return (`u64::MAX`: none).
+    next_return_ms: AtomicU64,
+    /// Serializes placement rebuilds.
+    rebuild: std::sync::Mutex<()>,
+}
+
+/// Where one key goes: the server and which of its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Server index.
+    pub server: usize,
+    /// Connection index within the server.
+    pub connection: usize,
+}
+
+impl Pool {
+    /// Build the pool and start its connection tasks (on the current tokio runtime).
+    pub fn start(config: PoolConfig) -> Arc<Pool> {
+        let full_placement = config.placement();
+        let mut receivers = Vec::new();
+        let servers = config
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let connections = (0..config.server_connections)
+                    .map(|_| {
+                        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+                        receivers.push((index, rx));
+                        tx
+                    })
+                    .collect();
+                Server {
+                    index,
+                    name: s.name.clone(),
+                    addr: s.addr.clone(),
+                    connections,
+                    counters: ServerCounters::new(&config.name, &s.name),
+                    failures: AtomicU32::new(0),
+                    ejected_until_ms: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        let pool = Arc::new(Pool {
+            counters: PoolCounters::new(&config.name),
+            servers,
+            placement: ArcSwap::from_pointee(full_placement.clone()),
+            full_placement,
+            clock: Instant::now(),
+            next_return_ms: AtomicU64::new(u64::MAX),
+            rebuild: std::sync::Mutex::new(()),
+            config,
+        });
+        for (index, rx) in receivers {
+            tokio::spawn(backend::run(pool.clone(), index, rx));
+        }
+        pool
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Where `key` goes now, or `None` when no server is live.
+    pub fn route(&self, key: &[u8]) -> Option<Route> {
+        if self.config.auto_eject_hosts {
+            self.return_due_servers();
+        }
+        let placement = self.placement.load();
+        let server = placement.continuum().lookup(placement.key_hash(key))?;
+        let count = self.servers[server].connections.len();
+        let connection = if count == 1 {
+            0
+        } else {
+            connection_hash(key) as usize % count
+        };
+        Some(Route { server, connection })
+    }
+
+    /// Milliseconds on the pool clock.
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// A request to `server` succeeded: reset its failure count.
+    pub fn server_ok(&self, server: usize) {
+        let failures = &self.servers[server].failures;
+        if failures.load(Relaxed) != 0 {
+            failures.store(0, Relaxed);
+        }
+    }
+
+    /// `server` failed (refused, timed out, broke, or answered -OOM/-BUSY/-LOADING).
+    /// With `auto_eject_hosts`, `server_failure_limit` consecutive failures eject it for
+    /// `server_retry_timeout`, and keys are placed over the remaining servers.
+    pub fn server_failed(&self, server: usize) {
+        let s = &self.servers[server];
+        s.counters.failures_metric.increment(1);
+        let failures = s.failures.fetch_add(1, Relaxed) + 1;
+        if !self.config.auto_eject_hosts || failures < self.config.server_failure_limit {
+            return;
+        }
+        s.failures.store(0, Relaxed);
+        let until = self.now_ms() + self.config.server_retry_timeout.as_millis() as u64;
+        s.ejected_until_ms.store(until.max(1), Relaxed);
+        let epoch_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        s.counters.server_ejected_at.store(epoch_us, Relaxed);
+        s.counters.ejections_metric.increment(1);
+        self.counters.server_ejects.fetch_add(1, Relaxed);
+        tracing::warn!(pool = self.name(), server = %s.name, retry_ms = self.config.server_retry_timeout.as_millis() as u64, "server ejected");
+        self.rebuild_placement();
+    }
+
+    /// Bring back ejected servers whose retry time has come.
+    fn return_due_servers(&self) {
+        if self.next_return_ms.load(Relaxed) <= self.now_ms() {
+            self.rebuild_placement();
+        }
+    }
+
+    /// Rebuild the placement from the servers' ejection times.
+    fn rebuild_placement(&self) {
+        let _guard = self
+            .rebuild
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = self.now_ms();
+        let mut next = u64::MAX;
+        let live: Vec<bool> = self
+            .servers
+            .iter()
+            .map(|s| {
+                let until = s.ejected_until_ms.load(Relaxed);
+                if until != 0 && until <= now {
+                    s.ejected_until_ms.store(0, Relaxed);
+                    tracing::info!(pool = self.name(), server = %s.name, "ejected server back in the pool");
+                    true
+                } else if until != 0 {
+                    next = next.min(until);
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
+        self.placement
+            .store(Arc::new(self.full_placement.with_live(&live)));
+        self.next_return_ms.store(next, Relaxed);
+    }
+
+    /// The per-request timeout, if the pool has one.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.config.timeout
+    }
+}
+
+/// Spreads keys over a server's connections; the same key always takes the same
+/// connection, so one client's writes to a key keep their order (FNV-1a, 32-bit).
+fn connection_hash(key: &[u8]) -> u32 {
+    key.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}

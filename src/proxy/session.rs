@@ -1,0 +1,471 @@
+//! A client session: reads pipelined requests, answers local commands, routes the rest
+//! (splitting multi-key commands), and writes replies back strictly in request order.
+//!
+//! Where nutcracker closes the connection silently (unsupported command, wrong arity,
+//! inline command) cutover answers `-ERR ...` and keeps the connection open. Malformed
+//! RESP or a request over a limit gets `-ERR Protocol error: ...` after every reply
+//! already due, and then the connection is closed.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::backend::{BackendError, BackendRequest, ReplyResult};
+use super::counters::ErrorKind;
+use super::fragment::{self, MergeError, MergePlan};
+use super::pool::{Pool, Route};
+use crate::command::{self, Access, ArgClass, CommandClass, CommandSpec, LocalCommand};
+use crate::resp::{Parsed, Request, RequestLimits, RequestParser, encode};
+
+/// Replies a client may have outstanding before the proxy stops reading from it.
+const MAX_PENDING: usize = 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+/// A reply this large is written straight from its buffer instead of being copied.
+const LARGE_REPLY: usize = 64 * 1024;
+
+/// A reply owed to the client, in request order.
+enum Pending {
+    /// Ready now (a local reply or an error).
+    Ready(Bytes),
+    /// Forwarded to one backend.
+    Forward {
+        /// The backend's reply.
+        rx: oneshot::Receiver<ReplyResult>,
+        /// The command's class, for latency.
+        class: CommandClass,
+        /// When the request was read.
+        started: Instant,
+    },
+    /// Split across backends.
+    Split {
+        /// Each part's reply, filled in as they arrive.
+        parts: Vec<PartState>,
+        /// How to merge them.
+        plan: MergePlan,
+        /// When the request was read.
+        started: Instant,
+    },
+    /// Close the connection once everything before this is written (QUIT, protocol error).
+    Close,
+}
+
+/// One part of a split command.
+enum PartState {
+    /// Still waiting.
+    Waiting(oneshot::Receiver<ReplyResult>),
+    /// Answered.
+    Done(ReplyResult),
+}
+
+/// Session state that outlives one request.
+struct Session {
+    /// The pool this client is connected to.
+    pool: Arc<Pool>,
+    /// Replies owed, in request order.
+    pending: VecDeque<Pending>,
+    /// Whether AUTH succeeded (always true when the pool has no `redis_auth`).
+    authenticated: bool,
+    /// Set once no more requests are to be read (EOF, QUIT, protocol error, shutdown).
+    done_reading: bool,
+    /// Whether the connection is closed because of a client error.
+    client_error: bool,
+}
+
+/// Serve one client connection until it closes, QUITs, errs, or the proxy shuts down.
+pub async fn run<R, W>(
+    pool: Arc<Pool>,
+    mut rd: R,
+    mut wr: W,
+    limits: RequestLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pool.counters.client_connected();
+    let mut session = Session {
+        authenticated: pool.config.redis_auth.is_none(),
+        pool,
+        pending: VecDeque::new(),
+        done_reading: false,
+        client_error: false,
+    };
+    let mut parser = RequestParser::new(limits);
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::new();
+    if *shutdown.borrow() {
+        session.done_reading = true;
+    }
+
+    loop {
+        // Gather every reply that is ready, in order, then write them in one go.
+        let (close, large) = drain_ready(&mut session, &mut out);
+        if !out.is_empty() {
+            if wr.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        if let Some(reply) = large {
+            if wr.write_all(&reply).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        if close {
+            break;
+        }
+        if session.done_reading && session.pending.is_empty() {
+            break;
+        }
+        let can_read = !session.done_reading && session.pending.len() < MAX_PENDING;
+        if input.capacity() - input.len() < READ_CHUNK / 4 {
+            input.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            biased;
+            reply = poll_fn(|cx| match session.pending.front_mut() {
+                Some(front) => poll_reply(&session.pool, front, cx),
+                None => Poll::Pending,
+            }), if !session.pending.is_empty() => {
+                session.pending.pop_front();
+                out.extend_from_slice(&reply);
+            }
+            read = rd.read_buf(&mut input), if can_read => {
+                match read {
+                    Ok(0) | Err(_) => session.done_reading = true,
+                    Ok(_) => session.handle_input(&mut parser, &mut input).await,
+                }
+            }
+            _ = shutdown.changed(), if !session.done_reading => session.done_reading = true,
+        }
+    }
+    session.pool.counters.client_closed(session.client_error);
+}
+
+/// Move every ready reply at the front of the queue into `out`, without waiting.
+/// Returns whether a close is due next, and a large reply to write on its own.
+fn drain_ready(session: &mut Session, out: &mut BytesMut) -> (bool, Option<Bytes>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    while let Some(front) = session.pending.front_mut() {
+        if matches!(front, Pending::Close) {
+            return (true, None);
+        }
+        match poll_reply(&session.pool, front, &mut cx) {
+            Poll::Ready(reply) => {
+                session.pending.pop_front();
+                if reply.len() >= LARGE_REPLY {
+                    return (false, Some(reply));
+                }
+                out.extend_from_slice(&reply);
+            }
+            Poll::Pending => break,
+        }
+    }
+    (false, None)
+}
+
+impl Session {
+    /// Parse and dispatch every complete request in `input`.
+    async fn handle_input(&mut self, parser: &mut RequestParser, input: &mut BytesMut) {
+        while !self.done_reading {
+            match parser.next(input) {
+                Ok(None) => return,
+                Ok(Some(Parsed::Request(request))) => self.dispatch(request).await,
+                Ok(Some(Parsed::Inline(line))) => {
+                    let name = line
+                        .split(|b| b.is_ascii_whitespace())
+                        .find(|w| !w.is_empty())
+                        .unwrap_or_default();
+                    if name.is_empty() {
+                        continue;
+                    }
+                    let text = format!(
+                        "ERR unsupported command '{}' (inline commands are not supported; send a RESP array)",
+                        printable(name)
+                    );
+                    self.error(ErrorKind::Unsupported, CommandClass::Local, &text);
+                }
+                Err(error) => {
+                    self.error(
+                        ErrorKind::Protocol,
+                        CommandClass::Local,
+                        &format!("ERR {error}"),
+                    );
+                    self.pending.push_back(Pending::Close);
+                    self.done_reading = true;
+                    self.client_error = true;
+                    input.clear();
+                }
+            }
+        }
+        // Bytes after QUIT or a protocol error are discarded.
+        input.clear();
+    }
+
+    /// Queue an error reply of the proxy's own.
+    fn error(&mut self, kind: ErrorKind, class: CommandClass, text: &str) {
+        self.pool.counters.request(class);
+        self.pool.counters.error(kind);
+        let mut out = BytesMut::with_capacity(text.len() + 3);
+        encode::error(&mut out, text);
+        self.pending.push_back(Pending::Ready(out.freeze()));
+    }
+
+    /// Queue a ready reply.
+    fn ready(&mut self, reply: &'static [u8]) {
+        self.pending
+            .push_back(Pending::Ready(Bytes::from_static(reply)));
+    }
+
+    /// Handle one request.
+    async fn dispatch(&mut self, request: Request) {
+        let Some(spec) = command::lookup(request.name()) else {
+            let text = format!("ERR unsupported command '{}'", printable(request.name()));
+            return self.error(ErrorKind::Unsupported, CommandClass::Local, &text);
+        };
+        if !spec.class.accepts(request.argc()) {
+            let text = format!("ERR wrong number of arguments for '{}' command", spec.lower);
+            return self.error(ErrorKind::Arity, spec.class_label(), &text);
+        }
+        if !self.authenticated
+            && spec.local != Some(LocalCommand::Auth)
+            && spec.local != Some(LocalCommand::Quit)
+        {
+            return self.error(
+                ErrorKind::Auth,
+                spec.class_label(),
+                "NOAUTH Authentication required",
+            );
+        }
+        if let Some(local) = spec.local {
+            return self.local(local, &request);
+        }
+        if spec.class == ArgClass::ArgEval {
+            let args: Vec<&[u8]> = request.args().collect();
+            if command::eval_numkeys(&args).is_none() {
+                let text = format!(
+                    "ERR {} needs numkeys of at least 1, no more than the keys given: cutover routes scripts by their first key",
+                    spec.lower
+                );
+                return self.error(ErrorKind::Arity, spec.class_label(), &text);
+            }
+        }
+        let started = Instant::now();
+        self.pool.counters.request(spec.class_label());
+        if spec.split.is_some() && request.argc() > 2 {
+            return self.dispatch_split(spec, &request, started).await;
+        }
+        let key = match spec.class {
+            ArgClass::Argz | ArgClass::NoKey => b"placeholder".as_slice(),
+            ArgClass::ArgEval => request.arg(3),
+            _ => request.arg(1),
+        };
+        let Some(route) = self.pool.route(key) else {
+            return self.backend_failed(BackendError::Refused);
+        };
+        let rx = self.send(route, request.bytes().clone(), started).await;
+        let class = match spec.access {
+            Access::Write(_) => CommandClass::Write,
+            _ => spec.class_label(),
+        };
+        self.pending
+            .push_back(Pending::Forward { rx, class, started });
+    }
+
+    /// Split a multi-key command across servers (or forward it whole when its keys share one).
+    async fn dispatch_split(&mut self, spec: &CommandSpec, request: &Request, started: Instant) {
+        match fragment::split(&self.pool, spec, request) {
+            Err(()) => self.backend_failed(BackendError::Refused),
+            Ok(None) => {
+                let Some(route) = self.pool.route(request.arg(1)) else {
+                    return self.backend_failed(BackendError::Refused);
+                };
+                let rx = self.send(route, request.bytes().clone(), started).await;
+                self.pending.push_back(Pending::Forward {
+                    rx,
+                    class: CommandClass::Split,
+                    started,
+                });
+            }
+            Ok(Some((parts, plan))) => {
+                let mut states = Vec::with_capacity(parts.len());
+                for part in parts {
+                    states.push(PartState::Waiting(
+                        self.send(part.route, part.bytes, started).await,
+                    ));
+                }
+                self.pending.push_back(Pending::Split {
+                    parts: states,
+                    plan,
+                    started,
+                });
+            }
+        }
+    }
+
+    /// Queue `bytes` on the route's connection; the receiver gets the reply.
+    async fn send(
+        &mut self,
+        route: Route,
+        bytes: Bytes,
+        started: Instant,
+    ) -> oneshot::Receiver<ReplyResult> {
+        let (tx, rx) = oneshot::channel();
+        let server = &self.pool.servers[route.server];
+        server.counters.queued(bytes.len());
+        let request = BackendRequest {
+            deadline: self.pool.timeout().map(|t| started + t),
+            bytes,
+            reply: tx,
+        };
+        let connection = &server.connections[route.connection];
+        let request = match connection.try_send(request) {
+            Ok(()) => return rx,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => request,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(request)) => {
+                server.counters.unqueued(request.bytes.len());
+                let _ = request.reply.send(Err(BackendError::Refused));
+                return rx;
+            }
+        };
+        // The connection's queue is full: wait for room (this client waits, others go on).
+        if let Err(failed) = connection.send(request).await {
+            server.counters.unqueued(failed.0.bytes.len());
+            let _ = failed.0.reply.send(Err(BackendError::Refused));
+        }
+        rx
+    }
+
+    /// Queue `-ERR <reason>` for a request that could not be forwarded.
+    fn backend_failed(&mut self, error: BackendError) {
+        self.pool.counters.error(ErrorKind::Backend);
+        let mut out = BytesMut::new();
+        encode::error(&mut out, &format!("ERR {error}"));
+        self.pending.push_back(Pending::Ready(out.freeze()));
+    }
+
+    /// Answer PING, QUIT and AUTH.
+    fn local(&mut self, local: LocalCommand, request: &Request) {
+        self.pool.counters.request(CommandClass::Local);
+        match local {
+            LocalCommand::Ping => self.ready(b"+PONG\r\n"),
+            LocalCommand::Quit => {
+                self.pending.push_back(Pending::Close);
+                self.done_reading = true;
+            }
+            LocalCommand::Auth => match &self.pool.config.redis_auth {
+                None => {
+                    self.pool.counters.error(ErrorKind::Auth);
+                    self.ready(b"-ERR Client sent AUTH, but no password is set\r\n")
+                }
+                Some(password) if password.as_bytes() == request.arg(1) => {
+                    self.authenticated = true;
+                    self.ready(b"+OK\r\n")
+                }
+                Some(_) => {
+                    // A wrong password also signs the connection out, as in nutcracker.
+                    self.authenticated = false;
+                    self.pool.counters.error(ErrorKind::Auth);
+                    self.ready(b"-ERR invalid password\r\n")
+                }
+            },
+        }
+    }
+}
+
+/// Poll the reply at the front of the queue.
+fn poll_reply(pool: &Pool, pending: &mut Pending, cx: &mut Context<'_>) -> Poll<Bytes> {
+    match pending {
+        Pending::Ready(bytes) => Poll::Ready(std::mem::take(bytes)),
+        Pending::Close => Poll::Pending,
+        Pending::Forward { rx, class, started } => match Pin::new(rx).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                pool.counters
+                    .latency(*class, started.elapsed().as_secs_f64());
+                Poll::Ready(render(pool, result.unwrap_or(Err(BackendError::Reset))))
+            }
+        },
+        Pending::Split {
+            parts,
+            plan,
+            started,
+        } => {
+            let mut waiting = false;
+            for part in parts.iter_mut() {
+                if let PartState::Waiting(rx) = part {
+                    match Pin::new(rx).poll(cx) {
+                        Poll::Pending => waiting = true,
+                        Poll::Ready(result) => {
+                            *part = PartState::Done(result.unwrap_or(Err(BackendError::Reset)))
+                        }
+                    }
+                }
+            }
+            if waiting {
+                return Poll::Pending;
+            }
+            pool.counters
+                .latency(CommandClass::Split, started.elapsed().as_secs_f64());
+            let replies = parts
+                .drain(..)
+                .map(|p| match p {
+                    PartState::Done(result) => result,
+                    PartState::Waiting(_) => Err(BackendError::Reset),
+                })
+                .collect();
+            Poll::Ready(match fragment::merge(plan, replies) {
+                Ok(bytes) => bytes,
+                Err(MergeError::Backend(text)) => {
+                    pool.counters.error(ErrorKind::Backend);
+                    error_bytes(&format!("ERR {text}"))
+                }
+                Err(MergeError::Shape) => {
+                    pool.counters.error(ErrorKind::Backend);
+                    error_bytes("ERR Invalid argument")
+                }
+            })
+        }
+    }
+}
+
+/// A backend reply as the client sees it: the raw bytes, or `-ERR <reason>`.
+fn render(pool: &Pool, result: ReplyResult) -> Bytes {
+    match result {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            pool.counters.error(ErrorKind::Backend);
+            error_bytes(&format!("ERR {error}"))
+        }
+    }
+}
+
+/// `-text\r\n` as bytes.
+fn error_bytes(text: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(text.len() + 3);
+    encode::error(&mut out, text);
+    out.freeze()
+}
+
+/// A command name fit to quote in an error: at most 64 bytes, control bytes escaped.
+fn printable(name: &[u8]) -> String {
+    let mut text: String = name
+        .iter()
+        .take(64)
+        .flat_map(|&b| std::ascii::escape_default(b))
+        .map(char::from)
+        .collect();
+    if name.len() > 64 {
+        text.push_str("...");
+    }
+    text.replace('\'', "\\'")
+}

@@ -1,0 +1,9 @@
+//! RESP: our own client request parser (with limits), the backend reply scanner, and a
+//! small encoder for replies the proxy makes itself.
+
+pub mod encode;
+mod reply;
+mod request;
+
+pub use reply::{MAX_REPLY_DEPTH, ReplyError, ReplyScanner};
+pub use request::{Parsed, Request, RequestError, RequestLimits, RequestParser};

@@ -229,13 +229,26 @@ where
     tokio::pin!(timer);
     let mut timer_at: Option<Instant> = None;
 
+    // Whether the task already stepped aside once since its last write.
+    let mut yielded = false;
     let end = loop {
-        while wbuf.len() < WRITE_BATCH && !senders_gone {
-            match rx.try_recv() {
-                Ok(request) => enqueue(request, &mut wbuf, &mut inflight),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => senders_gone = true,
+        let mut drain = |wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>, senders_gone: &mut bool| {
+            while wbuf.len() < WRITE_BATCH && !*senders_gone {
+                match rx.try_recv() {
+                    Ok(request) => enqueue(request, wbuf, inflight),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => *senders_gone = true,
+                }
             }
+        };
+        drain(&mut wbuf, &mut inflight, &mut senders_gone);
+        if !wbuf.is_empty() && !yielded && wbuf.len() < WRITE_BATCH {
+            // Step aside once before writing, so client sessions that are already runnable
+            // can add their requests to this write: one write (one packet, one wakeup of
+            // the server) for many clients, as nutcracker's event loop does.
+            yielded = true;
+            tokio::task::yield_now().await;
+            drain(&mut wbuf, &mut inflight, &mut senders_gone);
         }
         if senders_gone && inflight.is_empty() && wbuf.is_empty() {
             break End::Shutdown;
@@ -269,6 +282,7 @@ where
                 }
             }
             written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
+                yielded = false;
                 if written.is_err() {
                     s.counters.server_err.fetch_add(1, Relaxed);
                     break End::Failed(BackendError::Reset);

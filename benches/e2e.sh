@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# End-to-end proxy benchmark: 3 redis-servers behind nutcracker and behind cutover (same
+# config), plus one redis-server directly, all driven by redis-benchmark in one run.
+# Prints requests/s per target, the ratio cutover/nutcracker, and each proxy's CPU seconds
+# per million requests (user+system, from /proc).
+#
+# Usage: benches/e2e.sh [requests-per-run]      (default 200000)
+# Needs: redis-server, redis-benchmark, nutcracker; builds cutover in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-200000}
+CLIENTS=50
+cargo build --release --quiet
+BIN=target/release/cutover
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_port() { for _ in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
+TICKS=$(getconf CLK_TCK)
+
+BACKENDS=()
+for i in 1 2 3 4; do
+  p=$(free_port)
+  redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null &
+  PIDS+=($!); BACKENDS+=("$p"); wait_port "$p"
+done
+DIRECT=${BACKENDS[3]}
+
+NC_PORT=$(free_port); CUT_PORT=$(free_port)
+conf() {
+  printf 'bench:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n' "$1"
+  for p in "${BACKENDS[@]:0:3}"; do printf '   - 127.0.0.1:%s:1\n' "$p"; done
+}
+conf "$NC_PORT" > "$WORK/nc.yml"
+conf "$CUT_PORT" > "$WORK/cut.yml"
+nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 &
+NC_PID=$!; PIDS+=($NC_PID)
+"$BIN" -c "$WORK/cut.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$(free_port)" -o "$WORK/cut.log" &
+CUT_PID=$!; PIDS+=($CUT_PID)
+wait_port "$NC_PORT"; wait_port "$CUT_PORT"
+
+# One redis-benchmark run: prints "set_rps get_rps".
+bench() {
+  redis-benchmark -h 127.0.0.1 -p "$1" -c "$CLIENTS" -n "$N" -r 100000 -P "$2" -t set,get --csv 2>/dev/null \
+    | awk -F'","' '/^"SET"/{s=$2} /^"GET"/{g=$2} END{printf "%d %d\n", s, g}'
+}
+
+printf '%-4s %-4s %12s %12s %12s %8s %18s %18s\n' "P" "cmd" "redis" "nutcracker" "cutover" "ratio" "nc cpu s/Mreq" "cut cpu s/Mreq"
+for P in 1 16; do
+  read -r d_set d_get < <(bench "$DIRECT" "$P")
+  c0=$(cpu_ticks "$NC_PID"); read -r n_set n_get < <(bench "$NC_PORT" "$P"); c1=$(cpu_ticks "$NC_PID")
+  k0=$(cpu_ticks "$CUT_PID"); read -r c_set c_get < <(bench "$CUT_PORT" "$P"); k1=$(cpu_ticks "$CUT_PID")
+  nc_cpu=$(echo "scale=3; ($c1 - $c0) / $TICKS / (2 * $N / 1000000)" | bc)
+  cut_cpu=$(echo "scale=3; ($k1 - $k0) / $TICKS / (2 * $N / 1000000)" | bc)
+  for cmd in SET GET; do
+    if [ $cmd = SET ]; then d=$d_set; n=$n_set; c=$c_set; else d=$d_get; n=$n_get; c=$c_get; fi
+    ratio=$(echo "scale=2; $c / $n" | bc)
+    printf '%-4s %-4s %12s %12s %12s %8s %18s %18s\n' "$P" "$cmd" "$d" "$n" "$c" "${ratio}x" "$nc_cpu" "$cut_cpu"
+  done
+done

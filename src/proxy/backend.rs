@@ -232,15 +232,16 @@ where
     // Whether the task already stepped aside once since its last write.
     let mut yielded = false;
     let end = loop {
-        let mut drain = |wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>, senders_gone: &mut bool| {
-            while wbuf.len() < WRITE_BATCH && !*senders_gone {
-                match rx.try_recv() {
-                    Ok(request) => enqueue(request, wbuf, inflight),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => *senders_gone = true,
+        let mut drain =
+            |wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>, senders_gone: &mut bool| {
+                while wbuf.len() < WRITE_BATCH && !*senders_gone {
+                    match rx.try_recv() {
+                        Ok(request) => enqueue(request, wbuf, inflight),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => *senders_gone = true,
+                    }
                 }
-            }
-        };
+            };
         drain(&mut wbuf, &mut inflight, &mut senders_gone);
         if !wbuf.is_empty() && !yielded && wbuf.len() < WRITE_BATCH {
             // Step aside once before writing, so client sessions that are already runnable

@@ -232,6 +232,16 @@ impl Session {
             let text = format!("ERR unsupported command '{}'", printable(request.name()));
             return self.error(ErrorKind::Unsupported, CommandClass::Local, &text);
         };
+        if spec.class == ArgClass::ArgEval && request.argc() >= 3 {
+            let args: Vec<&[u8]> = request.args().collect();
+            if command::eval_numkeys(&args).is_none() {
+                let text = format!(
+                    "ERR {} needs numkeys of at least 1, no more than the keys given: cutover routes scripts by their first key",
+                    spec.lower
+                );
+                return self.error(ErrorKind::Arity, spec.class_label(), &text);
+            }
+        }
         if !spec.class.accepts(request.argc()) {
             let text = format!("ERR wrong number of arguments for '{}' command", spec.lower);
             return self.error(ErrorKind::Arity, spec.class_label(), &text);
@@ -248,16 +258,6 @@ impl Session {
         }
         if let Some(local) = spec.local {
             return self.local(local, &request);
-        }
-        if spec.class == ArgClass::ArgEval {
-            let args: Vec<&[u8]> = request.args().collect();
-            if command::eval_numkeys(&args).is_none() {
-                let text = format!(
-                    "ERR {} needs numkeys of at least 1, no more than the keys given: cutover routes scripts by their first key",
-                    spec.lower
-                );
-                return self.error(ErrorKind::Arity, spec.class_label(), &text);
-            }
         }
         let started = Instant::now();
         self.pool.counters.request(spec.class_label());

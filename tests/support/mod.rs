@@ -61,9 +61,19 @@ impl RedisServer {
 
     /// Start a redis-server with extra `--name value` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::launch(None, extra)
+    }
+
+    /// Start a redis-server on a given port (one picked earlier with [`free_port`]).
+    pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::launch(Some(port), &[])
+    }
+
+    /// Start on `port` (or a free one, retrying on collisions) with `extra` arguments.
+    fn launch(fixed: Option<u16>, extra: &[&str]) -> RedisServer {
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::tempdir().expect("temp dir");
-            let port = free_port();
+            let port = fixed.unwrap_or_else(free_port);
             let mut child = Command::new("redis-server")
                 .args([
                     "--port",
@@ -286,6 +296,23 @@ impl Proxy {
         false
     }
 
+    /// Whether the process is still running (it has not crashed or exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident memory of the process in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The proxy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
@@ -452,5 +479,51 @@ impl RespConn {
             _ => {}
         }
         true
+    }
+}
+
+/// A TCP server that accepts connections and reads what it is sent but never answers: a
+/// hung backend, for timeout tests. Stops accepting when dropped.
+pub struct Blackhole {
+    /// Its port.
+    pub port: u16,
+    /// Set on drop to stop the accept thread.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    /// Start one on a free loopback port.
+    pub fn start() -> Blackhole {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind blackhole");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(mut stream) = stream {
+                    let reader = stream.try_clone().ok();
+                    held.push(stream.try_clone().ok());
+                    std::thread::spawn(move || {
+                        let mut sink = [0u8; 4096];
+                        if let Some(mut r) = reader {
+                            while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
+                        }
+                        let _ = stream.flush();
+                    });
+                }
+            }
+        });
+        Blackhole { port, stop }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }

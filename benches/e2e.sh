@@ -4,11 +4,15 @@
 # Prints requests/s per target, the ratio cutover/nutcracker, and each proxy's CPU seconds
 # per million requests (user+system, from /proc).
 #
-# Usage: benches/e2e.sh [requests-per-run]      (default 200000)
+# Each figure is the median of ROUNDS runs (default 3), the targets taking turns so that
+# noise from other work on the machine falls on all of them alike.
+#
+# Usage: benches/e2e.sh [requests-per-run] [rounds]      (defaults 200000 3)
 # Needs: redis-server, redis-benchmark, nutcracker; builds cutover in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200000}
+ROUNDS=${2:-3}
 CLIENTS=50
 cargo build --release --quiet
 BIN=target/release/cutover
@@ -49,16 +53,24 @@ bench() {
     | awk -F'","' '/^"SET"/{s=$2} /^"GET"/{g=$2} END{printf "%d %d\n", s, g}'
 }
 
-printf '%-4s %-4s %12s %12s %12s %8s %18s %18s\n' "P" "cmd" "redis" "nutcracker" "cutover" "ratio" "nc cpu s/Mreq" "cut cpu s/Mreq"
+median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+
+printf '%-4s %-4s %12s %12s %12s %8s %16s %16s\n' "P" "cmd" "redis" "nutcracker" "cutover" "ratio" "nc cpu s/Mreq" "cut cpu s/Mreq"
 for P in 1 16; do
-  read -r d_set d_get < <(bench "$DIRECT" "$P")
-  c0=$(cpu_ticks "$NC_PID"); read -r n_set n_get < <(bench "$NC_PORT" "$P"); c1=$(cpu_ticks "$NC_PID")
-  k0=$(cpu_ticks "$CUT_PID"); read -r c_set c_get < <(bench "$CUT_PORT" "$P"); k1=$(cpu_ticks "$CUT_PID")
-  nc_cpu=$(echo "scale=3; ($c1 - $c0) / $TICKS / (2 * $N / 1000000)" | bc)
-  cut_cpu=$(echo "scale=3; ($k1 - $k0) / $TICKS / (2 * $N / 1000000)" | bc)
+  : > "$WORK/runs"
+  for _ in $(seq 1 "$ROUNDS"); do
+    read -r d_set d_get < <(bench "$DIRECT" "$P")
+    c0=$(cpu_ticks "$NC_PID"); read -r n_set n_get < <(bench "$NC_PORT" "$P"); c1=$(cpu_ticks "$NC_PID")
+    k0=$(cpu_ticks "$CUT_PID"); read -r c_set c_get < <(bench "$CUT_PORT" "$P"); k1=$(cpu_ticks "$CUT_PID")
+    nc_cpu=$(echo "scale=3; ($c1 - $c0) / $TICKS / (2 * $N / 1000000)" | bc)
+    cut_cpu=$(echo "scale=3; ($k1 - $k0) / $TICKS / (2 * $N / 1000000)" | bc)
+    echo "$d_set $d_get $n_set $n_get $c_set $c_get $nc_cpu $cut_cpu" >> "$WORK/runs"
+  done
+  col() { awk -v c="$1" '{print $c}' "$WORK/runs" | median; }
+  nc_cpu=$(col 7); cut_cpu=$(col 8)
   for cmd in SET GET; do
-    if [ $cmd = SET ]; then d=$d_set; n=$n_set; c=$c_set; else d=$d_get; n=$n_get; c=$c_get; fi
+    if [ $cmd = SET ]; then d=$(col 1); n=$(col 3); c=$(col 5); else d=$(col 2); n=$(col 4); c=$(col 6); fi
     ratio=$(echo "scale=2; $c / $n" | bc)
-    printf '%-4s %-4s %12s %12s %12s %8s %18s %18s\n' "$P" "$cmd" "$d" "$n" "$c" "${ratio}x" "$nc_cpu" "$cut_cpu"
+    printf '%-4s %-4s %12s %12s %12s %8s %16s %16s\n' "$P" "$cmd" "$d" "$n" "$c" "${ratio}x" "$nc_cpu" "$cut_cpu"
   done
 done

@@ -104,6 +104,9 @@ pub async fn run<R, W>(
     if *shutdown.borrow() {
         session.done_reading = true;
     }
+    // One future for the whole session: re-creating it on every pass would register and
+    // unregister with the watch each time.
+    let mut shutdown_signal = std::pin::pin!(shutdown.changed());
 
     loop {
         // Gather every reply that is ready, in order, then write them in one go.
@@ -145,7 +148,7 @@ pub async fn run<R, W>(
                     Ok(_) => session.handle_input(&mut parser, &mut input).await,
                 }
             }
-            _ = shutdown.changed(), if !session.done_reading => session.done_reading = true,
+            _ = &mut shutdown_signal, if !session.done_reading => session.done_reading = true,
         }
     }
     session.pool.counters.client_closed(session.client_error);

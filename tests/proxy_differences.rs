@@ -196,6 +196,16 @@ fn oom_busy_loading_replies_pass_through_and_the_connection_stays() {
     );
     assert!(cut[0].starts_with("-OOM "), "{cut:?}");
     assert_eq!(cut[1], "$-1\r\n");
+    // Still counted as a server failure, as nutcracker counts it.
+    let cutover = Proxy::cutover(&single(&backend));
+    let mut conn = cutover.connect();
+    assert!(conn.call(&[b"SET", b"big", &big]).starts_with(b"-OOM"));
+    let metrics = cutover.admin_get("/metrics").1;
+    let failures = format!(
+        "cutover_server_failures_total{{pool=\"p\",server=\"{}\"}} 1",
+        backend.addr()
+    );
+    assert!(metrics.contains(&failures), "{metrics}");
 }
 
 #[test]

@@ -321,3 +321,44 @@ fn several_connections_per_server_keep_each_keys_order() {
         );
     }
 }
+
+#[test]
+fn unix_sockets_for_clients_and_backends() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend_sock = dir.path().join("redis.sock");
+    let backend = RedisServer::start_with(&[
+        "--unixsocket",
+        &backend_sock.display().to_string(),
+        "--unixsocketperm",
+        "700",
+    ]);
+    let client_sock = dir.path().join("cutover.sock");
+    // The pool listens on a unix socket; a second pool on TCP lets the harness see it is up.
+    let config = format!(
+        "tcp:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\nunix:\n  listen: {} 0600\n  redis: true\n  servers:\n   - {}:1\n",
+        backend.addr(),
+        client_sock.display(),
+        backend_sock.display()
+    );
+    let _cutover = Proxy::cutover(&config);
+    let mode = std::fs::metadata(&client_sock)
+        .expect("socket file")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(&client_sock).expect("connect to the unix socket");
+    use std::io::{Read, Write};
+    stream
+        .write_all(&command(&[b"SET", b"via-unix", b"1"]))
+        .expect("write");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut reply = [0u8; 5];
+    stream.read_exact(&mut reply).expect("reply");
+    assert_eq!(&reply, b"+OK\r\n");
+    assert_eq!(backend.keys(), vec![b"via-unix".to_vec()]);
+}

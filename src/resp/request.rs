@@ -313,6 +313,18 @@ mod tests {
     }
 
     #[test]
+    fn thousands_of_pipelined_requests_in_one_read() {
+        let one = b"*3\r\n$3\r\nSET\r\n$5\r\nkey:1\r\n$5\r\nvalue\r\n";
+        let input = one.repeat(5000);
+        let (reqs, res, left) = parse_all(&input);
+        assert_eq!((reqs.len(), res, left), (5000, Ok(()), 0));
+        assert!(
+            reqs.iter()
+                .all(|r| args(r) == [b"SET".to_vec(), b"key:1".to_vec(), b"value".to_vec()])
+        );
+    }
+
+    #[test]
     fn byte_at_a_time_resumes() {
         let input = b"*2\r\n$3\r\nGET\r\n$5\r\nk\r\ney\r\n";
         let mut parser = RequestParser::default();

@@ -12,10 +12,7 @@ use support::{Proxy, RedisServer, command};
 
 fn proxy(backend: &RedisServer, extra: &[&str]) -> Proxy {
     Proxy::cutover_with(
-        &format!(
-            "p:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n",
-            backend.addr()
-        ),
+        &support::pool_config(&[], &[format!("{}:1", backend.addr())]),
         extra,
     )
 }

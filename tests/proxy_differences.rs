@@ -29,10 +29,7 @@ fn as_refs(args: &[Vec<u8>]) -> Vec<&[u8]> {
 }
 
 fn single(backend: &RedisServer) -> String {
-    format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n",
-        backend.addr()
-    )
+    support::pool_config(&[], &[format!("{}:1", backend.addr())])
 }
 
 /// Replies of both proxies to the same input: `((nutcracker replies, closed), (cutover replies, closed))`.
@@ -151,11 +148,13 @@ fn keys_longer_than_nutcrackers_mbuf_are_forwarded() {
 #[test]
 fn exists_counts_keys_on_every_server() {
     let backends = support::redis_servers(3);
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  hash: md5\n  servers:\n   - {}:1\n   - {}:1\n   - {}:1\n",
-        backends[0].addr(),
-        backends[1].addr(),
-        backends[2].addr()
+    let config = support::pool_config(
+        &["hash: md5"],
+        &[
+            format!("{}:1", backends[0].addr()),
+            format!("{}:1", backends[1].addr()),
+            format!("{}:1", backends[2].addr()),
+        ],
     );
     let keys: Vec<Vec<u8>> = (0..12)
         .map(|i| format!("exists-{i}").into_bytes())
@@ -212,10 +211,9 @@ fn oom_busy_loading_replies_pass_through_and_the_connection_stays() {
 fn a_split_command_passes_on_the_first_backend_error() {
     let open = RedisServer::start();
     let locked = RedisServer::start_with(&["--requirepass", "secret"]);
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  hash: md5\n  servers:\n   - {}:1\n   - {}:1\n",
-        open.addr(),
-        locked.addr()
+    let config = support::pool_config(
+        &["hash: md5"],
+        &[format!("{}:1", open.addr()), format!("{}:1", locked.addr())],
     );
     let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("frag-{i}").into_bytes()).collect();
     let mut mget = vec![b"MGET".as_slice()];
@@ -229,10 +227,12 @@ fn a_split_command_passes_on_the_first_backend_error() {
 fn a_split_command_that_times_out_leaves_the_connection_open() {
     let live = RedisServer::start();
     let hung = Blackhole::start();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  timeout: 200\n  hash: md5\n  servers:\n   - {}:1\n   - 127.0.0.1:{}:1\n",
-        live.addr(),
-        hung.port
+    let config = support::pool_config(
+        &["timeout: 200", "hash: md5"],
+        &[
+            format!("{}:1", live.addr()),
+            format!("127.0.0.1:{}:1", hung.port),
+        ],
     );
     let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("frag-{i}").into_bytes()).collect();
     let mut mget = vec![b"MGET".as_slice()];

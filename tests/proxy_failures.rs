@@ -69,10 +69,13 @@ fn sets(n: usize) -> Vec<String> {
 fn dead_server_without_ejection_refuses_its_keys() {
     let (a, b) = (RedisServer::start(), RedisServer::start());
     let dead = free_port();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  hash: md5\n  servers:\n   - {}:1\n   - {}:1\n   - 127.0.0.1:{dead}:1\n",
-        a.addr(),
-        b.addr()
+    let config = support::pool_config(
+        &["hash: md5"],
+        &[
+            format!("{}:1", a.addr()),
+            format!("{}:1", b.addr()),
+            format!("127.0.0.1:{dead}:1"),
+        ],
     );
     let replies = compare(&config, &[&a, &b], &sets(60));
     let refused = replies
@@ -86,10 +89,18 @@ fn dead_server_without_ejection_refuses_its_keys() {
 fn dead_server_with_ejection_is_routed_around() {
     let (a, b) = (RedisServer::start(), RedisServer::start());
     let dead = free_port();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  hash: md5\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 60000\n  servers:\n   - {}:1\n   - {}:1\n   - 127.0.0.1:{dead}:1\n",
-        a.addr(),
-        b.addr()
+    let config = support::pool_config(
+        &[
+            "hash: md5",
+            "auto_eject_hosts: true",
+            "server_failure_limit: 1",
+            "server_retry_timeout: 60000",
+        ],
+        &[
+            format!("{}:1", a.addr()),
+            format!("{}:1", b.addr()),
+            format!("127.0.0.1:{dead}:1"),
+        ],
     );
     let mut lines = sets(60);
     lines.extend((0..60).map(|i| format!("GET key-{i}")));
@@ -104,8 +115,13 @@ fn dead_server_with_ejection_is_routed_around() {
 #[test]
 fn every_server_ejected_refuses() {
     let dead = free_port();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 60000\n  servers:\n   - 127.0.0.1:{dead}:1\n"
+    let config = support::pool_config(
+        &[
+            "auto_eject_hosts: true",
+            "server_failure_limit: 1",
+            "server_retry_timeout: 60000",
+        ],
+        &[format!("127.0.0.1:{dead}:1")],
     );
     let nutcracker = one_at_a_time(&Proxy::nutcracker(&config), &sets(3));
     let cutover = one_at_a_time(&Proxy::cutover(&config), &sets(3));
@@ -120,10 +136,12 @@ fn every_server_ejected_refuses() {
 fn a_hung_server_times_out_and_healthy_ones_keep_serving() {
     let live = RedisServer::start();
     let hung = Blackhole::start();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  timeout: 300\n  hash: md5\n  servers:\n   - {}:1 live\n   - 127.0.0.1:{}:1 hung\n",
-        live.addr(),
-        hung.port
+    let config = support::pool_config(
+        &["timeout: 300", "hash: md5"],
+        &[
+            format!("{}:1 live", live.addr()),
+            format!("127.0.0.1:{}:1 hung", hung.port),
+        ],
     );
     let (live_key, hung_key) = (key_on(&config, "live"), key_on(&config, "hung"));
     let lines = vec![
@@ -156,9 +174,17 @@ fn a_hung_server_times_out_and_healthy_ones_keep_serving() {
 fn an_ejected_server_comes_back_after_the_retry_timeout() {
     let a = RedisServer::start();
     let b_port = free_port();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  hash: md5\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 500\n  servers:\n   - {}:1 a\n   - 127.0.0.1:{b_port}:1 b\n",
-        a.addr()
+    let config = support::pool_config(
+        &[
+            "hash: md5",
+            "auto_eject_hosts: true",
+            "server_failure_limit: 1",
+            "server_retry_timeout: 500",
+        ],
+        &[
+            format!("{}:1 a", a.addr()),
+            format!("127.0.0.1:{b_port}:1 b"),
+        ],
     );
     let key_b = key_on(&config, "b");
     let cutover = Proxy::cutover(&config);

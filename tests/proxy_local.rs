@@ -26,10 +26,7 @@ fn script(conn: &mut RespConn, lines: &[&[&[u8]]]) -> Vec<String> {
 #[test]
 fn auth_flows_match_nutcracker() {
     let backend = RedisServer::start_with(&["--requirepass", "s3cret"]);
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  redis_auth: s3cret\n  servers:\n   - {}:1\n",
-        backend.addr()
-    );
+    let config = support::pool_config(&["redis_auth: s3cret"], &[format!("{}:1", backend.addr())]);
     let lines: &[&[&[u8]]] = &[
         &[b"PING"],
         &[b"GET", b"k"],
@@ -69,10 +66,7 @@ fn auth_flows_match_nutcracker() {
 #[test]
 fn auth_without_a_password_and_quit_match_nutcracker() {
     let backend = RedisServer::start();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n",
-        backend.addr()
-    );
+    let config = support::pool_config(&[], &[format!("{}:1", backend.addr())]);
     let lines: &[&[&[u8]]] = &[
         &[b"AUTH", b"x"],
         &[b"PING"],
@@ -99,10 +93,7 @@ fn auth_without_a_password_and_quit_match_nutcracker() {
 #[test]
 fn quit_before_auth_closes_like_nutcracker() {
     let backend = RedisServer::start();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  redis_auth: pw\n  servers:\n   - {}:1\n",
-        backend.addr()
-    );
+    let config = support::pool_config(&["redis_auth: pw"], &[format!("{}:1", backend.addr())]);
     let lines: &[&[&[u8]]] = &[&[b"QUIT"]];
     let nutcracker = script(&mut Proxy::nutcracker(&config).connect(), lines);
     let cutover = script(&mut Proxy::cutover(&config).connect(), lines);
@@ -113,9 +104,9 @@ fn quit_before_auth_closes_like_nutcracker() {
 #[test]
 fn redis_db_selects_the_database_on_every_backend_connection() {
     let backend = RedisServer::start();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  redis_db: 3\n  server_connections: 2\n  servers:\n   - {}:1\n",
-        backend.addr()
+    let config = support::pool_config(
+        &["redis_db: 3", "server_connections: 2"],
+        &[format!("{}:1", backend.addr())],
     );
     let cutover = Proxy::cutover(&config);
     let mut conn = cutover.connect();
@@ -188,10 +179,7 @@ fn stats_json_has_nutcrackers_layout() {
 #[test]
 fn stats_count_requests_and_clients() {
     let backend = RedisServer::start();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1 only\n",
-        backend.addr()
-    );
+    let config = support::pool_config(&[], &[format!("{}:1 only", backend.addr())]);
     let cutover = Proxy::cutover(&config);
     let mut conn = cutover.connect();
     for _ in 0..5 {
@@ -212,10 +200,7 @@ fn stats_count_requests_and_clients() {
 #[test]
 fn metrics_are_exported_by_pool_class_and_server() {
     let backend = RedisServer::start();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1 only\n",
-        backend.addr()
-    );
+    let config = support::pool_config(&[], &[format!("{}:1 only", backend.addr())]);
     let cutover = Proxy::cutover(&config);
     let mut conn = cutover.connect();
     conn.call(&[b"SET", b"a", b"1"]);
@@ -247,10 +232,7 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
     let hung = support::Blackhole::start();
     let backend = RedisServer::start();
     // A slow backend: requests wait 600 ms (the timeout is longer), so one is in flight at SIGTERM.
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  timeout: 600\n  servers:\n   - 127.0.0.1:{}:1\n",
-        hung.port
-    );
+    let config = support::pool_config(&["timeout: 600"], &[format!("127.0.0.1:{}:1", hung.port)]);
     let mut cutover = Proxy::cutover(&config);
     let mut conn = cutover.connect();
     conn.send(&command(&[b"GET", b"k"]));
@@ -274,10 +256,12 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
 #[test]
 fn preconnect_opens_every_server_connection_at_start() {
     let backends = support::redis_servers(2);
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  preconnect: true\n  server_connections: 3\n  servers:\n   - {}:1 a\n   - {}:1 b\n",
-        backends[0].addr(),
-        backends[1].addr()
+    let config = support::pool_config(
+        &["preconnect: true", "server_connections: 3"],
+        &[
+            format!("{}:1 a", backends[0].addr()),
+            format!("{}:1 b", backends[1].addr()),
+        ],
     );
     let cutover = Proxy::cutover(&config);
     std::thread::sleep(Duration::from_millis(300));
@@ -295,9 +279,9 @@ fn preconnect_opens_every_server_connection_at_start() {
 #[test]
 fn several_connections_per_server_keep_each_keys_order() {
     let backend = RedisServer::start();
-    let config = format!(
-        "p:\n  listen: LISTEN\n  redis: true\n  server_connections: 4\n  servers:\n   - {}:1\n",
-        backend.addr()
+    let config = support::pool_config(
+        &["server_connections: 4"],
+        &[format!("{}:1", backend.addr())],
     );
     let cutover = Proxy::cutover(&config);
     let mut conn = cutover.connect();

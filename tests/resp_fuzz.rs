@@ -6,15 +6,11 @@ use bytes::BytesMut;
 use cutover::resp::{Parsed, ReplyScanner, RequestLimits, RequestParser};
 use proptest::prelude::*;
 
+mod support;
+
 /// Encode arguments as a RESP request.
 fn request(args: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    support::command(&args.iter().map(Vec::as_slice).collect::<Vec<_>>())
 }
 
 /// Feed `input` to a fresh parser in pieces cut at `cuts`; collect what it returns.
@@ -45,21 +41,36 @@ fn parse_in_pieces(
     (out, false)
 }
 
-/// A RESP2 reply (what a server sends before HELLO 3), built recursively.
-fn resp2_reply() -> impl Strategy<Value = Vec<u8>> {
-    let leaf = prop_oneof![
+/// A bulk string reply of up to `max` arbitrary bytes.
+fn bulk_string(max: usize) -> BoxedStrategy<Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..max)
+        .prop_map(|b| {
+            [
+                format!("${}\r\n", b.len()).into_bytes(),
+                b,
+                b"\r\n".to_vec(),
+            ]
+            .concat()
+        })
+        .boxed()
+}
+
+/// The RESP2 leaves: simple strings, errors, integers, bulks, nulls.
+fn resp2_leaf() -> BoxedStrategy<Vec<u8>> {
+    prop_oneof![
         "[a-zA-Z0-9 ]{0,20}".prop_map(|s| format!("+{s}\r\n").into_bytes()),
         "[a-zA-Z0-9 ]{0,20}".prop_map(|s| format!("-ERR {s}\r\n").into_bytes()),
         any::<i64>().prop_map(|n| format!(":{n}\r\n").into_bytes()),
-        prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| [
-            format!("${}\r\n", b.len()).into_bytes(),
-            b,
-            b"\r\n".to_vec()
-        ]
-        .concat()),
+        bulk_string(64),
         Just(b"$-1\r\n".to_vec()),
         Just(b"*-1\r\n".to_vec()),
-    ];
+    ]
+    .boxed()
+}
+
+/// A RESP2 reply (what a server sends before HELLO 3), built recursively.
+fn resp2_reply() -> impl Strategy<Value = Vec<u8>> {
+    let leaf = resp2_leaf();
     leaf.prop_recursive(4, 64, 6, |inner| {
         prop::collection::vec(inner, 0..6).prop_map(|items| {
             [format!("*{}\r\n", items.len()).into_bytes(), items.concat()].concat()
@@ -72,29 +83,14 @@ fn hashable() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         "[a-zA-Z0-9]{0,12}".prop_map(|s| format!("+{s}\r\n").into_bytes()),
         any::<i64>().prop_map(|n| format!(":{n}\r\n").into_bytes()),
-        prop::collection::vec(any::<u8>(), 0..16).prop_map(|b| [
-            format!("${}\r\n", b.len()).into_bytes(),
-            b,
-            b"\r\n".to_vec()
-        ]
-        .concat()),
+        bulk_string(16),
     ]
 }
 
 /// A RESP2/RESP3 reply, built recursively.
 fn reply() -> impl Strategy<Value = Vec<u8>> {
     let leaf = prop_oneof![
-        "[a-zA-Z0-9 ]{0,20}".prop_map(|s| format!("+{s}\r\n").into_bytes()),
-        "[a-zA-Z0-9 ]{0,20}".prop_map(|s| format!("-ERR {s}\r\n").into_bytes()),
-        any::<i64>().prop_map(|n| format!(":{n}\r\n").into_bytes()),
-        prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| [
-            format!("${}\r\n", b.len()).into_bytes(),
-            b,
-            b"\r\n".to_vec()
-        ]
-        .concat()),
-        Just(b"$-1\r\n".to_vec()),
-        Just(b"*-1\r\n".to_vec()),
+        resp2_leaf(),
         Just(b"_\r\n".to_vec()),
         any::<bool>().prop_map(|b| format!("#{}\r\n", if b { 't' } else { 'f' }).into_bytes()),
         (-1000i32..1000).prop_map(|n| format!(",{}.5\r\n", n).into_bytes()),

@@ -527,3 +527,17 @@ impl Drop for Blackhole {
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// A one-pool config named `p` listening on `LISTEN` (see [`Proxy::nutcracker`]), with
+/// `redis: true`, the given pool keys (`"hash: md5"`) and server lines (`"127.0.0.1:6379:1"`).
+pub fn pool_config<S: AsRef<str>>(keys: &[&str], servers: &[S]) -> String {
+    let mut text = String::from("p:\n  listen: LISTEN\n  redis: true\n");
+    for key in keys {
+        text.push_str(&format!("  {key}\n"));
+    }
+    text.push_str("  servers:\n");
+    for server in servers {
+        text.push_str(&format!("   - {}\n", server.as_ref()));
+    }
+    text
+}

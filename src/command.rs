@@ -31,6 +31,10 @@ pub enum ArgClass {
     ArgKvx,
     /// `script numkeys key... arg...` with at least one key (`EVAL`, `EVALSHA`).
     ArgEval,
+    /// A local command with exactly this many arguments, its name included.
+    Exactly(usize),
+    /// A local command with at least this many arguments, its name included.
+    AtLeast(usize),
 }
 
 impl ArgClass {
@@ -46,6 +50,36 @@ impl ArgClass {
             ArgClass::ArgN | ArgClass::ArgX => argc >= 2,
             ArgClass::ArgKvx => argc >= 3 && argc % 2 == 1,
             ArgClass::ArgEval => argc >= 4,
+            ArgClass::Exactly(n) => argc == n,
+            ArgClass::AtLeast(n) => argc >= n,
+        }
+    }
+
+    /// Redis's arity convention (`COMMAND` replies): `n` exactly, `-n` at least.
+    pub fn redis_arity(self) -> i64 {
+        match self {
+            ArgClass::Argz => 1,
+            ArgClass::NoKey => -1,
+            ArgClass::Arg0 => 2,
+            ArgClass::Arg1 => 3,
+            ArgClass::Arg2 => 4,
+            ArgClass::Arg3 => 5,
+            ArgClass::ArgN | ArgClass::ArgX => -2,
+            ArgClass::ArgKvx | ArgClass::ArgEval => -3,
+            ArgClass::Exactly(n) => n as i64,
+            ArgClass::AtLeast(n) => -(n as i64),
+        }
+    }
+
+    /// `(first key, last key, step)` as `COMMAND` reports them.
+    pub fn key_positions(self) -> (i64, i64, i64) {
+        match self {
+            ArgClass::Arg0 | ArgClass::Arg1 | ArgClass::Arg2 | ArgClass::Arg3 | ArgClass::ArgN => {
+                (1, 1, 1)
+            }
+            ArgClass::ArgX => (1, -1, 1),
+            ArgClass::ArgKvx => (1, -1, 2),
+            _ => (0, 0, 0),
         }
     }
 }
@@ -107,8 +141,24 @@ pub enum LocalCommand {
     Ping,
     /// `QUIT`: close after pending replies, no reply.
     Quit,
-    /// `AUTH password` checked against `redis_auth`.
+    /// `AUTH password` (or `AUTH default password`) checked against `redis_auth`.
     Auth,
+    /// `HELLO [2|3] [AUTH user pass] [SETNAME name]`: protocol switch and handshake.
+    Hello,
+    /// `CLIENT SETINFO|SETNAME|GETNAME|ID|INFO|LIST|NO-EVICT|NO-TOUCH`, for this connection.
+    Client,
+    /// `SELECT 0` (a pool serves one database).
+    Select,
+    /// `ECHO message`.
+    Echo,
+    /// `INFO [section...]`: a Redis-style INFO of the proxy.
+    Info,
+    /// `COMMAND`, `COMMAND COUNT|INFO|DOCS` for the commands the proxy supports.
+    Command,
+    /// `READONLY` / `READWRITE`: accepted, no effect.
+    ReadMode,
+    /// `RESET`: back to RESP2, no name, signed out.
+    Reset,
 }
 
 /// One command of the table.
@@ -190,7 +240,6 @@ use WrittenKeys as K;
 
 /// `(name, class, access)` for every forwarded command.
 const FORWARDED: &[(&str, ArgClass, Access)] = &[
-    ("COMMAND", Argz, R),
     ("LOLWUT", NoKey, R),
     // Key only.
     ("PERSIST", Arg0, W(P)),
@@ -336,7 +385,16 @@ const FORWARDED: &[(&str, ArgClass, Access)] = &[
 const LOCAL: &[(&str, ArgClass, LocalCommand)] = &[
     ("PING", Argz, LocalCommand::Ping),
     ("QUIT", Argz, LocalCommand::Quit),
-    ("AUTH", Arg0, LocalCommand::Auth),
+    ("AUTH", AtLeast(2), LocalCommand::Auth),
+    ("HELLO", AtLeast(1), LocalCommand::Hello),
+    ("CLIENT", AtLeast(2), LocalCommand::Client),
+    ("SELECT", Exactly(2), LocalCommand::Select),
+    ("ECHO", Exactly(2), LocalCommand::Echo),
+    ("INFO", AtLeast(1), LocalCommand::Info),
+    ("COMMAND", AtLeast(1), LocalCommand::Command),
+    ("READONLY", Exactly(1), LocalCommand::ReadMode),
+    ("READWRITE", Exactly(1), LocalCommand::ReadMode),
+    ("RESET", Exactly(1), LocalCommand::Reset),
 ];
 
 /// Commands split across servers, and how their replies merge.
@@ -470,8 +528,8 @@ mod tests {
         assert_eq!(routing_key(get, &[b"GET", b"k"]), b"k");
         let eval = lookup(b"EVAL").expect("EVAL");
         assert_eq!(routing_key(eval, &[b"EVAL", b"return 1", b"1", b"k"]), b"k");
-        let command = lookup(b"COMMAND").expect("COMMAND");
-        assert_eq!(routing_key(command, &[b"COMMAND"]), b"placeholder");
+        let lolwut = lookup(b"LOLWUT").expect("LOLWUT");
+        assert_eq!(routing_key(lolwut, &[b"LOLWUT"]), b"placeholder");
         assert_eq!(eval_numkeys(&[b"EVAL", b"s", b"1", b"k"]), Some(1));
         assert_eq!(eval_numkeys(&[b"EVAL", b"s", b"0", b"k"]), None);
         assert_eq!(eval_numkeys(&[b"EVAL", b"s", b"2", b"k"]), None);

@@ -250,3 +250,22 @@ fn a_split_command_that_times_out_leaves_the_connection_open() {
     assert_eq!(cut, ["-ERR Connection timed out\r\n", "+PONG\r\n"]);
     assert!(!cut_closed);
 }
+
+#[test]
+fn command_describes_cutover_not_the_backend() {
+    let backend = RedisServer::start();
+    let ((nc, _), (cut, _)) = both(&single(&backend), &command(&[b"COMMAND"]), 1);
+    assert!(
+        nc[0].contains("$4\r\nkeys\r\n"),
+        "nutcracker's COMMAND is the backend's, listing KEYS it cannot run"
+    );
+    assert!(!cut[0].contains("$4\r\nkeys\r\n") && cut[0].contains("$3\r\nget\r\n"));
+    let ((nc, nc_closed), (cut, cut_closed)) =
+        both(&single(&backend), &command(&[b"COMMAND", b"COUNT"]), 1);
+    assert!(
+        nc.is_empty() && nc_closed,
+        "nutcracker closes on COMMAND COUNT: {nc:?}"
+    );
+    assert_eq!(cut, [format!(":{}\r\n", cutover::command::all().count())]);
+    assert!(!cut_closed);
+}

@@ -112,7 +112,8 @@ fn same_as_nutcracker(template: &str, backends: &[RedisServer], script: &[Cmd]) 
 /// of the ring; md5 spreads them, which is what these tests need.)
 const THREE: &str = "pool:\n  listen: LISTEN\n  redis: true\n  hash: md5\n  distribution: ketama\n  servers:\n   - 127.0.0.1:{0}:1\n   - 127.0.0.1:{1}:1\n   - 127.0.0.1:{2}:1\n";
 
-/// Every supported command at least once (LOLWUT aside: its art is random).
+/// Every forwarded command at least once (LOLWUT aside: its art is random; COMMAND is
+/// answered by cutover itself, see `proxy_differences.rs`).
 fn every_command(restore_payload: &[u8]) -> Vec<Cmd> {
     let mut script: Vec<Cmd> = [
         "PING",
@@ -273,7 +274,6 @@ fn every_command(restore_payload: &[u8]) -> Vec<Cmd> {
         "TOUCH m1",
         "LPUSH s1 x",
         "HGET s1 a",
-        "COMMAND",
     ]
     .iter()
     .map(|l| words(l))

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::pool::Pool;
 use crate::config::ServerAddr;
-use crate::resp::{ReplyScanner, encode};
+use crate::resp::{Protocol, ReplyScanner, encode};
 
 /// Bytes gathered before a write is issued.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -79,10 +79,15 @@ enum End {
 }
 
 /// Run connection tasks for `server` of `pool`, taking requests from `rx`, until the pool
-/// is dropped.
-pub async fn run(pool: Arc<Pool>, server: usize, mut rx: mpsc::Receiver<BackendRequest>) {
+/// is dropped. RESP3 connections (`protocol`) open with `HELLO 3` and are never preconnected.
+pub async fn run(
+    pool: Arc<Pool>,
+    server: usize,
+    mut rx: mpsc::Receiver<BackendRequest>,
+    protocol: Protocol,
+) {
     let mut first: Option<BackendRequest> = None;
-    let mut connect_now = pool.config.preconnect;
+    let mut connect_now = pool.config.preconnect && protocol == Protocol::Resp2;
     loop {
         if first.is_none() && !connect_now {
             match rx.recv().await {
@@ -96,11 +101,11 @@ pub async fn run(pool: Arc<Pool>, server: usize, mut rx: mpsc::Receiver<BackendR
             Ok(Stream::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let (rd, wr) = stream.into_split();
-                serve(&pool, server, rd, wr, first.take(), &mut rx).await
+                serve(&pool, server, protocol, rd, wr, first.take(), &mut rx).await
             }
             Ok(Stream::Unix(stream)) => {
                 let (rd, wr) = stream.into_split();
-                serve(&pool, server, rd, wr, first.take(), &mut rx).await
+                serve(&pool, server, protocol, rd, wr, first.take(), &mut rx).await
             }
             Err(error) => {
                 s.counters.server_err.fetch_add(1, Relaxed);
@@ -167,6 +172,7 @@ fn is_failure_reply(reply: &[u8]) -> bool {
 async fn serve<R, W>(
     pool: &Pool,
     server: usize,
+    protocol: Protocol,
     mut rd: R,
     mut wr: W,
     first: Option<BackendRequest>,
@@ -183,30 +189,36 @@ where
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::default();
 
-    // The connection's own setup, ahead of any request: AUTH, then SELECT.
-    if let Some(password) = &pool.config.redis_auth {
-        encode::command(&mut wbuf, &[b"AUTH".as_slice(), password.as_bytes()]);
+    // The connection's own setup, ahead of any request: HELLO 3 (with AUTH) or AUTH, then
+    // SELECT, then INFO once per server to learn its version.
+    // Setup commands time out like requests: a server that never answers them must not
+    // hold the requests queued behind them past their timeout.
+    let setup_deadline = pool.timeout().map(|t| Instant::now() + t);
+    let mut setup = |command: &'static str, args: &[&[u8]], wbuf: &mut BytesMut| {
+        encode::command(wbuf, args);
         inflight.push_back(InFlight {
             reply: None,
             bytes: 0,
-            deadline: None,
-            setup: Some("AUTH"),
+            deadline: setup_deadline,
+            setup: Some(command),
         });
+    };
+    let db = pool.config.redis_db.to_string();
+    match (protocol, pool.config.redis_auth.as_deref()) {
+        (Protocol::Resp3, Some(pw)) => setup(
+            "HELLO",
+            &[b"HELLO", b"3", b"AUTH", b"default", pw.as_bytes()],
+            &mut wbuf,
+        ),
+        (Protocol::Resp3, None) => setup("HELLO", &[b"HELLO", b"3"], &mut wbuf),
+        (Protocol::Resp2, Some(pw)) => setup("AUTH", &[b"AUTH", pw.as_bytes()], &mut wbuf),
+        (Protocol::Resp2, None) => {}
     }
     if pool.config.redis_db > 0 {
-        encode::command(
-            &mut wbuf,
-            &[
-                b"SELECT".to_vec(),
-                pool.config.redis_db.to_string().into_bytes(),
-            ],
-        );
-        inflight.push_back(InFlight {
-            reply: None,
-            bytes: 0,
-            deadline: None,
-            setup: Some("SELECT"),
-        });
+        setup("SELECT", &[b"SELECT", db.as_bytes()], &mut wbuf);
+    }
+    if s.redis_version().is_none() {
+        setup("INFO", &[b"INFO", b"server"], &mut wbuf);
     }
     let enqueue =
         |request: BackendRequest, wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>| {
@@ -322,6 +334,71 @@ where
     end
 }
 
+/// Learn `server`'s `redis_version` with a short-lived connection (AUTH, INFO server), so
+/// HELLO and INFO can report it before any client has used the server. Failures are
+/// ignored: the first real connection learns it too.
+pub async fn probe_version(pool: Arc<Pool>, server: usize) {
+    let s = &pool.servers[server];
+    let Ok(stream) = connect(&s.addr, pool.timeout()).await else {
+        return;
+    };
+    let mut request = BytesMut::new();
+    if let Some(password) = &pool.config.redis_auth {
+        encode::command(&mut request, &[b"AUTH".as_slice(), password.as_bytes()]);
+    }
+    encode::command(&mut request, &[b"INFO".as_slice(), b"server"]);
+    let exchange = async {
+        let (mut rd, mut wr): (
+            Box<dyn AsyncRead + Unpin + Send>,
+            Box<dyn AsyncWrite + Unpin + Send>,
+        ) = match stream {
+            Stream::Tcp(t) => {
+                let (r, w) = t.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Stream::Unix(u) => {
+                let (r, w) = u.into_split();
+                (Box::new(r), Box::new(w))
+            }
+        };
+        wr.write_all(&request).await.ok()?;
+        let mut buf = BytesMut::with_capacity(8192);
+        let mut scanner = ReplyScanner::default();
+        let replies = if pool.config.redis_auth.is_some() {
+            2
+        } else {
+            1
+        };
+        for _ in 0..replies {
+            loop {
+                if let Some(len) = scanner.scan(&buf).ok()? {
+                    let reply = buf.split_to(len);
+                    learn_version(s, &reply);
+                    break;
+                }
+                if rd.read_buf(&mut buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    };
+    let _ = tokio::time::timeout(pool.timeout().unwrap_or(DEFAULT_CONNECT_TIMEOUT), exchange).await;
+}
+
+/// Keep the `redis_version:` line of an `INFO server` reply.
+fn learn_version(server: &super::pool::Server, reply: &[u8]) {
+    let text = String::from_utf8_lossy(reply);
+    if let Some(version) = text
+        .split("redis_version:")
+        .nth(1)
+        .and_then(|rest| rest.split(['\r', '\n']).next())
+        && let Ok(mut slot) = server.version.lock()
+    {
+        *slot = Some(version.to_string());
+    }
+}
+
 /// Hand every complete reply in `rbuf` to its request. A `-OOM`/`-BUSY`/`-LOADING`
 /// reply counts as a server failure (toward ejection) but, unlike nutcracker, is passed
 /// to the client as it is and does not close the connection.
@@ -351,7 +428,9 @@ fn deliver(
             return Err(BackendError::BadReply);
         };
         if let Some(command) = f.setup {
-            if reply.first() == Some(&b'-') {
+            if command == "INFO" {
+                learn_version(s, &reply);
+            } else if reply.first() == Some(&b'-') {
                 tracing::warn!(pool = pool.name(), server = %s.name, command, reply = %String::from_utf8_lossy(&reply).trim_end(), "backend refused connection setup");
             }
             continue;

@@ -70,6 +70,14 @@ pub async fn serve(
         match accepted {
             Ok(Accepted::Tcp(stream)) => {
                 backoff = ACCEPT_BACKOFF;
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let local = stream
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
                 let _ = stream.set_nodelay(true);
                 if pool.config.tcpkeepalive {
                     set_keepalive(&stream);
@@ -77,16 +85,22 @@ pub async fn serve(
                 let (rd, wr) = stream.into_split();
                 let (pool, shutdown, alive) = (pool.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
-                    session::run(pool, rd, wr, limits, shutdown).await;
+                    session::run(pool, rd, wr, limits, shutdown, peer, local).await;
                     drop(alive);
                 });
             }
             Ok(Accepted::Unix(stream)) => {
                 backoff = ACCEPT_BACKOFF;
+                let local = stream
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| format!("{}:0", p.display())))
+                    .unwrap_or_default();
+                let peer = local.clone();
                 let (rd, wr) = stream.into_split();
                 let (pool, shutdown, alive) = (pool.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
-                    session::run(pool, rd, wr, limits, shutdown).await;
+                    session::run(pool, rd, wr, limits, shutdown, peer, local).await;
                     drop(alive);
                 });
             }

@@ -4,7 +4,9 @@
 mod backend;
 mod counters;
 mod fragment;
+mod introspection;
 mod listener;
+mod local;
 mod pool;
 mod session;
 

@@ -12,6 +12,7 @@ use super::backend::{self, BackendRequest};
 use super::counters::{PoolCounters, ServerCounters};
 use crate::config::{PoolConfig, ServerAddr};
 use crate::hash::Placement;
+use crate::resp::Protocol;
 
 /// Requests that may wait for one backend connection before senders have to wait.
 const CONNECTION_QUEUE: usize = 4096;
@@ -24,8 +25,13 @@ pub struct Server {
     pub name: String,
     /// Where to connect.
     pub addr: ServerAddr,
-    /// Senders to its `server_connections` connection tasks.
+    /// Senders to its `server_connections` RESP2 connection tasks.
     pub connections: Vec<mpsc::Sender<BackendRequest>>,
+    /// Senders to as many RESP3 connection tasks (opened with `HELLO 3` on first use), for
+    /// clients that switched to RESP3: their replies come from the server already in RESP3.
+    pub resp3_connections: Vec<mpsc::Sender<BackendRequest>>,
+    /// The server's `redis_version`, learned on its first connection.
+    pub version: std::sync::Mutex<Option<String>>,
     /// Its counters.
     pub counters: ServerCounters,
     /// Consecutive failures since the last success.
@@ -73,18 +79,24 @@ impl Pool {
             .iter()
             .enumerate()
             .map(|(index, s)| {
-                let connections = (0..config.server_connections)
-                    .map(|_| {
-                        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
-                        receivers.push((index, rx));
-                        tx
-                    })
-                    .collect();
+                let mut open = |protocol: Protocol| -> Vec<mpsc::Sender<BackendRequest>> {
+                    (0..config.server_connections)
+                        .map(|_| {
+                            let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+                            receivers.push((index, rx, protocol));
+                            tx
+                        })
+                        .collect()
+                };
+                let connections = open(Protocol::Resp2);
+                let resp3_connections = open(Protocol::Resp3);
                 Server {
                     index,
                     name: s.name.clone(),
                     addr: s.addr.clone(),
                     connections,
+                    resp3_connections,
+                    version: std::sync::Mutex::new(None),
                     counters: ServerCounters::new(&config.name, &s.name),
                     failures: AtomicU32::new(0),
                     ejected_until_ms: AtomicU64::new(0),
@@ -101,8 +113,11 @@ impl Pool {
             rebuild: std::sync::Mutex::new(()),
             config,
         });
-        for (index, rx) in receivers {
-            tokio::spawn(backend::run(pool.clone(), index, rx));
+        for (index, rx, protocol) in receivers {
+            tokio::spawn(backend::run(pool.clone(), index, rx, protocol));
+        }
+        for index in 0..pool.servers.len() {
+            tokio::spawn(backend::probe_version(pool.clone(), index));
         }
         pool
     }
@@ -204,6 +219,21 @@ impl Pool {
     /// The per-request timeout, if the pool has one.
     pub fn timeout(&self) -> Option<Duration> {
         self.config.timeout
+    }
+}
+
+impl Server {
+    /// The connection `index` for clients speaking `protocol`.
+    pub fn connection(&self, protocol: Protocol, index: usize) -> &mpsc::Sender<BackendRequest> {
+        match protocol {
+            Protocol::Resp2 => &self.connections[index],
+            Protocol::Resp3 => &self.resp3_connections[index],
+        }
+    }
+
+    /// The server's `redis_version`, if a connection has learned it.
+    pub fn redis_version(&self) -> Option<String> {
+        self.version.lock().ok().and_then(|v| v.clone())
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::backend::{BackendError, BackendRequest, ReplyResult};
 use super::counters::ErrorKind;
 use super::fragment::{self, MergeError, MergePlan};
+use super::local::{self, ClientState};
 use super::pool::{Pool, Route};
 use crate::command::{self, Access, ArgClass, CommandClass, CommandSpec, LocalCommand};
 use crate::resp::{Parsed, Request, RequestLimits, RequestParser, encode};
@@ -71,8 +72,8 @@ struct Session {
     pool: Arc<Pool>,
     /// Replies owed, in request order.
     pending: VecDeque<Pending>,
-    /// Whether AUTH succeeded (always true when the pool has no `redis_auth`).
-    authenticated: bool,
+    /// The client's protocol, name, authentication and other connection state.
+    state: ClientState,
     /// Set once no more requests are to be read (EOF, QUIT, protocol error, shutdown).
     done_reading: bool,
     /// Whether the connection is closed because of a client error.
@@ -86,13 +87,15 @@ pub async fn run<R, W>(
     mut wr: W,
     limits: RequestLimits,
     mut shutdown: watch::Receiver<bool>,
+    peer: String,
+    local_addr: String,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     pool.counters.client_connected();
     let mut session = Session {
-        authenticated: pool.config.redis_auth.is_none(),
+        state: ClientState::new(&pool, peer, local_addr),
         pool,
         pending: VecDeque::new(),
         done_reading: false,
@@ -223,12 +226,6 @@ impl Session {
         self.pending.push_back(Pending::Ready(out.freeze()));
     }
 
-    /// Queue a ready reply.
-    fn ready(&mut self, reply: &'static [u8]) {
-        self.pending
-            .push_back(Pending::Ready(Bytes::from_static(reply)));
-    }
-
     /// Handle one request.
     async fn dispatch(&mut self, request: Request) {
         let Some(spec) = command::lookup(request.name()) else {
@@ -249,9 +246,16 @@ impl Session {
             let text = format!("ERR wrong number of arguments for '{}' command", spec.lower);
             return self.error(ErrorKind::Arity, spec.class_label(), &text);
         }
-        if !self.authenticated
-            && spec.local != Some(LocalCommand::Auth)
-            && spec.local != Some(LocalCommand::Quit)
+        if !self.state.authenticated
+            && !matches!(
+                spec.local,
+                Some(
+                    LocalCommand::Auth
+                        | LocalCommand::Quit
+                        | LocalCommand::Hello
+                        | LocalCommand::Reset
+                )
+            )
         {
             return self.error(
                 ErrorKind::Auth,
@@ -330,7 +334,7 @@ impl Session {
             bytes,
             reply: tx,
         };
-        let connection = &server.connections[route.connection];
+        let connection = server.connection(self.state.protocol, route.connection);
         let request = match connection.try_send(request) {
             Ok(()) => return rx,
             Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => request,
@@ -356,31 +360,19 @@ impl Session {
         self.pending.push_back(Pending::Ready(out.freeze()));
     }
 
-    /// Answer PING, QUIT and AUTH.
-    fn local(&mut self, local: LocalCommand, request: &Request) {
+    /// Answer a command the proxy handles itself.
+    fn local(&mut self, command: LocalCommand, request: &Request) {
         self.pool.counters.request(CommandClass::Local);
-        match local {
-            LocalCommand::Ping => self.ready(b"+PONG\r\n"),
-            LocalCommand::Quit => {
-                self.pending.push_back(Pending::Close);
-                self.done_reading = true;
-            }
-            LocalCommand::Auth => match &self.pool.config.redis_auth {
-                None => {
-                    self.pool.counters.error(ErrorKind::Auth);
-                    self.ready(b"-ERR Client sent AUTH, but no password is set\r\n")
-                }
-                Some(password) if password.as_bytes() == request.arg(1) => {
-                    self.authenticated = true;
-                    self.ready(b"+OK\r\n")
-                }
-                Some(_) => {
-                    // A wrong password also signs the connection out, as in nutcracker.
-                    self.authenticated = false;
-                    self.pool.counters.error(ErrorKind::Auth);
-                    self.ready(b"-ERR invalid password\r\n")
-                }
-            },
+        let answer = local::answer(&self.pool, &mut self.state, command, request);
+        if let Some(kind) = answer.error {
+            self.pool.counters.error(kind);
+        }
+        if !answer.reply.is_empty() {
+            self.pending.push_back(Pending::Ready(answer.reply));
+        }
+        if answer.close {
+            self.pending.push_back(Pending::Close);
+            self.done_reading = true;
         }
     }
 }

@@ -5,5 +5,6 @@ pub mod encode;
 mod reply;
 mod request;
 
+pub use encode::Protocol;
 pub use reply::{MAX_REPLY_DEPTH, ReplyError, ReplyScanner};
 pub use request::{Parsed, Request, RequestError, RequestLimits, RequestParser};

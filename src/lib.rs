@@ -8,6 +8,7 @@ pub mod admin;
 pub mod command;
 pub mod config;
 pub mod hash;
+pub mod migrate;
 pub mod proxy;
 pub mod resp;
 pub mod stats;

@@ -95,8 +95,9 @@ impl Admin {
                         )
                     })
                     .collect();
+                let migration = p.migration().map_or_else(|| "null".to_string(), |m| m.status_json());
                 format!(
-                    "{{\"name\":\"{}\",\"client_connections\":{},\"servers\":[{}]}}",
+                    "{{\"name\":\"{}\",\"client_connections\":{},\"servers\":[{}],\"migration\":{migration}}}",
                     p.name().escape_default(),
                     p.counters.client_connections.load(Relaxed),
                     servers.join(",")

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::pool::Pool;
 use crate::config::ServerAddr;
+use crate::migrate::mirror::MirrorHook;
 use crate::resp::{Protocol, ReplyScanner, encode};
 
 /// Bytes gathered before a write is issued.
@@ -56,12 +57,38 @@ pub struct BackendRequest {
     pub reply: oneshot::Sender<ReplyResult>,
     /// When it times out (the pool's `timeout:` from when it was queued).
     pub deadline: Option<Instant>,
+    /// How many replies the bytes produce (several commands sent as one unit, such as a
+    /// copy's MULTI/PTTL/DUMP/EXEC, so nothing interleaves); the last one is returned.
+    pub replies: u8,
+    /// The write's mirror hook, during a migration.
+    pub mirror: Option<MirrorHook>,
+}
+
+impl BackendRequest {
+    /// A request expecting one reply, not mirrored.
+    pub fn new(
+        bytes: Bytes,
+        reply: oneshot::Sender<ReplyResult>,
+        deadline: Option<Instant>,
+    ) -> BackendRequest {
+        BackendRequest {
+            bytes,
+            reply,
+            deadline,
+            replies: 1,
+            mirror: None,
+        }
+    }
 }
 
 /// A request written and awaiting its reply.
 struct InFlight {
     /// Where the reply goes; `None` for the connection's own AUTH/SELECT.
     reply: Option<oneshot::Sender<ReplyResult>>,
+    /// Replies still to read for it (the last is delivered).
+    replies_left: u8,
+    /// The write's mirror hook, called when its reply is read.
+    mirror: Option<MirrorHook>,
     /// Request size, for the out-queue gauges.
     bytes: usize,
     /// When it times out.
@@ -83,6 +110,7 @@ enum End {
 pub async fn run(
     pool: Arc<Pool>,
     server: usize,
+    mark: usize,
     mut rx: mpsc::Receiver<BackendRequest>,
     protocol: Protocol,
 ) {
@@ -101,11 +129,11 @@ pub async fn run(
             Ok(Stream::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let (rd, wr) = stream.into_split();
-                serve(&pool, server, protocol, rd, wr, first.take(), &mut rx).await
+                serve(&pool, server, mark, protocol, rd, wr, first.take(), &mut rx).await
             }
             Ok(Stream::Unix(stream)) => {
                 let (rd, wr) = stream.into_split();
-                serve(&pool, server, protocol, rd, wr, first.take(), &mut rx).await
+                serve(&pool, server, mark, protocol, rd, wr, first.take(), &mut rx).await
             }
             Err(error) => {
                 s.counters.server_err.fetch_add(1, Relaxed);
@@ -169,9 +197,11 @@ fn is_failure_reply(reply: &[u8]) -> bool {
 }
 
 /// Serve one open connection until it fails or the pool shuts down.
+#[allow(clippy::too_many_arguments)]
 async fn serve<R, W>(
     pool: &Pool,
     server: usize,
+    mark: usize,
     protocol: Protocol,
     mut rd: R,
     mut wr: W,
@@ -198,6 +228,8 @@ where
         encode::command(wbuf, args);
         inflight.push_back(InFlight {
             reply: None,
+            replies_left: 1,
+            mirror: None,
             bytes: 0,
             deadline: setup_deadline,
             setup: Some(command),
@@ -225,8 +257,20 @@ where
             let bytes = request.bytes.len();
             s.counters.written(bytes);
             wbuf.extend_from_slice(&request.bytes);
+            let mut mirror = request.mirror;
+            if let Some(hook) = mirror.as_mut() {
+                // Publish a mark no higher than this write's number before taking it, so the
+                // migration's low-water mark never passes a write still in flight.
+                let marks = &s.write_marks[mark];
+                if marks.load(SeqCst) == u64::MAX {
+                    marks.store(hook.migration().seq_now(), SeqCst);
+                }
+                hook.assign_seq();
+            }
             inflight.push_back(InFlight {
                 reply: Some(request.reply),
+                replies_left: request.replies.max(1),
+                mirror,
                 bytes,
                 deadline: request.deadline,
                 setup: None,
@@ -290,7 +334,7 @@ where
                         break End::Failed(BackendError::Reset);
                     }
                 }
-                if let Err(error) = deliver(pool, server, &mut rbuf, &mut scanner, &mut inflight) {
+                if let Err(error) = deliver(pool, server, mark, &mut rbuf, &mut scanner, &mut inflight) {
                     break End::Failed(error);
                 }
             }
@@ -325,11 +369,16 @@ where
         End::Shutdown => BackendError::Reset,
     };
     for f in inflight.drain(..) {
+        if let Some(hook) = f.mirror {
+            // Sent, outcome unknown: the lanes copy what it may have written (rule 4).
+            hook.on_unknown();
+        }
         if let Some(reply) = f.reply {
             s.counters.finished(f.bytes, None);
             let _ = reply.send(Err(error));
         }
     }
+    s.write_marks[mark].store(u64::MAX, SeqCst);
     s.counters.connection(-1);
     end
 }
@@ -405,6 +454,7 @@ fn learn_version(server: &super::pool::Server, reply: &[u8]) {
 fn deliver(
     pool: &Pool,
     server: usize,
+    mark: usize,
     rbuf: &mut BytesMut,
     scanner: &mut ReplyScanner,
     inflight: &mut VecDeque<InFlight>,
@@ -413,6 +463,20 @@ fn deliver(
     let mut failure = false;
     let mut answered = false;
     loop {
+        if let Some(front) = inflight.front_mut()
+            && front.replies_left > 1
+        {
+            // An earlier reply of a multi-reply request (MULTI ... EXEC): read and drop it.
+            match scanner.scan(rbuf) {
+                Ok(Some(len)) => {
+                    let _ = rbuf.split_to(len);
+                    front.replies_left -= 1;
+                    continue;
+                }
+                Ok(None) => break,
+                Err(_) => return Err(BackendError::BadReply),
+            }
+        }
         let len = match scanner.scan(rbuf) {
             Ok(Some(len)) => len,
             Ok(None) => break,
@@ -436,6 +500,16 @@ fn deliver(
             continue;
         }
         s.counters.finished(f.bytes, Some(len));
+        if let Some(hook) = f.mirror {
+            // Rule 1: the mirror event is queued the moment the source's reply is read,
+            // before the client sees the reply.
+            hook.on_reply(&reply);
+            let next = inflight
+                .iter()
+                .find_map(|i| i.mirror.as_ref().map(MirrorHook::seq))
+                .unwrap_or(u64::MAX);
+            s.write_marks[mark].store(next, SeqCst);
+        }
         if is_failure_reply(&reply) {
             failure = true;
             pool.server_failed(server);

@@ -15,6 +15,8 @@ pub struct Part {
     pub route: Route,
     /// The part's request (`*N $4 mget k1 k2 ...`).
     pub bytes: Bytes,
+    /// Argument indexes (in the client's request) of the part's keys.
+    pub keys: Vec<usize>,
 }
 
 /// How the parts' replies become the client's reply.
@@ -61,7 +63,7 @@ pub fn split(
             let mut bytes = BytesMut::new();
             encode::array_header(&mut bytes, 1 + firsts.len() * step);
             encode::bulk(&mut bytes, spec.lower.as_bytes());
-            for first in firsts {
+            for &first in &firsts {
                 for arg in first..first + step {
                     encode::bulk(&mut bytes, request.arg(arg));
                 }
@@ -69,6 +71,7 @@ pub fn split(
             Part {
                 route,
                 bytes: bytes.freeze(),
+                keys: firsts,
             }
         })
         .collect();

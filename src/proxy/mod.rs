@@ -74,7 +74,16 @@ impl Proxy {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default();
-            let pool = Pool::start(pool_config);
+            let pool = Pool::start(pool_config.clone());
+            // The migration is attached before the listener accepts anyone, so no write
+            // reaches the source without being mirrored.
+            if let Some(target) = config.migration_target(&pool_config) {
+                pool.attach_migration(crate::migrate::Migration::start(
+                    pool.clone(),
+                    &pool_config,
+                    target,
+                ));
+            }
             tracing::info!(pool = pool.name(), %listen, servers = pool.servers.len(), "serving");
             tokio::spawn(listener::serve(
                 pool.clone(),

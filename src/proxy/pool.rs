@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::backend::{self, BackendRequest};
+use super::backend::{self, BackendError, BackendRequest, ReplyResult};
 use super::counters::{PoolCounters, ServerCounters};
 use crate::config::{PoolConfig, ServerAddr};
 use crate::hash::Placement;
+use crate::migrate::Migration;
 use crate::resp::Protocol;
 
 /// Requests that may wait for one backend connection before senders have to wait.
@@ -32,6 +34,9 @@ pub struct Server {
     pub resp3_connections: Vec<mpsc::Sender<BackendRequest>>,
     /// The server's `redis_version`, learned on its first connection.
     pub version: std::sync::Mutex<Option<String>>,
+    /// Per connection (RESP2 ones, then RESP3 ones): the sequence number of its oldest
+    /// mirrored write in flight (`u64::MAX`: none), for the migration's low-water mark.
+    pub write_marks: Vec<AtomicU64>,
     /// Its counters.
     pub counters: ServerCounters,
     /// Consecutive failures since the last success.
@@ -58,6 +63,8 @@ pub struct Pool {
     next_return_ms: AtomicU64,
     /// Serializes placement rebuilds.
     rebuild: std::sync::Mutex<()>,
+    /// The migration this pool is the source of, once started.
+    migration: std::sync::OnceLock<Arc<Migration>>,
 }
 
 /// Where one key goes: the server and which of its connections.
@@ -80,10 +87,15 @@ impl Pool {
             .enumerate()
             .map(|(index, s)| {
                 let mut open = |protocol: Protocol| -> Vec<mpsc::Sender<BackendRequest>> {
-                    (0..config.server_connections)
-                        .map(|_| {
+                    (0..config.server_connections as usize)
+                        .map(|c| {
                             let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
-                            receivers.push((index, rx, protocol));
+                            let mark = if protocol == Protocol::Resp2 {
+                                c
+                            } else {
+                                config.server_connections as usize + c
+                            };
+                            receivers.push((index, mark, rx, protocol));
                             tx
                         })
                         .collect()
@@ -97,6 +109,9 @@ impl Pool {
                     connections,
                     resp3_connections,
                     version: std::sync::Mutex::new(None),
+                    write_marks: (0..2 * config.server_connections)
+                        .map(|_| AtomicU64::new(u64::MAX))
+                        .collect(),
                     counters: ServerCounters::new(&config.name, &s.name),
                     failures: AtomicU32::new(0),
                     ejected_until_ms: AtomicU64::new(0),
@@ -111,10 +126,11 @@ impl Pool {
             clock: Instant::now(),
             next_return_ms: AtomicU64::new(u64::MAX),
             rebuild: std::sync::Mutex::new(()),
+            migration: std::sync::OnceLock::new(),
             config,
         });
-        for (index, rx, protocol) in receivers {
-            tokio::spawn(backend::run(pool.clone(), index, rx, protocol));
+        for (index, mark, rx, protocol) in receivers {
+            tokio::spawn(backend::run(pool.clone(), index, mark, rx, protocol));
         }
         for index in 0..pool.servers.len() {
             tokio::spawn(backend::probe_version(pool.clone(), index));
@@ -214,6 +230,51 @@ impl Pool {
         self.placement
             .store(Arc::new(self.full_placement.with_live(&live)));
         self.next_return_ms.store(next, Relaxed);
+    }
+
+    /// The migration this pool is the source of, if any.
+    pub fn migration(&self) -> Option<&Arc<Migration>> {
+        self.migration.get()
+    }
+
+    /// Make this pool the source of `migration`.
+    pub fn attach_migration(&self, migration: Arc<Migration>) {
+        let _ = self.migration.set(migration);
+    }
+
+    /// The lowest sequence number of a mirrored write in flight on any connection.
+    pub fn oldest_write_in_flight(&self) -> u64 {
+        self.servers
+            .iter()
+            .flat_map(|s| s.write_marks.iter())
+            .map(|m| m.load(std::sync::atomic::Ordering::SeqCst))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Send `bytes` (producing `replies` replies; the last is returned) on connection
+    /// `connection` of `server`, waiting for room in its queue.
+    pub async fn request(
+        &self,
+        server: usize,
+        connection: usize,
+        bytes: Bytes,
+        replies: u8,
+    ) -> ReplyResult {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let s = &self.servers[server];
+        s.counters.queued(bytes.len());
+        let mut request = BackendRequest::new(
+            bytes,
+            tx,
+            self.timeout().map(|t| tokio::time::Instant::now() + t),
+        );
+        request.replies = replies;
+        if let Err(failed) = s.connections[connection].send(request).await {
+            s.counters.unqueued(failed.0.bytes.len());
+            return Err(BackendError::Refused);
+        }
+        rx.await.unwrap_or(Err(BackendError::Reset))
     }
 
     /// The per-request timeout, if the pool has one.

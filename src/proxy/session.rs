@@ -23,6 +23,7 @@ use super::fragment::{self, MergeError, MergePlan};
 use super::local::{self, ClientState};
 use super::pool::{Pool, Route};
 use crate::command::{self, Access, ArgClass, CommandClass, CommandSpec, LocalCommand};
+use crate::migrate::mirror::{self, MirrorHook, WriteEffect};
 use crate::resp::{Parsed, Request, RequestLimits, RequestParser, encode};
 
 /// Replies a client may have outstanding before the proxy stops reading from it.
@@ -279,7 +280,10 @@ impl Session {
         let Some(route) = self.pool.route(key) else {
             return self.backend_failed(BackendError::Refused);
         };
-        let rx = self.send(route, request.bytes().clone(), started).await;
+        let mirror = self.mirror_hook(spec, &request);
+        let rx = self
+            .send(route, request.bytes().clone(), started, mirror)
+            .await;
         let class = match spec.access {
             Access::Write(_) => CommandClass::Write,
             _ => spec.class_label(),
@@ -296,7 +300,10 @@ impl Session {
                 let Some(route) = self.pool.route(request.arg(1)) else {
                     return self.backend_failed(BackendError::Refused);
                 };
-                let rx = self.send(route, request.bytes().clone(), started).await;
+                let mirror = self.mirror_hook(spec, request);
+                let rx = self
+                    .send(route, request.bytes().clone(), started, mirror)
+                    .await;
                 self.pending.push_back(Pending::Forward {
                     rx,
                     class: CommandClass::Split,
@@ -306,8 +313,25 @@ impl Session {
             Ok(Some((parts, plan))) => {
                 let mut states = Vec::with_capacity(parts.len());
                 for part in parts {
+                    // A part of a split write writes exactly its own keys: each is copied.
+                    let mirror = match (self.pool.migration(), spec.is_write()) {
+                        (Some(migration), true) => {
+                            let keys = part.keys.iter().map(|&i| request.arg_bytes(i)).collect();
+                            let effect = WriteEffect {
+                                keys,
+                                replay: false,
+                                script: false,
+                            };
+                            Some(MirrorHook::new(
+                                migration.clone(),
+                                effect,
+                                part.bytes.clone(),
+                            ))
+                        }
+                        _ => None,
+                    };
                     states.push(PartState::Waiting(
-                        self.send(part.route, part.bytes, started).await,
+                        self.send(part.route, part.bytes, started, mirror).await,
                     ));
                 }
                 self.pending.push_back(Pending::Split {
@@ -319,21 +343,30 @@ impl Session {
         }
     }
 
+    /// The mirror hook for `request` when the pool is migrating and the command writes.
+    fn mirror_hook(&self, spec: &CommandSpec, request: &Request) -> Option<MirrorHook> {
+        let migration = self.pool.migration()?;
+        let effect = mirror::effect(spec, request)?;
+        Some(MirrorHook::new(
+            migration.clone(),
+            effect,
+            request.bytes().clone(),
+        ))
+    }
+
     /// Queue `bytes` on the route's connection; the receiver gets the reply.
     async fn send(
         &mut self,
         route: Route,
         bytes: Bytes,
         started: Instant,
+        mirror: Option<MirrorHook>,
     ) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
         let server = &self.pool.servers[route.server];
         server.counters.queued(bytes.len());
-        let request = BackendRequest {
-            deadline: self.pool.timeout().map(|t| started + t),
-            bytes,
-            reply: tx,
-        };
+        let mut request = BackendRequest::new(bytes, tx, self.pool.timeout().map(|t| started + t));
+        request.mirror = mirror;
         let connection = server.connection(self.state.protocol, route.connection);
         let request = match connection.try_send(request) {
             Ok(()) => return rx,

@@ -50,7 +50,9 @@ pub struct RedisServer {
     /// The port it listens on.
     pub port: u16,
     /// Its working directory (removed on drop).
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// The extra arguments it was started with.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -69,33 +71,56 @@ impl RedisServer {
         RedisServer::launch(Some(port), &[])
     }
 
+    /// Stop it after saving its data (SHUTDOWN SAVE) and start it again on the same port
+    /// and directory, so it comes back with the same keys.
+    pub fn restart(&mut self) {
+        let _ = redis::cmd("SHUTDOWN")
+            .arg("SAVE")
+            .query::<()>(&mut self.client());
+        let _ = self.child.wait();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let mut child = RedisServer::spawn(self.port, self.dir.path(), &extra);
+        assert!(
+            wait_for_port(&mut child, self.port),
+            "redis-server restarted on port {}",
+            self.port
+        );
+        self.child = child;
+    }
+
+    /// Spawn redis-server on `port` in `dir`.
+    fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--dir", &dir.display().to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)")
+    }
+
     /// Start on `port` (or a free one, retrying on collisions) with `extra` arguments.
     fn launch(fixed: Option<u16>, extra: &[&str]) -> RedisServer {
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = fixed.unwrap_or_else(free_port);
-            let mut child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args(["--dir", &dir.path().display().to_string()])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server on PATH (apt-get install redis-server)");
+            let mut child = RedisServer::spawn(port, dir.path(), extra);
             if wait_for_port(&mut child, port) {
                 return RedisServer {
                     child,
                     port,
-                    _dir: dir,
+                    dir,
+                    extra: extra.iter().map(|s| s.to_string()).collect(),
                 };
             }
             stop(&mut child);
@@ -199,6 +224,16 @@ impl Proxy {
         Proxy::cutover_with(config, &[])
     }
 
+    /// Start cutover with extra arguments and environment variables.
+    pub fn cutover_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let admin = free_port();
+        let args = ["--admin".to_string(), format!("127.0.0.1:{admin}")];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut proxy = Proxy::launch(&cutover_bin(), config, &args, env);
+        proxy.admin_port = admin;
+        proxy
+    }
+
     /// Start cutover with extra arguments.
     pub fn cutover_with(config: &str, extra: &[&str]) -> Proxy {
         let admin = free_port();
@@ -212,6 +247,11 @@ impl Proxy {
 
     /// Start `program` with `-c config -s stats -a 127.0.0.1 -o log` and `extra` arguments.
     pub fn start(program: &Path, config: &str, extra: &[&str]) -> Proxy {
+        Proxy::launch(program, config, extra, &[])
+    }
+
+    /// [`Proxy::start`] with environment variables.
+    fn launch(program: &Path, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = free_port();
@@ -236,6 +276,7 @@ impl Proxy {
                 .arg("-o")
                 .arg(dir.path().join("proxy.log"))
                 .args(extra)
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -1,0 +1,153 @@
+//! The backfill: SCAN every source server and queue "copy unless known-copied" for each
+//! key into its lane (rule 5), paced by a keys-per-second limit that can change at run
+//! time, pausable. When every server is scanned, each lane is told it may drop its
+//! known-copied set once the copies ahead of that message are done (rule 8).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::OwnedFrame;
+
+use super::Migration;
+use super::lane::LaneEvent;
+use crate::resp::encode;
+
+/// Wait between attempts when a source server cannot be scanned.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Scan every source server, then tell the lanes.
+pub async fn run(migration: Arc<Migration>) {
+    migration.counters.set_state("running");
+    let scans: Vec<_> = (0..migration.copy_source.servers.len())
+        .map(|server| tokio::spawn(scan_server(migration.clone(), server)))
+        .collect();
+    for scan in scans {
+        let _ = scan.await;
+    }
+    for lane in 0..migration.lane_count() {
+        migration.send_to_lane(lane, LaneEvent::DropKnown).await;
+    }
+    migration.backfill_done.store(true, Relaxed);
+    migration.counters.set_state("done");
+    tracing::info!(
+        pool = migration.source.name(),
+        "backfill: every source server scanned"
+    );
+}
+
+/// Scan one source server to the end.
+async fn scan_server(migration: Arc<Migration>, server: usize) {
+    let mut cursor = b"0".to_vec();
+    let started = Instant::now();
+    let mut queued: u64 = 0;
+    let mut pause = migration.paused.subscribe();
+    loop {
+        while *pause.borrow() {
+            migration.counters.set_state("paused");
+            if pause.changed().await.is_err() {
+                return;
+            }
+            migration.counters.set_state("running");
+        }
+        let mut scan = BytesMut::new();
+        let count = migration.settings.scan_count.to_string();
+        encode::command(
+            &mut scan,
+            &[b"SCAN".as_slice(), &cursor, b"COUNT", count.as_bytes()],
+        );
+        let reply = match migration
+            .copy_source
+            .request(server, 0, scan.freeze(), 1)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::warn!(server = %migration.copy_source.servers[server].name, %error, "backfill: SCAN failed; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let Some((next, keys)) = parse_scan(&reply) else {
+            tracing::error!(server = %migration.copy_source.servers[server].name, reply = %String::from_utf8_lossy(&reply[..reply.len().min(200)]), "backfill: unexpected SCAN reply");
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        for key in keys {
+            migration.counters.backfill_scanned.increment(1);
+            migration
+                .send(LaneEvent::Copy {
+                    key,
+                    unless_known: true,
+                    mirrored_at: None,
+                })
+                .await;
+            queued += 1;
+            pace(&migration, started, queued).await;
+        }
+        if next == b"0" {
+            migration.counters.servers_done.increment(1.0);
+            return;
+        }
+        cursor = next;
+    }
+}
+
+/// Sleep as long as needed to keep under the keys-per-second limit (0: unlimited).
+async fn pace(migration: &Migration, started: Instant, queued: u64) {
+    let limit = migration.rate_limit.load(Relaxed);
+    if limit == 0 {
+        return;
+    }
+    let due = Duration::from_secs_f64(queued as f64 / limit as f64);
+    let elapsed = started.elapsed();
+    if due > elapsed {
+        tokio::time::sleep(due - elapsed).await;
+    }
+}
+
+/// `(next cursor, keys)` from a SCAN reply.
+fn parse_scan(reply: &[u8]) -> Option<(Vec<u8>, Vec<Bytes>)> {
+    let (frame, _) = redis_protocol::resp2::decode::decode(reply).ok()??;
+    let OwnedFrame::Array(mut parts) = frame else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let OwnedFrame::Array(keys) = parts.pop()? else {
+        return None;
+    };
+    let OwnedFrame::BulkString(cursor) = parts.pop()? else {
+        return None;
+    };
+    let keys = keys
+        .into_iter()
+        .filter_map(|k| match k {
+            OwnedFrame::BulkString(k) => Some(Bytes::from(k)),
+            _ => None,
+        })
+        .collect();
+    Some((cursor, keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_scan;
+
+    #[test]
+    fn scan_replies() {
+        let (cursor, keys) =
+            parse_scan(b"*2\r\n$2\r\n17\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n").expect("valid");
+        assert_eq!(cursor, b"17");
+        assert_eq!(
+            keys,
+            vec![
+                bytes::Bytes::from_static(b"a"),
+                bytes::Bytes::from_static(b"b")
+            ]
+        );
+        assert!(parse_scan(b"-ERR x\r\n").is_none());
+    }
+}

@@ -1,0 +1,129 @@
+//! Copying one key: its TTL and value read atomically from the source (PTTL and DUMP in
+//! one MULTI/EXEC), written to the target server that owns it (`RESTORE key ttl payload
+//! REPLACE`), or deleted there when the source no longer has it (rule 6).
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::OwnedFrame;
+
+use super::Migration;
+use crate::resp::encode;
+
+/// A finished copy.
+pub struct Copied {
+    /// The sequence counter when the source's snapshot arrived (rule 2).
+    pub copied_at: u64,
+    /// Payload bytes written to the target.
+    pub bytes: usize,
+}
+
+/// Why a copy did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The source or target could not be reached (retried).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The target refused the payload (its Redis cannot read the source's DUMP format).
+    #[error("payload refused: {0}")]
+    Rejected(&'static str),
+    /// A reply that makes no sense (logged, key marked dirty).
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+/// Copy `key` from the source to the target.
+pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, CopyError> {
+    let mut snapshot = BytesMut::new();
+    encode::command(&mut snapshot, &[b"MULTI".as_slice()]);
+    encode::command(&mut snapshot, &[b"PTTL".as_slice(), key]);
+    encode::command(&mut snapshot, &[b"DUMP".as_slice(), key]);
+    encode::command(&mut snapshot, &[b"EXEC".as_slice()]);
+    let exec = migration
+        .source_call(key, snapshot.freeze(), 4)
+        .await
+        .map_err(|e| CopyError::Unavailable(format!("source: {e}")))?;
+    let copied_at = migration.seq_now();
+    let (pttl, payload) = parse_snapshot(&exec)?;
+    let mut write = BytesMut::new();
+    let bytes = match &payload {
+        None => {
+            encode::command(&mut write, &[b"DEL".as_slice(), key]);
+            0
+        }
+        Some(payload) => {
+            let ttl = if pttl > 0 {
+                pttl.to_string()
+            } else {
+                "0".to_string()
+            };
+            encode::command(
+                &mut write,
+                &[
+                    b"RESTORE".as_slice(),
+                    key,
+                    ttl.as_bytes(),
+                    payload,
+                    b"REPLACE",
+                ],
+            );
+            payload.len()
+        }
+    };
+    let reply = migration
+        .target_call(key, write.freeze())
+        .await
+        .map_err(|e| CopyError::Unavailable(format!("target: {e}")))?;
+    if reply.first() == Some(&b'-') {
+        let text = String::from_utf8_lossy(&reply);
+        if text.contains("payload version or checksum") {
+            return Err(CopyError::Rejected("payload_version"));
+        }
+        return Err(CopyError::Unexpected(format!(
+            "target: {}",
+            text.trim_end()
+        )));
+    }
+    Ok(Copied { copied_at, bytes })
+}
+
+/// `(pttl, payload)` from the EXEC reply `*2 :pttl $payload` (payload `None` when the key
+/// does not exist).
+fn parse_snapshot(exec: &[u8]) -> Result<(i64, Option<Vec<u8>>), CopyError> {
+    let unexpected = || {
+        CopyError::Unexpected(format!(
+            "source: {}",
+            String::from_utf8_lossy(&exec[..exec.len().min(200)]).trim_end()
+        ))
+    };
+    let Ok(Some((frame, _))) = redis_protocol::resp2::decode::decode(exec) else {
+        return Err(unexpected());
+    };
+    let OwnedFrame::Array(items) = frame else {
+        return Err(unexpected());
+    };
+    match items.as_slice() {
+        [OwnedFrame::Integer(pttl), OwnedFrame::BulkString(payload)] => {
+            Ok((*pttl, Some(payload.clone())))
+        }
+        [OwnedFrame::Integer(pttl), OwnedFrame::Null] => Ok((*pttl, None)),
+        _ => Err(unexpected()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots() {
+        assert_eq!(
+            parse_snapshot(b"*2\r\n:-1\r\n$3\r\nabc\r\n").ok(),
+            Some((-1, Some(b"abc".to_vec())))
+        );
+        assert_eq!(
+            parse_snapshot(b"*2\r\n:-2\r\n$-1\r\n").ok(),
+            Some((-2, None))
+        );
+        assert!(parse_snapshot(b"-EXECABORT x\r\n").is_err());
+        assert!(parse_snapshot(b"*1\r\n:1\r\n").is_err());
+    }
+}

@@ -1,0 +1,283 @@
+//! The migration engine: mirroring, lanes, copies and the backfill, following the lane
+//! rules of DESIGN.md so the target ends equal to the source whatever the interleaving
+//! of live writes and copies.
+//!
+//! One [`Migration`] serves one source pool (the pool clients use) and its `migrate_to`
+//! target. Writes through the proxy carry a [`MirrorHook`](mirror::MirrorHook); the
+//! backfill scans the source; both feed the lanes, and only lanes write to the target.
+
+mod backfill;
+mod copy;
+mod counters;
+mod dirty;
+pub mod known;
+mod lane;
+pub mod mirror;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+pub use counters::MigrationCounters;
+pub use lane::LaneEvent;
+
+use crate::config::{MigrateSettings, PoolConfig};
+use crate::proxy::{BackendError, Pool};
+use dirty::DirtyKeys;
+use known::Salt;
+
+/// Smallest queue a lane gets, whatever `mirror_queue_limit` says.
+const MIN_LANE_QUEUE: usize = 16;
+
+/// A running migration from one source pool to its target.
+pub struct Migration {
+    /// The pool clients use: the source, authoritative until cutover.
+    pub source: Arc<Pool>,
+    /// Separate connections to the source servers for the backfill's SCAN and the copies'
+    /// DUMP, so large copies never queue behind (or ahead of) client traffic.
+    pub copy_source: Arc<Pool>,
+    /// The target pool, placed by its own config.
+    pub target: Arc<Pool>,
+    /// The `migrate:` settings.
+    pub settings: MigrateSettings,
+    /// Fingerprint salts of the known-copied sets.
+    pub salt: Salt,
+    /// The sequence counter every mirrored write takes a number from (rule 2).
+    seq: AtomicU64,
+    /// Senders to the lanes.
+    lanes: Vec<mpsc::Sender<LaneEvent>>,
+    /// Events ever queued to each lane (for forgetting `copied_at` safely).
+    pub lane_enqueued: Vec<AtomicU64>,
+    /// The migration's metrics.
+    pub counters: MigrationCounters,
+    /// Keys to copy again.
+    dirty: DirtyKeys,
+    /// Set when every source server has been scanned.
+    pub backfill_done: AtomicBool,
+    /// True while the backfill is paused.
+    paused: watch::Sender<bool>,
+    /// Backfill limit in keys per second (0: unlimited), changeable at run time.
+    rate_limit: AtomicU64,
+}
+
+impl Migration {
+    /// Start migrating `source` (whose config is `source_config`) to `target_config`: the
+    /// target pool, the copy connections, the lanes, the backfill and the dirty-key drainer.
+    pub fn start(
+        source: Arc<Pool>,
+        source_config: &PoolConfig,
+        target_config: &PoolConfig,
+    ) -> Arc<Migration> {
+        let settings = source_config
+            .migration
+            .as_ref()
+            .map(|m| m.settings.clone())
+            .unwrap_or_default();
+        let mut copy_config = source_config.clone();
+        copy_config.name = format!("{}.copy", source_config.name);
+        copy_config.preconnect = false;
+        let copy_source = Pool::start(copy_config);
+        let target = Pool::start(target_config.clone());
+        let lanes = settings.lanes.max(1) as usize;
+        let per_lane = (settings.mirror_queue_limit as usize / lanes).max(MIN_LANE_QUEUE);
+        let mut receivers = Vec::with_capacity(lanes);
+        let senders = (0..lanes)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(per_lane);
+                receivers.push(rx);
+                tx
+            })
+            .collect();
+        let dirty_path = settings.state_file.as_ref().map_or_else(
+            || {
+                std::env::temp_dir().join(format!(
+                    "cutover-{}-{}.dirty",
+                    source_config.name,
+                    std::process::id()
+                ))
+            },
+            |state| state.with_extension("dirty"),
+        );
+        let counters = MigrationCounters::new(&source_config.name);
+        counters.set_state("idle");
+        counters
+            .rate_limit
+            .set(settings.backfill_keys_per_second as f64);
+        let migration = Arc::new(Migration {
+            source,
+            copy_source,
+            target,
+            salt: Salt::random(),
+            seq: AtomicU64::new(1),
+            lanes: senders,
+            lane_enqueued: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            counters,
+            dirty: DirtyKeys::open(dirty_path),
+            backfill_done: AtomicBool::new(false),
+            paused: watch::channel(false).0,
+            rate_limit: AtomicU64::new(settings.backfill_keys_per_second),
+            settings,
+        });
+        for (index, rx) in receivers.into_iter().enumerate() {
+            tokio::spawn(lane::run(migration.clone(), index, rx));
+        }
+        tokio::spawn(backfill::run(migration.clone()));
+        tokio::spawn(dirty::drain(migration.clone()));
+        tracing::info!(
+            source = migration.source.name(),
+            target = migration.target.name(),
+            lanes,
+            dirty_file = %migration.dirty.path.display(),
+            "migration started"
+        );
+        migration
+    }
+
+    /// Take the next sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, SeqCst)
+    }
+
+    /// The counter's current value (a copy's `copied_at`).
+    pub fn seq_now(&self) -> u64 {
+        self.seq.load(SeqCst)
+    }
+
+    /// A sequence number below which every mirrored write has had its events queued: the
+    /// counter, or the oldest write still in flight on any source connection if lower.
+    pub fn low_water(&self) -> u64 {
+        let counter = self.seq.load(SeqCst);
+        self.source.oldest_write_in_flight().min(counter)
+    }
+
+    /// Number of lanes.
+    pub fn lane_count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The lane of `key` (FNV-1a, so a key always takes the same lane).
+    fn lane_of(&self, key: &[u8]) -> usize {
+        let h = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (h % self.lanes.len() as u64) as usize
+    }
+
+    /// Queue a mirror event without waiting (the client's reply must not wait): a full
+    /// lane marks the key dirty instead.
+    pub fn enqueue(&self, event: LaneEvent) {
+        let Some(key) = event_key(&event).cloned() else {
+            return;
+        };
+        let lane = self.lane_of(&key);
+        self.lane_enqueued[lane].fetch_add(1, SeqCst);
+        match self.lanes[lane].try_send(event) {
+            Ok(()) => self.counters.lane_depth.increment(1.0),
+            Err(_) => {
+                self.lane_enqueued[lane].fetch_sub(1, SeqCst);
+                self.mark_dirty(&key);
+            }
+        }
+    }
+
+    /// Queue an event, waiting for room (the backfill and the dirty drainer).
+    pub async fn send(&self, event: LaneEvent) {
+        let Some(key) = event_key(&event) else { return };
+        let lane = self.lane_of(key);
+        self.send_to_lane(lane, event).await;
+    }
+
+    /// Queue an event on lane `lane`, waiting for room.
+    pub async fn send_to_lane(&self, lane: usize, event: LaneEvent) {
+        self.lane_enqueued[lane].fetch_add(1, SeqCst);
+        self.counters.lane_depth.increment(1.0);
+        if self.lanes[lane].send(event).await.is_err() {
+            self.lane_enqueued[lane].fetch_sub(1, SeqCst);
+            self.counters.lane_depth.decrement(1.0);
+        }
+    }
+
+    /// Mark `key` dirty: it will be copied again later.
+    pub fn mark_dirty(&self, key: &[u8]) {
+        self.counters.dirtied.increment(1);
+        self.dirty.mark(key);
+        self.counters
+            .dirty_pending
+            .set(self.dirty.pending.load(Relaxed) as f64);
+    }
+
+    /// Send `request` (expecting `replies` replies, the last returned) to the source server
+    /// that owns `key`, over the copy connections.
+    pub async fn source_call(
+        &self,
+        key: &[u8],
+        request: Bytes,
+        replies: u8,
+    ) -> Result<Bytes, BackendError> {
+        let route = self.copy_source.route(key).ok_or(BackendError::Refused)?;
+        self.copy_source
+            .request(route.server, route.connection, request, replies)
+            .await
+    }
+
+    /// Send `request` to the target server that owns `key`.
+    pub async fn target_call(&self, key: &[u8], request: Bytes) -> Result<Bytes, BackendError> {
+        let route = self.target.route(key).ok_or(BackendError::Refused)?;
+        self.target
+            .request(route.server, route.connection, request, 1)
+            .await
+    }
+
+    /// Pause or resume the backfill.
+    pub fn set_paused(&self, paused: bool) {
+        let _ = self.paused.send(paused);
+    }
+
+    /// Change the backfill's keys-per-second limit (0: unlimited).
+    pub fn set_rate_limit(&self, keys_per_second: u64) {
+        self.rate_limit.store(keys_per_second, Relaxed);
+        self.counters.rate_limit.set(keys_per_second as f64);
+    }
+
+    /// Mirror events waiting in lanes, and dirty keys waiting to be copied again.
+    pub fn backlog(&self) -> (u64, u64) {
+        let queued: usize = self
+            .lanes
+            .iter()
+            .map(|l| l.max_capacity() - l.capacity())
+            .sum();
+        (queued as u64, self.dirty.pending.load(Relaxed))
+    }
+}
+
+impl Migration {
+    /// The migration's state for `/status`, as a JSON object.
+    pub fn status_json(&self) -> String {
+        let (queued, dirty) = self.backlog();
+        let done = self.backfill_done.load(Relaxed);
+        let paused = *self.paused.borrow();
+        let state = if done {
+            "done"
+        } else if paused {
+            "paused"
+        } else {
+            "running"
+        };
+        format!(
+            "{{\"phase\":\"migrating\",\"source\":\"{}\",\"target\":\"{}\",\"backfill\":{{\"state\":\"{state}\",\"done\":{done},\"rate_limit_keys_per_second\":{}}},\"mirror\":{{\"queued\":{queued},\"dirty\":{dirty}}}}}",
+            self.source.name().escape_default(),
+            self.target.name().escape_default(),
+            self.rate_limit.load(Relaxed),
+        )
+    }
+}
+
+/// The key an event is about.
+fn event_key(event: &LaneEvent) -> Option<&Bytes> {
+    match event {
+        LaneEvent::Write { key, .. } | LaneEvent::Copy { key, .. } => Some(key),
+        LaneEvent::DropKnown => None,
+    }
+}

@@ -20,8 +20,12 @@ const MBUF_MAX: u64 = 16 * 1024 * 1024;
 /// A twemproxy-compatible Redis proxy that migrates a pool to new servers with no
 /// downtime and no lost write.
 #[derive(Debug, Parser)]
-#[command(name = "cutover", version, about, long_about = None)]
+#[command(name = "cutover", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// A job other than running the proxy.
+    #[command(subcommand)]
+    command: Option<Job>,
+
     /// Configuration file (nutcracker YAML, plus cutover's migration keys).
     #[arg(
         short = 'c',
@@ -115,8 +119,92 @@ struct Cli {
     max_request_bytes: usize,
 }
 
+/// Jobs besides running the proxy.
+#[derive(Debug, clap::Subcommand)]
+enum Job {
+    /// Copy one running Redis into a pool offline, placed as nutcracker would place it
+    /// (the one-off DUMP/RESTORE job), with progress, rate limit, resume and a summary.
+    Migrate(MigrateArgs),
+}
+
+/// `cutover migrate` options.
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// The source Redis.
+    #[arg(long, value_name = "HOST:PORT")]
+    from: String,
+    /// The target: a nutcracker config, and the pool in it when it has several.
+    #[arg(long, value_name = "FILE[:POOL]")]
+    to: String,
+    /// The source's password.
+    #[arg(long)]
+    password: Option<String>,
+    /// Keys per second (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// COUNT for each SCAN of the source.
+    #[arg(long, default_value_t = 1000)]
+    scan_count: u32,
+    /// Keep progress in FILE and resume from it after an interruption.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Copies in flight at once.
+    #[arg(long, default_value_t = 64)]
+    parallel: u32,
+}
+
+/// Run `cutover migrate`.
+fn run_offline_migrate(args: MigrateArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let options = cutover::migrate::offline::OfflineOptions {
+        from: args.from,
+        to: args.to,
+        password: args.password,
+        rate: args.rate,
+        scan_count: args.scan_count,
+        checkpoint: args.checkpoint,
+        parallel: args.parallel,
+    };
+    match runtime.block_on(cutover::migrate::offline::run(options)) {
+        Err(error) => fail(&error.to_string()),
+        Ok(s) => {
+            println!(
+                "cutover migrate: {} keys scanned, {} copied, {:.1} MB in {:.1} s ({:.0} keys/s, {:.1} MB/s)",
+                s.scanned,
+                s.copied,
+                s.bytes as f64 / 1e6,
+                s.seconds,
+                s.scanned as f64 / s.seconds.max(0.001),
+                s.bytes as f64 / 1e6 / s.seconds.max(0.001)
+            );
+            println!(
+                "cutover migrate: skipped {} already copied by an earlier run; {} refused by the target (DUMP format too new); {} failed at first and were copied again",
+                s.skipped, s.rejected, s.retried
+            );
+            if s.rejected > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Job::Migrate(args)) = cli.command {
+        return run_offline_migrate(args);
+    }
     if cli.describe_stats {
         print!("{}", stats::describe());
         return ExitCode::SUCCESS;
@@ -262,7 +350,6 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
 /// Print an error and return a failing exit code.
 fn fail(message: &str) -> ExitCode {
     eprintln!("cutover: {message}");
-    tracing::error!("{message}");
     ExitCode::FAILURE
 }
 

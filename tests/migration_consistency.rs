@@ -6,17 +6,15 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use support::compare::differences;
 use support::{Proxy, RedisServer, redis_servers};
 
 /// Keys of each type that clients and the backfill fight over.
 const HOT: u64 = 200;
 /// Pre-filled keys.
 const PREFILL: u64 = 20_000;
-/// TTL difference still counted as equal.
-const TTL_TOLERANCE_MS: i64 = 2000;
 
 /// A source, a 3-server target pool, and cutover migrating between them.
 struct Setup {
@@ -214,120 +212,6 @@ fn wait_until_drained(cutover: &Proxy) {
         quiet = if drained { quiet + 1 } else { 0 };
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// A key's logical value, comparable across servers.
-#[derive(Debug, PartialEq)]
-enum Value {
-    Missing,
-    String(Vec<u8>),
-    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
-    List(Vec<Vec<u8>>),
-    Set(BTreeSet<Vec<u8>>),
-    Zset(BTreeMap<Vec<u8>, String>),
-    Other(String),
-}
-
-fn read(conn: &mut redis::Connection, key: &[u8]) -> (Value, i64) {
-    let kind: String = redis::cmd("TYPE").arg(key).query(conn).expect("TYPE");
-    let value = match kind.as_str() {
-        "none" => Value::Missing,
-        "string" => Value::String(redis::cmd("GET").arg(key).query(conn).unwrap_or_default()),
-        "hash" => Value::Hash(
-            redis::cmd("HGETALL")
-                .arg(key)
-                .query(conn)
-                .unwrap_or_default(),
-        ),
-        "list" => Value::List(
-            redis::cmd("LRANGE")
-                .arg(key)
-                .arg(0)
-                .arg(-1)
-                .query(conn)
-                .unwrap_or_default(),
-        ),
-        "set" => Value::Set(
-            redis::cmd("SMEMBERS")
-                .arg(key)
-                .query(conn)
-                .unwrap_or_default(),
-        ),
-        "zset" => Value::Zset(
-            redis::cmd("ZRANGE")
-                .arg(key)
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES")
-                .query(conn)
-                .unwrap_or_default(),
-        ),
-        other => Value::Other(other.to_string()),
-    };
-    let pttl: i64 = redis::cmd("PTTL").arg(key).query(conn).unwrap_or(-2);
-    (value, pttl)
-}
-
-/// Every difference between the source and the target pool.
-fn differences(source: &RedisServer, targets: &[RedisServer]) -> Vec<String> {
-    let mut src = source.client();
-    let mut conns: Vec<_> = targets.iter().map(RedisServer::client).collect();
-    let mut found = Vec::new();
-    let source_keys = source.keys();
-    for key in &source_keys {
-        let (want, want_ttl) = read(&mut src, key);
-        if want == Value::Missing {
-            continue; // expired while we looked
-        }
-        let holders: Vec<usize> = (0..targets.len())
-            .filter(|&i| {
-                redis::cmd("EXISTS")
-                    .arg(key)
-                    .query::<i64>(&mut conns[i])
-                    .unwrap_or(0)
-                    == 1
-            })
-            .collect();
-        let name = String::from_utf8_lossy(key).into_owned();
-        match holders.as_slice() {
-            [i] => {
-                let (got, got_ttl) = read(&mut conns[*i], key);
-                if got != want {
-                    found.push(format!("{name}: source {want:?}, target {got:?}"));
-                } else if (want_ttl < 0) != (got_ttl < 0)
-                    || (want_ttl - got_ttl).abs() > TTL_TOLERANCE_MS && want_ttl >= 0
-                {
-                    found.push(format!(
-                        "{name}: TTL source {want_ttl} ms, target {got_ttl} ms"
-                    ));
-                }
-            }
-            [] => found.push(format!("{name}: missing on the target")),
-            many => found.push(format!("{name}: on {} target servers", many.len())),
-        }
-    }
-    let target_total: usize = targets.iter().map(|t| t.keys().len()).sum();
-    let live_source = source_keys.len();
-    if target_total > live_source {
-        let source_set: BTreeSet<Vec<u8>> = source_keys.into_iter().collect();
-        for t in targets {
-            for key in t.keys() {
-                if !source_set.contains(&key)
-                    && redis::cmd("EXISTS")
-                        .arg(&key)
-                        .query::<i64>(&mut src)
-                        .unwrap_or(0)
-                        == 0
-                {
-                    found.push(format!(
-                        "{}: on the target only",
-                        String::from_utf8_lossy(&key)
-                    ));
-                }
-            }
-        }
-    }
-    found
 }
 
 /// Prefill, start cutover, run the workload (with `during` running beside it), drain, and

@@ -32,6 +32,17 @@ pub struct Config {
 impl Config {
     /// Read and check the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, true)
+    }
+
+    /// Read a config whose pools describe servers only (the target of `cutover migrate`):
+    /// a pool without `listen:` is fine there.
+    pub fn load_servers_only(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, false)
+    }
+
+    /// Read and check `path`; `listen_required` as in [`Config::parse_with`].
+    fn load_with(path: &Path, listen_required: bool) -> Result<Config, ConfigError> {
         let read_error = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -60,11 +71,21 @@ impl Config {
                 offset,
             }
         })?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse_with(&text, &path.display().to_string(), listen_required)
     }
 
     /// Check config `text`; `source_name` prefixes every problem (usually the file name).
     pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, source_name, true)
+    }
+
+    /// Check config `text`; when `listen_required`, every pool that is not a migration
+    /// target needs `listen:`.
+    pub fn parse_with(
+        text: &str,
+        source_name: &str,
+        listen_required: bool,
+    ) -> Result<Config, ConfigError> {
         let invalid = |problems| ConfigError::Invalid {
             source_name: source_name.to_string(),
             problems,
@@ -117,7 +138,7 @@ impl Config {
             }
             pools.push(PoolConfig::read(name, name_node.line, body, &mut problems));
         }
-        check_listens(&pools, &mut problems);
+        check_listens(&pools, listen_required, &mut problems);
         check_migrations(&pools, &mut problems);
         if !problems.is_empty() {
             problems.sort_by_key(|p| p.line);
@@ -146,9 +167,10 @@ impl Config {
 }
 
 /// Every pool needs a `listen:` unless it is a migration target; no two pools may share one.
-fn check_listens(pools: &[PoolConfig], problems: &mut Vec<Problem>) {
+fn check_listens(pools: &[PoolConfig], listen_required: bool, problems: &mut Vec<Problem>) {
     for (i, pool) in pools.iter().enumerate() {
         match &pool.listen {
+            None if !listen_required => {}
             None => {
                 let is_target = pools
                     .iter()

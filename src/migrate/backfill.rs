@@ -37,10 +37,16 @@ pub async fn run(migration: Arc<Migration>) {
     );
 }
 
-/// Scan one source server to the end.
+/// Scan one source server to the end, from where a previous run left off.
 async fn scan_server(migration: Arc<Migration>, server: usize) {
-    let mut cursor = b"0".to_vec();
+    let (resume, done) = migration.progress.resume_point(server);
+    if done {
+        migration.counters.servers_done.increment(1.0);
+        return;
+    }
+    let mut cursor = resume.into_bytes();
     let started = Instant::now();
+    let bytes_at_start = migration.totals.bytes.load(Relaxed);
     let mut queued: u64 = 0;
     let mut pause = migration.paused.subscribe();
     loop {
@@ -76,6 +82,7 @@ async fn scan_server(migration: Arc<Migration>, server: usize) {
         };
         for key in keys {
             migration.counters.backfill_scanned.increment(1);
+            migration.totals.scanned.fetch_add(1, Relaxed);
             migration
                 .send(LaneEvent::Copy {
                     key,
@@ -84,8 +91,17 @@ async fn scan_server(migration: Arc<Migration>, server: usize) {
                 })
                 .await;
             queued += 1;
-            pace(&migration, started, queued).await;
+            pace(&migration, started, queued, bytes_at_start).await;
         }
+        // Resumable from `next` once every lane has processed what was queued so far.
+        let snapshot = migration
+            .lane_enqueued
+            .iter()
+            .map(|e| e.load(std::sync::atomic::Ordering::SeqCst))
+            .collect();
+        migration
+            .progress
+            .batch_queued(server, &next, next == b"0", snapshot);
         if next == b"0" {
             migration.counters.servers_done.increment(1.0);
             return;
@@ -94,13 +110,23 @@ async fn scan_server(migration: Arc<Migration>, server: usize) {
     }
 }
 
-/// Sleep as long as needed to keep under the keys-per-second limit (0: unlimited).
-async fn pace(migration: &Migration, started: Instant, queued: u64) {
-    let limit = migration.rate_limit.load(Relaxed);
-    if limit == 0 {
-        return;
+/// Sleep as long as needed to keep under the keys-per-second and bytes-per-second limits
+/// (0: unlimited). The limits are read each time, so changes take effect at once.
+async fn pace(migration: &Migration, started: Instant, queued: u64, bytes_at_start: u64) {
+    let keys_limit = migration.rate_limit.load(Relaxed);
+    let bytes_limit = migration.byte_limit.load(Relaxed);
+    let mut due = Duration::ZERO;
+    if keys_limit > 0 {
+        due = due.max(Duration::from_secs_f64(queued as f64 / keys_limit as f64));
     }
-    let due = Duration::from_secs_f64(queued as f64 / limit as f64);
+    if bytes_limit > 0 {
+        let bytes = migration
+            .totals
+            .bytes
+            .load(Relaxed)
+            .saturating_sub(bytes_at_start);
+        due = due.max(Duration::from_secs_f64(bytes as f64 / bytes_limit as f64));
+    }
     let elapsed = started.elapsed();
     if due > elapsed {
         tokio::time::sleep(due - elapsed).await;

@@ -3,7 +3,7 @@
 //! order they were queued, so the target sees each key's changes in source order.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,6 +78,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
     while let Some(event) = rx.recv().await {
         processed += 1;
         migration.counters.lane_depth.decrement(1.0);
+        let processed_slot = &migration.lane_processed[index];
         let bytes_before = known.bytes();
         match event {
             LaneEvent::Write {
@@ -111,6 +112,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                 let fp = migration.salt.fingerprint(&key);
                 if unless_known && (dropped || known.contains(fp)) {
                     migration.counters.backfill_skipped.increment(1);
+                    migration.totals.skipped.fetch_add(1, Relaxed);
                 } else {
                     let reason = if mirrored_at.is_some() {
                         "write"
@@ -145,6 +147,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
             .counters
             .known_bytes
             .increment(bytes_after as f64 - bytes_before as f64);
+        processed_slot.store(processed, SeqCst);
     }
 }
 
@@ -161,6 +164,7 @@ async fn replay_or_copy(
         match migration.target_call(key, request.clone()).await {
             Ok(reply) if reply.first() != Some(&b'-') => {
                 migration.counters.replayed.increment(1);
+                migration.totals.replayed.fetch_add(1, Relaxed);
                 return;
             }
             Ok(reply) => {
@@ -190,6 +194,9 @@ async fn copy_with_retries(
     reason: &'static str,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    let Ok(_slot) = migration.copy_slots.acquire().await else {
+        return;
+    };
     for attempt in 1..=ATTEMPTS {
         match copy::copy_key(migration, key).await {
             Ok(copied) => {
@@ -199,12 +206,21 @@ async fn copy_with_retries(
                     migration.counters.known_keys.increment(1.0);
                 }
                 migration.counters.copied(reason, copied.bytes);
+                let t = &migration.totals;
+                t.bytes.fetch_add(copied.bytes as u64, Relaxed);
+                if reason == "backfill" {
+                    t.backfill_copied.fetch_add(1, Relaxed);
+                } else {
+                    t.write_copies.fetch_add(1, Relaxed);
+                }
                 return;
             }
             Err(CopyError::Rejected(why)) => {
+                // Copying again cannot help; counted and reported (copied structurally
+                // once that exists), never retried in a loop.
                 migration.counters.restore_rejected(why);
+                migration.totals.rejected.fetch_add(1, Relaxed);
                 tracing::warn!(key = %String::from_utf8_lossy(key), why, "the target refused the key's DUMP payload");
-                migration.mark_dirty(key);
                 return;
             }
             Err(CopyError::Unavailable(_)) if attempt < ATTEMPTS => {

@@ -13,6 +13,8 @@ mod dirty;
 pub mod known;
 mod lane;
 pub mod mirror;
+pub mod offline;
+mod state;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -60,6 +62,37 @@ pub struct Migration {
     paused: watch::Sender<bool>,
     /// Backfill limit in keys per second (0: unlimited), changeable at run time.
     rate_limit: AtomicU64,
+    /// Backfill limit in payload bytes per second (0: unlimited), changeable at run time.
+    byte_limit: AtomicU64,
+    /// Bounds the copies in flight at once (`copies_in_flight`).
+    pub copy_slots: tokio::sync::Semaphore,
+    /// Running totals (readable, for progress, `/status` and summaries).
+    pub totals: Totals,
+    /// Events each lane has processed (for safe checkpoints).
+    pub lane_processed: Vec<AtomicU64>,
+    /// Backfill progress per source server, saved to the state file.
+    pub progress: state::Progress,
+}
+
+/// Running totals of a migration.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Keys the backfill scanned.
+    pub scanned: AtomicU64,
+    /// Keys copied by the backfill.
+    pub backfill_copied: AtomicU64,
+    /// Keys the backfill skipped because they were already copied.
+    pub skipped: AtomicU64,
+    /// Keys copied because of writes.
+    pub write_copies: AtomicU64,
+    /// Writes replayed.
+    pub replayed: AtomicU64,
+    /// Payload bytes copied.
+    pub bytes: AtomicU64,
+    /// Keys marked dirty.
+    pub dirtied: AtomicU64,
+    /// Keys whose payload the target refused.
+    pub rejected: AtomicU64,
 }
 
 impl Migration {
@@ -100,6 +133,8 @@ impl Migration {
             },
             |state| state.with_extension("dirty"),
         );
+        let progress =
+            state::Progress::load_or_new(settings.state_file.clone(), copy_source.servers.len());
         let counters = MigrationCounters::new(&source_config.name);
         counters.set_state("idle");
         counters
@@ -109,7 +144,7 @@ impl Migration {
             source,
             copy_source,
             target,
-            salt: Salt::random(),
+            salt: progress.salt(),
             seq: AtomicU64::new(1),
             lanes: senders,
             lane_enqueued: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
@@ -118,6 +153,16 @@ impl Migration {
             backfill_done: AtomicBool::new(false),
             paused: watch::channel(false).0,
             rate_limit: AtomicU64::new(settings.backfill_keys_per_second),
+            byte_limit: AtomicU64::new(settings.backfill_bytes_per_second),
+            copy_slots: tokio::sync::Semaphore::new(settings.copies_in_flight.max(1) as usize),
+            totals: Totals {
+                scanned: AtomicU64::new(progress.loaded[0]),
+                backfill_copied: AtomicU64::new(progress.loaded[1]),
+                bytes: AtomicU64::new(progress.loaded[2]),
+                ..Totals::default()
+            },
+            lane_processed: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            progress,
             settings,
         });
         for (index, rx) in receivers.into_iter().enumerate() {
@@ -125,6 +170,7 @@ impl Migration {
         }
         tokio::spawn(backfill::run(migration.clone()));
         tokio::spawn(dirty::drain(migration.clone()));
+        tokio::spawn(state::checkpoints(migration.clone()));
         tracing::info!(
             source = migration.source.name(),
             target = migration.target.name(),
@@ -202,6 +248,7 @@ impl Migration {
     /// Mark `key` dirty: it will be copied again later.
     pub fn mark_dirty(&self, key: &[u8]) {
         self.counters.dirtied.increment(1);
+        self.totals.dirtied.fetch_add(1, Relaxed);
         self.dirty.mark(key);
         self.counters
             .dirty_pending
@@ -241,6 +288,35 @@ impl Migration {
         self.counters.rate_limit.set(keys_per_second as f64);
     }
 
+    /// Change the backfill's bytes-per-second limit (0: unlimited).
+    pub fn set_byte_limit(&self, bytes_per_second: u64) {
+        self.byte_limit.store(bytes_per_second, Relaxed);
+    }
+
+    /// Whether the backfill is complete, every lane is empty and no dirty key waits.
+    pub fn drained(&self) -> bool {
+        let (queued, dirty) = self.backlog();
+        self.backfill_done.load(Relaxed) && queued == 0 && dirty == 0
+    }
+
+    /// A clean stop: wait (at most `limit`) for the lanes to empty, then save the state
+    /// file as clean so the next start resumes without requiring a verify pass.
+    pub async fn stop(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.backlog().0 > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let processed: Vec<u64> = self.lane_processed.iter().map(|p| p.load(SeqCst)).collect();
+        self.progress.advance_to(&processed);
+        let clean = self.backlog().0 == 0;
+        self.save_state(clean);
+    }
+
+    /// Save the state file now, marking a clean stop when `clean`.
+    pub fn save_state(&self, clean: bool) {
+        state::save(self, clean);
+    }
+
     /// Mirror events waiting in lanes, and dirty keys waiting to be copied again.
     pub fn backlog(&self) -> (u64, u64) {
         let queued: usize = self
@@ -265,11 +341,22 @@ impl Migration {
         } else {
             "running"
         };
+        let t = &self.totals;
         format!(
-            "{{\"phase\":\"migrating\",\"source\":\"{}\",\"target\":\"{}\",\"backfill\":{{\"state\":\"{state}\",\"done\":{done},\"rate_limit_keys_per_second\":{}}},\"mirror\":{{\"queued\":{queued},\"dirty\":{dirty}}}}}",
+            "{{\"phase\":\"migrating\",\"source\":\"{}\",\"target\":\"{}\",\"needs_verify\":{},\"backfill\":{{\"state\":\"{state}\",\"done\":{done},\"keys_scanned\":{},\"keys_copied\":{},\"keys_skipped\":{},\"bytes_copied\":{},\"rate_limit_keys_per_second\":{},\"rate_limit_bytes_per_second\":{}}},\"mirror\":{{\"queued\":{queued},\"dirty\":{dirty},\"replayed\":{},\"copied\":{},\"dirtied\":{},\"rejected\":{}}}}}",
             self.source.name().escape_default(),
             self.target.name().escape_default(),
+            self.progress.needs_verify(),
+            t.scanned.load(Relaxed),
+            t.backfill_copied.load(Relaxed),
+            t.skipped.load(Relaxed),
+            t.bytes.load(Relaxed),
             self.rate_limit.load(Relaxed),
+            self.byte_limit.load(Relaxed),
+            t.replayed.load(Relaxed),
+            t.write_copies.load(Relaxed),
+            t.dirtied.load(Relaxed),
+            t.rejected.load(Relaxed),
         )
     }
 }

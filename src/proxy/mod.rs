@@ -24,6 +24,8 @@ use crate::resp::RequestLimits;
 
 /// How long shutdown waits for clients to receive their pending replies.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for a migration's lanes to empty.
+const MIGRATION_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,13 @@ impl Proxy {
             tracing::warn!(
                 "shutdown: clients still connected after {DRAIN_TIMEOUT:?}; exiting anyway"
             );
+        }
+        // Mirror events of the last writes reach the target, and the state file records
+        // a clean stop.
+        for pool in &self.pools {
+            if let Some(migration) = pool.migration() {
+                migration.stop(MIGRATION_STOP_TIMEOUT).await;
+            }
         }
     }
 }

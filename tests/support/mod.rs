@@ -3,6 +3,8 @@
 //! client for talking to proxies byte for byte.
 #![allow(dead_code)]
 
+pub mod compare;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,228 @@
+//! `cutover migrate --from HOST:PORT --to FILE[:POOL]`: copy one running Redis into a pool,
+//! placed as nutcracker would place it, with the same engine the proxy's backfill uses.
+//! Shows progress (a line redrawn on a terminal, log lines otherwise), resumes from a
+//! checkpoint file, and ends with a summary.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::Migration;
+use crate::config::{Config, MigrateSettings, Migration as MigrationConfig, PoolConfig};
+use crate::proxy::Pool;
+use crate::resp::encode;
+
+/// What `cutover migrate` was asked to do.
+#[derive(Debug, Clone)]
+pub struct OfflineOptions {
+    /// The source Redis, `host:port`.
+    pub from: String,
+    /// `FILE` or `FILE:POOL`: the target pool's config.
+    pub to: String,
+    /// The source's password, if it needs one.
+    pub password: Option<String>,
+    /// Keys per second (0: unlimited).
+    pub rate: u64,
+    /// SCAN COUNT.
+    pub scan_count: u32,
+    /// Where progress is kept, to resume after an interruption.
+    pub checkpoint: Option<PathBuf>,
+    /// Copies in flight at once.
+    pub parallel: u32,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Keys scanned on the source.
+    pub scanned: u64,
+    /// Keys copied.
+    pub copied: u64,
+    /// Keys skipped because a resumed run had copied them already.
+    pub skipped: u64,
+    /// Payload bytes copied.
+    pub bytes: u64,
+    /// Keys whose payload the target refused.
+    pub rejected: u64,
+    /// Keys that failed and were copied again.
+    pub retried: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Why the job could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// The target config is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The source cannot be reached.
+    #[error("cannot reach the source {from}: {reason}")]
+    Source {
+        /// The source address.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The target pool named by `FILE[:POOL]`.
+fn target_pool(to: &str) -> Result<PoolConfig, OfflineError> {
+    let (file, pool) = match to.rsplit_once(':') {
+        Some((file, pool)) if !std::path::Path::new(to).exists() => (file, Some(pool)),
+        _ => (to, None),
+    };
+    let config = Config::load_servers_only(std::path::Path::new(file))
+        .map_err(|e| OfflineError::Config(e.to_string()))?;
+    let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    let chosen = match pool {
+        Some(name) => config.pool(name).ok_or_else(|| {
+            OfflineError::Config(format!(
+                "{file} has no pool '{name}' (pools: {})",
+                names.join(", ")
+            ))
+        })?,
+        None if config.pools.len() == 1 => &config.pools[0],
+        None => {
+            return Err(OfflineError::Config(format!(
+                "{file} has several pools; name one as {file}:POOL (pools: {})",
+                names.join(", ")
+            )));
+        }
+    };
+    if !chosen.redis {
+        return Err(OfflineError::Config(format!(
+            "pool '{}' is not a redis pool (redis: true)",
+            chosen.name
+        )));
+    }
+    Ok(chosen.clone())
+}
+
+/// The source as a one-server pool, through the config reader so a bad address gets its
+/// usual message.
+fn source_pool(options: &OfflineOptions, target: &PoolConfig) -> Result<PoolConfig, OfflineError> {
+    let yaml = format!(
+        "source:\n  listen: 127.0.0.1:1\n  redis: true\n  timeout: 30000\n  server_connections: 4\n  servers:\n   - \"{}:1 source\"\n",
+        options.from.replace('"', "")
+    );
+    let config = Config::parse(&yaml, "--from")
+        .map_err(|e| OfflineError::Config(format!("--from {}: {e}", options.from)))?;
+    let mut pool = config.pools[0].clone();
+    pool.redis_auth = options.password.clone();
+    let settings = MigrateSettings {
+        lanes: options.parallel.max(1),
+        scan_count: options.scan_count.max(1),
+        backfill_keys_per_second: options.rate,
+        copies_in_flight: options.parallel.max(1),
+        state_file: options.checkpoint.clone(),
+        ..MigrateSettings::default()
+    };
+    pool.migration = Some(MigrationConfig {
+        target: target.name.clone(),
+        line: 0,
+        settings,
+    });
+    Ok(pool)
+}
+
+/// Run the job to the end.
+pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
+    let target = target_pool(&options.to)?;
+    let source = source_pool(&options, &target)?;
+    let started = Instant::now();
+    let pool = Pool::start(source.clone());
+    let total = dbsize(&pool).await.map_err(|reason| OfflineError::Source {
+        from: options.from.clone(),
+        reason,
+    })?;
+    let migration = Migration::start(pool, &source, &target);
+    let terminal = std::io::stderr().is_terminal();
+    let every = if terminal {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut last_print = Instant::now() - every;
+    loop {
+        let finished = migration.drained();
+        if finished || last_print.elapsed() >= every {
+            print_progress(&migration, total, started, terminal);
+            last_print = Instant::now();
+        }
+        if finished {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if terminal {
+        eprintln!();
+    }
+    migration.stop(Duration::from_secs(5)).await;
+    let t = &migration.totals;
+    Ok(Summary {
+        scanned: t.scanned.load(Relaxed),
+        copied: t.backfill_copied.load(Relaxed) + t.write_copies.load(Relaxed),
+        skipped: t.skipped.load(Relaxed),
+        bytes: t.bytes.load(Relaxed),
+        rejected: t.rejected.load(Relaxed),
+        retried: t.dirtied.load(Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The source's key count, for progress and ETA.
+async fn dbsize(pool: &Pool) -> Result<u64, String> {
+    let mut request = BytesMut::new();
+    encode::command(&mut request, &[b"DBSIZE".as_slice()]);
+    let reply = pool
+        .request(0, 0, request.freeze(), 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&reply);
+    text.strip_prefix(':')
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| text.trim().to_string())
+}
+
+/// One progress report: keys, bytes, rate, ETA.
+fn print_progress(migration: &Migration, total: u64, started: Instant, terminal: bool) {
+    let t = &migration.totals;
+    let scanned = t.scanned.load(Relaxed);
+    let copied = t.backfill_copied.load(Relaxed);
+    let bytes = t.bytes.load(Relaxed);
+    let seconds = started.elapsed().as_secs_f64().max(0.001);
+    let rate = scanned as f64 / seconds;
+    let ratio = if total == 0 {
+        1.0
+    } else {
+        (scanned as f64 / total as f64).min(1.0)
+    };
+    let eta = if rate > 0.0 && total > scanned {
+        (total - scanned) as f64 / rate
+    } else {
+        0.0
+    };
+    let line = format!(
+        "{:>5.1}% {scanned}/{total} keys, {copied} copied, {:.1} MB, {:.0} keys/s, {:.1} MB/s, ETA {:.0}s",
+        ratio * 100.0,
+        bytes as f64 / 1e6,
+        rate,
+        bytes as f64 / 1e6 / seconds,
+        eta
+    );
+    if terminal {
+        let width = 30;
+        let filled = (ratio * width as f64) as usize;
+        eprint!(
+            "\r[{}{}] {line}   ",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+    } else {
+        eprintln!("cutover migrate: {line}");
+    }
+}

@@ -1,0 +1,232 @@
+//! `cutover migrate --from HOST:PORT --to FILE[:POOL]`: the offline copy of one Redis into a
+//! pool, placed as nutcracker would place it; resumed after being killed; and its errors.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::compare::differences;
+use support::{RedisServer, cutover_bin, redis_servers};
+
+/// Fill `source` with `n` keys of every type, a fifth with TTLs, some binary, one large.
+fn fill(source: &RedisServer, n: u64) {
+    let mut conn = source.client();
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        match i % 5 {
+            0 => pipe
+                .cmd("SET")
+                .arg(format!("s:{i}"))
+                .arg(vec![b'x'; (i % 900) as usize])
+                .ignore(),
+            1 => pipe
+                .cmd("HSET")
+                .arg(format!("h:{i}"))
+                .arg("a")
+                .arg(i)
+                .arg("b")
+                .arg("c")
+                .ignore(),
+            2 => pipe
+                .cmd("RPUSH")
+                .arg(format!("l:{i}"))
+                .arg(i)
+                .arg("y")
+                .ignore(),
+            3 => pipe
+                .cmd("SADD")
+                .arg(vec![0xff, (i % 251) as u8, b'\r', b'\n', i as u8])
+                .arg(i)
+                .ignore(),
+            _ => pipe
+                .cmd("ZADD")
+                .arg(format!("z:{i}"))
+                .arg(i)
+                .arg("m")
+                .ignore(),
+        };
+        if i % 5 == 0 {
+            pipe.cmd("EXPIRE").arg(format!("s:{i}")).arg(5000).ignore();
+        }
+    }
+    pipe.cmd("SET")
+        .arg("big")
+        .arg(vec![b'b'; 2_000_000])
+        .ignore();
+    pipe.query::<()>(&mut conn).expect("fill");
+}
+
+/// A target-only config for `targets`.
+fn fleet(targets: &[RedisServer], dir: &std::path::Path) -> std::path::PathBuf {
+    let mut text =
+        String::from("fleet:\n  redis: true\n  hash: murmur\n  distribution: ketama\n  servers:\n");
+    for (i, t) in targets.iter().enumerate() {
+        text.push_str(&format!("   - {}:1 fleet{i}\n", t.addr()));
+    }
+    let path = dir.join("fleet.yml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn migrate(args: &[&str]) -> (bool, String) {
+    let out = Command::new(cutover_bin())
+        .arg("migrate")
+        .args(args)
+        .output()
+        .expect("run cutover migrate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn copies_every_key_with_its_ttl_to_the_right_server() {
+    let source = RedisServer::start();
+    let targets = redis_servers(3);
+    fill(&source, 5000);
+    let dir = tempfile::tempdir().expect("dir");
+    let config = fleet(&targets, dir.path());
+    let (ok, output) = migrate(&[
+        "--from",
+        &source.addr(),
+        "--to",
+        &config.display().to_string(),
+    ]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("5001 keys scanned, 5001 copied"),
+        "{output}"
+    );
+    let found = differences(&source, &targets);
+    assert!(
+        found.is_empty(),
+        "{} differences: {:?}",
+        found.len(),
+        &found[..found.len().min(10)]
+    );
+    // Placed by the pool's own placement: each target holds only keys it owns.
+    let parsed = cutover::config::Config::load_servers_only(&config).expect("config");
+    let placement = parsed.pools[0].placement();
+    for (index, target) in targets.iter().enumerate() {
+        let keys = target.keys();
+        assert!(!keys.is_empty(), "keys spread over every server");
+        assert!(
+            keys.iter().all(|k| placement.server_for(k) == Some(index)),
+            "server {index} holds another server's key"
+        );
+    }
+}
+
+#[test]
+fn resumes_from_its_checkpoint_after_being_killed() {
+    let source = RedisServer::start();
+    let targets = redis_servers(3);
+    fill(&source, 20_000);
+    let dir = tempfile::tempdir().expect("dir");
+    let config = fleet(&targets, dir.path());
+    let checkpoint = dir.path().join("job.state");
+    let args = |rate: &str| {
+        vec![
+            "--from".to_string(),
+            source.addr(),
+            "--to".to_string(),
+            config.display().to_string(),
+            "--checkpoint".to_string(),
+            checkpoint.display().to_string(),
+            "--rate".to_string(),
+            rate.to_string(),
+            "--scan-count".to_string(),
+            "100".to_string(),
+        ]
+    };
+    // A slow first run, killed part-way.
+    let mut first = Command::new(cutover_bin())
+        .arg("migrate")
+        .args(args("4000"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = first.kill();
+    let _ = first.wait();
+    let state = std::fs::read_to_string(&checkpoint).expect("a checkpoint was written");
+    assert!(state.contains("clean false"), "{state}");
+    let cursor = state
+        .lines()
+        .find(|l| l.starts_with("server 0 "))
+        .expect("server line")
+        .to_string();
+    assert!(
+        cursor.starts_with("server 0 0 ") && cursor != "server 0 0 0",
+        "part-way: {cursor}"
+    );
+    let copied_before: usize = targets.iter().map(|t| t.keys().len()).sum();
+    assert!(
+        copied_before > 0 && copied_before < 20_001,
+        "{copied_before}"
+    );
+
+    // The second run resumes and finishes.
+    let args = args("0");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, output) = migrate(&args);
+    assert!(ok, "{output}");
+    let state = std::fs::read_to_string(&checkpoint).expect("checkpoint");
+    assert!(
+        state.contains("clean true") && state.contains("server 0 1 0"),
+        "{state}"
+    );
+    let found = differences(&source, &targets);
+    assert!(
+        found.is_empty(),
+        "{} differences: {:?}",
+        found.len(),
+        &found[..found.len().min(10)]
+    );
+}
+
+#[test]
+fn errors_say_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("dir");
+    let targets = redis_servers(1);
+    let config = fleet(&targets, dir.path());
+    let (ok, output) = migrate(&[
+        "--from",
+        "127.0.0.1:1",
+        "--to",
+        &config.display().to_string(),
+    ]);
+    assert!(
+        !ok && output.contains("cannot reach the source 127.0.0.1:1"),
+        "{output}"
+    );
+    let two = dir.path().join("two.yml");
+    std::fs::write(&two, "a:\n  redis: true\n  servers:\n   - 127.0.0.1:7001:1\nb:\n  redis: true\n  servers:\n   - 127.0.0.1:7002:1\n").expect("write");
+    let (ok, output) = migrate(&[
+        "--from",
+        &targets[0].addr(),
+        "--to",
+        &two.display().to_string(),
+    ]);
+    assert!(
+        !ok && output.contains("several pools") && output.contains(":POOL"),
+        "{output}"
+    );
+    let (ok, output) = migrate(&[
+        "--from",
+        &targets[0].addr(),
+        "--to",
+        &format!("{}:nope", two.display()),
+    ]);
+    assert!(!ok && output.contains("no pool 'nope'"), "{output}");
+    let (ok, output) = migrate(&[
+        "--from",
+        "not an address",
+        "--to",
+        &config.display().to_string(),
+    ]);
+    assert!(!ok && output.contains("--from"), "{output}");
+}

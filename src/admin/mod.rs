@@ -64,6 +64,27 @@ impl Admin {
                 }
             },
             ("GET", "/status") => HttpResponse::json(200, self.status()),
+            ("POST", "/backfill/pause") => {
+                self.each_migration(&request.query, |m| m.set_paused(true))
+            }
+            ("POST", "/backfill/resume") => {
+                self.each_migration(&request.query, |m| m.set_paused(false))
+            }
+            ("POST", "/backfill/rate") => {
+                let keys = query_number(&request.query, "keys_per_second");
+                let bytes = query_number(&request.query, "bytes_per_second");
+                if keys.is_none() && bytes.is_none() {
+                    return HttpResponse::json(400, "{\"error\":\"give keys_per_second=N and/or bytes_per_second=N (0 = unlimited)\"}".into());
+                }
+                self.each_migration(&request.query, |m| {
+                    if let Some(k) = keys {
+                        m.set_rate_limit(k);
+                    }
+                    if let Some(b) = bytes {
+                        m.set_byte_limit(b);
+                    }
+                })
+            }
             (_, "/metrics" | "/status") => {
                 HttpResponse::json(405, "{\"error\":\"use GET\"}".into())
             }
@@ -75,6 +96,31 @@ impl Admin {
                 ),
             ),
         }
+    }
+
+    /// Apply `change` to the migration of every pool (or of `?pool=NAME`), then show status.
+    fn each_migration(
+        &self,
+        query: &str,
+        change: impl Fn(&crate::migrate::Migration),
+    ) -> HttpResponse {
+        let wanted = query_value(query, "pool");
+        let mut touched = 0;
+        for pool in &self.pools {
+            if let Some(migration) = pool.migration()
+                && wanted.is_none_or(|name| name == pool.name())
+            {
+                change(migration);
+                touched += 1;
+            }
+        }
+        if touched == 0 {
+            return HttpResponse::json(
+                409,
+                "{\"error\":\"no migration is running (or no such pool)\"}".into(),
+            );
+        }
+        HttpResponse::json(200, self.status())
     }
 
     /// `/status`: the pools and their servers.
@@ -110,6 +156,20 @@ impl Admin {
             pools.join(",")
         )
     }
+}
+
+/// The value of `name` in a query string.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A number in a query string.
+fn query_number(query: &str, name: &str) -> Option<u64> {
+    query_value(query, name).and_then(|v| v.parse().ok())
 }
 
 /// Serve the admin API on `listener` until the task is dropped.

@@ -1,0 +1,165 @@
+//! Controlling a running migration: pause, resume and the rate limit through the admin
+//! API; the state file across a clean stop and across a crash.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Proxy, RedisServer, http, redis_servers};
+
+fn config(source: &RedisServer, targets: &[RedisServer], extra: &str) -> String {
+    let mut text = format!(
+        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\n{extra}fleet:\n  redis: true\n  servers:\n",
+        source.addr()
+    );
+    for t in targets {
+        text.push_str(&format!("   - {}:1\n", t.addr()));
+    }
+    text
+}
+
+fn fill(source: &RedisServer, n: u64) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    pipe.query::<()>(&mut source.client()).expect("fill");
+}
+
+/// A number from `/status`.
+fn status_number(proxy: &Proxy, field: &str) -> u64 {
+    let status = proxy.admin_get("/status").1;
+    let at = status
+        .find(&format!("\"{field}\":"))
+        .unwrap_or_else(|| panic!("{field} in {status}"));
+    status[at + field.len() + 3..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a number")
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn pause_resume_and_rate_limit() {
+    let source = RedisServer::start();
+    let targets = redis_servers(2);
+    fill(&source, 6000);
+    let cutover = Proxy::cutover(&config(
+        &source,
+        &targets,
+        "    backfill_keys_per_second: 1000\n",
+    ));
+    wait_for("the backfill to start", Duration::from_secs(10), || {
+        status_number(&cutover, "keys_scanned") > 100
+    });
+    assert!(
+        cutover
+            .admin_get("/status")
+            .1
+            .contains("\"rate_limit_keys_per_second\":1000")
+    );
+
+    let (code, body) = http(cutover.admin_port, "POST", "/backfill/pause");
+    assert_eq!(code, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    let paused_at = status_number(&cutover, "keys_scanned");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        status_number(&cutover, "keys_scanned") <= paused_at + 100,
+        "paused: at most the batch in hand finishes"
+    );
+    assert!(
+        cutover
+            .admin_get("/status")
+            .1
+            .contains("\"state\":\"paused\"")
+    );
+
+    assert_eq!(http(cutover.admin_port, "POST", "/backfill/resume").0, 200);
+    assert_eq!(
+        http(
+            cutover.admin_port,
+            "POST",
+            "/backfill/rate?keys_per_second=0"
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(cutover.admin_port, "POST", "/backfill/rate").0,
+        400,
+        "a rate is required"
+    );
+    // Done scanning, and every queued copy made.
+    wait_for("the backfill to finish", Duration::from_secs(30), || {
+        let status = cutover.admin_get("/status").1;
+        status.contains("\"done\":true") && status.contains("\"queued\":0")
+    });
+    assert_eq!(status_number(&cutover, "keys_scanned"), 6000);
+    let copied: usize = targets.iter().map(|t| t.keys().len()).sum();
+    assert_eq!(copied, 6000);
+    let metrics = cutover.admin_get("/metrics").1;
+    for expected in [
+        "cutover_backfill_keys_copied_total{pool=\"legacy\"} 6000",
+        "cutover_backfill_state{pool=\"legacy\",state=\"done\"} 1",
+        "cutover_backfill_rate_limit_keys_per_second{pool=\"legacy\"} 0",
+        "cutover_known_copied_keys{pool=\"legacy\"} 0",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected}:\n{metrics}");
+    }
+}
+
+#[test]
+fn the_state_file_records_clean_and_unclean_stops() {
+    let source = RedisServer::start();
+    let targets = redis_servers(2);
+    fill(&source, 3000);
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("legacy.state");
+    let text = config(
+        &source,
+        &targets,
+        &format!("    state_file: {}\n", state.display()),
+    );
+
+    let mut first = Proxy::cutover(&text);
+    wait_for("the backfill to finish", Duration::from_secs(30), || {
+        first.admin_get("/status").1.contains("\"done\":true")
+    });
+    assert!(first.terminate(Duration::from_secs(15)), "stops on SIGTERM");
+    let saved = std::fs::read_to_string(&state).expect("state file");
+    assert!(
+        saved.contains("clean true") && saved.contains("server 0 1 0"),
+        "{saved}"
+    );
+
+    let second = Proxy::cutover(&text);
+    assert!(
+        second
+            .admin_get("/status")
+            .1
+            .contains("\"needs_verify\":false"),
+        "a clean stop needs no verify"
+    );
+    // A crash: the state file still says unclean.
+    drop(second);
+    let third = Proxy::cutover(&text);
+    let status = third.admin_get("/status").1;
+    assert!(
+        status.contains("\"needs_verify\":true"),
+        "after a crash a verify pass is needed: {status}"
+    );
+    assert!(
+        status.contains("\"done\":true"),
+        "the finished backfill is not repeated: {status}"
+    );
+}

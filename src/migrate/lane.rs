@@ -18,12 +18,15 @@ use super::known::KnownCopied;
 const ATTEMPTS: u32 = 4;
 /// First retry delay; doubled each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// Most writes replayed in one pipelined batch.
+const REPLAY_BATCH: usize = 64;
 /// Events between two attempts to forget old `copied_at` entries.
 const COLLECT_EVERY: u64 = 256;
 
 /// For tests only: `CUTOVER_TEST_BREAK_LANE_RULES=1` makes lanes replay every replayable
-/// write without checking that the key was copied (breaking rule 3), so the consistency
-/// test can show it detects the race the rules prevent.
+/// write without checking that the key was copied (breaking rule 3) and accept any target
+/// reply (turning off the reply check that would otherwise repair the damage), so the
+/// consistency test can show it detects the race the rules prevent.
 static BREAK_RULES: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     std::env::var("CUTOVER_TEST_BREAK_LANE_RULES").is_ok_and(|v| v == "1")
 });
@@ -39,6 +42,10 @@ pub enum LaneEvent {
         seq: u64,
         /// The request as the client sent it.
         request: Bytes,
+        /// The source's reply: a replay whose target reply differs shows the target had
+        /// diverged (for instance its copy expired just before a PERSIST), so the key is
+        /// copied instead.
+        source_reply: Bytes,
         /// When the source's reply was read (for the mirror lag).
         mirrored_at: Instant,
     },
@@ -64,6 +71,8 @@ struct Checkpoint {
     low_water: u64,
     /// Events queued to this lane when it was taken.
     enqueued: u64,
+    /// Events this lane had processed when it was taken.
+    taken_at: u64,
 }
 
 /// Run lane `index` until its queue closes.
@@ -74,31 +83,64 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
     let mut checkpoint = Checkpoint {
         low_water: 0,
         enqueued: 0,
+        taken_at: 0,
     };
-    while let Some(event) = rx.recv().await {
+    // An event taken from the queue while gathering a batch of replays, handled next.
+    let mut held: Option<LaneEvent> = None;
+    loop {
+        let event = match held.take() {
+            Some(event) => event,
+            None => match rx.recv().await {
+                Some(event) => event,
+                None => break,
+            },
+        };
         processed += 1;
         migration.counters.lane_depth.decrement(1.0);
         let processed_slot = &migration.lane_processed[index];
         let bytes_before = known.bytes();
+        // Consecutive writes that may all be replayed go to the target pipelined: each key
+        // keeps its order (one target connection per key), and the lane does not wait a
+        // round trip per write.
+        if let LaneEvent::Write { key, seq, .. } = &event
+            && replay_allowed(&migration, &known, dropped, key, *seq)
+        {
+            let mut batch = vec![event];
+            while batch.len() < REPLAY_BATCH {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        let allowed = matches!(&next, LaneEvent::Write { key, seq, .. } if replay_allowed(&migration, &known, dropped, key, *seq));
+                        if allowed {
+                            processed += 1;
+                            migration.counters.lane_depth.decrement(1.0);
+                            batch.push(next);
+                        } else {
+                            held = Some(next);
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            replay_batch(&migration, &mut known, batch).await;
+            collect(
+                &migration,
+                index,
+                &mut known,
+                &mut checkpoint,
+                processed,
+                rx.is_empty(),
+            );
+            processed_slot.store(processed, SeqCst);
+            continue;
+        }
         match event {
             LaneEvent::Write {
-                key,
-                seq,
-                request,
-                mirrored_at,
+                key, mirrored_at, ..
             } => {
-                let fp = migration.salt.fingerprint(&key);
-                // Rule 3: replay only after a copy whose snapshot this write is not part of.
-                // After the backfill (rule 8) every key counts as copied, but a copy taken
-                // while this write was in flight still forbids replaying it.
-                let copied = dropped || known.contains(fp);
-                let safe =
-                    *BREAK_RULES || (copied && known.copied_at(fp).is_none_or(|at| at < seq));
-                if safe {
-                    replay_or_copy(&migration, &mut known, &key, &request).await;
-                } else {
-                    copy_with_retries(&migration, &mut known, &key, "write").await;
-                }
+                // Writes that may be replayed were batched above; this one may not:
+                // copy the key (rule 3).
+                copy_with_retries(&migration, &mut known, &key, "write").await;
                 migration
                     .counters
                     .lag
@@ -131,17 +173,14 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                 known.drop_membership();
             }
         }
-        // Forget old `copied_at` once every event queued before the last checkpoint is
-        // processed (every so often, or whenever the lane is idle).
-        if processed >= checkpoint.enqueued
-            && (processed.is_multiple_of(COLLECT_EVERY) || rx.is_empty())
-        {
-            known.collect(checkpoint.low_water);
-            checkpoint = Checkpoint {
-                low_water: migration.low_water(),
-                enqueued: migration.lane_enqueued[index].load(SeqCst),
-            };
-        }
+        collect(
+            &migration,
+            index,
+            &mut known,
+            &mut checkpoint,
+            processed,
+            rx.is_empty(),
+        );
         let bytes_after = known.bytes();
         migration
             .counters
@@ -151,38 +190,85 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
     }
 }
 
-/// Replay a write on the target; if the target refuses it (it must differ from the
-/// source), copy the key instead.
-async fn replay_or_copy(
+/// Forget old `copied_at` once every event queued before the last checkpoint has been
+/// processed (every so often, or whenever the lane is idle), then take a new checkpoint.
+fn collect(
     migration: &Migration,
+    index: usize,
     known: &mut KnownCopied,
-    key: &Bytes,
-    request: &Bytes,
+    checkpoint: &mut Checkpoint,
+    processed: u64,
+    idle: bool,
 ) {
-    let mut backoff = FIRST_BACKOFF;
-    for attempt in 1..=ATTEMPTS {
-        match migration.target_call(key, request.clone()).await {
-            Ok(reply) if reply.first() != Some(&b'-') => {
+    if processed >= checkpoint.enqueued
+        && (processed >= checkpoint.taken_at + COLLECT_EVERY || idle)
+    {
+        known.collect(checkpoint.low_water);
+        *checkpoint = Checkpoint {
+            low_water: migration.low_water(),
+            enqueued: migration.lane_enqueued[index].load(SeqCst),
+            taken_at: processed,
+        };
+    }
+}
+
+/// Whether a write with `seq` to `key` may be replayed (rule 3): only after a copy whose
+/// snapshot it is not part of. After the backfill (rule 8) every key counts as copied, but
+/// a copy taken while this write was in flight still forbids replaying it.
+fn replay_allowed(
+    migration: &Migration,
+    known: &KnownCopied,
+    dropped: bool,
+    key: &[u8],
+    seq: u64,
+) -> bool {
+    let fp = migration.salt.fingerprint(key);
+    let copied = dropped || known.contains(fp);
+    *BREAK_RULES || (copied && known.copied_at(fp).is_none_or(|at| at < seq))
+}
+
+/// Replay a batch of writes, pipelined; a write the target refuses, or whose connection
+/// failed, is then handled alone (retried, or its key copied).
+async fn replay_batch(migration: &Migration, known: &mut KnownCopied, batch: Vec<LaneEvent>) {
+    let mut waiting = Vec::with_capacity(batch.len());
+    for event in batch {
+        let LaneEvent::Write {
+            key,
+            request,
+            mirrored_at,
+            source_reply,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        let reply = migration.target_submit(&key, request).await;
+        waiting.push((key, mirrored_at, source_reply, reply));
+    }
+    for (key, mirrored_at, source_reply, reply) in waiting {
+        let answer = match reply {
+            Ok(rx) => rx.await.unwrap_or(Err(crate::proxy::BackendError::Reset)),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(reply)
+                if reply == source_reply || (*BREAK_RULES && reply.first() != Some(&b'-')) =>
+            {
                 migration.counters.replayed.increment(1);
                 migration.totals.replayed.fetch_add(1, Relaxed);
-                return;
             }
-            Ok(reply) => {
-                tracing::debug!(key = %String::from_utf8_lossy(key), reply = %String::from_utf8_lossy(&reply).trim_end(), "replay refused by the target; copying");
-                break;
-            }
-            Err(_) if attempt < ATTEMPTS => {
+            // Refused, answered differently from the source (the target had diverged), or
+            // an unknown outcome: copy the key (never replay twice).
+            _ => {
                 migration.counters.retried.increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
-            Err(_) => {
-                migration.mark_dirty(key);
-                return;
+                copy_with_retries(migration, known, &key, "write").await;
             }
         }
+        migration
+            .counters
+            .lag
+            .record(mirrored_at.elapsed().as_secs_f64());
     }
-    copy_with_retries(migration, known, key, "write").await;
 }
 
 /// Copy `key` (rule 6: a key gone from the source is deleted), retrying transport

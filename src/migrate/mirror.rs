@@ -107,7 +107,7 @@ impl MirrorHook {
     }
 
     /// The source answered `reply`: queue the write's events (before the client sees it).
-    pub fn on_reply(self, reply: &[u8]) {
+    pub fn on_reply(self, reply: &Bytes) {
         let failed = reply.first() == Some(&b'-');
         if failed && !self.effect.script {
             // A command that failed changed nothing on the source.
@@ -120,6 +120,7 @@ impl MirrorHook {
                 key,
                 seq: self.seq,
                 request: self.request,
+                source_reply: reply.clone(),
                 mirrored_at: now,
             });
         } else {

@@ -277,6 +277,18 @@ impl Migration {
             .await
     }
 
+    /// Queue `request` to the target server that owns `key` without waiting for its reply.
+    pub async fn target_submit(
+        &self,
+        key: &[u8],
+        request: Bytes,
+    ) -> Result<tokio::sync::oneshot::Receiver<crate::proxy::ReplyResult>, BackendError> {
+        let route = self.target.route(key).ok_or(BackendError::Refused)?;
+        self.target
+            .submit(route.server, route.connection, request, 1)
+            .await
+    }
+
     /// Pause or resume the backfill.
     pub fn set_paused(&self, paused: bool) {
         let _ = self.paused.send(paused);

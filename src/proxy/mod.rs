@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-pub use backend::BackendError;
+pub use backend::{BackendError, ReplyResult};
 pub use counters::{ErrorKind, PoolCounters, ServerCounters};
 pub use pool::{Pool, Route, Server};
 

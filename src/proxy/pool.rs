@@ -253,7 +253,7 @@ impl Pool {
     }
 
     /// Send `bytes` (producing `replies` replies; the last is returned) on connection
-    /// `connection` of `server`, waiting for room in its queue.
+    /// `connection` of `server`, waiting for room in its queue, and wait for the reply.
     pub async fn request(
         &self,
         server: usize,
@@ -261,6 +261,21 @@ impl Pool {
         bytes: Bytes,
         replies: u8,
     ) -> ReplyResult {
+        self.submit(server, connection, bytes, replies)
+            .await?
+            .await
+            .unwrap_or(Err(BackendError::Reset))
+    }
+
+    /// Queue `bytes` on connection `connection` of `server` (waiting for room) and return
+    /// the receiver of its reply, so several requests can be in flight at once.
+    pub async fn submit(
+        &self,
+        server: usize,
+        connection: usize,
+        bytes: Bytes,
+        replies: u8,
+    ) -> Result<tokio::sync::oneshot::Receiver<ReplyResult>, BackendError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let s = &self.servers[server];
         s.counters.queued(bytes.len());
@@ -274,7 +289,7 @@ impl Pool {
             s.counters.unqueued(failed.0.bytes.len());
             return Err(BackendError::Refused);
         }
-        rx.await.unwrap_or(Err(BackendError::Reset))
+        Ok(rx)
     }
 
     /// The per-request timeout, if the pool has one.

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Migration benchmarks, every figure measured in this one run:
+#  1. Backfill: fill a source Redis with about MB megabytes of mixed data (benches/fill.py),
+#     then copy it into a 3-server pool with the reference one-off script
+#     (benches/reference_migrate.py: 10 threads, PTTL + DUMP + RESTORE per key) and with
+#     `cutover migrate`; print keys/s, MB/s and the ratio.
+#  2. Mirroring: redis-benchmark SET/GET (50 clients, pipeline 16) through cutover with
+#     mirroring off and on; print the ratio, and the mirror lag p50/p99 under that load.
+#
+# Usage: benches/migration.sh [MB] [PARTS]      (defaults: 150, "backfill mirror")
+# Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3 with redis-py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MB=${1:-150}
+PARTS=${2:-backfill mirror}
+cargo build --release --quiet
+BIN=$PWD/target/release/cutover
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_port() { for _ in $(seq 1 400); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# Start a redis-server; its port is left in $PORT (not a subshell, so cleanup can stop it).
+redis() { PORT=$(free_port); redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null 2>&1 & PIDS+=($!); wait_port "$PORT"; }
+
+redis; SRC=$PORT; redis; T1=$PORT; redis; T2=$PORT; redis; T3=$PORT
+pool() { printf '  servers:\n   - 127.0.0.1:%s:1 fleet1\n   - 127.0.0.1:%s:1 fleet2\n   - 127.0.0.1:%s:1 fleet3\n' "$T1" "$T2" "$T3"; }
+{ printf 'fleet:\n  redis: true\n  hash: fnv1a_64\n'; pool; } > "$WORK/fleet.yml"
+NC=$(free_port)
+{ printf 'fleet:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  timeout: 10000\n' "$NC"; pool; } > "$WORK/nc.yml"
+nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!); wait_port "$NC"
+flush_targets() { for p in "$T1" "$T2" "$T3"; do redis-cli -p "$p" FLUSHALL >/dev/null; done; }
+
+if [[ $PARTS == *backfill* ]]; then
+echo "filling the source with ~${MB} MB of mixed data..."
+python3 benches/fill.py "$MB" | redis-cli -p "$SRC" --pipe >/dev/null
+KEYS=$(redis-cli -p "$SRC" DBSIZE)
+USED=$(redis-cli -p "$SRC" INFO memory | awk -F: '/^used_memory:/{printf "%.0f", $2/1e6}')
+echo "source: $KEYS keys, ${USED} MB used"
+
+t0=$(date +%s.%N); python3 -W ignore benches/reference_migrate.py "$SRC" "$NC" >/dev/null; t1=$(date +%s.%N)
+REF=$(echo "$t1 - $t0" | bc)
+REF_KEYS=$(( $(redis-cli -p "$T1" DBSIZE) + $(redis-cli -p "$T2" DBSIZE) + $(redis-cli -p "$T3" DBSIZE) ))
+flush_targets
+t0=$(date +%s.%N); "$BIN" migrate --from "127.0.0.1:$SRC" --to "$WORK/fleet.yml" >/dev/null 2>&1; t1=$(date +%s.%N)
+CUT=$(echo "$t1 - $t0" | bc)
+CUT_KEYS=$(( $(redis-cli -p "$T1" DBSIZE) + $(redis-cli -p "$T2" DBSIZE) + $(redis-cli -p "$T3" DBSIZE) ))
+
+printf '\n%-28s %10s %10s %12s %10s\n' "backfill of $KEYS keys" "seconds" "keys" "keys/s" "MB/s"
+printf '%-28s %10.1f %10d %12.0f %10.1f\n' "reference script (10 thr)" "$REF" "$REF_KEYS" "$(echo "$REF_KEYS / $REF" | bc -l)" "$(echo "$USED / $REF" | bc -l)"
+printf '%-28s %10.1f %10d %12.0f %10.1f\n' "cutover migrate" "$CUT" "$CUT_KEYS" "$(echo "$CUT_KEYS / $CUT" | bc -l)" "$(echo "$USED / $CUT" | bc -l)"
+printf 'cutover / reference: %.1fx\n' "$(echo "$REF / $CUT" | bc -l)"
+fi
+
+# 2. Mirroring on and off.
+flush_targets
+PLAIN=$(free_port); MIRROR=$(free_port); ADMIN=$(free_port)
+printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n   - 127.0.0.1:%s:1\n' "$PLAIN" "$SRC" > "$WORK/plain.yml"
+{ printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n   - 127.0.0.1:%s:1\n  migrate_to: fleet\n' "$MIRROR" "$SRC"; printf 'fleet:\n  redis: true\n  hash: fnv1a_64\n'; pool; } > "$WORK/mirror.yml"
+"$BIN" -c "$WORK/plain.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$(free_port)" -o "$WORK/plain.log" >/dev/null 2>&1 & PIDS+=($!)
+"$BIN" -c "$WORK/mirror.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$ADMIN" -o "$WORK/mirror.log" >/dev/null 2>&1 & PIDS+=($!)
+wait_port "$PLAIN"; wait_port "$MIRROR"
+# Let the mirror-on proxy finish its backfill first, so the run measures mirroring.
+for _ in $(seq 1 1200); do curl -s "127.0.0.1:$ADMIN/status" | grep -q '"queued":0' && curl -s "127.0.0.1:$ADMIN/status" | grep -q '"done":true' && break; sleep 0.5; done
+bench() { redis-benchmark -h 127.0.0.1 -p "$1" -c 50 -n 200000 -r 100000 -P 16 -t set,get --csv 2>/dev/null | awk -F'","' '/^"SET"/{s=$2} /^"GET"/{g=$2} END{printf "%d %d\n", s, g}'; }
+# Medians of 3 rounds, the two proxies taking turns.
+median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+: > "$WORK/mirror_runs"
+for _ in 1 2 3; do
+  read -r off_set off_get < <(bench "$PLAIN")
+  read -r on_set on_get < <(bench "$MIRROR")
+  echo "$off_set $off_get $on_set $on_get" >> "$WORK/mirror_runs"
+done
+col() { awk -v c="$1" '{print $c}' "$WORK/mirror_runs" | median; }
+off_set=$(col 1); off_get=$(col 2); on_set=$(col 3); on_get=$(col 4)
+printf '\n%-22s %12s %12s %8s\n' "proxy, pipeline 16" "mirror off" "mirror on" "ratio"
+printf '%-22s %12d %12d %8.2f\n' "SET requests/s" "$off_set" "$on_set" "$(echo "$on_set / $off_set" | bc -l)"
+printf '%-22s %12d %12d %8.2f\n' "GET requests/s" "$off_get" "$on_get" "$(echo "$on_get / $off_get" | bc -l)"
+sleep 2
+curl -s "127.0.0.1:$ADMIN/metrics" | python3 -c '
+import sys
+buckets = []
+for line in sys.stdin:
+    if line.startswith("cutover_mirror_lag_seconds_bucket"):
+        le = line.split("le=\"")[1].split("\"")[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+total = buckets[-1][1] if buckets else 0
+def q(p):
+    for le, n in buckets:
+        if n >= p * total:
+            return le * 1000
+    return float("nan")
+print("mirror lag under that load: p50 <= %.2f ms, p99 <= %.2f ms (%d writes mirrored; bucket upper bounds)" % (q(0.5), q(0.99), total))
+'

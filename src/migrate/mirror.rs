@@ -147,3 +147,117 @@ impl MirrorHook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::resp::{Parsed, RequestParser};
+
+    /// The effect of a command written as words.
+    fn effect_of(words: &[&str]) -> Option<(Vec<String>, bool, bool)> {
+        let mut buf = BytesMut::new();
+        crate::resp::encode::command(&mut buf, words);
+        let Ok(Some(Parsed::Request(request))) = RequestParser::default().next(&mut buf) else {
+            panic!("parse")
+        };
+        let spec = command::lookup(request.name()).expect("known command");
+        effect(spec, &request).map(|e| {
+            (
+                e.keys
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect(),
+                e.replay,
+                e.script,
+            )
+        })
+    }
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_class_of_write() {
+        // Deterministic single-key writes are replayed.
+        for words in [
+            &["SET", "k", "v"][..],
+            &["INCR", "k"],
+            &["HSET", "k", "f", "v"],
+            &["EXPIRE", "k", "10"],
+            &["LPOP", "k"],
+        ] {
+            assert_eq!(
+                effect_of(words),
+                Some((keys(&["k"]), true, false)),
+                "{words:?}"
+            );
+        }
+        // Random or multi-key writes copy what they write.
+        assert_eq!(
+            effect_of(&["SPOP", "k"]),
+            Some((keys(&["k"]), false, false))
+        );
+        assert_eq!(
+            effect_of(&["SUNIONSTORE", "d", "a", "b"]),
+            Some((keys(&["d"]), false, false))
+        );
+        assert_eq!(
+            effect_of(&["SMOVE", "a", "b", "m"]),
+            Some((keys(&["a", "b"]), false, false))
+        );
+        assert_eq!(
+            effect_of(&["LMOVE", "a", "b", "LEFT", "RIGHT"]),
+            Some((keys(&["a", "b"]), false, false))
+        );
+        assert_eq!(
+            effect_of(&["COPY", "a", "b"]),
+            Some((keys(&["b"]), false, false))
+        );
+        assert_eq!(
+            effect_of(&["DEL", "a", "b", "c"]),
+            Some((keys(&["a", "b", "c"]), false, false))
+        );
+        assert_eq!(
+            effect_of(&["MSET", "a", "1", "b", "2"]),
+            Some((keys(&["a", "b"]), false, false))
+        );
+        assert_eq!(
+            effect_of(&["SORT", "l", "LIMIT", "0", "5", "store", "d"]),
+            Some((keys(&["d"]), false, false))
+        );
+        assert_eq!(
+            effect_of(&["SORT", "l"]),
+            None,
+            "SORT without STORE writes nothing"
+        );
+        assert_eq!(
+            effect_of(&["GEORADIUS", "g", "1", "2", "5", "km", "STOREDIST", "d"]),
+            Some((keys(&["d"]), false, false))
+        );
+        assert_eq!(
+            effect_of(&["EVAL", "s", "2", "a", "b", "arg"]),
+            Some((keys(&["a", "b"]), false, true))
+        );
+        // Reads write nothing.
+        assert_eq!(effect_of(&["GET", "k"]), None);
+        assert_eq!(effect_of(&["MGET", "a", "b"]), None);
+    }
+
+    #[test]
+    fn every_write_command_is_classified() {
+        for spec in command::all() {
+            if let Access::Write(Mirror::Copy(_) | Mirror::Replay) = spec.access {
+                assert!(
+                    spec.class != crate::command::ArgClass::NoKey,
+                    "{} writes keys",
+                    spec.name
+                );
+            }
+        }
+        let writes = command::all().filter(|c| c.is_write()).count();
+        assert!(writes >= 60, "{writes}");
+    }
+}

@@ -181,9 +181,11 @@ impl Migration {
         migration
     }
 
-    /// Take the next sequence number.
+    /// Take the next sequence number: the counter's value after this write, so a write
+    /// numbered after a copy's snapshot (`copied_at` = the counter then) gets a larger
+    /// number, and one numbered before gets one no larger (rule 3's `copied_at < seq`).
     pub fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, SeqCst)
+        self.seq.fetch_add(1, SeqCst) + 1
     }
 
     /// The counter's current value (a copy's `copied_at`).

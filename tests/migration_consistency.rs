@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::compare::differences;
 use support::{Proxy, RedisServer, redis_servers};
@@ -195,25 +195,6 @@ fn workload(port: u16, seed: u64, clients: u64, ops: usize) {
     }
 }
 
-/// Wait until the backfill is done and no mirror event or dirty key is waiting.
-fn wait_until_drained(cutover: &Proxy) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut quiet = 0;
-    while quiet < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "the migration did not drain: {}",
-            cutover.admin_get("/status").1
-        );
-        let status = cutover.admin_get("/status").1;
-        let drained = status.contains("\"done\":true")
-            && status.contains("\"queued\":0")
-            && status.contains("\"dirty\":0");
-        quiet = if drained { quiet + 1 } else { 0 };
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Prefill, start cutover, run the workload (with `during` running beside it), drain, and
 /// return the differences.
 fn run(
@@ -237,7 +218,9 @@ fn run(
     load.join().expect("workload");
     // Let the short TTLs of the prefill run out, then wait for the lanes.
     std::thread::sleep(Duration::from_millis(1600));
-    wait_until_drained(&setup.cutover);
+    setup
+        .cutover
+        .wait_migration_drained(Duration::from_secs(120), 5);
     let found = differences(&setup.source, &setup.targets);
     let metrics = setup.cutover.admin_get("/metrics").1;
     assert!(

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::compare::differences;
 use support::{Proxy, RedisServer, redis_servers};
@@ -16,28 +16,6 @@ fn metric(proxy: &Proxy, line_start: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-fn wait_drained(proxy: &Proxy) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut quiet = 0;
-    while quiet < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "not drained: {}",
-            proxy.admin_get("/status").1
-        );
-        let s = proxy.admin_get("/status").1;
-        quiet = if s.contains("\"done\":true")
-            && s.contains("\"queued\":0")
-            && s.contains("\"dirty\":0")
-        {
-            quiet + 1
-        } else {
-            0
-        };
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -71,7 +49,7 @@ fn each_class_reaches_the_target() {
         text.push_str(&format!("   - {}:1\n", t.addr()));
     }
     let cutover = Proxy::cutover(&text);
-    wait_drained(&cutover);
+    cutover.wait_migration_drained(Duration::from_secs(30), 4);
     let replayed_before = metric(
         &cutover,
         "cutover_mirror_events_total{pool=\"legacy\",action=\"replayed\"}",
@@ -136,7 +114,7 @@ fn each_class_reaches_the_target() {
     ] {
         run(&mut conn, words);
     }
-    wait_drained(&cutover);
+    cutover.wait_migration_drained(Duration::from_secs(30), 4);
     let found = differences(&source, &targets);
     assert!(found.is_empty(), "{found:?}");
     let replayed = metric(

@@ -339,6 +339,25 @@ impl Proxy {
         false
     }
 
+    /// Wait (at most `limit`) until cutover's migration has scanned everything and no
+    /// mirror event or dirty key waits, steadily for `quiet_checks` checks 200 ms apart.
+    pub fn wait_migration_drained(&self, limit: Duration, quiet_checks: u32) {
+        let deadline = Instant::now() + limit;
+        let mut quiet = 0;
+        while quiet < quiet_checks {
+            let status = self.admin_get("/status").1;
+            assert!(
+                Instant::now() < deadline,
+                "the migration did not drain: {status}"
+            );
+            let drained = status.contains("\"done\":true")
+                && status.contains("\"queued\":0")
+                && status.contains("\"dirty\":0");
+            quiet = if drained { quiet + 1 } else { 0 };
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Whether the process is still running (it has not crashed or exited).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

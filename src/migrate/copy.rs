@@ -22,16 +22,40 @@ pub enum CopyError {
     /// The source or target could not be reached (retried).
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The target refused the payload (its Redis cannot read the source's DUMP format).
-    #[error("payload refused: {0}")]
+    /// The payload was not restored: the target refused it (its Redis cannot read the
+    /// source's DUMP format) or it is over `copy_limit_bytes`; the key is then copied
+    /// structurally.
+    #[error("payload not restored: {0}")]
     Rejected(&'static str),
     /// A reply that makes no sense (logged, key marked dirty).
     #[error("unexpected reply: {0}")]
     Unexpected(String),
 }
 
-/// Copy `key` from the source to the target.
+/// Copy `key` from the source to the target: by DUMP/RESTORE, or structurally when
+/// configured to, when the payload is over `copy_limit_bytes`, or when the target refuses it.
 pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, CopyError> {
+    if migration.settings.structural_copy == crate::config::StructuralCopy::Always {
+        migration.counters.structural.increment(1);
+        return super::structural::copy_key(migration, key).await;
+    }
+    match restore_copy(migration, key).await {
+        Err(CopyError::Rejected(why)) => {
+            migration.counters.restore_rejected(why);
+            migration.counters.structural.increment(1);
+            migration
+                .totals
+                .rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            super::structural::copy_key(migration, key).await
+        }
+        other => other,
+    }
+}
+
+/// Copy `key` by DUMP and RESTORE; a payload over the limit or refused by the target is
+/// `Rejected`.
+async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, CopyError> {
     let mut snapshot = BytesMut::new();
     encode::command(&mut snapshot, &[b"MULTI".as_slice()]);
     encode::command(&mut snapshot, &[b"PTTL".as_slice(), key]);
@@ -43,6 +67,12 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         .map_err(|e| CopyError::Unavailable(format!("source: {e}")))?;
     let copied_at = migration.seq_now();
     let (pttl, payload) = parse_snapshot(&exec)?;
+    if payload
+        .as_ref()
+        .is_some_and(|p| p.len() as u64 > migration.settings.copy_limit_bytes)
+    {
+        return Err(CopyError::Rejected("over_copy_limit"));
+    }
     let mut write = BytesMut::new();
     let bytes = match &payload {
         None => {

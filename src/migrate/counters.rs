@@ -36,6 +36,10 @@ pub struct MigrationCounters {
     pub servers_done: Gauge,
     /// `cutover_copy_restore_rejections_total{reason="payload_version"}`.
     pub rejected_payload: Counter,
+    /// `cutover_copy_restore_rejections_total{reason="over_copy_limit"}`.
+    pub rejected_size: Counter,
+    /// `cutover_copy_structural_total`: keys copied by type instead of DUMP/RESTORE.
+    pub structural: Counter,
     /// `cutover_known_copied_keys`.
     pub known_keys: Gauge,
     /// `cutover_known_copied_bytes`.
@@ -67,6 +71,8 @@ impl MigrationCounters {
             rate_limit: gauge!("cutover_backfill_rate_limit_keys_per_second", "pool" => p.clone()),
             servers_done: gauge!("cutover_backfill_servers_done", "pool" => p.clone()),
             rejected_payload: counter!("cutover_copy_restore_rejections_total", "pool" => p.clone(), "reason" => "payload_version"),
+            rejected_size: counter!("cutover_copy_restore_rejections_total", "pool" => p.clone(), "reason" => "over_copy_limit"),
+            structural: counter!("cutover_copy_structural_total", "pool" => p.clone()),
             known_keys: gauge!("cutover_known_copied_keys", "pool" => p.clone()),
             known_bytes: gauge!("cutover_known_copied_bytes", "pool" => p),
         }
@@ -82,9 +88,13 @@ impl MigrationCounters {
         self.bytes_copied.increment(bytes as u64);
     }
 
-    /// The target refused a payload.
-    pub fn restore_rejected(&self, _reason: &str) {
-        self.rejected_payload.increment(1);
+    /// A payload was not restored: refused by the target, or over the copy limit.
+    pub fn restore_rejected(&self, reason: &str) {
+        if reason == "over_copy_limit" {
+            self.rejected_size.increment(1);
+        } else {
+            self.rejected_payload.increment(1);
+        }
     }
 
     /// Show `state` as the backfill's state.

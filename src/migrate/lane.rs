@@ -301,14 +301,6 @@ async fn copy_with_retries(
                 }
                 return;
             }
-            Err(CopyError::Rejected(why)) => {
-                // Copying again cannot help; counted and reported (copied structurally
-                // once that exists), never retried in a loop.
-                migration.counters.restore_rejected(why);
-                migration.totals.rejected.fetch_add(1, Relaxed);
-                tracing::warn!(key = %String::from_utf8_lossy(key), why, "the target refused the key's DUMP payload");
-                return;
-            }
             Err(CopyError::Unavailable(_)) if attempt < ATTEMPTS => {
                 migration.counters.retried.increment(1);
                 tokio::time::sleep(backoff).await;

@@ -15,6 +15,7 @@ mod lane;
 pub mod mirror;
 pub mod offline;
 mod state;
+mod structural;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -91,7 +92,7 @@ pub struct Totals {
     pub bytes: AtomicU64,
     /// Keys marked dirty.
     pub dirtied: AtomicU64,
-    /// Keys whose payload the target refused.
+    /// Keys copied structurally because their payload was refused or too large.
     pub rejected: AtomicU64,
 }
 

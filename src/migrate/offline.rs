@@ -45,7 +45,7 @@ pub struct Summary {
     pub skipped: u64,
     /// Payload bytes copied.
     pub bytes: u64,
-    /// Keys whose payload the target refused.
+    /// Keys copied structurally (payload refused by the target or over the copy limit).
     pub rejected: u64,
     /// Keys that failed and were copied again.
     pub retried: u64,

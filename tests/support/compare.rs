@@ -18,6 +18,7 @@ pub enum Value {
     List(Vec<Vec<u8>>),
     Set(BTreeSet<Vec<u8>>),
     Zset(BTreeMap<Vec<u8>, String>),
+    Stream(Vec<(String, Vec<Vec<u8>>)>),
     Other(String),
 }
 
@@ -52,6 +53,14 @@ pub fn read(conn: &mut redis::Connection, key: &[u8]) -> (Value, i64) {
                 .arg(0)
                 .arg(-1)
                 .arg("WITHSCORES")
+                .query(conn)
+                .unwrap_or_default(),
+        ),
+        "stream" => Value::Stream(
+            redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
                 .query(conn)
                 .unwrap_or_default(),
         ),

@@ -1,0 +1,307 @@
+//! Structural copies: for keys whose DUMP payload the target refuses (a source newer than
+//! the target) or that are larger than `copy_limit_bytes`, or for every key with
+//! `structural_copy: always`. The key is read by type in chunks (GETRANGE, LRANGE, HSCAN,
+//! SSCAN, ZSCAN with scores, XRANGE), written into a temporary key on the target server
+//! that owns it (with a guard TTL, so an aborted copy leaves nothing that lasts), then
+//! RENAMEd over the real key and given its real TTL: no reader sees half a key.
+//!
+//! The reads are not one snapshot, so `copied_at` is taken when they end: any write sent
+//! while they ran is copied again afterwards, and the target converges.
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::OwnedFrame;
+
+use super::Migration;
+use super::copy::{Copied, CopyError};
+use crate::resp::encode;
+
+/// Elements (or bytes, for strings) read per chunk.
+const CHUNK: usize = 512;
+/// Bytes of a string read per GETRANGE.
+const STRING_CHUNK: usize = 1024 * 1024;
+/// Guard TTL of the temporary key, in milliseconds.
+const GUARD_TTL_MS: &str = "600000";
+
+/// Copy `key` structurally.
+pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, CopyError> {
+    let kind = source_value(migration, key, &[b"TYPE", key]).await?;
+    let kind = match kind {
+        OwnedFrame::SimpleString(s) => String::from_utf8_lossy(&s).into_owned(),
+        other => return Err(CopyError::Unexpected(format!("TYPE: {other:?}"))),
+    };
+    let route = migration
+        .target
+        .route(key)
+        .ok_or_else(|| CopyError::Unavailable("no live target server".into()))?;
+    let temp = temp_name(key);
+    let target = |args: Vec<Vec<u8>>| {
+        let mut request = BytesMut::new();
+        encode::command(&mut request, &args);
+        migration
+            .target
+            .request(route.server, route.connection, request.freeze(), 1)
+    };
+    let mut bytes = 0usize;
+    // The temporary key starts empty and expires on its own if the copy is abandoned.
+    target(vec![b"DEL".to_vec(), temp.clone()])
+        .await
+        .map_err(unavailable)?;
+    let mut wrote = false;
+    let mut write = |args: Vec<Vec<u8>>| {
+        bytes += args.iter().map(Vec::len).sum::<usize>();
+        wrote = true;
+        target(args)
+    };
+    match kind.as_str() {
+        "none" => {}
+        "string" => {
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + STRING_CHUNK - 1).to_string();
+                let chunk = bulk(
+                    source_value(
+                        migration,
+                        key,
+                        &[
+                            b"GETRANGE",
+                            key,
+                            offset.to_string().as_bytes(),
+                            end.as_bytes(),
+                        ],
+                    )
+                    .await?,
+                );
+                if chunk.is_empty() && offset > 0 {
+                    break;
+                }
+                let len = chunk.len();
+                checked(write(vec![b"APPEND".to_vec(), temp.clone(), chunk]).await)?;
+                if len < STRING_CHUNK {
+                    break;
+                }
+                offset += len;
+            }
+        }
+        "list" => {
+            let mut start = 0usize;
+            loop {
+                let stop = (start + CHUNK - 1).to_string();
+                let items = array(
+                    source_value(
+                        migration,
+                        key,
+                        &[
+                            b"LRANGE",
+                            key,
+                            start.to_string().as_bytes(),
+                            stop.as_bytes(),
+                        ],
+                    )
+                    .await?,
+                );
+                if items.is_empty() {
+                    break;
+                }
+                let n = items.len();
+                let mut args = vec![b"RPUSH".to_vec(), temp.clone()];
+                args.extend(items.into_iter().map(bulk));
+                checked(write(args).await)?;
+                if n < CHUNK {
+                    break;
+                }
+                start += n;
+            }
+        }
+        "hash" | "set" | "zset" => {
+            let (scan, add): (&[u8], &[u8]) = match kind.as_str() {
+                "hash" => (b"HSCAN", b"HSET"),
+                "set" => (b"SSCAN", b"SADD"),
+                _ => (b"ZSCAN", b"ZADD"),
+            };
+            let mut cursor = b"0".to_vec();
+            loop {
+                let reply = array(
+                    source_value(
+                        migration,
+                        key,
+                        &[scan, key, &cursor, b"COUNT", CHUNK.to_string().as_bytes()],
+                    )
+                    .await?,
+                );
+                let mut parts = reply.into_iter();
+                let next = parts.next().map(bulk).unwrap_or_default();
+                let items: Vec<Vec<u8>> = parts
+                    .next()
+                    .map(array)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(bulk)
+                    .collect();
+                if !items.is_empty() {
+                    let mut args = vec![add.to_vec(), temp.clone()];
+                    if kind == "zset" {
+                        // ZSCAN gives member, score; ZADD takes score, member.
+                        for pair in items.chunks(2) {
+                            if let [member, score] = pair {
+                                args.push(score.clone());
+                                args.push(member.clone());
+                            }
+                        }
+                    } else {
+                        args.extend(items);
+                    }
+                    checked(write(args).await)?;
+                }
+                if next == b"0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        "stream" => {
+            let mut from = b"-".to_vec();
+            loop {
+                let entries = array(
+                    source_value(
+                        migration,
+                        key,
+                        &[
+                            b"XRANGE",
+                            key,
+                            &from,
+                            b"+",
+                            b"COUNT",
+                            CHUNK.to_string().as_bytes(),
+                        ],
+                    )
+                    .await?,
+                );
+                let n = entries.len();
+                let mut last = None;
+                for entry in entries {
+                    let mut parts = array(entry).into_iter();
+                    let id = parts.next().map(bulk).unwrap_or_default();
+                    let fields: Vec<Vec<u8>> = parts
+                        .next()
+                        .map(array)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(bulk)
+                        .collect();
+                    let mut args = vec![b"XADD".to_vec(), temp.clone(), id.clone()];
+                    args.extend(fields);
+                    checked(write(args).await)?;
+                    last = Some(id);
+                }
+                match last {
+                    Some(id) if n == CHUNK => from = [b"(".as_slice(), &id].concat(),
+                    _ => break,
+                }
+            }
+        }
+        other => {
+            return Err(CopyError::Unexpected(format!(
+                "cannot copy a {other} structurally"
+            )));
+        }
+    }
+    let copied_at = migration.seq_now();
+    let pttl = match source_value(migration, key, &[b"PTTL", key]).await? {
+        OwnedFrame::Integer(n) => n,
+        _ => -1,
+    };
+    if !wrote || pttl == -2 {
+        // Gone on the source (or empty): gone on the target.
+        checked(target(vec![b"DEL".to_vec(), temp.clone(), key.to_vec()]).await)?;
+        return Ok(Copied {
+            copied_at,
+            bytes: 0,
+        });
+    }
+    checked(
+        target(vec![
+            b"PEXPIRE".to_vec(),
+            temp.clone(),
+            GUARD_TTL_MS.as_bytes().to_vec(),
+        ])
+        .await,
+    )?;
+    checked(target(vec![b"RENAME".to_vec(), temp, key.to_vec()]).await)?;
+    let ttl = if pttl > 0 {
+        vec![
+            b"PEXPIRE".to_vec(),
+            key.to_vec(),
+            pttl.to_string().into_bytes(),
+        ]
+    } else {
+        vec![b"PERSIST".to_vec(), key.to_vec()]
+    };
+    checked(target(ttl).await)?;
+    Ok(Copied { copied_at, bytes })
+}
+
+/// A temporary key name for copying `key` (unique per copy).
+fn temp_name(key: &[u8]) -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut name = format!(
+        "__cutover_copy:{}:{}:",
+        std::process::id(),
+        NEXT.fetch_add(1, Relaxed)
+    )
+    .into_bytes();
+    name.extend_from_slice(&key[..key.len().min(64)]);
+    name
+}
+
+/// One decoded reply from the source server that owns `key`.
+async fn source_value(
+    migration: &Migration,
+    key: &[u8],
+    args: &[&[u8]],
+) -> Result<OwnedFrame, CopyError> {
+    let mut request = BytesMut::new();
+    encode::command(&mut request, args);
+    let reply = migration
+        .source_call(key, request.freeze(), 1)
+        .await
+        .map_err(unavailable)?;
+    match redis_protocol::resp2::decode::decode(&reply) {
+        Ok(Some((OwnedFrame::Error(e), _))) => Err(CopyError::Unexpected(format!("source: {e}"))),
+        Ok(Some((frame, _))) => Ok(frame),
+        _ => Err(CopyError::Unexpected("source: undecodable reply".into())),
+    }
+}
+
+/// A target reply that must not be an error.
+fn checked(reply: Result<Bytes, crate::proxy::BackendError>) -> Result<(), CopyError> {
+    let reply = reply.map_err(unavailable)?;
+    if reply.first() == Some(&b'-') {
+        return Err(CopyError::Unexpected(format!(
+            "target: {}",
+            String::from_utf8_lossy(&reply).trim_end()
+        )));
+    }
+    Ok(())
+}
+
+fn unavailable(e: crate::proxy::BackendError) -> CopyError {
+    CopyError::Unavailable(e.to_string())
+}
+
+/// The bytes of a bulk or simple string (empty for anything else).
+fn bulk(frame: OwnedFrame) -> Vec<u8> {
+    match frame {
+        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => b,
+        OwnedFrame::Integer(n) => n.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// The items of an array (empty for anything else).
+fn array(frame: OwnedFrame) -> Vec<OwnedFrame> {
+    match frame {
+        OwnedFrame::Array(items) => items,
+        _ => Vec::new(),
+    }
+}

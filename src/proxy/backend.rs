@@ -252,6 +252,8 @@ where
     if s.redis_version().is_none() {
         setup("INFO", &[b"INFO", b"server"], &mut wbuf);
     }
+    // Mirrored writes in flight on this connection (for the low-water mark).
+    let writes_in_flight = std::sync::atomic::AtomicUsize::new(0);
     let enqueue =
         |request: BackendRequest, wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>| {
             let bytes = request.bytes.len();
@@ -259,6 +261,7 @@ where
             wbuf.extend_from_slice(&request.bytes);
             let mut mirror = request.mirror;
             if let Some(hook) = mirror.as_mut() {
+                writes_in_flight.fetch_add(1, Relaxed);
                 // Publish a mark no higher than this write's number before taking it, so the
                 // migration's low-water mark never passes a write still in flight.
                 let marks = &s.write_marks[mark];
@@ -334,7 +337,7 @@ where
                         break End::Failed(BackendError::Reset);
                     }
                 }
-                if let Err(error) = deliver(pool, server, mark, &mut rbuf, &mut scanner, &mut inflight) {
+                if let Err(error) = deliver(pool, server, mark, &writes_in_flight, &mut rbuf, &mut scanner, &mut inflight) {
                     break End::Failed(error);
                 }
             }
@@ -378,6 +381,7 @@ where
             let _ = reply.send(Err(error));
         }
     }
+    writes_in_flight.store(0, Relaxed);
     s.write_marks[mark].store(u64::MAX, SeqCst);
     s.counters.connection(-1);
     end
@@ -451,10 +455,12 @@ fn learn_version(server: &super::pool::Server, reply: &[u8]) {
 /// Hand every complete reply in `rbuf` to its request. A `-OOM`/`-BUSY`/`-LOADING`
 /// reply counts as a server failure (toward ejection) but, unlike nutcracker, is passed
 /// to the client as it is and does not close the connection.
+#[allow(clippy::too_many_arguments)]
 fn deliver(
     pool: &Pool,
     server: usize,
     mark: usize,
+    writes_in_flight: &std::sync::atomic::AtomicUsize,
     rbuf: &mut BytesMut,
     scanner: &mut ReplyScanner,
     inflight: &mut VecDeque<InFlight>,
@@ -503,12 +509,12 @@ fn deliver(
         if let Some(hook) = f.mirror {
             // Rule 1: the mirror event is queued the moment the source's reply is read,
             // before the client sees the reply.
+            let seq = hook.seq();
             hook.on_reply(&reply);
-            let next = inflight
-                .iter()
-                .find_map(|i| i.mirror.as_ref().map(MirrorHook::seq))
-                .unwrap_or(u64::MAX);
-            s.write_marks[mark].store(next, SeqCst);
+            // Writes still in flight here were numbered after this one (numbers are taken
+            // in send order and replies come back in that order): `seq + 1` bounds them.
+            let left = writes_in_flight.fetch_sub(1, Relaxed) - 1;
+            s.write_marks[mark].store(if left == 0 { u64::MAX } else { seq + 1 }, SeqCst);
         }
         if is_failure_reply(&reply) {
             failure = true;

@@ -57,20 +57,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         "string" => {
             let mut offset = 0usize;
             loop {
-                let end = (offset + STRING_CHUNK - 1).to_string();
-                let chunk = bulk(
-                    source_value(
-                        migration,
-                        key,
-                        &[
-                            b"GETRANGE",
-                            key,
-                            offset.to_string().as_bytes(),
-                            end.as_bytes(),
-                        ],
-                    )
-                    .await?,
-                );
+                let chunk = bulk(ranged(migration, key, b"GETRANGE", offset, STRING_CHUNK).await?);
                 if chunk.is_empty() && offset > 0 {
                     break;
                 }
@@ -85,20 +72,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         "list" => {
             let mut start = 0usize;
             loop {
-                let stop = (start + CHUNK - 1).to_string();
-                let items = array(
-                    source_value(
-                        migration,
-                        key,
-                        &[
-                            b"LRANGE",
-                            key,
-                            start.to_string().as_bytes(),
-                            stop.as_bytes(),
-                        ],
-                    )
-                    .await?,
-                );
+                let items = array(ranged(migration, key, b"LRANGE", start, CHUNK).await?);
                 if items.is_empty() {
                     break;
                 }
@@ -252,6 +226,23 @@ fn temp_name(key: &[u8]) -> Vec<u8> {
     .into_bytes();
     name.extend_from_slice(&key[..key.len().min(64)]);
     name
+}
+
+/// `COMMAND key start stop` (GETRANGE, LRANGE) for `len` items from `start`, from the source.
+async fn ranged(
+    migration: &Migration,
+    key: &[u8],
+    command: &[u8],
+    start: usize,
+    len: usize,
+) -> Result<OwnedFrame, CopyError> {
+    let (first, last) = (start.to_string(), (start + len - 1).to_string());
+    source_value(
+        migration,
+        key,
+        &[command, key, first.as_bytes(), last.as_bytes()],
+    )
+    .await
 }
 
 /// One decoded reply from the source server that owns `key`.

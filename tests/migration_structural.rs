@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::compare::differences;
+use support::compare::assert_same;
 use support::{Proxy, RedisServer, redis_servers};
 
 /// One key of every type, several larger than a chunk, some with TTLs.
@@ -84,8 +84,7 @@ fn no_temporary_keys(targets: &[RedisServer]) {
 #[test]
 fn every_type_copies_structurally_when_forced() {
     let (targets, source, cutover) = run("    structural_copy: always\n");
-    let found = differences(&source, &targets);
-    assert!(found.is_empty(), "{found:?}");
+    assert_same(&source, &targets);
     no_temporary_keys(&targets);
     let metrics = cutover.admin_get("/metrics").1;
     assert!(
@@ -97,8 +96,7 @@ fn every_type_copies_structurally_when_forced() {
 #[test]
 fn keys_over_the_copy_limit_copy_structurally() {
     let (targets, source, cutover) = run("    copy_limit_bytes: 4096\n");
-    let found = differences(&source, &targets);
-    assert!(found.is_empty(), "{found:?}");
+    assert_same(&source, &targets);
     no_temporary_keys(&targets);
     let metrics = cutover.admin_get("/metrics").1;
     let structural: u64 = metrics

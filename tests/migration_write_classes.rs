@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::compare::differences;
+use support::compare::assert_same;
 use support::{Proxy, RedisServer, redis_servers};
 
 fn metric(proxy: &Proxy, line_start: &str) -> f64 {
@@ -115,8 +115,7 @@ fn each_class_reaches_the_target() {
         run(&mut conn, words);
     }
     cutover.wait_migration_drained(Duration::from_secs(30), 4);
-    let found = differences(&source, &targets);
-    assert!(found.is_empty(), "{found:?}");
+    assert_same(&source, &targets);
     let replayed = metric(
         &cutover,
         "cutover_mirror_events_total{pool=\"legacy\",action=\"replayed\"}",

@@ -131,3 +131,14 @@ pub fn differences(source: &RedisServer, targets: &[RedisServer]) -> Vec<String>
     }
     found
 }
+
+/// Fail, showing the first differences, unless `targets` hold exactly what `source` holds.
+pub fn assert_same(source: &RedisServer, targets: &[RedisServer]) {
+    let found = differences(source, targets);
+    assert!(
+        found.is_empty(),
+        "{} differences, e.g.: {:?}",
+        found.len(),
+        &found[..found.len().min(10)]
+    );
+}

@@ -101,6 +101,15 @@ struct Cli {
     )]
     admin: String,
 
+    /// Token that admin calls which change anything (POST) must carry as
+    /// `Authorization: Bearer TOKEN`; also read from CUTOVER_ADMIN_TOKEN.
+    #[arg(
+        long = "admin-token",
+        value_name = "TOKEN",
+        env = "CUTOVER_ADMIN_TOKEN"
+    )]
+    admin_token: Option<String>,
+
     /// Worker threads serving clients (default: half the cores, at least 1; measured on a
     /// 2-core host shared with its Redis servers, one thread beat two).
     #[arg(long = "threads", value_name = "N")]
@@ -267,6 +276,7 @@ fn main() -> ExitCode {
         stats_addr,
         Duration::from_millis(cli.stats_interval),
         admin_addr,
+        cli.admin_token.clone(),
     ));
     if let Some(path) = &pid_file {
         let _ = std::fs::remove_file(path);
@@ -284,6 +294,7 @@ async fn serve(
     stats_addr: SocketAddr,
     stats_interval: Duration,
     admin_addr: SocketAddr,
+    admin_token: Option<String>,
 ) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let metrics = admin::install_metrics();
@@ -303,7 +314,7 @@ async fn serve(
     ));
     tokio::spawn(admin::serve(
         admin_listener,
-        admin::Admin::new(metrics, proxy.pools.clone()),
+        admin::Admin::new(metrics, proxy.pools.clone(), admin_token),
     ));
     tracing::info!(%stats_addr, %admin_addr, "cutover {} started", env!("CARGO_PKG_VERSION"));
 

@@ -163,3 +163,41 @@ fn the_state_file_records_clean_and_unclean_stops() {
         "the finished backfill is not repeated: {status}"
     );
 }
+
+#[test]
+fn a_configured_token_guards_every_change() {
+    let source = RedisServer::start();
+    let targets = redis_servers(1);
+    fill(&source, 10);
+    let cutover = Proxy::cutover_env(
+        &config(&source, &targets, ""),
+        &[("CUTOVER_ADMIN_TOKEN", "s3cret")],
+    );
+    assert_eq!(http(cutover.admin_port, "POST", "/backfill/pause").0, 401);
+    assert_eq!(
+        support::http_with(
+            cutover.admin_port,
+            "POST",
+            "/backfill/pause",
+            "Authorization: Bearer wrong\r\n"
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        support::http_with(
+            cutover.admin_port,
+            "POST",
+            "/backfill/pause",
+            "Authorization: Bearer s3cret\r\n"
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        cutover.admin_get("/status").0,
+        200,
+        "reading needs no token"
+    );
+    assert_eq!(cutover.admin_get("/metrics").0, 200);
+}

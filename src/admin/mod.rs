@@ -44,16 +44,32 @@ pub struct Admin {
     metrics: Option<PrometheusHandle>,
     /// The proxy's pools.
     pools: Vec<Arc<Pool>>,
+    /// When set, every POST must carry `Authorization: Bearer <token>`.
+    token: Option<String>,
 }
 
 impl Admin {
-    /// An admin API over `pools`.
-    pub fn new(metrics: Option<PrometheusHandle>, pools: Vec<Arc<Pool>>) -> Admin {
-        Admin { metrics, pools }
+    /// An admin API over `pools`; mutating calls need `token` when one is given.
+    pub fn new(
+        metrics: Option<PrometheusHandle>,
+        pools: Vec<Arc<Pool>>,
+        token: Option<String>,
+    ) -> Admin {
+        Admin {
+            metrics,
+            pools,
+            token,
+        }
     }
 
     /// Answer one request.
     pub fn handle(&self, request: &HttpRequest) -> HttpResponse {
+        if request.method == "POST"
+            && let Some(token) = &self.token
+            && request.authorization.as_deref() != Some(format!("Bearer {token}").as_str())
+        {
+            return HttpResponse::json(401, "{\"error\":\"this call needs Authorization: Bearer <token> (the proxy's --admin-token)\"}".into());
+        }
         match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/metrics") => match &self.metrics {
                 Some(handle) => {

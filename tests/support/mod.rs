@@ -389,13 +389,18 @@ impl Drop for Proxy {
 
 /// One HTTP/1.1 request to a loopback port: `(status, body)`.
 pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    http_with(port, method, path, "")
+}
+
+/// One HTTP/1.1 request with extra header lines (each ending in CRLF).
+pub fn http_with(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to admin");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: 0\r\n\r\n"
     )
     .expect("send");
     let mut text = String::new();

@@ -222,11 +222,6 @@ impl CommandSpec {
         }
     }
 
-    /// True for keyless commands nutcracker routes by hashing the literal key "placeholder".
-    pub fn keyless(&self) -> bool {
-        matches!(self.class, ArgClass::Argz | ArgClass::NoKey)
-    }
-
     /// Whether this command writes.
     pub fn is_write(&self) -> bool {
         matches!(self.access, Access::Write(_))
@@ -460,13 +455,20 @@ pub fn all() -> impl Iterator<Item = &'static CommandSpec> {
     TABLE.values()
 }
 
-/// The key that routes `args` (the command name first), or `None` when the command has
-/// no key. EVAL routes by its first declared key; keyless commands by "placeholder".
-pub fn routing_key<'a>(spec: &CommandSpec, args: &'a [&'a [u8]]) -> &'a [u8] {
+/// The key that routes `request`: EVAL routes by its first declared key; keyless commands
+/// by the literal "placeholder", as nutcracker does; everything else by its first key.
+pub fn routing_key<'a>(spec: &CommandSpec, request: &'a crate::resp::Request) -> &'a [u8] {
+    let arg = |i: usize| {
+        if i < request.argc() {
+            request.arg(i)
+        } else {
+            b"".as_slice()
+        }
+    };
     match spec.class {
         ArgClass::Argz | ArgClass::NoKey => b"placeholder",
-        ArgClass::ArgEval => args.get(3).copied().unwrap_or_default(),
-        _ => args.get(1).copied().unwrap_or_default(),
+        ArgClass::ArgEval => arg(3),
+        _ => arg(1),
     }
 }
 
@@ -524,12 +526,23 @@ mod tests {
 
     #[test]
     fn routing_keys() {
+        let request = |words: &[&str]| {
+            let mut buf = bytes::BytesMut::new();
+            crate::resp::encode::command(&mut buf, words);
+            match crate::resp::RequestParser::default().next(&mut buf) {
+                Ok(Some(crate::resp::Parsed::Request(r))) => r,
+                other => panic!("parse: {other:?}"),
+            }
+        };
         let get = lookup(b"GET").expect("GET");
-        assert_eq!(routing_key(get, &[b"GET", b"k"]), b"k");
+        assert_eq!(routing_key(get, &request(&["GET", "k"])), b"k");
         let eval = lookup(b"EVAL").expect("EVAL");
-        assert_eq!(routing_key(eval, &[b"EVAL", b"return 1", b"1", b"k"]), b"k");
+        assert_eq!(
+            routing_key(eval, &request(&["EVAL", "return 1", "1", "k"])),
+            b"k"
+        );
         let lolwut = lookup(b"LOLWUT").expect("LOLWUT");
-        assert_eq!(routing_key(lolwut, &[b"LOLWUT"]), b"placeholder");
+        assert_eq!(routing_key(lolwut, &request(&["LOLWUT"])), b"placeholder");
         assert_eq!(eval_numkeys(&[b"EVAL", b"s", b"1", b"k"]), Some(1));
         assert_eq!(eval_numkeys(&[b"EVAL", b"s", b"0", b"k"]), None);
         assert_eq!(eval_numkeys(&[b"EVAL", b"s", b"2", b"k"]), None);

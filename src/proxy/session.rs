@@ -272,12 +272,7 @@ impl Session {
         if spec.split.is_some() && request.argc() > 2 {
             return self.dispatch_split(spec, &request, started).await;
         }
-        let key = match spec.class {
-            ArgClass::Argz | ArgClass::NoKey => b"placeholder".as_slice(),
-            ArgClass::ArgEval => request.arg(3),
-            _ => request.arg(1),
-        };
-        let Some(route) = self.pool.route(key) else {
+        let Some(route) = self.pool.route(command::routing_key(spec, &request)) else {
             return self.backend_failed(BackendError::Refused);
         };
         let mirror = self.mirror_hook(spec, &request);

@@ -123,56 +123,49 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                 }
             }
             replay_batch(&migration, &mut known, batch).await;
-            collect(
-                &migration,
-                index,
-                &mut known,
-                &mut checkpoint,
-                processed,
-                rx.is_empty(),
-            );
-            processed_slot.store(processed, SeqCst);
-            continue;
-        }
-        match event {
-            LaneEvent::Write {
-                key, mirrored_at, ..
-            } => {
-                // Writes that may be replayed were batched above; this one may not:
-                // copy the key (rule 3).
-                copy_with_retries(&migration, &mut known, &key, "write").await;
-                migration
-                    .counters
-                    .lag
-                    .record(mirrored_at.elapsed().as_secs_f64());
-            }
-            LaneEvent::Copy {
-                key,
-                unless_known,
-                mirrored_at,
-            } => {
-                let fp = migration.salt.fingerprint(&key);
-                if unless_known && (dropped || known.contains(fp)) {
-                    migration.counters.backfill_skipped.increment(1);
-                    migration.totals.skipped.fetch_add(1, Relaxed);
-                } else {
-                    let reason = if mirrored_at.is_some() {
-                        "write"
+        } else {
+            match event {
+                LaneEvent::Write {
+                    key, mirrored_at, ..
+                } => {
+                    // Writes that may be replayed were batched above; this one may not:
+                    // copy the key (rule 3).
+                    copy_with_retries(&migration, &mut known, &key, "write").await;
+                    migration
+                        .counters
+                        .lag
+                        .record(mirrored_at.elapsed().as_secs_f64());
+                }
+                LaneEvent::Copy {
+                    key,
+                    unless_known,
+                    mirrored_at,
+                } => {
+                    let fp = migration.salt.fingerprint(&key);
+                    if unless_known && (dropped || known.contains(fp)) {
+                        migration.counters.backfill_skipped.increment(1);
+                        migration.totals.skipped.fetch_add(1, Relaxed);
                     } else {
-                        "backfill"
-                    };
-                    copy_with_retries(&migration, &mut known, &key, reason).await;
-                    if let Some(at) = mirrored_at {
-                        migration.counters.lag.record(at.elapsed().as_secs_f64());
+                        let reason = if mirrored_at.is_some() {
+                            "write"
+                        } else {
+                            "backfill"
+                        };
+                        copy_with_retries(&migration, &mut known, &key, reason).await;
+                        if let Some(at) = mirrored_at {
+                            migration.counters.lag.record(at.elapsed().as_secs_f64());
+                        }
                     }
                 }
-            }
-            LaneEvent::DropKnown => {
-                dropped = true;
-                migration.counters.known_keys.decrement(known.len() as f64);
-                known.drop_membership();
+                LaneEvent::DropKnown => {
+                    dropped = true;
+                    migration.counters.known_keys.decrement(known.len() as f64);
+                    known.drop_membership();
+                }
             }
         }
+        // Every event, batched or not: forget old `copied_at`, track the set's size, and
+        // publish progress for safe checkpoints.
         collect(
             &migration,
             index,

@@ -104,13 +104,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
                 );
                 let mut parts = reply.into_iter();
                 let next = parts.next().map(bulk).unwrap_or_default();
-                let items: Vec<Vec<u8>> = parts
-                    .next()
-                    .map(array)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(bulk)
-                    .collect();
+                let items: Vec<Vec<u8>> = parts.next().map(bulks).unwrap_or_default();
                 if !items.is_empty() {
                     let mut args = vec![add.to_vec(), temp.clone()];
                     if kind == "zset" {
@@ -155,13 +149,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
                 for entry in entries {
                     let mut parts = array(entry).into_iter();
                     let id = parts.next().map(bulk).unwrap_or_default();
-                    let fields: Vec<Vec<u8>> = parts
-                        .next()
-                        .map(array)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(bulk)
-                        .collect();
+                    let fields: Vec<Vec<u8>> = parts.next().map(bulks).unwrap_or_default();
                     let mut args = vec![b"XADD".to_vec(), temp.clone(), id.clone()];
                     args.extend(fields);
                     checked(write(args).await)?;
@@ -287,6 +275,11 @@ fn bulk(frame: OwnedFrame) -> Vec<u8> {
         OwnedFrame::Integer(n) => n.to_string().into_bytes(),
         _ => Vec::new(),
     }
+}
+
+/// The items of an array as byte strings (empty for anything else).
+fn bulks(frame: OwnedFrame) -> Vec<Vec<u8>> {
+    array(frame).into_iter().map(bulk).collect()
 }
 
 /// The items of an array (empty for anything else).

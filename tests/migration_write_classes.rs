@@ -78,13 +78,15 @@ fn each_class_reaches_the_target() {
         &["HSET", "h", "f", "v"],
         &["LPUSH", "k-list", "x"],
         &["ZADD", "z", "1", "m"],
-        &["EXPIRE", "k4", "1000"],
+        &["EXPIREAT", "k4", "4102444800"],
         &["SETRANGE", "k5", "0", "Z"],
     ] {
         run(&mut conn, words);
     }
-    // Copied: random, multi-key, split, store options, scripts.
+    // Copied: relative TTLs, random, multi-key, split, store options, scripts.
     for words in [
+        &["EXPIRE", "k6", "1000"][..],
+        &["SET", "k7", "v", "EX", "1000"],
         &["SPOP", "{t}a"][..],
         &["SUNIONSTORE", "{t}u", "{t}a", "{t}b"],
         &["SMOVE", "{t}a", "{t}b", "1"],

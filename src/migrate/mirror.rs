@@ -35,6 +35,9 @@ pub fn effect(spec: &CommandSpec, request: &Request) -> Option<WriteEffect> {
     let argc = request.argc();
     let arg = |i: usize| request.arg_bytes(i);
     let (keys, replay) = match mirror {
+        // A relative TTL set by a replay would start when the replay lands, late by the
+        // mirror lag; a copy carries the TTL exactly (PTTL read with the DUMP).
+        Mirror::Replay if sets_relative_ttl(spec, request) => (vec![arg(1)], false),
         Mirror::Replay => (vec![arg(1)], true),
         Mirror::Copy(written) => {
             let keys = match written {
@@ -65,6 +68,19 @@ pub fn effect(spec: &CommandSpec, request: &Request) -> Option<WriteEffect> {
         replay,
         script: matches!(mirror, Mirror::Copy(WrittenKeys::Eval)),
     })
+}
+
+/// Whether the command sets a TTL relative to when it is applied: EXPIRE, PEXPIRE, SETEX,
+/// PSETEX, and SET or GETEX with EX or PX (EXPIREAT and PEXPIREAT are absolute).
+fn sets_relative_ttl(spec: &CommandSpec, request: &Request) -> bool {
+    match spec.name {
+        "EXPIRE" | "PEXPIRE" | "SETEX" | "PSETEX" => true,
+        "SET" | "GETEX" => request
+            .args()
+            .skip(2)
+            .any(|a| a.eq_ignore_ascii_case(b"EX") || a.eq_ignore_ascii_case(b"PX")),
+        _ => false,
+    }
 }
 
 /// A write on its way to the source, to be mirrored once its outcome is known.
@@ -186,12 +202,26 @@ mod tests {
             &["SET", "k", "v"][..],
             &["INCR", "k"],
             &["HSET", "k", "f", "v"],
-            &["EXPIRE", "k", "10"],
+            &["EXPIREAT", "k", "4102444800"],
             &["LPOP", "k"],
         ] {
             assert_eq!(
                 effect_of(words),
                 Some((keys(&["k"]), true, false)),
+                "{words:?}"
+            );
+        }
+        // Relative TTLs would drift by the mirror lag if replayed: copied.
+        for words in [
+            &["EXPIRE", "k", "10"][..],
+            &["PEXPIRE", "k", "10"],
+            &["SETEX", "k", "10", "v"],
+            &["SET", "k", "v", "ex", "10"],
+            &["GETEX", "k", "PX", "10"],
+        ] {
+            assert_eq!(
+                effect_of(words),
+                Some((keys(&["k"]), false, false)),
                 "{words:?}"
             );
         }

@@ -1,6 +1,6 @@
 //! The `cutover` command line: nutcracker's flags with nutcracker's meanings, plus the
-//! admin address and the client request limits. Subcommands (`migrate`, `verify`, `ctl`)
-//! arrive with the migration engine.
+//! admin address and the client request limits, and the subcommands `migrate` and
+//! `verify` (offline jobs) and `ctl` (the admin API from a terminal).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -134,6 +134,156 @@ enum Job {
     /// Copy one running Redis into a pool offline, placed as nutcracker would place it
     /// (the one-off DUMP/RESTORE job), with progress, rate limit, resume and a summary.
     Migrate(MigrateArgs),
+    /// Compare one running Redis with a pool key by key (missing, extra, type, value,
+    /// TTL), in rounds that re-check what differed; with --repair, copy differences again.
+    Verify(VerifyArgs),
+    /// Talk to a running cutover's admin API: status, cutover, rollback, finalize, verify,
+    /// pause, resume.
+    Ctl(CtlArgs),
+}
+
+/// `cutover verify` options.
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The source Redis.
+    #[arg(long, value_name = "HOST:PORT")]
+    from: String,
+    /// The target: a nutcracker config, and the pool in it when it has several.
+    #[arg(long, value_name = "FILE[:POOL]")]
+    to: String,
+    /// The source's password.
+    #[arg(long)]
+    password: Option<String>,
+    /// Copy every key that still differs after the last round again.
+    #[arg(long)]
+    repair: bool,
+    /// Rounds: the full pass, then re-checks of what differed.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// COUNT for each SCAN.
+    #[arg(long, default_value_t = 1000)]
+    scan_count: u32,
+}
+
+/// `cutover ctl` options.
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    /// The admin API of the running cutover.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:22223")]
+    admin: String,
+    /// Token for calls that change anything (the proxy's --admin-token).
+    #[arg(long, value_name = "TOKEN", env = "CUTOVER_ADMIN_TOKEN")]
+    token: Option<String>,
+    /// The migrating pool, when the proxy has several.
+    #[arg(long, value_name = "POOL")]
+    pool: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+/// `cutover ctl` actions.
+#[derive(Debug, clap::Subcommand)]
+enum CtlAction {
+    /// Phase, backfill progress, mirror lag, shadow mismatches, verify result, readiness.
+    Status,
+    /// Make the target pool authoritative (refused with reasons unless ready).
+    Cutover {
+        /// Override the readiness checks (logged).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the source pool authoritative again.
+    Rollback {
+        /// Override the dirty-key check.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop mirroring to the source: serve the target pool alone.
+    Finalize,
+    /// Run a verify pass in the proxy and print its report.
+    Verify {
+        /// Copy differing keys again.
+        #[arg(long)]
+        repair: bool,
+        /// Start it and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Pause the backfill.
+    Pause,
+    /// Resume the backfill.
+    Resume,
+}
+
+/// Run `cutover ctl`.
+fn run_ctl(args: CtlArgs) -> ExitCode {
+    use cutover::admin::ctl::{self, CtlCommand, CtlOptions};
+    let command = match args.action {
+        CtlAction::Status => CtlCommand::Status,
+        CtlAction::Cutover { force } => CtlCommand::Cutover { force },
+        CtlAction::Rollback { force } => CtlCommand::Rollback { force },
+        CtlAction::Finalize => CtlCommand::Finalize,
+        CtlAction::Verify { repair, no_wait } => CtlCommand::Verify {
+            repair,
+            wait: !no_wait,
+        },
+        CtlAction::Pause => CtlCommand::Pause,
+        CtlAction::Resume => CtlCommand::Resume,
+    };
+    let options = CtlOptions {
+        admin: args.admin,
+        token: args.token,
+        pool: args.pool,
+    };
+    match ctl::run(&options, &command) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error.to_string()),
+    }
+}
+
+/// Run `cutover verify`.
+fn run_offline_verify(args: VerifyArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let options = cutover::migrate::offline::OfflineOptions {
+        from: args.from,
+        to: args.to,
+        password: args.password,
+        rate: 0,
+        scan_count: args.scan_count,
+        checkpoint: None,
+        parallel: 16,
+    };
+    let verify = cutover::migrate::verify::VerifyOptions {
+        repair: args.repair,
+        rounds: args.rounds.max(1),
+        scan_count: args.scan_count.max(1),
+    };
+    match runtime.block_on(cutover::migrate::offline::verify(options, verify)) {
+        Err(error) => fail(&error.to_string()),
+        Ok(report) => {
+            print!("{}", report.text());
+            // Differences left unrepaired make the exit status 1, for scripts.
+            if report.differences() > 0 && !report.repair {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
 }
 
 /// `cutover migrate` options.
@@ -207,8 +357,11 @@ fn run_offline_migrate(args: MigrateArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Job::Migrate(args)) = cli.command {
-        return run_offline_migrate(args);
+    match cli.command {
+        Some(Job::Migrate(args)) => return run_offline_migrate(args),
+        Some(Job::Verify(args)) => return run_offline_verify(args),
+        Some(Job::Ctl(args)) => return run_ctl(args),
+        None => {}
     }
     if cli.describe_stats {
         print!("{}", stats::describe());

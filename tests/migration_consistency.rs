@@ -23,9 +23,10 @@ struct Setup {
     cutover: Proxy,
 }
 
-fn config(source: &RedisServer, targets: &[RedisServer], lanes: u32) -> String {
+fn config(source: &RedisServer, targets: &[RedisServer], lanes: u32, shadow: bool) -> String {
+    let ratio = if shadow { 1.0 } else { 0.0 };
     let mut text = format!(
-        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    lanes: {lanes}\n    scan_count: 200\nfleet:\n  redis: true\n  hash: md5\n  servers:\n",
+        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    lanes: {lanes}\n    scan_count: 200\n    shadow_ratio: {ratio}\nfleet:\n  redis: true\n  hash: md5\n  servers:\n",
         source.addr()
     );
     for t in targets {
@@ -111,8 +112,9 @@ fn key_name(i: u64) -> String {
     format!("{prefix}:{i}")
 }
 
-/// One client's random operations through the proxy.
-fn client_ops(port: u16, seed: u64, ops: usize) {
+/// One client's random operations through the proxy; with `reads`, each write is
+/// followed by a read of a key of the same group (for shadow reads).
+fn client_ops(port: u16, seed: u64, ops: usize, reads: bool) {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");
     let mut conn = client.get_connection().expect("connect through cutover");
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
@@ -182,13 +184,35 @@ fn client_ops(port: u16, seed: u64, ops: usize) {
         };
         // Wrong types and the like are expected now and then; the data must still agree.
         let _: redis::RedisResult<redis::Value> = cmd.query(&mut conn);
+        if reads {
+            let read = match rng.next(12) {
+                0 => redis::cmd("GET").arg(&s).clone(),
+                1 => redis::cmd("HGETALL").arg(&h).clone(),
+                2 => redis::cmd("LRANGE").arg(&l).arg(0).arg(-1).clone(),
+                3 => redis::cmd("SMEMBERS").arg(&t).clone(),
+                4 => redis::cmd("ZRANGE")
+                    .arg(&z)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .clone(),
+                5 => redis::cmd("TTL").arg(&s).clone(),
+                6 => redis::cmd("PTTL").arg(&h).clone(),
+                7 => redis::cmd("GET").arg(&c).clone(),
+                8 => redis::cmd("HGET").arg(&h).arg("n").clone(),
+                9 => redis::cmd("SCARD").arg(&t).clone(),
+                10 => redis::cmd("EXISTS").arg(&fresh).clone(),
+                _ => redis::cmd("STRLEN").arg(&s).clone(),
+            };
+            let _: redis::RedisResult<redis::Value> = read.query(&mut conn);
+        }
     }
 }
 
 /// Run `clients` clients through the proxy, concurrently.
-fn workload(port: u16, seed: u64, clients: u64, ops: usize) {
+fn workload(port: u16, seed: u64, clients: u64, ops: usize, reads: bool) {
     let threads: Vec<_> = (0..clients)
-        .map(|c| std::thread::spawn(move || client_ops(port, seed * 100 + c, ops)))
+        .map(|c| std::thread::spawn(move || client_ops(port, seed * 100 + c, ops, reads)))
         .collect();
     for t in threads {
         t.join().expect("client thread");
@@ -203,17 +227,28 @@ fn run(
     env: &[(&str, &str)],
     during: impl FnOnce(&mut Setup) + Send,
 ) -> Vec<String> {
+    run_with(seed, lanes, env, false, during).0
+}
+
+/// [`run`], optionally with reads checked at a shadow ratio of 1; also returns `/status`.
+fn run_with(
+    seed: u64,
+    lanes: u32,
+    env: &[(&str, &str)],
+    shadow: bool,
+    during: impl FnOnce(&mut Setup) + Send,
+) -> (Vec<String>, serde_json::Value) {
     let source = RedisServer::start();
     let targets = redis_servers(3);
     prefill(&source);
-    let cutover = Proxy::cutover_env(&config(&source, &targets, lanes), env);
+    let cutover = Proxy::cutover_env(&config(&source, &targets, lanes, shadow), env);
     let mut setup = Setup {
         source,
         targets,
         cutover,
     };
     let port = setup.cutover.port;
-    let load = std::thread::spawn(move || workload(port, seed, 8, 1500));
+    let load = std::thread::spawn(move || workload(port, seed, 8, 1500, shadow));
     during(&mut setup);
     load.join().expect("workload");
     // Let the short TTLs of the prefill run out, then wait for the lanes.
@@ -227,7 +262,9 @@ fn run(
         metrics.contains("cutover_backfill_keys_copied_total{pool=\"legacy\"}"),
         "{metrics}"
     );
-    found
+    let status: serde_json::Value =
+        serde_json::from_str(&setup.cutover.admin_get("/status").1).expect("status JSON");
+    (found, status)
 }
 
 fn assert_equal(found: Vec<String>) {
@@ -265,6 +302,17 @@ fn target_equals_source_across_a_target_restart() {
         std::thread::sleep(Duration::from_millis(400));
         setup.targets[1].restart();
     }));
+}
+
+#[test]
+fn shadow_reads_at_full_ratio_find_no_mismatch() {
+    let (found, status) = run_with(6, 64, &[], true, |_| {});
+    assert_equal(found);
+    let shadow = &status["pools"][0]["migration"]["shadow"];
+    let checked = shadow["checked"].as_u64().expect("checked");
+    println!("shadow: {shadow}");
+    assert!(checked > 1000, "reads were compared: {shadow}");
+    assert_eq!(shadow["mismatches"], 0, "no false positives: {shadow}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The admin API on `--admin` (default 127.0.0.1:22223): `GET /metrics` (Prometheus text)
 //! and `GET /status` (JSON). The migration controls join it with the migration engine.
 
+pub mod ctl;
 mod http;
 
 use std::sync::Arc;
@@ -12,6 +13,9 @@ use tokio::net::TcpListener;
 
 pub use http::{HttpRequest, HttpResponse};
 
+use crate::migrate::{FlipError, Flipped};
+use crate::migrate::verify::{self, VerifyOptions};
+use crate::migrate::Migration;
 use crate::proxy::Pool;
 
 /// Histogram buckets for every `_seconds` histogram: 50 µs to 10 s.
@@ -63,7 +67,7 @@ impl Admin {
     }
 
     /// Answer one request.
-    pub fn handle(&self, request: &HttpRequest) -> HttpResponse {
+    pub async fn handle(&self, request: &HttpRequest) -> HttpResponse {
         if request.method == "POST"
             && let Some(token) = &self.token
             && request.authorization.as_deref() != Some(format!("Bearer {token}").as_str())
@@ -101,6 +105,38 @@ impl Admin {
                     }
                 })
             }
+            ("POST", "/cutover") => {
+                let force = query_flag(&request.query, "force");
+                self.flip(&request.query, "cutover", |m| async move {
+                    m.cutover(force).await
+                })
+                .await
+            }
+            ("POST", "/rollback") => {
+                let force = query_flag(&request.query, "force");
+                self.flip(&request.query, "rollback", |m| async move {
+                    m.rollback(force).await
+                })
+                .await
+            }
+            ("POST", "/finalize") => {
+                self.flip(&request.query, "finalize", |m| async move { m.finalize().await })
+                    .await
+            }
+            ("POST", "/verify") => {
+                let options = VerifyOptions {
+                    repair: query_flag(&request.query, "repair"),
+                    rounds: query_number(&request.query, "rounds").map_or(3, |r| r.clamp(1, 20) as u32),
+                    ..VerifyOptions::default()
+                };
+                let Some(migration) = self.migration(&request.query) else {
+                    return no_migration();
+                };
+                if !verify::start(&migration, options) {
+                    return HttpResponse::json(409, "{\"error\":\"a verify pass is already running; wait for its result in /status\"}".into());
+                }
+                HttpResponse::json(202, format!("{{\"started\":true,\"status\":{}}}", migration.status_json()))
+            }
             (_, "/metrics" | "/status") => {
                 HttpResponse::json(405, "{\"error\":\"use GET\"}".into())
             }
@@ -111,6 +147,61 @@ impl Admin {
                     request.path.escape_default()
                 ),
             ),
+        }
+    }
+
+    /// The migration of `?pool=NAME`, or the only one running.
+    fn migration(&self, query: &str) -> Option<Arc<Migration>> {
+        let wanted = query_value(query, "pool");
+        let mut found = self
+            .pools
+            .iter()
+            .filter(|p| wanted.is_none_or(|name| name == p.name()))
+            .filter_map(|p| p.migration().cloned());
+        let first = found.next()?;
+        // Several migrations and no pool named: ambiguous.
+        found.next().is_none().then_some(first)
+    }
+
+    /// Run a flip (`cutover`, `rollback`, `finalize`) on the migration named by the query.
+    async fn flip<F, Fut>(&self, query: &str, action: &str, run: F) -> HttpResponse
+    where
+        F: FnOnce(Arc<Migration>) -> Fut,
+        Fut: std::future::Future<Output = Result<Flipped, FlipError>>,
+    {
+        let Some(migration) = self.migration(query) else {
+            return no_migration();
+        };
+        match run(migration.clone()).await {
+            Ok(flipped) => HttpResponse::json(
+                200,
+                format!(
+                    "{{\"{action}\":true,\"from\":\"{}\",\"to\":\"{}\",\"pause_ms\":{:.3},\"forced\":{},\"status\":{}}}",
+                    flipped.from.name(),
+                    flipped.to.name(),
+                    flipped.pause.as_secs_f64() * 1000.0,
+                    flipped.forced,
+                    migration.status_json()
+                ),
+            ),
+            Err(error) => {
+                let reasons = match &error {
+                    FlipError::NotReady(reasons) => reasons.clone(),
+                    other => vec![other.to_string()],
+                };
+                let list: Vec<String> = reasons
+                    .iter()
+                    .map(|r| format!("\"{}\"", r.escape_default()))
+                    .collect();
+                HttpResponse::json(
+                    409,
+                    format!(
+                        "{{\"error\":\"{}\",\"reasons\":[{}],\"hint\":\"fix the reasons, or add ?force=true to override (logged)\"}}",
+                        error.to_string().escape_default(),
+                        list.join(",")
+                    ),
+                )
+            }
         }
     }
 
@@ -131,10 +222,7 @@ impl Admin {
             }
         }
         if touched == 0 {
-            return HttpResponse::json(
-                409,
-                "{\"error\":\"no migration is running (or no such pool)\"}".into(),
-            );
+            return no_migration();
         }
         HttpResponse::json(200, self.status())
     }
@@ -166,12 +254,32 @@ impl Admin {
                 )
             })
             .collect();
+        let phase = self
+            .pools
+            .iter()
+            .find_map(|p| p.migration())
+            .map_or_else(|| "null".to_string(), |m| format!("\"{}\"", m.phase().name()));
         format!(
-            "{{\"version\":\"{}\",\"phase\":null,\"pools\":[{}]}}\n",
+            "{{\"version\":\"{}\",\"phase\":{phase},\"pools\":[{}]}}\n",
             env!("CARGO_PKG_VERSION"),
             pools.join(",")
         )
     }
+}
+
+/// The answer when no migration matches.
+fn no_migration() -> HttpResponse {
+    HttpResponse::json(
+        409,
+        "{\"error\":\"no migration is running (or no such pool; with several, name one with ?pool=NAME)\"}".into(),
+    )
+}
+
+/// Whether a query flag is set (`name=true` or `name=1`, or just `name`).
+fn query_flag(query: &str, name: &str) -> bool {
+    query.split('&').any(|pair| {
+        pair == name || matches!(pair.split_once('='), Some((k, v)) if k == name && (v == "true" || v == "1"))
+    })
 }
 
 /// The value of `name` in a query string.
@@ -208,7 +316,7 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         let admin = admin.clone();
         tokio::spawn(async move {
             let response = match http::read_request(&mut stream).await {
-                Ok(request) => admin.handle(&request),
+                Ok(request) => admin.handle(&request).await,
                 Err(response) => response,
             };
             http::write_response(&mut stream, &response).await;

@@ -20,6 +20,11 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Scan every source server, then tell the lanes.
 pub async fn run(migration: Arc<Migration>) {
     migration.counters.set_state("running");
+    let mut total = 0;
+    for server in 0..migration.copy_source.servers.len() {
+        total += dbsize(&migration, server).await.unwrap_or(0);
+    }
+    migration.total_keys.store(total, Relaxed);
     let scans: Vec<_> = (0..migration.copy_source.servers.len())
         .map(|server| tokio::spawn(scan_server(migration.clone(), server)))
         .collect();
@@ -50,6 +55,10 @@ async fn scan_server(migration: Arc<Migration>, server: usize) {
     let mut queued: u64 = 0;
     let mut pause = migration.paused.subscribe();
     loop {
+        if migration.phase() != super::Phase::Migrating {
+            // A forced cutover: the source is no longer authoritative.
+            return;
+        }
         while *pause.borrow() {
             migration.counters.set_state("paused");
             if pause.changed().await.is_err() {
@@ -110,6 +119,22 @@ async fn scan_server(migration: Arc<Migration>, server: usize) {
     }
 }
 
+/// The number of keys on source server `server` (for progress and ETA).
+async fn dbsize(migration: &Migration, server: usize) -> Option<u64> {
+    let mut request = BytesMut::new();
+    encode::command(&mut request, &[b"DBSIZE".as_slice()]);
+    let reply = migration
+        .copy_source
+        .request(server, 0, request.freeze(), 1)
+        .await
+        .ok()?;
+    std::str::from_utf8(reply.strip_prefix(b":")?)
+        .ok()?
+        .trim_end()
+        .parse()
+        .ok()
+}
+
 /// Sleep as long as needed to keep under the keys-per-second and bytes-per-second limits
 /// (0: unlimited). The limits are read each time, so changes take effect at once.
 async fn pace(migration: &Migration, started: Instant, queued: u64, bytes_at_start: u64) {
@@ -134,7 +159,7 @@ async fn pace(migration: &Migration, started: Instant, queued: u64, bytes_at_sta
 }
 
 /// `(next cursor, keys)` from a SCAN reply.
-fn parse_scan(reply: &[u8]) -> Option<(Vec<u8>, Vec<Bytes>)> {
+pub(super) fn parse_scan(reply: &[u8]) -> Option<(Vec<u8>, Vec<Bytes>)> {
     let (frame, _) = redis_protocol::resp2::decode::decode(reply).ok()??;
     let OwnedFrame::Array(mut parts) = frame else {
         return None;

@@ -62,7 +62,7 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
     encode::command(&mut snapshot, &[b"DUMP".as_slice(), key]);
     encode::command(&mut snapshot, &[b"EXEC".as_slice()]);
     let exec = migration
-        .source_call(key, snapshot.freeze(), 4)
+        .from_call(key, snapshot.freeze(), 4)
         .await
         .map_err(|e| CopyError::Unavailable(format!("source: {e}")))?;
     let copied_at = migration.seq_now();
@@ -99,7 +99,7 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         }
     };
     let reply = migration
-        .target_call(key, write.freeze())
+        .to_call(key, write.freeze())
         .await
         .map_err(|e| CopyError::Unavailable(format!("target: {e}")))?;
     if reply.first() == Some(&b'-') {

@@ -1,6 +1,22 @@
 //! The migration's metrics, resolved once per migration (labelled by the source pool).
 
+use std::collections::HashMap;
+
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+use super::phase::Phase;
+use crate::command::{self, Access};
+
+/// Kinds of difference a verify pass reports, in the order of `verify_found`.
+pub const DIFFERENCE_KINDS: [&str; 5] = ["missing", "extra", "type", "value", "ttl"];
+
+/// Shadow-read counters of one command.
+pub struct ShadowCounters {
+    /// `cutover_shadow_checks_total{command}`.
+    pub checked: Counter,
+    /// `cutover_shadow_mismatches_total{command}`.
+    pub mismatched: Counter,
+}
 
 /// Every migration metric of one source pool.
 pub struct MigrationCounters {
@@ -44,7 +60,40 @@ pub struct MigrationCounters {
     pub known_keys: Gauge,
     /// `cutover_known_copied_bytes`.
     pub known_bytes: Gauge,
+    /// `cutover_migration_phase{phase}`: 1 for the current phase.
+    pub phase: [Gauge; 3],
+    /// `cutover_cutover_pause_seconds`: how long each flip held requests.
+    pub pause: Histogram,
+    /// `cutover_cutover_flips_total{to}`: flips to each phase.
+    pub flips: [Counter; 3],
+    /// `cutover_cutover_refusals_total`: flips refused (not ready, or writes did not drain).
+    pub refusals: Counter,
+    /// `cutover_backfill_progress_ratio`: keys scanned over the source's keys (1 when done).
+    pub progress: Gauge,
+    /// `cutover_backfill_eta_seconds`: estimated time to the end of the backfill.
+    pub eta: Gauge,
+    /// Shadow counters by command name.
+    pub shadow: HashMap<&'static str, ShadowCounters>,
+    /// `cutover_shadow_skipped_total{reason}`: sampled reads not compared, by why.
+    pub shadow_skipped: [Counter; 4],
+    /// `cutover_shadow_repairs_total`: keys copied again after a mismatch.
+    pub shadow_repaired: Counter,
+    /// `cutover_shadow_unconfirmed_total`: first disagreements a second read did not confirm.
+    pub shadow_unconfirmed: Counter,
+    /// `cutover_verify_keys_checked_total`.
+    pub verify_checked: Counter,
+    /// `cutover_verify_differences_total{kind}`: differences confirmed by a verify pass.
+    pub verify_found: [Counter; 5],
+    /// `cutover_verify_last_differences{kind}`: differences found by the last verify pass.
+    pub verify_last: [Gauge; 5],
+    /// `cutover_verify_repaired_total`: keys copied again by verify.
+    pub verify_repaired: Counter,
+    /// `cutover_verify_runs_total`.
+    pub verify_runs: Counter,
 }
+
+/// Why a sampled read was not compared, in the order of `shadow_skipped`.
+pub const SHADOW_SKIPS: [&str; 4] = ["not_copied", "copy_pending", "dirty", "unavailable"];
 
 /// The backfill's states, in the order of `MigrationCounters::state`.
 pub const BACKFILL_STATES: [&str; 4] = ["idle", "running", "paused", "done"];
@@ -74,7 +123,38 @@ impl MigrationCounters {
             rejected_size: counter!("cutover_copy_restore_rejections_total", "pool" => p.clone(), "reason" => "over_copy_limit"),
             structural: counter!("cutover_copy_structural_total", "pool" => p.clone()),
             known_keys: gauge!("cutover_known_copied_keys", "pool" => p.clone()),
-            known_bytes: gauge!("cutover_known_copied_bytes", "pool" => p),
+            known_bytes: gauge!("cutover_known_copied_bytes", "pool" => p.clone()),
+            phase: Phase::ALL
+                .map(|ph| gauge!("cutover_migration_phase", "pool" => p.clone(), "phase" => ph.name())),
+            pause: histogram!("cutover_cutover_pause_seconds", "pool" => p.clone()),
+            flips: Phase::ALL
+                .map(|ph| counter!("cutover_cutover_flips_total", "pool" => p.clone(), "to" => ph.name())),
+            refusals: counter!("cutover_cutover_refusals_total", "pool" => p.clone()),
+            progress: gauge!("cutover_backfill_progress_ratio", "pool" => p.clone()),
+            eta: gauge!("cutover_backfill_eta_seconds", "pool" => p.clone()),
+            shadow: command::all()
+                .filter(|c| c.access == Access::Read)
+                .map(|c| {
+                    (
+                        c.name,
+                        ShadowCounters {
+                            checked: counter!("cutover_shadow_checks_total", "pool" => p.clone(), "command" => c.name),
+                            mismatched: counter!("cutover_shadow_mismatches_total", "pool" => p.clone(), "command" => c.name),
+                        },
+                    )
+                })
+                .collect(),
+            shadow_skipped: SHADOW_SKIPS
+                .map(|r| counter!("cutover_shadow_skipped_total", "pool" => p.clone(), "reason" => r)),
+            shadow_repaired: counter!("cutover_shadow_repairs_total", "pool" => p.clone()),
+            shadow_unconfirmed: counter!("cutover_shadow_unconfirmed_total", "pool" => p.clone()),
+            verify_checked: counter!("cutover_verify_keys_checked_total", "pool" => p.clone()),
+            verify_found: DIFFERENCE_KINDS
+                .map(|k| counter!("cutover_verify_differences_total", "pool" => p.clone(), "kind" => k)),
+            verify_last: DIFFERENCE_KINDS
+                .map(|k| gauge!("cutover_verify_last_differences", "pool" => p.clone(), "kind" => k)),
+            verify_repaired: counter!("cutover_verify_repaired_total", "pool" => p.clone()),
+            verify_runs: counter!("cutover_verify_runs_total", "pool" => p),
         }
     }
 
@@ -82,6 +162,10 @@ impl MigrationCounters {
     pub fn copied(&self, reason: &str, bytes: usize) {
         if reason == "backfill" {
             self.backfill_copied.increment(1);
+        } else if reason == "shadow" {
+            self.shadow_repaired.increment(1);
+        } else if reason == "verify" {
+            self.verify_repaired.increment(1);
         } else {
             self.copied_for_writes.increment(1);
         }
@@ -94,6 +178,20 @@ impl MigrationCounters {
             self.rejected_size.increment(1);
         } else {
             self.rejected_payload.increment(1);
+        }
+    }
+
+    /// Show `phase` as the migration's phase.
+    pub fn set_phase(&self, phase: Phase) {
+        for (gauge, each) in self.phase.iter().zip(Phase::ALL) {
+            gauge.set(if each == phase { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// A sampled read was not compared, for `reason` (one of [`SHADOW_SKIPS`]).
+    pub fn shadow_skip(&self, reason: &str) {
+        if let Some(i) = SHADOW_SKIPS.iter().position(|r| *r == reason) {
+            self.shadow_skipped[i].increment(1);
         }
     }
 

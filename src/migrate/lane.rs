@@ -13,6 +13,9 @@ use tokio::time::Instant;
 use super::Migration;
 use super::copy::{self, CopyError};
 use super::known::KnownCopied;
+use super::mirror::{MirrorHook, ShadowRead};
+use super::shadow::{self, Compare};
+use crate::resp::Protocol;
 
 /// Attempts for a target write before the key is marked dirty (rule 7).
 const ATTEMPTS: u32 = 4;
@@ -59,8 +62,29 @@ pub enum LaneEvent {
         /// When the write that caused it was acknowledged (None for the backfill).
         mirrored_at: Option<Instant>,
     },
+    /// A sampled read the source answered: read the target now, after every earlier event
+    /// of the key, and compare.
+    Shadow {
+        /// The key.
+        key: Bytes,
+        /// The read's sequence number: only a copy taken before it may be compared.
+        seq: u64,
+        /// The request as the client sent it.
+        request: Bytes,
+        /// The source's reply.
+        source_reply: Bytes,
+        /// How the replies are compared.
+        compare: Compare,
+        /// The client's protocol.
+        protocol: Protocol,
+        /// The command's name, for metrics.
+        command: &'static str,
+        /// Whether this is the confirming second read of a disagreement.
+        confirm: bool,
+    },
     /// The backfill has scanned every source server and every copy it queued is ahead of
-    /// this event: the known-copied set may go (rule 8).
+    /// this event (or authority has flipped, both sides being equal): the known-copied set
+    /// may go (rule 8).
     DropKnown,
 }
 
@@ -78,7 +102,8 @@ struct Checkpoint {
 /// Run lane `index` until its queue closes.
 pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver<LaneEvent>) {
     let mut known = KnownCopied::default();
-    let mut dropped = false;
+    // After cutover both sides were equal at the flip: every key counts as copied.
+    let mut dropped = migration.phase() != super::Phase::Migrating;
     let mut processed: u64 = 0;
     let mut checkpoint = Checkpoint {
         low_water: 0,
@@ -131,10 +156,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     // Writes that may be replayed were batched above; this one may not:
                     // copy the key (rule 3).
                     copy_with_retries(&migration, &mut known, &key, "write").await;
-                    migration
-                        .counters
-                        .lag
-                        .record(mirrored_at.elapsed().as_secs_f64());
+                    migration.record_lag(mirrored_at);
                 }
                 LaneEvent::Copy {
                     key,
@@ -153,8 +175,38 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                         };
                         copy_with_retries(&migration, &mut known, &key, reason).await;
                         if let Some(at) = mirrored_at {
-                            migration.counters.lag.record(at.elapsed().as_secs_f64());
+                            migration.record_lag(at);
                         }
+                    }
+                }
+                LaneEvent::Shadow {
+                    key,
+                    seq,
+                    request,
+                    source_reply,
+                    compare,
+                    protocol,
+                    command,
+                    confirm,
+                } => {
+                    let fp = migration.salt.fingerprint(&key);
+                    let check = ShadowCheck {
+                        key,
+                        request,
+                        source_reply,
+                        compare,
+                        protocol,
+                        command,
+                        confirm,
+                    };
+                    if !(dropped || known.contains(fp)) {
+                        migration.counters.shadow_skip("not_copied");
+                    } else if known.copied_at(fp).is_some_and(|at| at >= seq) {
+                        migration.counters.shadow_skip("copy_pending");
+                    } else if migration.backlog().1 > 0 {
+                        migration.counters.shadow_skip("dirty");
+                    } else {
+                        shadow_check(&migration, &mut known, check).await;
                     }
                 }
                 LaneEvent::DropKnown => {
@@ -235,7 +287,7 @@ async fn replay_batch(migration: &Migration, known: &mut KnownCopied, batch: Vec
         else {
             continue;
         };
-        let reply = migration.target_submit(&key, request).await;
+        let reply = migration.to_submit(&key, request, Protocol::Resp2).await;
         waiting.push((key, mirrored_at, source_reply, reply));
     }
     for (key, mirrored_at, source_reply, reply) in waiting {
@@ -257,10 +309,124 @@ async fn replay_batch(migration: &Migration, known: &mut KnownCopied, batch: Vec
                 copy_with_retries(migration, known, &key, "write").await;
             }
         }
-        migration
-            .counters
-            .lag
-            .record(mirrored_at.elapsed().as_secs_f64());
+        migration.record_lag(mirrored_at);
+    }
+}
+
+/// A sampled read to compare, taken from its lane event.
+struct ShadowCheck {
+    /// The key.
+    key: Bytes,
+    /// The request.
+    request: Bytes,
+    /// The source's reply.
+    source_reply: Bytes,
+    /// How replies are compared.
+    compare: Compare,
+    /// The client's protocol.
+    protocol: Protocol,
+    /// The command's name.
+    command: &'static str,
+    /// Whether this is the second read of a disagreement.
+    confirm: bool,
+}
+
+/// Shortest time between two mismatch log lines.
+const MISMATCH_LOG_EVERY: Duration = Duration::from_secs(1);
+/// When the last mismatch was logged (milliseconds since the first lane started).
+static LAST_MISMATCH_LOG: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// Read the target and compare. A first disagreement is confirmed by reading the key again
+/// through the authoritative pool (on the key's own connection, so the second read also
+/// comes back through this lane in order): a write that reached the source on another
+/// connection (a multi-key write pinned to its first key) can make one read disagree
+/// without the target being wrong. A confirmed mismatch is counted, logged (at most once
+/// a second) and repaired by copying the key again.
+async fn shadow_check(migration: &Arc<Migration>, known: &mut KnownCopied, check: ShadowCheck) {
+    let reply = match migration
+        .to_submit(&check.key, check.request.clone(), check.protocol)
+        .await
+    {
+        Ok(rx) => rx.await.unwrap_or(Err(crate::proxy::BackendError::Reset)),
+        Err(e) => Err(e),
+    };
+    let Ok(reply) = reply else {
+        migration.counters.shadow_skip("unavailable");
+        return;
+    };
+    let counters = migration.counters.shadow.get(check.command);
+    let agree = shadow::agree(
+        check.compare,
+        &check.source_reply,
+        &reply,
+        migration.settings.ttl_tolerance_ms,
+    );
+    if agree {
+        if let Some(c) = counters {
+            c.checked.increment(1);
+        }
+        migration.totals.shadow_checked.fetch_add(1, Relaxed);
+        if check.confirm {
+            migration.counters.shadow_unconfirmed.increment(1);
+            migration.totals.shadow_unconfirmed.fetch_add(1, Relaxed);
+        }
+        return;
+    }
+    if !check.confirm {
+        confirm_read(migration, check).await;
+        return;
+    }
+    if let Some(c) = counters {
+        c.checked.increment(1);
+        c.mismatched.increment(1);
+    }
+    migration.totals.shadow_checked.fetch_add(1, Relaxed);
+    migration.totals.shadow_mismatches.fetch_add(1, Relaxed);
+    let log_now = LAST_MISMATCH_LOG.lock().is_ok_and(|mut last| {
+        let due = last.is_none_or(|at| at.elapsed() >= MISMATCH_LOG_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    });
+    if log_now {
+        tracing::warn!(
+            pool = migration.source.name(),
+            command = check.command,
+            key = %String::from_utf8_lossy(&check.key),
+            source = %String::from_utf8_lossy(&check.source_reply[..check.source_reply.len().min(120)]).trim_end(),
+            target = %String::from_utf8_lossy(&reply[..reply.len().min(120)]).trim_end(),
+            "shadow read mismatch; copying the key again"
+        );
+    }
+    copy_with_retries(migration, known, &check.key, "shadow").await;
+}
+
+/// Send the same read again through the authoritative pool with a confirming shadow hook;
+/// its reply comes back into this lane behind every event queued meanwhile.
+async fn confirm_read(migration: &Arc<Migration>, check: ShadowCheck) {
+    let pool = migration.authority();
+    let Some(route) = pool.route(&check.key) else {
+        migration.counters.shadow_skip("unavailable");
+        return;
+    };
+    let hook = MirrorHook::shadow(
+        migration.clone(),
+        ShadowRead {
+            key: check.key,
+            compare: check.compare,
+            protocol: check.protocol,
+            command: check.command,
+            confirm: true,
+        },
+        check.request.clone(),
+    );
+    if pool
+        .submit_hooked(route, check.protocol, check.request, 1, Some(hook))
+        .await
+        .is_err()
+    {
+        migration.counters.shadow_skip("unavailable");
     }
 }
 
@@ -289,6 +455,8 @@ async fn copy_with_retries(
                 t.bytes.fetch_add(copied.bytes as u64, Relaxed);
                 if reason == "backfill" {
                     t.backfill_copied.fetch_add(1, Relaxed);
+                } else if reason == "shadow" {
+                    t.shadow_repaired.fetch_add(1, Relaxed);
                 } else {
                     t.write_copies.fetch_add(1, Relaxed);
                 }

@@ -13,8 +13,9 @@ use tokio::time::Instant;
 
 use super::Migration;
 use super::lane::LaneEvent;
+use super::shadow::Compare;
 use crate::command::{self, Access, CommandSpec, Mirror, WrittenKeys};
-use crate::resp::Request;
+use crate::resp::{Protocol, Request};
 
 /// The keys a write writes and whether it may be replayed as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,12 +84,35 @@ fn sets_relative_ttl(spec: &CommandSpec, request: &Request) -> bool {
     }
 }
 
-/// A write on its way to the source, to be mirrored once its outcome is known.
+/// What a hook mirrors.
+enum HookKind {
+    /// A write: its events go into the lanes of the keys it writes.
+    Write(WriteEffect),
+    /// A sampled read of one key, checked against the target in the key's lane.
+    Shadow(ShadowRead),
+}
+
+/// A sampled read to check against the target.
+pub struct ShadowRead {
+    /// The key read.
+    pub key: Bytes,
+    /// How the replies are compared.
+    pub compare: Compare,
+    /// The client's protocol (the target is read in the same one).
+    pub protocol: Protocol,
+    /// The command's name, for metrics.
+    pub command: &'static str,
+    /// Set on the second read of a key whose first check disagreed: a mismatch now is real.
+    pub confirm: bool,
+}
+
+/// A write (or a sampled read) on its way to the authoritative pool, to be mirrored once
+/// its outcome is known.
 pub struct MirrorHook {
     /// The migration it belongs to.
     migration: Arc<Migration>,
-    /// What it writes.
-    effect: WriteEffect,
+    /// What it mirrors.
+    kind: HookKind,
     /// The request's bytes, replayed as they are.
     request: Bytes,
     /// Its sequence number, taken when it is written to the source (rule 2).
@@ -98,9 +122,20 @@ pub struct MirrorHook {
 impl MirrorHook {
     /// A hook for a write with `effect`.
     pub fn new(migration: Arc<Migration>, effect: WriteEffect, request: Bytes) -> MirrorHook {
+        MirrorHook::with_kind(migration, HookKind::Write(effect), request)
+    }
+
+    /// A hook for a sampled read.
+    pub fn shadow(migration: Arc<Migration>, read: ShadowRead, request: Bytes) -> MirrorHook {
+        MirrorHook::with_kind(migration, HookKind::Shadow(read), request)
+    }
+
+    /// Count the hook as live: a flip waits until no hook is.
+    fn with_kind(migration: Arc<Migration>, kind: HookKind, request: Bytes) -> MirrorHook {
+        migration.hook_started();
         MirrorHook {
             migration,
-            effect,
+            kind,
             request,
             seq: 0,
         }
@@ -123,24 +158,44 @@ impl MirrorHook {
     }
 
     /// The source answered `reply`: queue the write's events (before the client sees it).
-    pub fn on_reply(self, reply: &Bytes) {
+    pub fn on_reply(mut self, reply: &Bytes) {
         let failed = reply.first() == Some(&b'-');
-        if failed && !self.effect.script {
+        let request = std::mem::take(&mut self.request);
+        let now = Instant::now();
+        let effect = match &mut self.kind {
+            HookKind::Shadow(read) => {
+                if !failed {
+                    self.migration.enqueue(LaneEvent::Shadow {
+                        key: read.key.clone(),
+                        seq: self.seq,
+                        request,
+                        source_reply: reply.clone(),
+                        compare: read.compare,
+                        protocol: read.protocol,
+                        command: read.command,
+                        confirm: read.confirm,
+                    });
+                }
+                return;
+            }
+            HookKind::Write(effect) => effect,
+        };
+        if failed && !effect.script {
             // A command that failed changed nothing on the source.
             return;
         }
-        let now = Instant::now();
-        if self.effect.replay && !failed {
-            let key = self.effect.keys[0].clone();
+        let keys = std::mem::take(&mut effect.keys);
+        if effect.replay && !failed {
+            let key = keys[0].clone();
             self.migration.enqueue(LaneEvent::Write {
                 key,
                 seq: self.seq,
-                request: self.request,
+                request,
                 source_reply: reply.clone(),
                 mirrored_at: now,
             });
         } else {
-            for key in self.effect.keys {
+            for key in keys {
                 self.migration.enqueue(LaneEvent::Copy {
                     key,
                     unless_known: false,
@@ -151,16 +206,25 @@ impl MirrorHook {
     }
 
     /// The write's outcome is unknown (timeout, connection lost after sending): copy every
-    /// key it may have written.
-    pub fn on_unknown(self) {
+    /// key it may have written. A sampled read is simply not checked.
+    pub fn on_unknown(mut self) {
         let now = Instant::now();
-        for key in self.effect.keys {
+        let HookKind::Write(effect) = &mut self.kind else {
+            return;
+        };
+        for key in std::mem::take(&mut effect.keys) {
             self.migration.enqueue(LaneEvent::Copy {
                 key,
                 unless_known: false,
                 mirrored_at: Some(now),
             });
         }
+    }
+}
+
+impl Drop for MirrorHook {
+    fn drop(&mut self) {
+        self.migration.hook_finished();
     }
 }
 

@@ -10,24 +10,34 @@ mod backfill;
 mod copy;
 mod counters;
 mod dirty;
+mod flip;
 pub mod known;
+mod lag;
 mod lane;
 pub mod mirror;
 pub mod offline;
+pub mod phase;
+pub mod shadow;
 mod state;
 mod structural;
+pub mod verify;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 pub use counters::MigrationCounters;
+pub use flip::{FlipError, Flipped};
 pub use lane::LaneEvent;
+pub use phase::Phase;
 
 use crate::config::{MigrateSettings, PoolConfig};
 use crate::proxy::{BackendError, Pool};
+use crate::resp::Protocol;
 use dirty::DirtyKeys;
 use known::Salt;
 
@@ -43,6 +53,28 @@ pub struct Migration {
     pub copy_source: Arc<Pool>,
     /// The target pool, placed by its own config.
     pub target: Arc<Pool>,
+    /// Separate connections to the target servers, for copies back to the source after
+    /// cutover (the mirror image of `copy_source`).
+    pub copy_target: Arc<Pool>,
+    /// The phase (a [`Phase`] as a byte).
+    phase: AtomicU8,
+    /// Holds new requests while authority flips.
+    pub gate: phase::Gate,
+    /// Mirror hooks alive: writes (and sampled reads) sent whose events are not queued yet.
+    hooks_live: AtomicUsize,
+    /// Serializes flips.
+    flip_lock: tokio::sync::Mutex<()>,
+    /// How long the last flip held requests, in microseconds.
+    pub last_pause_us: AtomicU64,
+    /// Recent mirror lags, for `/status`.
+    pub lag: lag::LagWindow,
+    /// Keys on the source servers when the backfill started (DBSIZE), for progress.
+    pub total_keys: AtomicU64,
+    /// The last verify pass's result, and whether one is running.
+    pub verify: verify::VerifyState,
+    /// The backfill's recent scan rate: when it was last sampled, keys scanned then, and
+    /// the smoothed rate in keys per second.
+    scan_rate: std::sync::Mutex<(std::time::Instant, u64, f64)>,
     /// The `migrate:` settings.
     pub settings: MigrateSettings,
     /// Fingerprint salts of the known-copied sets.
@@ -94,6 +126,14 @@ pub struct Totals {
     pub dirtied: AtomicU64,
     /// Keys copied structurally because their payload was refused or too large.
     pub rejected: AtomicU64,
+    /// Sampled reads compared with the target.
+    pub shadow_checked: AtomicU64,
+    /// Sampled reads whose target reply disagreed (confirmed by a second read).
+    pub shadow_mismatches: AtomicU64,
+    /// Keys copied again because of a shadow mismatch.
+    pub shadow_repaired: AtomicU64,
+    /// First disagreements that a second read did not confirm (the key was changing).
+    pub shadow_unconfirmed: AtomicU64,
 }
 
 impl Migration {
@@ -103,6 +143,17 @@ impl Migration {
         source: Arc<Pool>,
         source_config: &PoolConfig,
         target_config: &PoolConfig,
+    ) -> Arc<Migration> {
+        Migration::start_with(source, source_config, target_config, true)
+    }
+
+    /// [`Migration::start`], with or without the backfill (`cutover verify` needs only
+    /// the lanes, for repairs).
+    pub fn start_with(
+        source: Arc<Pool>,
+        source_config: &PoolConfig,
+        target_config: &PoolConfig,
+        with_backfill: bool,
     ) -> Arc<Migration> {
         let settings = source_config
             .migration
@@ -114,6 +165,10 @@ impl Migration {
         copy_config.preconnect = false;
         let copy_source = Pool::start(copy_config);
         let target = Pool::start(target_config.clone());
+        let mut copy_target_config = target_config.clone();
+        copy_target_config.name = format!("{}.copy", target_config.name);
+        copy_target_config.preconnect = false;
+        let copy_target = Pool::start(copy_target_config);
         let lanes = settings.lanes.max(1) as usize;
         let per_lane = (settings.mirror_queue_limit as usize / lanes).max(MIN_LANE_QUEUE);
         let mut receivers = Vec::with_capacity(lanes);
@@ -141,10 +196,22 @@ impl Migration {
         counters
             .rate_limit
             .set(settings.backfill_keys_per_second as f64);
+        let phase = progress.phase;
+        counters.set_phase(phase);
         let migration = Arc::new(Migration {
             source,
             copy_source,
             target,
+            copy_target,
+            phase: AtomicU8::new(phase.to_u8()),
+            gate: phase::Gate::default(),
+            hooks_live: AtomicUsize::new(0),
+            flip_lock: tokio::sync::Mutex::new(()),
+            last_pause_us: AtomicU64::new(0),
+            lag: lag::LagWindow::default(),
+            total_keys: AtomicU64::new(0),
+            verify: verify::VerifyState::default(),
+            scan_rate: std::sync::Mutex::new((std::time::Instant::now(), progress.loaded[0], 0.0)),
             salt: progress.salt(),
             seq: AtomicU64::new(1),
             lanes: senders,
@@ -169,13 +236,16 @@ impl Migration {
         for (index, rx) in receivers.into_iter().enumerate() {
             tokio::spawn(lane::run(migration.clone(), index, rx));
         }
-        tokio::spawn(backfill::run(migration.clone()));
+        if with_backfill && phase == Phase::Migrating {
+            tokio::spawn(backfill::run(migration.clone()));
+        }
         tokio::spawn(dirty::drain(migration.clone()));
         tokio::spawn(state::checkpoints(migration.clone()));
         tracing::info!(
             source = migration.source.name(),
             target = migration.target.name(),
             lanes,
+            phase = phase.name(),
             dirty_file = %migration.dirty.path.display(),
             "migration started"
         );
@@ -198,7 +268,10 @@ impl Migration {
     /// counter, or the oldest write still in flight on any source connection if lower.
     pub fn low_water(&self) -> u64 {
         let counter = self.seq.load(SeqCst);
-        self.source.oldest_write_in_flight().min(counter)
+        self.source
+            .oldest_write_in_flight()
+            .min(self.target.oldest_write_in_flight())
+            .min(counter)
     }
 
     /// Number of lanes.
@@ -258,38 +331,94 @@ impl Migration {
             .set(self.dirty.pending.load(Relaxed) as f64);
     }
 
-    /// Send `request` (expecting `replies` replies, the last returned) to the source server
-    /// that owns `key`, over the copy connections.
-    pub async fn source_call(
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(SeqCst))
+    }
+
+    /// The pool clients' requests go to now: the source while migrating, the target after.
+    pub fn authority(&self) -> &Arc<Pool> {
+        match self.phase() {
+            Phase::Migrating => &self.source,
+            Phase::Cutover | Phase::Finalized => &self.target,
+        }
+    }
+
+    /// The copy connections of the authoritative pool (copies read from it).
+    pub fn copy_from(&self) -> &Arc<Pool> {
+        match self.phase() {
+            Phase::Migrating => &self.copy_source,
+            Phase::Cutover | Phase::Finalized => &self.copy_target,
+        }
+    }
+
+    /// The pool the lanes write to: the target while migrating, the source after cutover.
+    pub fn mirror_to(&self) -> &Arc<Pool> {
+        match self.phase() {
+            Phase::Migrating => &self.target,
+            Phase::Cutover | Phase::Finalized => &self.source,
+        }
+    }
+
+    /// A mirror hook was made (a flip waits until none is alive).
+    pub fn hook_started(&self) {
+        self.hooks_live.fetch_add(1, SeqCst);
+    }
+
+    /// A mirror hook is gone (its events, if any, are queued).
+    pub fn hook_finished(&self) {
+        self.hooks_live.fetch_sub(1, SeqCst);
+    }
+
+    /// Whether every lane has processed every event queued to it.
+    pub fn lanes_idle(&self) -> bool {
+        self.lane_enqueued
+            .iter()
+            .zip(&self.lane_processed)
+            .all(|(queued, done)| done.load(SeqCst) >= queued.load(SeqCst))
+    }
+
+    /// Send `request` (expecting `replies` replies, the last returned) to the authoritative
+    /// server that owns `key`, over the copy connections.
+    pub async fn from_call(
         &self,
         key: &[u8],
         request: Bytes,
         replies: u8,
     ) -> Result<Bytes, BackendError> {
-        let route = self.copy_source.route(key).ok_or(BackendError::Refused)?;
-        self.copy_source
-            .request(route.server, route.connection, request, replies)
+        let pool = self.copy_from();
+        let route = pool.route(key).ok_or(BackendError::Refused)?;
+        pool.request(route.server, route.connection, request, replies)
             .await
     }
 
-    /// Send `request` to the target server that owns `key`.
-    pub async fn target_call(&self, key: &[u8], request: Bytes) -> Result<Bytes, BackendError> {
-        let route = self.target.route(key).ok_or(BackendError::Refused)?;
-        self.target
-            .request(route.server, route.connection, request, 1)
+    /// Send `request` to the mirrored server that owns `key`.
+    pub async fn to_call(&self, key: &[u8], request: Bytes) -> Result<Bytes, BackendError> {
+        let pool = self.mirror_to();
+        let route = pool.route(key).ok_or(BackendError::Refused)?;
+        pool.request(route.server, route.connection, request, 1)
             .await
     }
 
-    /// Queue `request` to the target server that owns `key` without waiting for its reply.
-    pub async fn target_submit(
+    /// Queue `request` to the mirrored server that owns `key`, on a connection speaking
+    /// `protocol`, without waiting for its reply.
+    pub async fn to_submit(
         &self,
         key: &[u8],
         request: Bytes,
+        protocol: Protocol,
     ) -> Result<tokio::sync::oneshot::Receiver<crate::proxy::ReplyResult>, BackendError> {
-        let route = self.target.route(key).ok_or(BackendError::Refused)?;
-        self.target
-            .submit(route.server, route.connection, request, 1)
+        let pool = self.mirror_to();
+        let route = pool.route(key).ok_or(BackendError::Refused)?;
+        pool.submit(route.server, route.connection, request, 1, protocol)
             .await
+    }
+
+    /// Record one mirror lag (source reply to target apply).
+    pub fn record_lag(&self, since: tokio::time::Instant) {
+        let seconds = since.elapsed().as_secs_f64();
+        self.counters.lag.record(seconds);
+        self.lag.record(seconds);
     }
 
     /// Pause or resume the backfill.
@@ -353,33 +482,108 @@ impl Migration {
             "done"
         } else if paused {
             "paused"
+        } else if self.phase() != Phase::Migrating {
+            "stopped"
         } else {
             "running"
         };
         let t = &self.totals;
+        let (progress, eta) = self.backfill_progress();
+        let eta = eta.map_or_else(|| "null".to_string(), |e| format!("{e:.0}"));
+        let verify = self.verify.last().map_or_else(|| "null".to_string(), |r| r.json());
+        let blockers: Vec<String> = if self.phase() == Phase::Migrating {
+            self.readiness(self.lanes_idle())
+                .iter()
+                .map(|r| format!("\"{}\"", r.escape_default()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         format!(
-            "{{\"phase\":\"migrating\",\"source\":\"{}\",\"target\":\"{}\",\"needs_verify\":{},\"backfill\":{{\"state\":\"{state}\",\"done\":{done},\"keys_scanned\":{},\"keys_copied\":{},\"keys_skipped\":{},\"bytes_copied\":{},\"rate_limit_keys_per_second\":{},\"rate_limit_bytes_per_second\":{}}},\"mirror\":{{\"queued\":{queued},\"dirty\":{dirty},\"replayed\":{},\"copied\":{},\"dirtied\":{},\"rejected\":{}}}}}",
+            "{{\"phase\":\"{}\",\"source\":\"{}\",\"target\":\"{}\",\"authority\":\"{}\",\"needs_verify\":{},\
+\"backfill\":{{\"state\":\"{state}\",\"done\":{done},\"progress\":{progress:.4},\"eta_seconds\":{eta},\"keys_total\":{},\"keys_scanned\":{},\"keys_copied\":{},\"keys_skipped\":{},\"bytes_copied\":{},\"rate_limit_keys_per_second\":{},\"rate_limit_bytes_per_second\":{}}},\
+\"mirror\":{{\"queued\":{queued},\"dirty\":{dirty},\"lag_p50_ms\":{:.3},\"lag_p99_ms\":{:.3},\"replayed\":{},\"copied\":{},\"dirtied\":{},\"rejected\":{}}},\
+\"shadow\":{{\"ratio\":{},\"checked\":{},\"mismatches\":{},\"unconfirmed\":{},\"repaired\":{}}},\
+\"verify\":{{\"running\":{},\"checked\":{},\"last\":{verify}}},\
+\"cutover\":{{\"ready\":{},\"blockers\":[{}],\"last_pause_ms\":{:.3}}}}}",
+            self.phase().name(),
             self.source.name().escape_default(),
             self.target.name().escape_default(),
+            self.authority().name().escape_default(),
             self.progress.needs_verify(),
+            self.total_keys.load(Relaxed),
             t.scanned.load(Relaxed),
             t.backfill_copied.load(Relaxed),
             t.skipped.load(Relaxed),
             t.bytes.load(Relaxed),
             self.rate_limit.load(Relaxed),
             self.byte_limit.load(Relaxed),
+            self.lag.quantile_ms(0.5),
+            self.lag.quantile_ms(0.99),
             t.replayed.load(Relaxed),
             t.write_copies.load(Relaxed),
             t.dirtied.load(Relaxed),
             t.rejected.load(Relaxed),
+            self.settings.shadow_ratio,
+            t.shadow_checked.load(Relaxed),
+            t.shadow_mismatches.load(Relaxed),
+            t.shadow_unconfirmed.load(Relaxed),
+            t.shadow_repaired.load(Relaxed),
+            self.verify.running(),
+            self.verify.checked.load(Relaxed),
+            self.phase() == Phase::Migrating && blockers.is_empty(),
+            blockers.join(","),
+            self.last_pause_us.load(Relaxed) as f64 / 1000.0,
         )
+    }
+}
+
+impl Migration {
+    /// The backfill's progress (0 to 1) and its ETA in seconds (`None`: unknown, the
+    /// backfill being paused or not yet moving).
+    pub fn backfill_progress(&self) -> (f64, Option<f64>) {
+        if self.backfill_done.load(Relaxed) {
+            return (1.0, Some(0.0));
+        }
+        let scanned = self.totals.scanned.load(Relaxed);
+        let total = self.total_keys.load(Relaxed);
+        let ratio = if total == 0 {
+            0.0
+        } else {
+            (scanned as f64 / total as f64).min(0.999)
+        };
+        let rate = self.scan_rate.lock().map_or(0.0, |r| r.2);
+        let eta = (rate > 0.0).then(|| total.saturating_sub(scanned) as f64 / rate);
+        (ratio, eta)
+    }
+
+    /// Sample the scan rate and publish progress and ETA (every checkpoint).
+    pub fn publish_progress(&self) {
+        let scanned = self.totals.scanned.load(Relaxed);
+        if let Ok(mut rate) = self.scan_rate.lock() {
+            let seconds = rate.0.elapsed().as_secs_f64();
+            if seconds > 0.0 {
+                let now = scanned.saturating_sub(rate.1) as f64 / seconds;
+                rate.2 = if rate.2 == 0.0 {
+                    now
+                } else {
+                    0.7 * rate.2 + 0.3 * now
+                };
+                *rate = (std::time::Instant::now(), scanned, rate.2);
+            }
+        }
+        let (ratio, eta) = self.backfill_progress();
+        self.counters.progress.set(ratio);
+        self.counters.eta.set(eta.unwrap_or(-1.0));
     }
 }
 
 /// The key an event is about.
 fn event_key(event: &LaneEvent) -> Option<&Bytes> {
     match event {
-        LaneEvent::Write { key, .. } | LaneEvent::Copy { key, .. } => Some(key),
+        LaneEvent::Write { key, .. }
+        | LaneEvent::Copy { key, .. }
+        | LaneEvent::Shadow { key, .. } => Some(key),
         LaneEvent::DropKnown => None,
     }
 }

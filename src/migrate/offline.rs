@@ -191,38 +191,86 @@ async fn dbsize(pool: &Pool) -> Result<u64, String> {
 /// One progress report: keys, bytes, rate, ETA.
 fn print_progress(migration: &Migration, total: u64, started: Instant, terminal: bool) {
     let t = &migration.totals;
-    let scanned = t.scanned.load(Relaxed);
     let copied = t.backfill_copied.load(Relaxed);
     let bytes = t.bytes.load(Relaxed);
     let seconds = started.elapsed().as_secs_f64().max(0.001);
-    let rate = scanned as f64 / seconds;
-    let ratio = if total == 0 {
-        1.0
-    } else {
-        (scanned as f64 / total as f64).min(1.0)
-    };
-    let eta = if rate > 0.0 && total > scanned {
-        (total - scanned) as f64 / rate
-    } else {
-        0.0
-    };
     let line = format!(
-        "{:>5.1}% {scanned}/{total} keys, {copied} copied, {:.1} MB, {:.0} keys/s, {:.1} MB/s, ETA {:.0}s",
-        ratio * 100.0,
+        "{}, {copied} copied, {:.1} MB, {:.1} MB/s",
+        progress_line(t.scanned.load(Relaxed), total, started, "scanned"),
         bytes as f64 / 1e6,
-        rate,
         bytes as f64 / 1e6 / seconds,
-        eta
     );
     if terminal {
-        let width = 30;
-        let filled = (ratio * width as f64) as usize;
-        eprint!(
-            "\r[{}{}] {line}   ",
-            "#".repeat(filled),
-            " ".repeat(width - filled)
-        );
+        eprint!("\r{line}   ");
     } else {
         eprintln!("cutover migrate: {line}");
     }
+}
+
+/// `cutover verify --from HOST:PORT --to FILE[:POOL]`: compare one Redis with a pool (and
+/// with `repair`, copy what differs again), showing keys checked as it goes.
+pub async fn verify(
+    options: OfflineOptions,
+    verify_options: super::verify::VerifyOptions,
+) -> Result<super::verify::VerifyReport, OfflineError> {
+    let target = target_pool(&options.to)?;
+    let source = source_pool(&options, &target)?;
+    let pool = Pool::start(source.clone());
+    let total = dbsize(&pool).await.map_err(|reason| OfflineError::Source {
+        from: options.from.clone(),
+        reason,
+    })?;
+    let migration = Migration::start_with(pool, &source, &target, false);
+    let terminal = std::io::stderr().is_terminal();
+    let ticker = {
+        let migration = migration.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let every = if terminal {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(5)
+            };
+            loop {
+                tokio::time::sleep(every).await;
+                let checked = migration.verify.checked.load(Relaxed);
+                let line = progress_line(checked, total, started, "checked");
+                if terminal {
+                    eprint!("\r{line}   ");
+                } else {
+                    eprintln!("cutover verify: {line}");
+                }
+            }
+        })
+    };
+    let report = super::verify::run(&migration, &verify_options).await;
+    ticker.abort();
+    if terminal {
+        eprintln!();
+    }
+    report.ok_or_else(|| OfflineError::Config("a verify pass is already running".into()))
+}
+
+/// A progress bar and counts: `[####....] 42.0% 420/1000 keys checked, 500 keys/s, ETA 1s`.
+fn progress_line(done: u64, total: u64, started: Instant, what: &str) -> String {
+    let seconds = started.elapsed().as_secs_f64().max(0.001);
+    let ratio = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).min(1.0)
+    };
+    let rate = done as f64 / seconds;
+    let eta = if rate > 0.0 && total > done {
+        (total - done) as f64 / rate
+    } else {
+        0.0
+    };
+    let width = 30;
+    let filled = (ratio * width as f64) as usize;
+    format!(
+        "[{}{}] {:>5.1}% {done}/{total} keys {what}, {rate:.0} keys/s, ETA {eta:.0}s",
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+        ratio * 100.0
+    )
 }

@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use super::Migration;
 use super::known::Salt;
+use super::phase::Phase;
 
 /// How often safe cursors advance and the file is written.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Checkpoints per lag window (the recent lag covers one to two windows).
+const LAG_WINDOW_TICKS: u64 = 30;
 /// First line of the file.
 const HEADER: &str = "cutover-migration-state 1";
 
@@ -37,6 +40,8 @@ pub struct Progress {
     needs_verify: AtomicBool,
     /// Totals loaded from the file: scanned, copied, bytes.
     pub loaded: [u64; 3],
+    /// The phase the migration was in (it survives restarts).
+    pub phase: Phase,
     /// Per source server.
     servers: Vec<ServerProgress>,
 }
@@ -49,6 +54,7 @@ impl Progress {
             salt: Salt::random(),
             needs_verify: AtomicBool::new(false),
             loaded: [0; 3],
+            phase: Phase::Migrating,
             servers: (0..servers)
                 .map(|_| ServerProgress {
                     saved: Mutex::new(("0".into(), false)),
@@ -135,11 +141,13 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
     let mut clean = false;
     let mut salt = None;
     let mut loaded = [0u64; 3];
+    let mut phase = Phase::Migrating;
     let mut saved = vec![("0".to_string(), false); servers];
     for line in lines {
         let words: Vec<&str> = line.split(' ').collect();
         match words.as_slice() {
             ["clean", value] => clean = *value == "true",
+            ["phase", name] => phase = Phase::parse(name)?,
             ["salt", a, b] => salt = Some(Salt(a.parse().ok()?, b.parse().ok()?)),
             ["totals", a, b, c] => loaded = [a.parse().ok()?, b.parse().ok()?, c.parse().ok()?],
             ["server", index, done, cursor] => {
@@ -154,6 +162,7 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
         salt: salt?,
         needs_verify: AtomicBool::new(!clean),
         loaded,
+        phase,
         servers: saved
             .into_iter()
             .map(|s| ServerProgress {
@@ -172,7 +181,8 @@ pub fn save(migration: &Migration, clean: bool) {
     };
     let t = &migration.totals;
     let mut text = format!(
-        "{HEADER}\nclean {clean}\nsalt {} {}\ntotals {} {} {}\n",
+        "{HEADER}\nclean {clean}\nphase {}\nsalt {} {}\ntotals {} {} {}\n",
+        migration.phase().name(),
         progress.salt.0,
         progress.salt.1,
         t.scanned.load(Relaxed),
@@ -198,6 +208,7 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 /// Advance safe cursors and write the state file, every second, marked unclean (a clean
 /// stop rewrites it as clean).
 pub async fn checkpoints(migration: Arc<Migration>) {
+    let mut ticks: u64 = 0;
     loop {
         let processed: Vec<u64> = migration
             .lane_processed
@@ -206,6 +217,11 @@ pub async fn checkpoints(migration: Arc<Migration>) {
             .collect();
         migration.progress.advance(&processed);
         save(&migration, false);
+        migration.publish_progress();
+        ticks += 1;
+        if ticks % LAG_WINDOW_TICKS == 0 {
+            migration.lag.rotate();
+        }
         tokio::time::sleep(CHECKPOINT_INTERVAL).await;
     }
 }
@@ -217,12 +233,13 @@ mod tests {
     #[test]
     fn round_trip_through_text() {
         let text = format!(
-            "{HEADER}\nclean false\nsalt 1 2\ntotals 10 8 1000\nserver 0 1 0\nserver 1 0 1234\n"
+            "{HEADER}\nclean false\nphase cutover\nsalt 1 2\ntotals 10 8 1000\nserver 0 1 0\nserver 1 0 1234\n"
         );
         let progress = parse(&text, 2).expect("valid");
         assert!(progress.needs_verify());
         assert_eq!(progress.salt(), Salt(1, 2));
         assert_eq!(progress.loaded, [10, 8, 1000]);
+        assert_eq!(progress.phase, Phase::Cutover);
         assert_eq!(progress.resume_point(0), ("0".to_string(), true));
         assert_eq!(progress.resume_point(1), ("1234".to_string(), false));
         assert!(parse("something else", 2).is_none());

@@ -29,17 +29,15 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         OwnedFrame::SimpleString(s) => String::from_utf8_lossy(&s).into_owned(),
         other => return Err(CopyError::Unexpected(format!("TYPE: {other:?}"))),
     };
-    let route = migration
-        .target
+    let pool = migration.mirror_to();
+    let route = pool
         .route(key)
         .ok_or_else(|| CopyError::Unavailable("no live target server".into()))?;
     let temp = temp_name(key);
     let target = |args: Vec<Vec<u8>>| {
         let mut request = BytesMut::new();
         encode::command(&mut request, &args);
-        migration
-            .target
-            .request(route.server, route.connection, request.freeze(), 1)
+        pool.request(route.server, route.connection, request.freeze(), 1)
     };
     let mut bytes = 0usize;
     // The temporary key starts empty and expires on its own if the copy is abandoned.
@@ -242,7 +240,7 @@ async fn source_value(
     let mut request = BytesMut::new();
     encode::command(&mut request, args);
     let reply = migration
-        .source_call(key, request.freeze(), 1)
+        .from_call(key, request.freeze(), 1)
         .await
         .map_err(unavailable)?;
     match redis_protocol::resp2::decode::decode(&reply) {

@@ -85,10 +85,11 @@ pub fn info(pool: &Pool, sections: &[String]) -> String {
     section(
         "Cutover",
         format!(
-            "pool:{}\r\nservers:{}\r\nserver_names:{}\r\nmigration_phase:none\r\n",
+            "pool:{}\r\nservers:{}\r\nserver_names:{}\r\nmigration_phase:{}\r\n",
             pool.name(),
             pool.servers.len(),
-            servers.join(",")
+            servers.join(","),
+            pool.migration().map_or("none", |m| m.phase().name())
         ),
     );
     out

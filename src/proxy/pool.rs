@@ -14,6 +14,7 @@ use super::counters::{PoolCounters, ServerCounters};
 use crate::config::{PoolConfig, ServerAddr};
 use crate::hash::Placement;
 use crate::migrate::Migration;
+use crate::migrate::mirror::MirrorHook;
 use crate::resp::Protocol;
 
 /// Requests that may wait for one backend connection before senders have to wait.
@@ -261,23 +262,38 @@ impl Pool {
         bytes: Bytes,
         replies: u8,
     ) -> ReplyResult {
-        self.submit(server, connection, bytes, replies)
+        self.submit(server, connection, bytes, replies, Protocol::Resp2)
             .await?
             .await
             .unwrap_or(Err(BackendError::Reset))
     }
 
-    /// Queue `bytes` on connection `connection` of `server` (waiting for room) and return
-    /// the receiver of its reply, so several requests can be in flight at once.
+    /// Queue `bytes` on connection `connection` (of those speaking `protocol`) of `server`,
+    /// waiting for room, and return the receiver of its reply, so several requests can be
+    /// in flight at once.
     pub async fn submit(
         &self,
         server: usize,
         connection: usize,
         bytes: Bytes,
         replies: u8,
+        protocol: Protocol,
+    ) -> Result<tokio::sync::oneshot::Receiver<ReplyResult>, BackendError> {
+        self.submit_hooked(Route { server, connection }, protocol, bytes, replies, None)
+            .await
+    }
+
+    /// [`Pool::submit`] with a mirror hook riding on the request (a confirming shadow read).
+    pub async fn submit_hooked(
+        &self,
+        route: Route,
+        protocol: Protocol,
+        bytes: Bytes,
+        replies: u8,
+        mirror: Option<MirrorHook>,
     ) -> Result<tokio::sync::oneshot::Receiver<ReplyResult>, BackendError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let s = &self.servers[server];
+        let s = &self.servers[route.server];
         s.counters.queued(bytes.len());
         let mut request = BackendRequest::new(
             bytes,
@@ -285,7 +301,8 @@ impl Pool {
             self.timeout().map(|t| tokio::time::Instant::now() + t),
         );
         request.replies = replies;
-        if let Err(failed) = s.connections[connection].send(request).await {
+        request.mirror = mirror;
+        if let Err(failed) = s.connection(protocol, route.connection).send(request).await {
             s.counters.unqueued(failed.0.bytes.len());
             return Err(BackendError::Refused);
         }

@@ -23,8 +23,10 @@ use super::fragment::{self, MergeError, MergePlan};
 use super::local::{self, ClientState};
 use super::pool::{Pool, Route};
 use crate::command::{self, Access, ArgClass, CommandClass, CommandSpec, LocalCommand};
-use crate::migrate::mirror::{self, MirrorHook, WriteEffect};
-use crate::resp::{Parsed, Request, RequestLimits, RequestParser, encode};
+use super::counters::PoolCounters;
+use crate::migrate::mirror::{self, MirrorHook, ShadowRead, WriteEffect};
+use crate::migrate::{Migration, Phase, shadow};
+use crate::resp::{Parsed, Protocol, Request, RequestLimits, RequestParser, encode};
 
 /// Replies a client may have outstanding before the proxy stops reading from it.
 const MAX_PENDING: usize = 1024;
@@ -79,6 +81,8 @@ struct Session {
     done_reading: bool,
     /// Whether the connection is closed because of a client error.
     client_error: bool,
+    /// Sampling state for shadow reads (xorshift64, never zero).
+    sample_state: u64,
 }
 
 /// Serve one client connection until it closes, QUITs, errs, or the proxy shuts down.
@@ -101,6 +105,7 @@ pub async fn run<R, W>(
         pending: VecDeque::new(),
         done_reading: false,
         client_error: false,
+        sample_state: sample_seed(),
     };
     let mut parser = RequestParser::new(limits);
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -269,123 +274,39 @@ impl Session {
         }
         let started = Instant::now();
         self.pool.counters.request(spec.class_label());
+        // During a migration every request passes the gate (held while authority flips)
+        // and goes to the pool that is authoritative once it is through.
+        let Session {
+            pool: listen,
+            pending,
+            state,
+            sample_state,
+            ..
+        } = self;
+        let migration = listen.migration();
+        let gate = match migration {
+            Some(m) if m.phase() != Phase::Finalized => {
+                m.gate.enter().await;
+                Some(m)
+            }
+            _ => None,
+        };
+        let pool: &Pool = migration.map_or(listen, |m| m.authority());
+        let live = gate.filter(|m| m.phase() != Phase::Finalized);
+        let mut out = Forwarding {
+            pending,
+            protocol: state.protocol,
+            counters: &listen.counters,
+            sample_state,
+        };
         if spec.split.is_some() && request.argc() > 2 {
-            return self.dispatch_split(spec, &request, started).await;
+            out.split(pool, live, spec, &request, started).await;
+        } else {
+            out.one(pool, live, spec, request, started).await;
         }
-        let Some(route) = self.pool.route(command::routing_key(spec, &request)) else {
-            return self.backend_failed(BackendError::Refused);
-        };
-        let mirror = self.mirror_hook(spec, &request);
-        let rx = self
-            .send(route, request.bytes().clone(), started, mirror)
-            .await;
-        let class = match spec.access {
-            Access::Write(_) => CommandClass::Write,
-            _ => spec.class_label(),
-        };
-        self.pending
-            .push_back(Pending::Forward { rx, class, started });
-    }
-
-    /// Split a multi-key command across servers (or forward it whole when its keys share one).
-    async fn dispatch_split(&mut self, spec: &CommandSpec, request: &Request, started: Instant) {
-        match fragment::split(&self.pool, spec, request) {
-            Err(()) => self.backend_failed(BackendError::Refused),
-            Ok(None) => {
-                let Some(route) = self.pool.route(request.arg(1)) else {
-                    return self.backend_failed(BackendError::Refused);
-                };
-                let mirror = self.mirror_hook(spec, request);
-                let rx = self
-                    .send(route, request.bytes().clone(), started, mirror)
-                    .await;
-                self.pending.push_back(Pending::Forward {
-                    rx,
-                    class: CommandClass::Split,
-                    started,
-                });
-            }
-            Ok(Some((parts, plan))) => {
-                let mut states = Vec::with_capacity(parts.len());
-                for part in parts {
-                    // A part of a split write writes exactly its own keys: each is copied.
-                    let mirror = match (self.pool.migration(), spec.is_write()) {
-                        (Some(migration), true) => {
-                            let keys = part.keys.iter().map(|&i| request.arg_bytes(i)).collect();
-                            let effect = WriteEffect {
-                                keys,
-                                replay: false,
-                                script: false,
-                            };
-                            Some(MirrorHook::new(
-                                migration.clone(),
-                                effect,
-                                part.bytes.clone(),
-                            ))
-                        }
-                        _ => None,
-                    };
-                    states.push(PartState::Waiting(
-                        self.send(part.route, part.bytes, started, mirror).await,
-                    ));
-                }
-                self.pending.push_back(Pending::Split {
-                    parts: states,
-                    plan,
-                    started,
-                });
-            }
+        if let Some(m) = gate {
+            m.gate.leave();
         }
-    }
-
-    /// The mirror hook for `request` when the pool is migrating and the command writes.
-    fn mirror_hook(&self, spec: &CommandSpec, request: &Request) -> Option<MirrorHook> {
-        let migration = self.pool.migration()?;
-        let effect = mirror::effect(spec, request)?;
-        Some(MirrorHook::new(
-            migration.clone(),
-            effect,
-            request.bytes().clone(),
-        ))
-    }
-
-    /// Queue `bytes` on the route's connection; the receiver gets the reply.
-    async fn send(
-        &mut self,
-        route: Route,
-        bytes: Bytes,
-        started: Instant,
-        mirror: Option<MirrorHook>,
-    ) -> oneshot::Receiver<ReplyResult> {
-        let (tx, rx) = oneshot::channel();
-        let server = &self.pool.servers[route.server];
-        server.counters.queued(bytes.len());
-        let mut request = BackendRequest::new(bytes, tx, self.pool.timeout().map(|t| started + t));
-        request.mirror = mirror;
-        let connection = server.connection(self.state.protocol, route.connection);
-        let request = match connection.try_send(request) {
-            Ok(()) => return rx,
-            Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => request,
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(request)) => {
-                server.counters.unqueued(request.bytes.len());
-                let _ = request.reply.send(Err(BackendError::Refused));
-                return rx;
-            }
-        };
-        // The connection's queue is full: wait for room (this client waits, others go on).
-        if let Err(failed) = connection.send(request).await {
-            server.counters.unqueued(failed.0.bytes.len());
-            let _ = failed.0.reply.send(Err(BackendError::Refused));
-        }
-        rx
-    }
-
-    /// Queue `-ERR <reason>` for a request that could not be forwarded.
-    fn backend_failed(&mut self, error: BackendError) {
-        self.pool.counters.error(ErrorKind::Backend);
-        let mut out = BytesMut::new();
-        encode::error(&mut out, &format!("ERR {error}"));
-        self.pending.push_back(Pending::Ready(out.freeze()));
     }
 
     /// Answer a command the proxy handles itself.
@@ -403,6 +324,215 @@ impl Session {
             self.done_reading = true;
         }
     }
+}
+
+/// What forwarding a request needs from its session, borrowed apart from the pool.
+struct Forwarding<'s> {
+    /// The session's replies owed.
+    pending: &'s mut VecDeque<Pending>,
+    /// The client's protocol (which server connections to use).
+    protocol: Protocol,
+    /// The listening pool's counters.
+    counters: &'s PoolCounters,
+    /// The session's sampling state for shadow reads.
+    sample_state: &'s mut u64,
+}
+
+impl Forwarding<'_> {
+    /// Forward a single-server request to `pool`, with its mirror hook (or a shadow check)
+    /// when `migration` is live.
+    async fn one(
+        &mut self,
+        pool: &Pool,
+        migration: Option<&Arc<Migration>>,
+        spec: &CommandSpec,
+        request: Request,
+        started: Instant,
+    ) {
+        let key = command::routing_key(spec, &request);
+        let Some(route) = pool.route(key) else {
+            return self.failed(BackendError::Refused);
+        };
+        let mirror = migration.and_then(|m| {
+            mirror_hook(m, spec, &request).or_else(|| self.shadow_hook(m, spec, &request))
+        });
+        let rx = send(
+            pool,
+            self.protocol,
+            route,
+            request.bytes().clone(),
+            started,
+            mirror,
+        )
+        .await;
+        let class = match spec.access {
+            Access::Write(_) => CommandClass::Write,
+            _ => spec.class_label(),
+        };
+        self.pending
+            .push_back(Pending::Forward { rx, class, started });
+    }
+
+    /// Split a multi-key command across servers (or forward it whole when its keys share one).
+    async fn split(
+        &mut self,
+        pool: &Pool,
+        migration: Option<&Arc<Migration>>,
+        spec: &CommandSpec,
+        request: &Request,
+        started: Instant,
+    ) {
+        match fragment::split(pool, spec, request) {
+            Err(()) => self.failed(BackendError::Refused),
+            Ok(None) => {
+                let Some(route) = pool.route(request.arg(1)) else {
+                    return self.failed(BackendError::Refused);
+                };
+                let mirror = migration.and_then(|m| mirror_hook(m, spec, request));
+                let rx = send(
+                    pool,
+                    self.protocol,
+                    route,
+                    request.bytes().clone(),
+                    started,
+                    mirror,
+                )
+                .await;
+                self.pending.push_back(Pending::Forward {
+                    rx,
+                    class: CommandClass::Split,
+                    started,
+                });
+            }
+            Ok(Some((parts, plan))) => {
+                let mut states = Vec::with_capacity(parts.len());
+                for part in parts {
+                    // A part of a split write writes exactly its own keys: each is copied.
+                    let mirror = match (migration, spec.is_write()) {
+                        (Some(migration), true) => {
+                            let keys = part.keys.iter().map(|&i| request.arg_bytes(i)).collect();
+                            let effect = WriteEffect {
+                                keys,
+                                replay: false,
+                                script: false,
+                            };
+                            Some(MirrorHook::new(
+                                migration.clone(),
+                                effect,
+                                part.bytes.clone(),
+                            ))
+                        }
+                        _ => None,
+                    };
+                    let rx = send(
+                        pool,
+                        self.protocol,
+                        part.route,
+                        part.bytes,
+                        started,
+                        mirror,
+                    )
+                    .await;
+                    states.push(PartState::Waiting(rx));
+                }
+                self.pending.push_back(Pending::Split {
+                    parts: states,
+                    plan,
+                    started,
+                });
+            }
+        }
+    }
+
+    /// A shadow hook for a read picked by the sampling ratio, if it may be checked.
+    fn shadow_hook(
+        &mut self,
+        migration: &Arc<Migration>,
+        spec: &CommandSpec,
+        request: &Request,
+    ) -> Option<MirrorHook> {
+        let ratio = migration.settings.shadow_ratio;
+        if ratio <= 0.0 || !self.sample(ratio) {
+            return None;
+        }
+        let compare = shadow::compare_for(spec, request)?;
+        Some(MirrorHook::shadow(
+            migration.clone(),
+            ShadowRead {
+                key: request.arg_bytes(1),
+                compare,
+                protocol: self.protocol,
+                command: spec.name,
+                confirm: false,
+            },
+            request.bytes().clone(),
+        ))
+    }
+
+    /// Whether to pick this read, with probability `ratio` (xorshift64: cheap, per session).
+    fn sample(&mut self, ratio: f64) -> bool {
+        if ratio >= 1.0 {
+            return true;
+        }
+        let mut x = *self.sample_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *self.sample_state = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64 <= ratio
+    }
+
+    /// Queue `-ERR <reason>` for a request that could not be forwarded.
+    fn failed(&mut self, error: BackendError) {
+        self.counters.error(ErrorKind::Backend);
+        self.pending.push_back(Pending::Ready(error_bytes(&format!("ERR {error}"))));
+    }
+}
+
+/// The mirror hook for `request` when it writes and the migration mirrors.
+fn mirror_hook(
+    migration: &Arc<Migration>,
+    spec: &CommandSpec,
+    request: &Request,
+) -> Option<MirrorHook> {
+    let effect = mirror::effect(spec, request)?;
+    Some(MirrorHook::new(
+        migration.clone(),
+        effect,
+        request.bytes().clone(),
+    ))
+}
+
+/// Queue `bytes` on the route's connection of `pool`; the receiver gets the reply.
+async fn send(
+    pool: &Pool,
+    protocol: Protocol,
+    route: Route,
+    bytes: Bytes,
+    started: Instant,
+    mirror: Option<MirrorHook>,
+) -> oneshot::Receiver<ReplyResult> {
+    let (tx, rx) = oneshot::channel();
+    let server = &pool.servers[route.server];
+    server.counters.queued(bytes.len());
+    let mut request = BackendRequest::new(bytes, tx, pool.timeout().map(|t| started + t));
+    request.mirror = mirror;
+    let connection = server.connection(protocol, route.connection);
+    let request = match connection.try_send(request) {
+        Ok(()) => return rx,
+        Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => request,
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(request)) => {
+            server.counters.unqueued(request.bytes.len());
+            let _ = request.reply.send(Err(BackendError::Refused));
+            return rx;
+        }
+    };
+    // The connection's queue is full: wait for room (this client waits, others go on).
+    if let Err(failed) = connection.send(request).await {
+        server.counters.unqueued(failed.0.bytes.len());
+        let _ = failed.0.reply.send(Err(BackendError::Refused));
+    }
+    rx
 }
 
 /// Poll the reply at the front of the queue.
@@ -470,6 +600,16 @@ fn render(pool: &Pool, result: ReplyResult) -> Bytes {
             error_bytes(&format!("ERR {error}"))
         }
     }
+}
+
+/// A non-zero seed for a session's sampling, different for each session.
+fn sample_seed() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let n = NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (n ^ nanos.rotate_left(32)) | 1
 }
 
 /// `-text\r\n` as bytes.

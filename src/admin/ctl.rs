@@ -1,0 +1,365 @@
+//! `cutover ctl`: the admin API from a terminal. Each command calls one endpoint and prints
+//! a readable summary (a bar for the backfill, the phase, lag, mismatches, what blocks a
+//! cutover); errors say what to do next.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// How long one call may take (a flip waits for in-flight writes, at most a few seconds).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Width of the backfill bar.
+const BAR: usize = 30;
+
+/// What `cutover ctl` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CtlCommand {
+    /// `GET /status`.
+    Status,
+    /// `POST /cutover`.
+    Cutover {
+        /// Override the readiness checks.
+        force: bool,
+    },
+    /// `POST /rollback`.
+    Rollback {
+        /// Override the dirty-key check.
+        force: bool,
+    },
+    /// `POST /finalize`.
+    Finalize,
+    /// `POST /verify`, then follow it to its result unless `wait` is false.
+    Verify {
+        /// Copy differing keys again.
+        repair: bool,
+        /// Wait for the result.
+        wait: bool,
+    },
+    /// `POST /backfill/pause`.
+    Pause,
+    /// `POST /backfill/resume`.
+    Resume,
+}
+
+/// Where the admin API is and how to call it.
+#[derive(Debug, Clone)]
+pub struct CtlOptions {
+    /// `HOST:PORT` of the admin API.
+    pub admin: String,
+    /// The bearer token for POSTs, if the proxy has one.
+    pub token: Option<String>,
+    /// The pool, when the proxy migrates several.
+    pub pool: Option<String>,
+}
+
+/// Why a ctl command failed; the message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The admin API cannot be reached.
+    #[error("cannot reach the admin API at {admin}: {reason}. Is cutover running, with --admin {admin}? (use `cutover ctl --admin HOST:PORT`)")]
+    Unreachable {
+        /// The address tried.
+        admin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The call was refused; the API's own explanation follows.
+    #[error("{0}")]
+    Refused(String),
+    /// The answer was not what the API sends.
+    #[error("unexpected answer from the admin API: {0}")]
+    Garbled(String),
+}
+
+/// Run `command` and return what to print.
+pub fn run(options: &CtlOptions, command: &CtlCommand) -> Result<String, CtlError> {
+    let pool = options
+        .pool
+        .as_deref()
+        .map(|p| format!("pool={p}"))
+        .unwrap_or_default();
+    let query = |extra: &[&str]| -> String {
+        let parts: Vec<&str> = std::iter::once(pool.as_str())
+            .chain(extra.iter().copied())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    };
+    let force = |f: bool| if f { "force=true" } else { "" };
+    match command {
+        CtlCommand::Status => Ok(summary(&call(options, "GET", "/status")?)),
+        CtlCommand::Cutover { force: f } => {
+            flipped(call(options, "POST", &format!("/cutover{}", query(&[force(*f)])))?)
+        }
+        CtlCommand::Rollback { force: f } => {
+            flipped(call(options, "POST", &format!("/rollback{}", query(&[force(*f)])))?)
+        }
+        CtlCommand::Finalize => flipped(call(options, "POST", &format!("/finalize{}", query(&[])))?),
+        CtlCommand::Pause => Ok(summary(&call(
+            options,
+            "POST",
+            &format!("/backfill/pause{}", query(&[])),
+        )?)),
+        CtlCommand::Resume => Ok(summary(&call(
+            options,
+            "POST",
+            &format!("/backfill/resume{}", query(&[])),
+        )?)),
+        CtlCommand::Verify { repair, wait } => {
+            let repair = if *repair { "repair=true" } else { "" };
+            call(options, "POST", &format!("/verify{}", query(&[repair])))?;
+            if !*wait {
+                return Ok("verify started; follow it with `cutover ctl status`\n".into());
+            }
+            follow_verify(options)
+        }
+    }
+}
+
+/// Poll `/status` until the verify pass ends, showing keys checked, then print its report.
+fn follow_verify(options: &CtlOptions) -> Result<String, CtlError> {
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let status = call(options, "GET", "/status")?;
+        let Some(migration) = migrations(&status).into_iter().find(|m| {
+            options
+                .pool
+                .as_deref()
+                .is_none_or(|p| m["source"].as_str() == Some(p))
+        }) else {
+            return Err(CtlError::Garbled("no migration in /status".into()));
+        };
+        let verify = &migration["verify"];
+        if verify["running"].as_bool() == Some(true) {
+            eprint!(
+                "\rverify: {} keys checked",
+                verify["checked"].as_u64().unwrap_or(0)
+            );
+            continue;
+        }
+        eprintln!();
+        return Ok(verify_text(&verify["last"]));
+    }
+}
+
+/// One HTTP call; the body parsed as JSON. Non-2xx answers become errors with the API's
+/// reasons and hint.
+fn call(options: &CtlOptions, method: &str, path: &str) -> Result<Value, CtlError> {
+    let unreachable = |reason: String| CtlError::Unreachable {
+        admin: options.admin.clone(),
+        reason,
+    };
+    let mut stream = TcpStream::connect(&options.admin).map_err(|e| unreachable(e.to_string()))?;
+    let _ = stream.set_read_timeout(Some(CALL_TIMEOUT));
+    let auth = options
+        .token
+        .as_deref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+        options.admin
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| CtlError::Garbled(text.chars().take(200).collect()))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CtlError::Garbled(head.chars().take(200).collect()))?;
+    let json: Value = serde_json::from_str(body)
+        .map_err(|e| CtlError::Garbled(format!("{e}: {}", body.chars().take(200).collect::<String>())))?;
+    match status {
+        200..=299 => Ok(json),
+        401 => Err(CtlError::Refused(
+            "the admin API needs a token for this call: pass --token TOKEN or set CUTOVER_ADMIN_TOKEN (the proxy's --admin-token)".into(),
+        )),
+        _ => {
+            let mut message = json["error"].as_str().unwrap_or("refused").to_string();
+            if let Some(reasons) = json["reasons"].as_array()
+                && reasons.len() > 1
+            {
+                for reason in reasons {
+                    message.push_str(&format!("\n  - {}", reason.as_str().unwrap_or("")));
+                }
+            }
+            if let Some(hint) = json["hint"].as_str() {
+                message.push_str(&format!("\n{hint}"));
+            }
+            Err(CtlError::Refused(message))
+        }
+    }
+}
+
+/// The answer to a flip: what changed, the pause, then the status.
+fn flipped(answer: Value) -> Result<String, CtlError> {
+    let mut out = format!(
+        "{} -> {}: requests held {:.3} ms{}\n",
+        answer["from"].as_str().unwrap_or("?"),
+        answer["to"].as_str().unwrap_or("?"),
+        answer["pause_ms"].as_f64().unwrap_or(0.0),
+        if answer["forced"].as_bool() == Some(true) {
+            " (forced)"
+        } else {
+            ""
+        }
+    );
+    out.push_str(&migration_text(&answer["status"]));
+    Ok(out)
+}
+
+/// Every migration in a `/status` answer.
+fn migrations(status: &Value) -> Vec<&Value> {
+    status["pools"]
+        .as_array()
+        .map(|pools| {
+            pools
+                .iter()
+                .filter(|p| p["migration"].is_object())
+                .map(|p| &p["migration"])
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `/status` as text.
+fn summary(status: &Value) -> String {
+    let found = migrations(status);
+    if found.is_empty() {
+        return format!(
+            "cutover {}: no migration configured (a pool needs migrate_to)\n",
+            status["version"].as_str().unwrap_or("?")
+        );
+    }
+    found.into_iter().map(migration_text).collect()
+}
+
+/// One migration's status as text.
+fn migration_text(m: &Value) -> String {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let backfill = &m["backfill"];
+    let mirror = &m["mirror"];
+    let shadow = &m["shadow"];
+    let ratio = f(&backfill["progress"]).clamp(0.0, 1.0);
+    let filled = (ratio * BAR as f64).round() as usize;
+    let eta = match backfill["eta_seconds"].as_f64() {
+        Some(s) if s > 0.0 => format!(", ETA {s:.0}s"),
+        _ => String::new(),
+    };
+    let mut out = format!(
+        "{} -> {}   phase: {} (clients served by {})\n",
+        m["source"].as_str().unwrap_or("?"),
+        m["target"].as_str().unwrap_or("?"),
+        m["phase"].as_str().unwrap_or("?"),
+        m["authority"].as_str().unwrap_or("?"),
+    );
+    out.push_str(&format!(
+        "  backfill [{}{}] {:5.1}%  {} of {} keys scanned, {} copied, {:.1} MB ({}{eta})\n",
+        "#".repeat(filled),
+        ".".repeat(BAR - filled),
+        ratio * 100.0,
+        n(&backfill["keys_scanned"]),
+        n(&backfill["keys_total"]),
+        n(&backfill["keys_copied"]),
+        n(&backfill["bytes_copied"]) as f64 / 1e6,
+        backfill["state"].as_str().unwrap_or("?"),
+    ));
+    out.push_str(&format!(
+        "  mirror   queued {}, dirty {}, lag p50 {:.1} ms, p99 {:.1} ms; {} replayed, {} copied\n",
+        n(&mirror["queued"]),
+        n(&mirror["dirty"]),
+        f(&mirror["lag_p50_ms"]),
+        f(&mirror["lag_p99_ms"]),
+        n(&mirror["replayed"]),
+        n(&mirror["copied"]),
+    ));
+    out.push_str(&format!(
+        "  shadow   {} reads checked (ratio {}), {} mismatches, {} repaired\n",
+        n(&shadow["checked"]),
+        f(&shadow["ratio"]),
+        n(&shadow["mismatches"]),
+        n(&shadow["repaired"]),
+    ));
+    let verify = &m["verify"];
+    if verify["running"].as_bool() == Some(true) {
+        out.push_str(&format!(
+            "  verify   running: {} keys checked\n",
+            n(&verify["checked"])
+        ));
+    } else if verify["last"].is_object() {
+        out.push_str(&format!("  {}", verify_text(&verify["last"])));
+    } else {
+        out.push_str("  verify   not run yet (cutover ctl verify)\n");
+    }
+    let cutover = &m["cutover"];
+    let blockers: Vec<&str> = cutover["blockers"]
+        .as_array()
+        .map(|b| b.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if m["phase"].as_str() == Some("migrating") {
+        if blockers.is_empty() {
+            out.push_str("  cutover  ready (cutover ctl cutover)\n");
+        } else {
+            out.push_str("  cutover  not ready:\n");
+            for b in blockers {
+                out.push_str(&format!("             - {b}\n"));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "  last flip held requests {:.3} ms\n",
+        f(&cutover["last_pause_ms"])
+    ));
+    out
+}
+
+/// A verify report as text.
+fn verify_text(report: &Value) -> String {
+    if !report.is_object() {
+        return "verify   no result\n".into();
+    }
+    let mut out = format!(
+        "verify   {} differences in {} keys ({} rounds, {:.1} s){}\n",
+        report["differences"].as_u64().unwrap_or(0),
+        report["checked"].as_u64().unwrap_or(0),
+        report["rounds"].as_u64().unwrap_or(0),
+        report["seconds"].as_f64().unwrap_or(0.0),
+        if report["repair"].as_bool() == Some(true) {
+            format!(", {} repaired", report["repaired"].as_u64().unwrap_or(0))
+        } else {
+            String::new()
+        }
+    );
+    if let Some(kinds) = report["by_kind"].as_object() {
+        for (kind, count) in kinds {
+            let count = count.as_u64().unwrap_or(0);
+            if count > 0 {
+                let examples: Vec<&str> = report["examples"][kind]
+                    .as_array()
+                    .map(|e| e.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "             {kind}: {count} (e.g. {})\n",
+                    examples.join(", ")
+                ));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,252 @@
+//! Cutover, rollback and finalize: the flips of authority between source and target.
+//!
+//! A flip closes the gate (new requests wait), waits until no request is being routed, no
+//! mirrored write is in flight and every lane is empty, moves authority, tells the lanes
+//! both sides are equal, and opens the gate. The time the gate was closed is the pause
+//! clients saw; it is measured and exported.
+
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::lane::LaneEvent;
+use super::phase::Phase;
+use super::Migration;
+
+/// Longest a flip waits for in-flight requests and lanes before giving up (the gate then
+/// opens again and nothing changes).
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// Longest a cutover waits for a moment when the lanes are empty before refusing.
+const IDLE_WAIT: Duration = Duration::from_secs(2);
+/// Spin (yielding) this long before sleeping between drain checks: most flips finish
+/// within it, and a timer tick (1 ms) would dominate the pause.
+const SPIN: Duration = Duration::from_millis(3);
+
+/// Why a flip did not happen. Each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum FlipError {
+    /// The migration is not ready; every reason is listed.
+    #[error("not ready: {}", .0.join("; "))]
+    NotReady(Vec<String>),
+    /// The call makes no sense in the current phase.
+    #[error("cannot {action} in phase '{phase}'{hint}")]
+    WrongPhase {
+        /// What was asked.
+        action: &'static str,
+        /// The current phase's name.
+        phase: &'static str,
+        /// What would work instead.
+        hint: &'static str,
+    },
+    /// In-flight requests or lanes did not finish in time; nothing changed.
+    #[error(
+        "requests in flight or mirror events did not finish within {0:?} (a slow or dead backend?); nothing changed, try again"
+    )]
+    Busy(Duration),
+}
+
+/// A flip that happened.
+#[derive(Debug, Clone, Copy)]
+pub struct Flipped {
+    /// The phase before.
+    pub from: Phase,
+    /// The phase now.
+    pub to: Phase,
+    /// How long new requests were held.
+    pub pause: Duration,
+    /// Whether the readiness checks were overridden.
+    pub forced: bool,
+}
+
+impl Migration {
+    /// What stands between the migration and a safe cutover (empty: ready), waiting a
+    /// little for a moment when the lanes are empty.
+    pub async fn cutover_blockers(&self) -> Vec<String> {
+        let idle = self.wait_lanes_idle(IDLE_WAIT).await;
+        self.readiness(idle)
+    }
+
+    /// What stands between the migration and a safe cutover now; `lanes_idle` says
+    /// whether the lanes were found empty.
+    pub fn readiness(&self, lanes_idle: bool) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.backfill_done.load(Relaxed) {
+            reasons.push(format!(
+                "the backfill is not complete ({} of about {} keys scanned); wait for it (cutover ctl status)",
+                self.totals.scanned.load(Relaxed),
+                self.total_keys.load(Relaxed)
+            ));
+        }
+        let (_, dirty) = self.backlog();
+        if dirty > 0 {
+            reasons.push(format!(
+                "{dirty} dirty keys wait to be copied again; wait, and check the target's health"
+            ));
+        }
+        if !lanes_idle {
+            reasons.push(format!(
+                "the lanes are not empty ({} events queued); the target is not keeping up",
+                self.backlog().0
+            ));
+        }
+        match self.verify.last() {
+            _ if self.verify.running() => {
+                reasons.push("a verify pass is running; wait for its result".into());
+            }
+            None => reasons.push(
+                "no verify pass has run yet; run one (cutover ctl verify, or POST /verify)".into(),
+            ),
+            Some(report) if report.differences() > 0 => reasons.push(format!(
+                "the last verify found {} differences; run verify again (with repair) until it finds none",
+                report.differences()
+            )),
+            Some(_) => {}
+        }
+        reasons
+    }
+
+    /// Make the target authoritative. Refused unless ready, or `force`.
+    pub async fn cutover(&self, force: bool) -> Result<Flipped, FlipError> {
+        let _flipping = self.flip_lock.lock().await;
+        let phase = self.phase();
+        if phase != Phase::Migrating {
+            return Err(self.wrong_phase(
+                "cut over",
+                phase,
+                " (rollback returns to 'migrating')",
+            ));
+        }
+        let blockers = self.cutover_blockers().await;
+        if !blockers.is_empty() {
+            if !force {
+                self.counters.refusals.increment(1);
+                return Err(FlipError::NotReady(blockers));
+            }
+            tracing::warn!(pool = self.source.name(), reasons = %blockers.join("; "), "cutover forced past its readiness checks");
+        }
+        self.flip(phase, Phase::Cutover, force).await
+    }
+
+    /// Make the source authoritative again. Refused while dirty keys wait (the source would
+    /// miss them), unless `force`.
+    pub async fn rollback(&self, force: bool) -> Result<Flipped, FlipError> {
+        let _flipping = self.flip_lock.lock().await;
+        let phase = self.phase();
+        if phase != Phase::Cutover {
+            return Err(self.wrong_phase(
+                "roll back",
+                phase,
+                " (only a cutover can be rolled back; after finalize the source is no longer mirrored)",
+            ));
+        }
+        let (_, dirty) = self.backlog();
+        if dirty > 0 && !force {
+            self.counters.refusals.increment(1);
+            return Err(FlipError::NotReady(vec![format!(
+                "{dirty} dirty keys wait to be copied to the source; wait, or force"
+            )]));
+        }
+        self.flip(phase, Phase::Migrating, force).await
+    }
+
+    /// Stop mirroring to the source: the proxy serves the target pool alone from now on.
+    pub async fn finalize(&self) -> Result<Flipped, FlipError> {
+        let _flipping = self.flip_lock.lock().await;
+        let phase = self.phase();
+        if phase != Phase::Cutover {
+            return Err(self.wrong_phase("finalize", phase, " (cut over first)"));
+        }
+        self.flip(phase, Phase::Finalized, false).await
+    }
+
+    /// A `WrongPhase` error.
+    fn wrong_phase(&self, action: &'static str, phase: Phase, hint: &'static str) -> FlipError {
+        self.counters.refusals.increment(1);
+        FlipError::WrongPhase {
+            action,
+            phase: phase.name(),
+            hint,
+        }
+    }
+
+    /// Hold new requests, wait for everything in flight, move authority, release.
+    async fn flip(&self, from: Phase, to: Phase, forced: bool) -> Result<Flipped, FlipError> {
+        let started = Instant::now();
+        self.gate.close();
+        if !self.wait_quiet(started + DRAIN_LIMIT).await {
+            self.gate.open();
+            self.counters.refusals.increment(1);
+            return Err(FlipError::Busy(DRAIN_LIMIT));
+        }
+        self.phase.store(to.to_u8(), SeqCst);
+        if to != Phase::Finalized {
+            // Both sides are equal now: every later write may be replayed (rule 8).
+            for lane in 0..self.lane_count() {
+                self.send_to_lane(lane, LaneEvent::DropKnown).await;
+            }
+        }
+        self.gate.open();
+        let pause = started.elapsed();
+        self.last_pause_us
+            .store(pause.as_micros() as u64, Relaxed);
+        self.counters.pause.record(pause.as_secs_f64());
+        self.counters.flips[Phase::ALL.iter().position(|p| *p == to).unwrap_or(0)].increment(1);
+        self.counters.set_phase(to);
+        self.save_state(false);
+        tracing::info!(
+            pool = self.source.name(),
+            from = from.name(),
+            to = to.name(),
+            pause_us = pause.as_micros() as u64,
+            forced,
+            "authority flipped"
+        );
+        Ok(Flipped {
+            from,
+            to,
+            pause,
+            forced,
+        })
+    }
+
+    /// Wait until no request is being routed, no mirror hook is alive and every lane is
+    /// empty; false if `deadline` passes first.
+    async fn wait_quiet(&self, deadline: Instant) -> bool {
+        let started = Instant::now();
+        loop {
+            if self.lanes_idle()
+                && self.gate.empty()
+                && self.hooks_live.load(SeqCst) == 0
+                && self.lanes_idle()
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            pause_briefly(started).await;
+        }
+    }
+
+    /// Wait (at most `limit`) for a moment when every lane is empty.
+    async fn wait_lanes_idle(&self, limit: Duration) -> bool {
+        let started = Instant::now();
+        while !self.lanes_idle() {
+            if started.elapsed() >= limit {
+                return false;
+            }
+            pause_briefly(started).await;
+        }
+        true
+    }
+}
+
+/// Yield to other tasks for the first few milliseconds, then sleep a millisecond at a time.
+async fn pause_briefly(since: Instant) {
+    if since.elapsed() < SPIN {
+        tokio::task::yield_now().await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -1,0 +1,144 @@
+//! Phases of a migration and the gate that holds new requests while authority flips.
+//!
+//! `migrating` (the source is authoritative, writes are mirrored to the target) →
+//! `cutover` (the target is authoritative, writes are mirrored back to the source so a
+//! rollback loses nothing) → `finalized` (the target only, a plain proxy).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+use tokio::sync::Notify;
+
+/// Where a migration is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The source pool is authoritative; writes are mirrored to the target.
+    Migrating,
+    /// The target pool is authoritative; writes are mirrored back to the source.
+    Cutover,
+    /// The target pool only; nothing is mirrored.
+    Finalized,
+}
+
+impl Phase {
+    /// Every phase, in order, for per-phase gauges.
+    pub const ALL: [Phase; 3] = [Phase::Migrating, Phase::Cutover, Phase::Finalized];
+
+    /// Its name in `/status`, metrics and the state file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Migrating => "migrating",
+            Phase::Cutover => "cutover",
+            Phase::Finalized => "finalized",
+        }
+    }
+
+    /// The phase called `name`.
+    pub fn parse(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// As stored in an atomic.
+    pub fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Back from an atomic.
+    pub fn from_u8(value: u8) -> Phase {
+        match value {
+            0 => Phase::Migrating,
+            1 => Phase::Cutover,
+            _ => Phase::Finalized,
+        }
+    }
+}
+
+/// Holds new requests while authority flips. A request enters before it is routed and
+/// leaves once it is queued on its server connection; a flip closes the gate, waits until
+/// nobody is inside, and opens it again when authority has moved.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// Set while a flip is in progress: requests wait outside.
+    holding: AtomicBool,
+    /// Requests between `enter` and `leave`.
+    inside: AtomicUsize,
+    /// Wakes held requests when the gate opens.
+    opened: Notify,
+}
+
+impl Gate {
+    /// Enter, waiting while the gate is closed. Pair with [`Gate::leave`].
+    pub async fn enter(&self) {
+        loop {
+            self.inside.fetch_add(1, SeqCst);
+            if !self.holding.load(SeqCst) {
+                return;
+            }
+            self.inside.fetch_sub(1, SeqCst);
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if self.holding.load(SeqCst) {
+                opened.await;
+            }
+        }
+    }
+
+    /// Leave: the request is queued on its connection.
+    pub fn leave(&self) {
+        self.inside.fetch_sub(1, SeqCst);
+    }
+
+    /// Close the gate: requests arriving from now on wait.
+    pub fn close(&self) {
+        self.holding.store(true, SeqCst);
+    }
+
+    /// Whether no request is between `enter` and `leave`.
+    pub fn empty(&self) -> bool {
+        self.inside.load(SeqCst) == 0
+    }
+
+    /// Open the gate and wake every held request.
+    pub fn open(&self) {
+        self.holding.store(false, SeqCst);
+        self.opened.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn names_round_trip() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::parse(phase.name()), Some(phase));
+            assert_eq!(Phase::from_u8(phase.to_u8()), phase);
+        }
+        assert_eq!(Phase::parse("done"), None);
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_holds_requests_until_it_opens() {
+        let gate = Arc::new(Gate::default());
+        gate.close();
+        let passed = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (gate, passed) = (gate.clone(), passed.clone());
+            tokio::spawn(async move {
+                gate.enter().await;
+                passed.store(true, SeqCst);
+                gate.leave();
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!passed.load(SeqCst), "held while closed");
+        assert!(gate.empty());
+        gate.open();
+        task.await.expect("task");
+        assert!(passed.load(SeqCst));
+        assert!(gate.empty());
+    }
+}

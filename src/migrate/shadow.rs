@@ -1,0 +1,174 @@
+//! Shadow reads: which reads may be checked against the target, and how two replies are
+//! compared (exactly, as sets or maps when their order is not defined, TTLs within a
+//! tolerance).
+//!
+//! The check itself runs in the key's lane (see `lane.rs`), after every earlier mirror
+//! event of the key, so the target is read at the same point of the key's history as the
+//! source was.
+
+use redis_protocol::resp3::types::OwnedFrame;
+
+use crate::command::{Access, CommandSpec};
+use crate::resp::Request;
+
+/// How a read's replies are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Byte for byte.
+    Exact,
+    /// As a set: the order of the elements is not defined.
+    Unordered,
+    /// As a map (`HGETALL`: field, value, field, value over RESP2, a map over RESP3).
+    Pairs,
+    /// A TTL: equal when both are negative codes and equal, or both within the tolerance;
+    /// the number is in seconds when `seconds`, else milliseconds.
+    Ttl {
+        /// Whether the reply counts seconds.
+        seconds: bool,
+    },
+}
+
+/// How `request` (a `spec` command) is compared, or `None` when it is not checked: writes,
+/// reads whose reply is random or cursor-dependent, and reads of more than one key (their
+/// keys may live in other lanes).
+pub fn compare_for(spec: &CommandSpec, request: &Request) -> Option<Compare> {
+    if spec.access != Access::Read {
+        return None;
+    }
+    match spec.name {
+        // Random, cursor-dependent, encoding-dependent, or a side effect only.
+        "SRANDMEMBER" | "HRANDFIELD" | "ZRANDMEMBER" | "SSCAN" | "HSCAN" | "ZSCAN" | "DUMP"
+        | "TOUCH" | "LOLWUT" => None,
+        // Their first argument is a key count, not a key.
+        "ZDIFF" | "ZINTER" | "ZUNION" => None,
+        "SMEMBERS" | "HKEYS" | "HVALS" => Some(Compare::Unordered),
+        "HGETALL" => Some(Compare::Pairs),
+        "SINTER" | "SUNION" | "SDIFF" => (request.argc() == 2).then_some(Compare::Unordered),
+        "MGET" | "EXISTS" => (request.argc() == 2).then_some(Compare::Exact),
+        "TTL" => Some(Compare::Ttl { seconds: true }),
+        "PTTL" => Some(Compare::Ttl { seconds: false }),
+        _ => Some(Compare::Exact),
+    }
+}
+
+/// Whether the source's and the target's replies agree under `compare`, TTLs within
+/// `tolerance_ms`.
+pub fn agree(compare: Compare, source: &[u8], target: &[u8], tolerance_ms: u64) -> bool {
+    if source == target {
+        return true;
+    }
+    match compare {
+        Compare::Exact => false,
+        Compare::Unordered => match (decode(source), decode(target)) {
+            (Some(a), Some(b)) => canonical(&a) == canonical(&b),
+            _ => false,
+        },
+        Compare::Pairs => pairs_agree(source, target),
+        Compare::Ttl { seconds } => match (integer(source), integer(target)) {
+            (Some(a), Some(b)) if a >= 0 && b >= 0 => {
+                let unit = if seconds { 1000 } else { 1 };
+                // Whole seconds are truncated, so one more unit of slack for them.
+                let slack = tolerance_ms as i128 + if seconds { 1000 } else { 0 };
+                ((a as i128 - b as i128) * unit).abs() <= slack
+            }
+            _ => false,
+        },
+    }
+}
+
+/// One reply, decoded (RESP3 decoding reads RESP2 too).
+fn decode(reply: &[u8]) -> Option<OwnedFrame> {
+    match redis_protocol::resp3::decode::complete::decode(reply) {
+        Ok(Some((frame, _))) => Some(frame),
+        _ => None,
+    }
+}
+
+/// An integer reply's value.
+fn integer(reply: &[u8]) -> Option<i64> {
+    std::str::from_utf8(reply.strip_prefix(b":")?)
+        .ok()?
+        .trim_end()
+        .parse()
+        .ok()
+}
+
+/// A form of a collection reply that does not depend on element order: elements (or, for
+/// a map or a flat field/value array, pairs) rendered and sorted.
+fn canonical(frame: &OwnedFrame) -> Option<Vec<String>> {
+    let mut items: Vec<String> = match frame {
+        OwnedFrame::Array { data, .. } => data.iter().map(|f| format!("{f:?}")).collect(),
+        OwnedFrame::Set { data, .. } => data.iter().map(|f| format!("{f:?}")).collect(),
+        OwnedFrame::Map { data, .. } => data.iter().map(|kv| format!("{kv:?}")).collect(),
+        _ => return None,
+    };
+    items.sort_unstable();
+    Some(items)
+}
+
+/// `HGETALL` over RESP2 is a flat array of field, value, field, value: compare it as
+/// pairs, so a value cannot be matched to another field.
+fn pairs_agree(source: &[u8], target: &[u8]) -> bool {
+    let pairs = |reply: &[u8]| -> Option<Vec<String>> {
+        match decode(reply)? {
+            OwnedFrame::Array { data, .. } => {
+                let mut pairs: Vec<String> =
+                    data.chunks(2).map(|pair| format!("{pair:?}")).collect();
+                pairs.sort_unstable();
+                Some(pairs)
+            }
+            other => canonical(&other),
+        }
+    };
+    matches!((pairs(source), pairs(target)), (Some(a), Some(b)) if a == b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_compare_without_order() {
+        let a = b"*2\r\n$1\r\na\r\n$1\r\nb\r\n";
+        let b = b"*2\r\n$1\r\nb\r\n$1\r\na\r\n";
+        assert!(agree(Compare::Unordered, a, b, 0));
+        assert!(!agree(Compare::Exact, a, b, 0));
+        let c = b"*2\r\n$1\r\nb\r\n$1\r\nc\r\n";
+        assert!(!agree(Compare::Unordered, a, c, 0));
+        // RESP3 sets and maps.
+        assert!(agree(
+            Compare::Unordered,
+            b"~2\r\n+x\r\n+y\r\n",
+            b"~2\r\n+y\r\n+x\r\n",
+            0
+        ));
+        assert!(agree(
+            Compare::Unordered,
+            b"%2\r\n+f\r\n+1\r\n+g\r\n+2\r\n",
+            b"%2\r\n+g\r\n+2\r\n+f\r\n+1\r\n",
+            0
+        ));
+    }
+
+    #[test]
+    fn hgetall_compares_pairs() {
+        let a = b"*4\r\n$1\r\nf\r\n$1\r\n1\r\n$1\r\ng\r\n$1\r\n2\r\n";
+        let b = b"*4\r\n$1\r\ng\r\n$1\r\n2\r\n$1\r\nf\r\n$1\r\n1\r\n";
+        let swapped = b"*4\r\n$1\r\nf\r\n$1\r\n2\r\n$1\r\ng\r\n$1\r\n1\r\n";
+        assert!(agree(Compare::Pairs, a, b, 0));
+        assert!(!agree(Compare::Pairs, a, swapped, 0), "values moved to other fields");
+    }
+
+    #[test]
+    fn ttls_within_tolerance() {
+        let ttl = Compare::Ttl { seconds: false };
+        assert!(agree(ttl, b":10000\r\n", b":9500\r\n", 1000));
+        assert!(!agree(ttl, b":10000\r\n", b":8000\r\n", 1000));
+        assert!(!agree(ttl, b":-1\r\n", b":5000\r\n", 1000000));
+        assert!(agree(ttl, b":-2\r\n", b":-2\r\n", 0));
+        assert!(!agree(ttl, b":-1\r\n", b":-2\r\n", 1000));
+        let seconds = Compare::Ttl { seconds: true };
+        assert!(agree(seconds, b":10\r\n", b":9\r\n", 0), "truncation");
+        assert!(!agree(seconds, b":10\r\n", b":7\r\n", 1000));
+    }
+}

@@ -1,0 +1,533 @@
+//! Verify: a full comparison of the authoritative pool and its mirror, key by key.
+//!
+//! Every server of the authoritative side is scanned and each key compared with the
+//! mirror's copy (type, value, TTL); every mirror server is scanned too, for keys that
+//! should not be there (or that sit on a server that does not own them). What differs is checked again in later rounds, so a key that was
+//! merely changing during the pass is not reported. With repair, what still differs is
+//! copied again through its lane (rule 5).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::OwnedFrame;
+
+use super::counters::DIFFERENCE_KINDS;
+use super::lane::LaneEvent;
+use super::shadow::{self, Compare};
+use super::Migration;
+use crate::proxy::Pool;
+use crate::resp::encode;
+
+/// Keys compared at once.
+const CONCURRENCY: usize = 64;
+/// Keys of each kind kept as examples in a report.
+const EXAMPLES: usize = 5;
+/// Pause before each re-check round, so mirror events in flight land.
+const ROUND_PAUSE: Duration = Duration::from_millis(300);
+
+/// How a verify pass runs.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Copy differing keys again.
+    pub repair: bool,
+    /// Rounds in all: the full pass, then re-checks of what differed.
+    pub rounds: u32,
+    /// SCAN COUNT.
+    pub scan_count: u32,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            repair: false,
+            rounds: 3,
+            scan_count: 1000,
+        }
+    }
+}
+
+/// How one key differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Difference {
+    /// On the authoritative side, not on the mirror.
+    Missing,
+    /// On the mirror, not on the authoritative side.
+    Extra,
+    /// Of another type.
+    Type,
+    /// Another value.
+    Value,
+    /// A TTL beyond the tolerance (or one side without TTL).
+    Ttl,
+}
+
+impl Difference {
+    /// Its index in [`DIFFERENCE_KINDS`].
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a verify pass found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Keys compared in the full pass.
+    pub checked: u64,
+    /// Differences still there after the last round, by kind (see `DIFFERENCE_KINDS`).
+    pub found: [u64; 5],
+    /// The first keys of each kind.
+    pub examples: [Vec<String>; 5],
+    /// Keys that differed in the first round but not later (they were changing).
+    pub settled: u64,
+    /// Keys copied again (with repair).
+    pub repaired: u64,
+    /// Rounds run.
+    pub rounds: u32,
+    /// Seconds the pass took.
+    pub seconds: f64,
+    /// Unix time it finished.
+    pub finished_at: u64,
+    /// Whether differences were repaired.
+    pub repair: bool,
+}
+
+impl VerifyReport {
+    /// Every difference found.
+    pub fn differences(&self) -> u64 {
+        self.found.iter().sum()
+    }
+
+    /// As a JSON object.
+    pub fn json(&self) -> String {
+        let kinds: Vec<String> = DIFFERENCE_KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("\"{k}\":{}", self.found[i]))
+            .collect();
+        let examples: Vec<String> = DIFFERENCE_KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let keys: Vec<String> = self.examples[i]
+                    .iter()
+                    .map(|key| format!("\"{}\"", json_escape(key)))
+                    .collect();
+                format!("\"{k}\":[{}]", keys.join(","))
+            })
+            .collect();
+        format!(
+            "{{\"checked\":{},\"differences\":{},\"by_kind\":{{{}}},\"examples\":{{{}}},\"settled\":{},\"repaired\":{},\"repair\":{},\"rounds\":{},\"seconds\":{:.3},\"finished_at\":{}}}",
+            self.checked,
+            self.differences(),
+            kinds.join(","),
+            examples.join(","),
+            self.settled,
+            self.repaired,
+            self.repair,
+            self.rounds,
+            self.seconds,
+            self.finished_at
+        )
+    }
+
+    /// A readable report: counts by kind and the first keys of each.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "verify: {} keys checked in {:.1}s, {} rounds: {} differences",
+            self.checked,
+            self.seconds,
+            self.rounds,
+            self.differences()
+        );
+        if self.settled > 0 {
+            out.push_str(&format!(
+                " ({} keys differed only while changing)",
+                self.settled
+            ));
+        }
+        if self.repair {
+            out.push_str(&format!(", {} repaired", self.repaired));
+        }
+        out.push('\n');
+        for (i, kind) in DIFFERENCE_KINDS.iter().enumerate() {
+            if self.found[i] > 0 {
+                out.push_str(&format!(
+                    "  {kind:<8} {:>8}  e.g. {}\n",
+                    self.found[i],
+                    self.examples[i].join(", ")
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The verify state of a migration: the last result and whether a pass is running.
+#[derive(Debug, Default)]
+pub struct VerifyState {
+    /// The last finished pass.
+    last: Mutex<Option<VerifyReport>>,
+    /// Set while a pass runs.
+    running: AtomicBool,
+    /// Keys compared so far by the running pass.
+    pub checked: AtomicU64,
+}
+
+impl VerifyState {
+    /// The last finished pass's report.
+    pub fn last(&self) -> Option<VerifyReport> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Whether a pass is running.
+    pub fn running(&self) -> bool {
+        self.running.load(Relaxed)
+    }
+
+    /// Claim the right to run a pass (false: one is running).
+    pub fn begin(&self) -> bool {
+        self.checked.store(0, Relaxed);
+        !self.running.swap(true, Relaxed)
+    }
+
+    /// Record a finished pass.
+    fn finish(&self, report: VerifyReport) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(report);
+        }
+        self.running.store(false, Relaxed);
+    }
+}
+
+/// Start a pass in the background (`POST /verify`); false if one is already running.
+pub fn start(migration: &Arc<Migration>, options: VerifyOptions) -> bool {
+    if !migration.verify.begin() {
+        return false;
+    }
+    let migration = migration.clone();
+    tokio::spawn(async move {
+        let report = run_claimed(&migration, &options).await;
+        tracing::info!(pool = migration.source.name(), report = %report.text().trim_end(), "verify finished");
+    });
+    true
+}
+
+/// Run a pass to the end and return its report (`cutover verify`); `None` if one is
+/// already running.
+pub async fn run(migration: &Arc<Migration>, options: &VerifyOptions) -> Option<VerifyReport> {
+    if !migration.verify.begin() {
+        return None;
+    }
+    Some(run_claimed(migration, options).await)
+}
+
+/// Run a pass whose right to run was claimed.
+async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> VerifyReport {
+    let started = Instant::now();
+    migration.counters.verify_runs.increment(1);
+    let from = migration.copy_from().clone();
+    let to = migration.mirror_to().clone();
+    let mut differing: HashMap<Bytes, Difference> = HashMap::new();
+    // Keys on a mirror server that does not own them (nothing reads them there).
+    let mut misplaced: Vec<(Bytes, usize)> = Vec::new();
+    // Round 1: every key of the authoritative side, then every key of the mirror that the
+    // authoritative side does not have.
+    for server in 0..from.servers.len() {
+        let mut cursor = Some(b"0".to_vec());
+        while let Some(at) = cursor {
+            let (next, keys) = scan_page(&from, server, &at, options.scan_count).await;
+            compare_batch(migration, &from, &to, keys, &mut differing).await;
+            cursor = next;
+        }
+    }
+    let checked = migration.verify.checked.load(Relaxed);
+    for server in 0..to.servers.len() {
+        let mut cursor = Some(b"0".to_vec());
+        while let Some(at) = cursor {
+            let (next, keys) = scan_page(&to, server, &at, options.scan_count).await;
+            let (placed, wrong): (Vec<Bytes>, Vec<Bytes>) = keys
+                .into_iter()
+                .partition(|key| to.route(key).is_none_or(|r| r.server == server));
+            misplaced.extend(wrong.into_iter().map(|key| (key, server)));
+            extra_batch(migration, &from, &to, placed, &mut differing).await;
+            cursor = next;
+        }
+    }
+    let first_round = differing.len() as u64;
+    let mut rounds = 1;
+    while rounds < options.rounds.max(1) && !differing.is_empty() {
+        tokio::time::sleep(ROUND_PAUSE).await;
+        let keys: Vec<Bytes> = differing.keys().cloned().collect();
+        let mut still = HashMap::new();
+        compare_batch(migration, &from, &to, keys, &mut still).await;
+        differing = still;
+        rounds += 1;
+    }
+    let mut report = VerifyReport {
+        checked,
+        settled: first_round - differing.len() as u64,
+        rounds,
+        repair: options.repair,
+        ..VerifyReport::default()
+    };
+    let mut keys: Vec<(&Bytes, &Difference)> = differing.iter().collect();
+    keys.extend(misplaced.iter().map(|(key, _)| (key, &Difference::Extra)));
+    keys.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, kind) in keys {
+        report.found[kind.index()] += 1;
+        if report.examples[kind.index()].len() < EXAMPLES {
+            report.examples[kind.index()].push(String::from_utf8_lossy(key).into_owned());
+        }
+    }
+    for (i, gauge) in migration.counters.verify_last.iter().enumerate() {
+        gauge.set(report.found[i] as f64);
+        migration.counters.verify_found[i].increment(report.found[i]);
+    }
+    if options.repair && !(differing.is_empty() && misplaced.is_empty()) {
+        for key in differing.keys() {
+            migration
+                .send(LaneEvent::Copy {
+                    key: key.clone(),
+                    unless_known: false,
+                    mirrored_at: None,
+                })
+                .await;
+        }
+        for (key, server) in &misplaced {
+            let mut del = BytesMut::new();
+            encode::command(&mut del, &[b"DEL".as_slice(), key]);
+            if to.request(*server, 0, del.freeze(), 1).await.is_ok() {
+                report.repaired += 1;
+            }
+        }
+        report.repaired += differing.len() as u64;
+        migration
+            .counters
+            .verify_repaired
+            .increment(report.repaired);
+        // Wait for the repairs to land before reporting.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !migration.lanes_idle() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report.finished_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    migration.verify.finish(report.clone());
+    report
+}
+
+/// One SCAN page of `server` from `cursor`: the next cursor (`None` at the end) and the
+/// keys. A server that keeps failing ends its scan early, logged.
+async fn scan_page(
+    pool: &Pool,
+    server: usize,
+    cursor: &[u8],
+    count: u32,
+) -> (Option<Vec<u8>>, Vec<Bytes>) {
+    let count = count.max(1).to_string();
+    for _ in 0..20 {
+        let mut scan = BytesMut::new();
+        encode::command(
+            &mut scan,
+            &[b"SCAN".as_slice(), cursor, b"COUNT", count.as_bytes()],
+        );
+        let reply = pool.request(server, 0, scan.freeze(), 1).await;
+        if let Some((next, keys)) = reply.ok().as_deref().and_then(super::backfill::parse_scan) {
+            return ((next != b"0").then_some(next), keys);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tracing::error!(pool = pool.name(), server = %pool.servers[server].name, "verify: cannot SCAN this server; the rest of its keys are not compared");
+    (None, Vec::new())
+}
+
+/// Compare `keys` (authoritative side first), recording what differs.
+async fn compare_batch(
+    migration: &Migration,
+    from: &Arc<Pool>,
+    to: &Arc<Pool>,
+    keys: Vec<Bytes>,
+    differing: &mut HashMap<Bytes, Difference>,
+) {
+    let tolerance = migration.settings.ttl_tolerance_ms;
+    for chunk in keys.chunks(CONCURRENCY) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for key in chunk {
+            let (from, to, key) = (from.clone(), to.clone(), key.clone());
+            tasks.spawn(async move {
+                let result = compare_key(&from, &to, &key, tolerance).await;
+                (key, result)
+            });
+        }
+        while let Some(Ok((key, result))) = tasks.join_next().await {
+            migration.counters.verify_checked.increment(1);
+            migration.verify.checked.fetch_add(1, Relaxed);
+            match result {
+                Ok(None) => {
+                    differing.remove(&key);
+                }
+                Ok(Some(kind)) => {
+                    differing.insert(key, kind);
+                }
+                Err(_) => {
+                    // Unreachable right now: count it as a value difference to look at
+                    // again in the next round.
+                    differing.insert(key, Difference::Value);
+                }
+            }
+        }
+    }
+}
+
+/// Keys found on the mirror: those the authoritative side lacks are compared (and found
+/// extra unless they appeared meanwhile).
+async fn extra_batch(
+    migration: &Migration,
+    from: &Arc<Pool>,
+    to: &Arc<Pool>,
+    keys: Vec<Bytes>,
+    differing: &mut HashMap<Bytes, Difference>,
+) {
+    let mut absent = Vec::new();
+    for key in keys {
+        if differing.contains_key(&key) {
+            continue;
+        }
+        let mut exists = BytesMut::new();
+        encode::command(&mut exists, &[b"EXISTS".as_slice(), &key]);
+        let Some(route) = from.route(&key) else {
+            continue;
+        };
+        if let Ok(reply) = from
+            .request(route.server, route.connection, exists.freeze(), 1)
+            .await
+            && reply.as_ref() == b":0\r\n"
+        {
+            absent.push(key);
+        }
+    }
+    if !absent.is_empty() {
+        compare_batch(migration, from, to, absent, differing).await;
+    }
+}
+
+/// A key's state on one side: type, PTTL and DUMP payload, read atomically.
+#[derive(Debug, PartialEq)]
+struct KeyState {
+    /// `TYPE`'s answer ("none" when absent).
+    kind: String,
+    /// `PTTL`'s answer.
+    pttl: i64,
+    /// The DUMP payload.
+    payload: Option<Vec<u8>>,
+}
+
+/// How `key` differs between `from` and `to`, if it does.
+async fn compare_key(
+    from: &Pool,
+    to: &Pool,
+    key: &Bytes,
+    tolerance_ms: u64,
+) -> Result<Option<Difference>, String> {
+    let (a, b) = tokio::join!(key_state(from, key), key_state(to, key));
+    let (a, b) = (a?, b?);
+    if a.kind == "none" && b.kind == "none" {
+        return Ok(None);
+    }
+    if b.kind == "none" {
+        return Ok(Some(Difference::Missing));
+    }
+    if a.kind == "none" {
+        return Ok(Some(Difference::Extra));
+    }
+    if a.kind != b.kind {
+        return Ok(Some(Difference::Type));
+    }
+    if a.payload != b.payload && !same_value(from, to, key, &a.kind).await? {
+        return Ok(Some(Difference::Value));
+    }
+    let ttl_agrees = match (a.pttl, b.pttl) {
+        (x, y) if x < 0 || y < 0 => x == y,
+        (x, y) => x.abs_diff(y) <= tolerance_ms,
+    };
+    Ok((!ttl_agrees).then_some(Difference::Ttl))
+}
+
+/// Read `key`'s type, PTTL and DUMP on its server of `pool`, in one MULTI/EXEC.
+async fn key_state(pool: &Pool, key: &[u8]) -> Result<KeyState, String> {
+    let route = pool.route(key).ok_or("no live server")?;
+    let mut request = BytesMut::new();
+    encode::command(&mut request, &[b"MULTI".as_slice()]);
+    encode::command(&mut request, &[b"TYPE".as_slice(), key]);
+    encode::command(&mut request, &[b"PTTL".as_slice(), key]);
+    encode::command(&mut request, &[b"DUMP".as_slice(), key]);
+    encode::command(&mut request, &[b"EXEC".as_slice()]);
+    let exec = pool
+        .request(route.server, route.connection, request.freeze(), 5)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Ok(Some((OwnedFrame::Array(items), _))) = redis_protocol::resp2::decode::decode(&exec)
+    else {
+        return Err(String::from_utf8_lossy(&exec).into_owned());
+    };
+    match items.as_slice() {
+        [OwnedFrame::SimpleString(kind), OwnedFrame::Integer(pttl), payload] => Ok(KeyState {
+            kind: String::from_utf8_lossy(kind).into_owned(),
+            pttl: *pttl,
+            payload: match payload {
+                OwnedFrame::BulkString(p) => Some(p.clone()),
+                _ => None,
+            },
+        }),
+        _ => Err(String::from_utf8_lossy(&exec).into_owned()),
+    }
+}
+
+/// Whether `key` (of type `kind`) holds the same value on both sides although the DUMP
+/// payloads differ (another encoding of the same elements): compared by reading it whole,
+/// sets and hashes without order.
+async fn same_value(from: &Pool, to: &Pool, key: &[u8], kind: &str) -> Result<bool, String> {
+    let (words, compare): (Vec<&[u8]>, Compare) = match kind {
+        "string" => (vec![b"GET", key], Compare::Exact),
+        "list" => (vec![b"LRANGE", key, b"0", b"-1"], Compare::Exact),
+        "set" => (vec![b"SMEMBERS", key], Compare::Unordered),
+        "hash" => (vec![b"HGETALL", key], Compare::Pairs),
+        "zset" => (vec![b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"], Compare::Exact),
+        "stream" => (vec![b"XRANGE", key, b"-", b"+"], Compare::Exact),
+        _ => return Ok(false),
+    };
+    let mut request = BytesMut::new();
+    encode::command(&mut request, &words);
+    let request = request.freeze();
+    let (a, b) = tokio::join!(
+        read_on(from, key, request.clone()),
+        read_on(to, key, request)
+    );
+    Ok(shadow::agree(compare, &a?, &b?, 0))
+}
+
+/// Send `request` to the server of `pool` that owns `key`.
+async fn read_on(pool: &Pool, key: &[u8], request: Bytes) -> Result<Bytes, String> {
+    let route = pool.route(key).ok_or("no live server")?;
+    pool.request(route.server, route.connection, request, 1)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `text` fit for a JSON string.
+fn json_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| match c {
+            '"' => "\\\"".chars().collect::<Vec<_>>(),
+            '\\' => "\\\\".chars().collect(),
+            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect()
+}

@@ -1,0 +1,369 @@
+//! The last mile: shadow reads that catch a diverged target, verify (online and offline)
+//! for every kind of difference, and cutover, rollback and finalize under a live writer
+//! that counts its acknowledged INCRs, across a restart.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use serde_json::Value;
+use support::{Proxy, RedisServer, cutover_bin, http, redis_servers};
+
+fn config(source: &RedisServer, targets: &[RedisServer], extra: &str) -> String {
+    let mut text = format!(
+        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\n{extra}fleet:\n  redis: true\n  hash: fnv1a_64\n  servers:\n",
+        source.addr()
+    );
+    for t in targets {
+        text.push_str(&format!("   - {}:1\n", t.addr()));
+    }
+    text
+}
+
+fn fill(source: &RedisServer, n: u64) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    pipe.query::<()>(&mut source.client()).expect("fill");
+}
+
+/// The migration object of the first pool in `/status`.
+fn migration(proxy: &Proxy) -> Value {
+    let (code, body) = proxy.admin_get("/status");
+    assert_eq!(code, 200, "{body}");
+    let status: Value = serde_json::from_str(&body).expect("status JSON");
+    status["pools"][0]["migration"].clone()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The target server holding `key` (each key lives on exactly one).
+fn owner<'a>(targets: &'a [RedisServer], key: &str) -> &'a RedisServer {
+    targets
+        .iter()
+        .find(|t| t.client().exists::<_, bool>(key).unwrap_or(false))
+        .unwrap_or_else(|| panic!("no target holds {key}"))
+}
+
+/// Run a verify pass through the admin API and return its report.
+fn verify_online(proxy: &Proxy, query: &str) -> Value {
+    let (code, body) = http(proxy.admin_port, "POST", &format!("/verify{query}"));
+    assert_eq!(code, 202, "{body}");
+    wait_for("the verify pass", Duration::from_secs(60), || {
+        migration(proxy)["verify"]["running"] == false
+    });
+    migration(proxy)["verify"]["last"].clone()
+}
+
+#[test]
+fn a_diverged_target_is_caught_by_shadow_reads_and_repaired() {
+    let source = RedisServer::start();
+    let targets = redis_servers(2);
+    fill(&source, 300);
+    let cutover = Proxy::cutover(&config(&source, &targets, "    shadow_ratio: 1.0\n"));
+    cutover.wait_migration_drained(Duration::from_secs(30), 3);
+    let mut client = redis::Client::open(format!("redis://127.0.0.1:{}/", cutover.port))
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    // Reads of keys that agree: checked, no mismatch.
+    for i in 0..200 {
+        let value: String = client.get(format!("k{i}")).expect("GET");
+        assert_eq!(value, i.to_string());
+    }
+    wait_for("the checks", Duration::from_secs(10), || {
+        migration(&cutover)["shadow"]["checked"].as_u64() >= Some(150)
+    });
+    assert_eq!(migration(&cutover)["shadow"]["mismatches"], 0);
+
+    // Behind cutover's back: the target's copy of k7 changes.
+    let victim = owner(&targets, "k7");
+    let _: () = victim.client().set("k7", "wrong").expect("diverge");
+    let value: String = client.get("k7").expect("GET");
+    assert_eq!(value, "7", "clients are served by the source");
+    wait_for("the mismatch and its repair", Duration::from_secs(10), || {
+        let shadow = &migration(&cutover)["shadow"];
+        shadow["mismatches"] == 1
+            && shadow["repaired"] == 1
+            && victim.client().get::<_, String>("k7").ok().as_deref() == Some("7")
+    });
+    let metrics = cutover.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("cutover_shadow_mismatches_total{pool=\"legacy\",command=\"GET\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        cutover.log().contains("shadow read mismatch"),
+        "logged with the key: {}",
+        cutover.log()
+    );
+}
+
+#[test]
+fn verify_finds_every_kind_of_difference_offline_and_repairs_them() {
+    let source = RedisServer::start();
+    let targets = redis_servers(3);
+    fill(&source, 500);
+    let mut conn = source.client();
+    let _: () = conn.hset("h", "f", "1").expect("hash");
+    let _: () = conn.set("typed", "a string").expect("typed");
+    let _: () = conn.set("gone-from-source", "x").expect("extra");
+    let dir = tempfile::tempdir().expect("dir");
+    let conf = dir.path().join("fleet.yml");
+    let mut yaml = "fleet:\n  listen: 127.0.0.1:1\n  redis: true\n  hash: fnv1a_64\n  servers:\n"
+        .to_string();
+    for t in &targets {
+        yaml.push_str(&format!("   - {}:1\n", t.addr()));
+    }
+    std::fs::write(&conf, yaml).expect("config");
+    let conf = conf.to_string_lossy().into_owned();
+    let migrate = Command::new(cutover_bin())
+        .args(["migrate", "--from", &source.addr(), "--to", &conf])
+        .output()
+        .expect("cutover migrate");
+    assert!(migrate.status.success(), "{migrate:?}");
+    let verify = |extra: &[&str]| {
+        let from = source.addr();
+        let mut args = vec!["verify", "--from", &from, "--to", &conf];
+        args.extend_from_slice(extra);
+        let out = Command::new(cutover_bin())
+            .args(&args)
+            .output()
+            .expect("cutover verify");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, report) = verify(&[]);
+    assert!(ok, "equal after migrate: {report}");
+    assert!(report.contains(" 0 differences"), "{report}");
+
+    // One difference of each kind.
+    let _: () = owner(&targets, "k1").client().del("k1").expect("missing");
+    let _: () = conn.del("gone-from-source").expect("extra");
+    let typed = owner(&targets, "typed");
+    let _: () = typed.client().del("typed").expect("type");
+    let _: () = typed.client().rpush("typed", "x").expect("type");
+    let _: () = owner(&targets, "k2").client().set("k2", "other").expect("value");
+    let _: () = owner(&targets, "k3").client().expire("k3", 5000).expect("ttl");
+    // A key placed on a server that does not own it counts as extra too.
+    let wrong = targets
+        .iter()
+        .find(|t| !t.client().exists::<_, bool>("k4").unwrap_or(true))
+        .expect("a server without k4");
+    let _: () = wrong.client().set("k4", "4").expect("misplaced");
+
+    let (ok, report) = verify(&[]);
+    assert!(!ok, "differences make the exit status 1: {report}");
+    assert!(report.contains(" 6 differences"), "{report}");
+    for (kind, count, example) in [
+        ("missing", 1, "k1"),
+        ("extra", 2, "gone-from-source"),
+        ("type", 1, "typed"),
+        ("value", 1, "k2"),
+        ("ttl", 1, "k3"),
+    ] {
+        let line = report
+            .lines()
+            .find(|l| l.trim_start().starts_with(kind))
+            .unwrap_or_else(|| panic!("{kind} in {report}"));
+        assert!(
+            line.contains(&format!(" {count}  e.g.")) && line.contains(example),
+            "{line}"
+        );
+    }
+    let (ok, report) = verify(&["--repair"]);
+    assert!(ok, "{report}");
+    assert!(report.contains("6 repaired"), "{report}");
+    let (ok, report) = verify(&[]);
+    assert!(ok && report.contains(" 0 differences"), "{report}");
+    assert!(!wrong.client().exists::<_, bool>("k4").expect("exists"));
+}
+
+#[test]
+fn cutover_rollback_and_cutover_again_lose_no_acknowledged_write() {
+    let source = RedisServer::start();
+    let targets = redis_servers(3);
+    fill(&source, 3000);
+    let state = tempfile::tempdir().expect("state dir");
+    let extra = format!(
+        "    shadow_ratio: 0.2\n    state_file: {}\n",
+        state.path().join("legacy.state").display()
+    );
+    let conf = config(&source, &targets, &extra);
+    let mut cutover = Proxy::cutover(&conf);
+
+    // Refused, with reasons, before a verify pass.
+    cutover.wait_migration_drained(Duration::from_secs(30), 2);
+    let (code, body) = http(cutover.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("no verify pass has run"), "{body}");
+
+    // A writer counting acknowledged INCRs, and a reader, through the proxy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let port = cutover.port;
+    let writer = {
+        let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
+        std::thread::spawn(move || {
+            let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .expect("client")
+                .get_connection()
+                .expect("connect");
+            while !stop.load(SeqCst) {
+                match conn.incr::<_, _, i64>("counter", 1) {
+                    Ok(_) => acked.fetch_add(1, SeqCst),
+                    Err(_) => errors.fetch_add(1, SeqCst),
+                };
+                let _: redis::RedisResult<Option<String>> = conn.get("k5");
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let report = verify_online(&cutover, "");
+    assert_eq!(report["differences"], 0, "{report}");
+
+    let mut pauses = Vec::new();
+    for (path, phase) in [
+        ("/cutover", "cutover"),
+        ("/rollback", "migrating"),
+        ("/cutover", "cutover"),
+    ] {
+        let (code, body) = http(cutover.admin_port, "POST", path);
+        assert_eq!(code, 200, "{path}: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(answer["to"], phase, "{body}");
+        pauses.push(answer["pause_ms"].as_f64().expect("pause"));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    stop.store(true, SeqCst);
+    writer.join().expect("writer");
+    println!("flip pauses (ms): {pauses:?}");
+    wait_for("the lanes", Duration::from_secs(20), || {
+        let m = migration(&cutover);
+        m["mirror"]["queued"] == 0 && m["mirror"]["dirty"] == 0
+    });
+    let acked = acked.load(SeqCst);
+    assert!(acked > 100, "the writer ran: {acked}");
+    assert_eq!(errors.load(SeqCst), 0, "no client saw an error");
+    let on_source: u64 = source.client().get("counter").expect("source counter");
+    let on_target: u64 = owner(&targets, "counter")
+        .client()
+        .get("counter")
+        .expect("target counter");
+    assert_eq!(on_source, acked, "source");
+    assert_eq!(on_target, acked, "target");
+    let m = migration(&cutover);
+    assert_eq!(m["phase"], "cutover");
+    assert_eq!(m["authority"], "fleet");
+    assert!(m["cutover"]["last_pause_ms"].as_f64() > Some(0.0));
+    let metrics = cutover.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("cutover_migration_phase{pool=\"legacy\",phase=\"cutover\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cutover_cutover_pause_seconds_count{pool=\"legacy\"} 3"));
+
+    // The phase survives a restart: writes still go to the target and back to the source.
+    assert!(cutover.terminate(Duration::from_secs(10)), "clean stop");
+    let cutover = Proxy::cutover(&conf);
+    assert_eq!(migration(&cutover)["phase"], "cutover");
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}/", cutover.port))
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    let info: String = redis::cmd("INFO").query(&mut conn).expect("INFO");
+    assert!(info.contains("migration_phase:cutover"), "{info}");
+    let _: i64 = conn.incr("counter", 1).expect("INCR");
+    wait_for("the mirror to the source", Duration::from_secs(10), || {
+        source.client().get::<_, u64>("counter").ok() == Some(acked + 1)
+    });
+
+    // Finalize: the target alone; the source is no longer written.
+    let (code, body) = http(cutover.admin_port, "POST", "/finalize");
+    assert_eq!(code, 200, "{body}");
+    let _: i64 = conn.incr("counter", 1).expect("INCR");
+    let on_target: u64 = owner(&targets, "counter")
+        .client()
+        .get("counter")
+        .expect("target");
+    assert_eq!(on_target, acked + 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let on_source: u64 = source.client().get("counter").expect("source");
+    assert_eq!(on_source, acked + 1, "not mirrored after finalize");
+    let (code, body) = http(cutover.admin_port, "POST", "/rollback");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("after finalize"), "{body}");
+}
+
+#[test]
+fn ctl_prints_status_refusals_and_flips() {
+    let source = RedisServer::start();
+    let targets = redis_servers(2);
+    fill(&source, 200);
+    let cutover = Proxy::cutover_with(
+        &config(&source, &targets, ""),
+        &["--admin-token", "sesame"],
+    );
+    let admin = format!("127.0.0.1:{}", cutover.admin_port);
+    let ctl = |args: &[&str], token: Option<&str>| {
+        let mut command = Command::new(cutover_bin());
+        command.args(["ctl", "--admin", &admin]).args(args);
+        command.env_remove("CUTOVER_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.env("CUTOVER_ADMIN_TOKEN", token);
+        }
+        let out = command.output().expect("cutover ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    cutover.wait_migration_drained(Duration::from_secs(30), 2);
+    let (ok, out, err) = ctl(&["status"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("legacy -> fleet   phase: migrating"), "{out}");
+    assert!(out.contains("100.0%"), "{out}");
+    assert!(out.contains("verify   not run yet"), "{out}");
+
+    let (ok, _, err) = ctl(&["cutover"], None);
+    assert!(!ok);
+    assert!(err.contains("needs a token"), "{err}");
+    let (ok, _, err) = ctl(&["cutover"], Some("sesame"));
+    assert!(!ok);
+    assert!(err.contains("not ready") && err.contains("cutover ctl verify"), "{err}");
+
+    let (ok, out, err) = ctl(&["verify"], Some("sesame"));
+    assert!(ok, "{err}");
+    assert!(out.contains("0 differences in 200 keys"), "{out}");
+    let (ok, out, err) = ctl(&["cutover"], Some("sesame"));
+    assert!(ok, "{err}");
+    assert!(out.contains("migrating -> cutover: requests held"), "{out}");
+    let (ok, out, _) = ctl(&["status"], None);
+    assert!(ok && out.contains("phase: cutover (clients served by fleet)"), "{out}");
+
+    let (ok, _, err) = Command::new(cutover_bin())
+        .args(["ctl", "--admin", "127.0.0.1:1", "status"])
+        .output()
+        .map(|o| {
+            (
+                o.status.success(),
+                (),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .expect("ctl");
+    assert!(!ok);
+    assert!(err.contains("cannot reach the admin API at 127.0.0.1:1"), "{err}");
+}

@@ -1,0 +1,129 @@
+//! `conf/grafana-dashboard.json` only queries metrics cutover exports: every `cutover_*`
+//! name in its queries is found in `/metrics` of a proxy that migrated, was verified and
+//! cut over.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use redis::Commands;
+use serde_json::Value;
+use support::{Proxy, RedisServer, http, redis_servers};
+
+/// Every `expr` in the dashboard, panels inside rows included.
+fn queries(panels: &[Value], out: &mut Vec<String>) {
+    for panel in panels {
+        if let Some(targets) = panel["targets"].as_array() {
+            for target in targets {
+                if let Some(expr) = target["expr"].as_str() {
+                    out.push(expr.to_string());
+                }
+            }
+        }
+        if let Some(inner) = panel["panels"].as_array() {
+            queries(inner, out);
+        }
+    }
+}
+
+/// The `cutover_*` metric names a query uses (histogram series named by their family).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("cutover_") {
+        let start = i + at;
+        let end = start
+            + bytes[start..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                .count();
+        let name = &expr[start..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| f.ends_with("_seconds")))
+            .unwrap_or(name);
+        names.insert(family.to_string());
+        i = end;
+    }
+    names
+}
+
+#[test]
+fn every_metric_the_dashboard_queries_is_exported() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/grafana-dashboard.json"
+    ))
+    .expect("dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("valid JSON");
+    let mut exprs = Vec::new();
+    queries(dashboard["panels"].as_array().expect("panels"), &mut exprs);
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    let wanted: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    for needed in [
+        "cutover_migration_phase",
+        "cutover_backfill_progress_ratio",
+        "cutover_mirror_lag_seconds",
+        "cutover_shadow_mismatches_total",
+        "cutover_verify_last_differences",
+        "cutover_cutover_pause_seconds",
+        "cutover_requests_total",
+        "cutover_request_duration_seconds",
+        "cutover_server_errors_total",
+    ] {
+        assert!(wanted.contains(needed), "the dashboard shows {needed}");
+    }
+
+    // A proxy that has done everything once: mirrored, shadow-checked, verified, flipped.
+    let source = RedisServer::start();
+    let targets = redis_servers(2);
+    let _: () = source.client().set("a", "1").expect("fill");
+    let mut config = format!(
+        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    shadow_ratio: 1.0\nfleet:\n  redis: true\n  servers:\n",
+        source.addr()
+    );
+    for t in &targets {
+        config.push_str(&format!("   - {}:1\n", t.addr()));
+    }
+    let proxy = Proxy::cutover(&config);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}/", proxy.port))
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    let _: () = conn.set("b", "2").expect("SET");
+    let _: String = conn.get("a").expect("GET");
+    assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
+    let mut flipped = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        let (code, _) = http(proxy.admin_port, "POST", "/cutover");
+        if code == 200 {
+            flipped = true;
+            break;
+        }
+    }
+    assert!(flipped, "cutover happened");
+    let metrics = proxy.admin_get("/metrics").1;
+    let exported: BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| f.ends_with("_seconds")))
+                .unwrap_or(name)
+        })
+        .collect();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !exported.contains(w.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "queried by the dashboard, not exported: {missing:?}\n{metrics}"
+    );
+}

@@ -6,13 +6,15 @@
 #     `cutover migrate`; print keys/s, MB/s and the ratio.
 #  2. Mirroring: redis-benchmark SET/GET (50 clients, pipeline 16) through cutover with
 #     mirroring off and on; print the ratio, and the mirror lag p50/p99 under that load.
+#  3. Cutover pause: under a moderate write load (redis-benchmark SET, 10 clients,
+#     pipeline 1), verify, then flip cutover/rollback 10 times each; print the pauses.
 #
-# Usage: benches/migration.sh [MB] [PARTS]      (defaults: 150, "backfill mirror")
+# Usage: benches/migration.sh [MB] [PARTS]      (defaults: 150, "backfill mirror pause")
 # Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3 with redis-py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-150}
-PARTS=${2:-backfill mirror}
+PARTS=${2:-backfill mirror pause}
 cargo build --release --quiet
 BIN=$PWD/target/release/cutover
 WORK=$(mktemp -d)
@@ -66,6 +68,7 @@ for _ in $(seq 1 1200); do curl -s "127.0.0.1:$ADMIN/status" | grep -q '"queued"
 bench() { redis-benchmark -h 127.0.0.1 -p "$1" -c 50 -n 200000 -r 100000 -P 16 -t set,get --csv 2>/dev/null | awk -F'","' '/^"SET"/{s=$2} /^"GET"/{g=$2} END{printf "%d %d\n", s, g}'; }
 # Medians of 3 rounds, the two proxies taking turns.
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+if [[ $PARTS == *mirror* ]]; then
 : > "$WORK/mirror_runs"
 for _ in 1 2 3; do
   read -r off_set off_get < <(bench "$PLAIN")
@@ -93,3 +96,25 @@ def q(p):
     return float("nan")
 print("mirror lag under that load: p50 <= %.2f ms, p99 <= %.2f ms (%d writes mirrored; bucket upper bounds)" % (q(0.5), q(0.99), total))
 '
+fi
+
+# 3. Cutover pause under a moderate write load, on the mirror-on proxy (backfill done).
+if [[ $PARTS == *pause* ]]; then
+redis-benchmark -h 127.0.0.1 -p "$MIRROR" -c 10 -n 100000000 -r 100000 -t set -q >/dev/null 2>&1 & LOAD=$!; PIDS+=($LOAD)
+sleep 1
+curl -s -X POST "127.0.0.1:$ADMIN/verify" >/dev/null
+for _ in $(seq 1 600); do curl -s "127.0.0.1:$ADMIN/status" | grep -q '"running":false' && break; sleep 0.5; done
+: > "$WORK/pauses"
+for _ in $(seq 1 10); do
+  for call in cutover rollback; do
+    answer=$(curl -s -X POST "127.0.0.1:$ADMIN/$call")
+    pause=$(echo "$answer" | sed -n 's/.*"pause_ms":\([0-9.]*\).*/\1/p')
+    if [ -n "$pause" ]; then echo "$pause" >> "$WORK/pauses"; else echo "$call refused: $answer" | cut -c1-400 >&2; fi
+    sleep 0.5
+  done
+done
+kill "$LOAD" 2>/dev/null || true
+N=$(wc -l < "$WORK/pauses")
+printf '\ncutover/rollback pause under a moderate SET load (%d flips, ms): median %s, max %s\n' "$N" \
+  "$(median < "$WORK/pauses")" "$(sort -n "$WORK/pauses" | tail -1)"
+fi

@@ -92,12 +92,16 @@ fn a_diverged_target_is_caught_by_shadow_reads_and_repaired() {
     let _: () = victim.client().set("k7", "wrong").expect("diverge");
     let value: String = client.get("k7").expect("GET");
     assert_eq!(value, "7", "clients are served by the source");
-    wait_for("the mismatch and its repair", Duration::from_secs(10), || {
-        let shadow = &migration(&cutover)["shadow"];
-        shadow["mismatches"] == 1
-            && shadow["repaired"] == 1
-            && victim.client().get::<_, String>("k7").ok().as_deref() == Some("7")
-    });
+    wait_for(
+        "the mismatch and its repair",
+        Duration::from_secs(10),
+        || {
+            let shadow = &migration(&cutover)["shadow"];
+            shadow["mismatches"] == 1
+                && shadow["repaired"] == 1
+                && victim.client().get::<_, String>("k7").ok().as_deref() == Some("7")
+        },
+    );
     let metrics = cutover.admin_get("/metrics").1;
     assert!(
         metrics.contains("cutover_shadow_mismatches_total{pool=\"legacy\",command=\"GET\"} 1"),
@@ -121,8 +125,8 @@ fn verify_finds_every_kind_of_difference_offline_and_repairs_them() {
     let _: () = conn.set("gone-from-source", "x").expect("extra");
     let dir = tempfile::tempdir().expect("dir");
     let conf = dir.path().join("fleet.yml");
-    let mut yaml = "fleet:\n  listen: 127.0.0.1:1\n  redis: true\n  hash: fnv1a_64\n  servers:\n"
-        .to_string();
+    let mut yaml =
+        "fleet:\n  listen: 127.0.0.1:1\n  redis: true\n  hash: fnv1a_64\n  servers:\n".to_string();
     for t in &targets {
         yaml.push_str(&format!("   - {}:1\n", t.addr()));
     }
@@ -141,7 +145,10 @@ fn verify_finds_every_kind_of_difference_offline_and_repairs_them() {
             .args(&args)
             .output()
             .expect("cutover verify");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let (ok, report) = verify(&[]);
     assert!(ok, "equal after migrate: {report}");
@@ -153,8 +160,14 @@ fn verify_finds_every_kind_of_difference_offline_and_repairs_them() {
     let typed = owner(&targets, "typed");
     let _: () = typed.client().del("typed").expect("type");
     let _: () = typed.client().rpush("typed", "x").expect("type");
-    let _: () = owner(&targets, "k2").client().set("k2", "other").expect("value");
-    let _: () = owner(&targets, "k3").client().expire("k3", 5000).expect("ttl");
+    let _: () = owner(&targets, "k2")
+        .client()
+        .set("k2", "other")
+        .expect("value");
+    let _: () = owner(&targets, "k3")
+        .client()
+        .expire("k3", 5000)
+        .expect("ttl");
     // A key placed on a server that does not own it counts as extra too.
     let wrong = targets
         .iter()
@@ -311,10 +324,7 @@ fn ctl_prints_status_refusals_and_flips() {
     let source = RedisServer::start();
     let targets = redis_servers(2);
     fill(&source, 200);
-    let cutover = Proxy::cutover_with(
-        &config(&source, &targets, ""),
-        &["--admin-token", "sesame"],
-    );
+    let cutover = Proxy::cutover_with(&config(&source, &targets, ""), &["--admin-token", "sesame"]);
     let admin = format!("127.0.0.1:{}", cutover.admin_port);
     let ctl = |args: &[&str], token: Option<&str>| {
         let mut command = Command::new(cutover_bin());
@@ -342,7 +352,10 @@ fn ctl_prints_status_refusals_and_flips() {
     assert!(err.contains("needs a token"), "{err}");
     let (ok, _, err) = ctl(&["cutover"], Some("sesame"));
     assert!(!ok);
-    assert!(err.contains("not ready") && err.contains("cutover ctl verify"), "{err}");
+    assert!(
+        err.contains("not ready") && err.contains("cutover ctl verify"),
+        "{err}"
+    );
 
     let (ok, out, err) = ctl(&["verify"], Some("sesame"));
     assert!(ok, "{err}");
@@ -351,7 +364,10 @@ fn ctl_prints_status_refusals_and_flips() {
     assert!(ok, "{err}");
     assert!(out.contains("migrating -> cutover: requests held"), "{out}");
     let (ok, out, _) = ctl(&["status"], None);
-    assert!(ok && out.contains("phase: cutover (clients served by fleet)"), "{out}");
+    assert!(
+        ok && out.contains("phase: cutover (clients served by fleet)"),
+        "{out}"
+    );
 
     let (ok, _, err) = Command::new(cutover_bin())
         .args(["ctl", "--admin", "127.0.0.1:1", "status"])
@@ -365,5 +381,8 @@ fn ctl_prints_status_refusals_and_flips() {
         })
         .expect("ctl");
     assert!(!ok);
-    assert!(err.contains("cannot reach the admin API at 127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("cannot reach the admin API at 127.0.0.1:1"),
+        "{err}"
+    );
 }

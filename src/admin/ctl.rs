@@ -58,7 +58,9 @@ pub struct CtlOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     /// The admin API cannot be reached.
-    #[error("cannot reach the admin API at {admin}: {reason}. Is cutover running, with --admin {admin}? (use `cutover ctl --admin HOST:PORT`)")]
+    #[error(
+        "cannot reach the admin API at {admin}: {reason}. Is cutover running, with --admin {admin}? (use `cutover ctl --admin HOST:PORT`)"
+    )]
     Unreachable {
         /// The address tried.
         admin: String,
@@ -94,13 +96,19 @@ pub fn run(options: &CtlOptions, command: &CtlCommand) -> Result<String, CtlErro
     let force = |f: bool| if f { "force=true" } else { "" };
     match command {
         CtlCommand::Status => Ok(summary(&call(options, "GET", "/status")?)),
-        CtlCommand::Cutover { force: f } => {
-            flipped(call(options, "POST", &format!("/cutover{}", query(&[force(*f)])))?)
+        CtlCommand::Cutover { force: f } => flipped(call(
+            options,
+            "POST",
+            &format!("/cutover{}", query(&[force(*f)])),
+        )?),
+        CtlCommand::Rollback { force: f } => flipped(call(
+            options,
+            "POST",
+            &format!("/rollback{}", query(&[force(*f)])),
+        )?),
+        CtlCommand::Finalize => {
+            flipped(call(options, "POST", &format!("/finalize{}", query(&[])))?)
         }
-        CtlCommand::Rollback { force: f } => {
-            flipped(call(options, "POST", &format!("/rollback{}", query(&[force(*f)])))?)
-        }
-        CtlCommand::Finalize => flipped(call(options, "POST", &format!("/finalize{}", query(&[])))?),
         CtlCommand::Pause => Ok(summary(&call(
             options,
             "POST",
@@ -124,6 +132,8 @@ pub fn run(options: &CtlOptions, command: &CtlCommand) -> Result<String, CtlErro
 
 /// Poll `/status` until the verify pass ends, showing keys checked, then print its report.
 fn follow_verify(options: &CtlOptions) -> Result<String, CtlError> {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
     loop {
         std::thread::sleep(Duration::from_millis(300));
         let status = call(options, "GET", "/status")?;
@@ -137,13 +147,17 @@ fn follow_verify(options: &CtlOptions) -> Result<String, CtlError> {
         };
         let verify = &migration["verify"];
         if verify["running"].as_bool() == Some(true) {
-            eprint!(
-                "\rverify: {} keys checked",
-                verify["checked"].as_u64().unwrap_or(0)
-            );
+            if terminal {
+                eprint!(
+                    "\rverify: {} keys checked",
+                    verify["checked"].as_u64().unwrap_or(0)
+                );
+            }
             continue;
         }
-        eprintln!();
+        if terminal {
+            eprintln!();
+        }
         return Ok(verify_text(&verify["last"]));
     }
 }
@@ -182,8 +196,12 @@ fn call(options: &CtlOptions, method: &str, path: &str) -> Result<Value, CtlErro
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| CtlError::Garbled(head.chars().take(200).collect()))?;
-    let json: Value = serde_json::from_str(body)
-        .map_err(|e| CtlError::Garbled(format!("{e}: {}", body.chars().take(200).collect::<String>())))?;
+    let json: Value = serde_json::from_str(body).map_err(|e| {
+        CtlError::Garbled(format!(
+            "{e}: {}",
+            body.chars().take(200).collect::<String>()
+        ))
+    })?;
     match status {
         200..=299 => Ok(json),
         401 => Err(CtlError::Refused(
@@ -335,7 +353,7 @@ fn verify_text(report: &Value) -> String {
         return "verify   no result\n".into();
     }
     let mut out = format!(
-        "verify   {} differences in {} keys ({} rounds, {:.1} s){}\n",
+        "verify   {} differences in {} keys (rounds: {}, {:.1} s){}\n",
         report["differences"].as_u64().unwrap_or(0),
         report["checked"].as_u64().unwrap_or(0),
         report["rounds"].as_u64().unwrap_or(0),

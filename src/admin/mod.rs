@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 
 pub use http::{HttpRequest, HttpResponse};
 
-use crate::migrate::{FlipError, Flipped};
-use crate::migrate::verify::{self, VerifyOptions};
 use crate::migrate::Migration;
+use crate::migrate::verify::{self, VerifyOptions};
+use crate::migrate::{FlipError, Flipped};
 use crate::proxy::Pool;
 
 /// Histogram buckets for every `_seconds` histogram: 50 µs to 10 s.
@@ -120,13 +120,18 @@ impl Admin {
                 .await
             }
             ("POST", "/finalize") => {
-                self.flip(&request.query, "finalize", |m| async move { m.finalize().await })
-                    .await
+                self.flip(
+                    &request.query,
+                    "finalize",
+                    |m| async move { m.finalize().await },
+                )
+                .await
             }
             ("POST", "/verify") => {
                 let options = VerifyOptions {
                     repair: query_flag(&request.query, "repair"),
-                    rounds: query_number(&request.query, "rounds").map_or(3, |r| r.clamp(1, 20) as u32),
+                    rounds: query_number(&request.query, "rounds")
+                        .map_or(3, |r| r.clamp(1, 20) as u32),
                     ..VerifyOptions::default()
                 };
                 let Some(migration) = self.migration(&request.query) else {
@@ -135,7 +140,13 @@ impl Admin {
                 if !verify::start(&migration, options) {
                     return HttpResponse::json(409, "{\"error\":\"a verify pass is already running; wait for its result in /status\"}".into());
                 }
-                HttpResponse::json(202, format!("{{\"started\":true,\"status\":{}}}", migration.status_json()))
+                HttpResponse::json(
+                    202,
+                    format!(
+                        "{{\"started\":true,\"status\":{}}}",
+                        migration.status_json()
+                    ),
+                )
             }
             (_, "/metrics" | "/status") => {
                 HttpResponse::json(405, "{\"error\":\"use GET\"}".into())
@@ -254,11 +265,10 @@ impl Admin {
                 )
             })
             .collect();
-        let phase = self
-            .pools
-            .iter()
-            .find_map(|p| p.migration())
-            .map_or_else(|| "null".to_string(), |m| format!("\"{}\"", m.phase().name()));
+        let phase = self.pools.iter().find_map(|p| p.migration()).map_or_else(
+            || "null".to_string(),
+            |m| format!("\"{}\"", m.phase().name()),
+        );
         format!(
             "{{\"version\":\"{}\",\"phase\":{phase},\"pools\":[{}]}}\n",
             env!("CARGO_PKG_VERSION"),

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Migration;
 use super::lane::LaneEvent;
 use super::phase::Phase;
-use super::Migration;
 
 /// Longest a flip waits for in-flight requests and lanes before giving up (the gate then
 /// opens again and nothing changes).
@@ -86,7 +86,7 @@ impl Migration {
         }
         if !lanes_idle {
             reasons.push(format!(
-                "the lanes are not empty ({} events queued); the target is not keeping up",
+                "the lanes did not empty ({} events queued); the target is not keeping up",
                 self.backlog().0
             ));
         }
@@ -111,11 +111,7 @@ impl Migration {
         let _flipping = self.flip_lock.lock().await;
         let phase = self.phase();
         if phase != Phase::Migrating {
-            return Err(self.wrong_phase(
-                "cut over",
-                phase,
-                " (rollback returns to 'migrating')",
-            ));
+            return Err(self.wrong_phase("cut over", phase, " (rollback returns to 'migrating')"));
         }
         let blockers = self.cutover_blockers().await;
         if !blockers.is_empty() {
@@ -188,8 +184,7 @@ impl Migration {
         }
         self.gate.open();
         let pause = started.elapsed();
-        self.last_pause_us
-            .store(pause.as_micros() as u64, Relaxed);
+        self.last_pause_us.store(pause.as_micros() as u64, Relaxed);
         self.counters.pause.record(pause.as_secs_f64());
         self.counters.flips[Phase::ALL.iter().position(|p| *p == to).unwrap_or(0)].increment(1);
         self.counters.set_phase(to);

@@ -86,7 +86,11 @@ mod tests {
         // 3 ms falls in the bucket up to 4.096 ms.
         assert_eq!(lag.quantile_ms(0.99), 4.096);
         lag.rotate();
-        assert_eq!(lag.quantile_ms(0.99), 4.096, "the previous window still counts");
+        assert_eq!(
+            lag.quantile_ms(0.99),
+            4.096,
+            "the previous window still counts"
+        );
         lag.rotate();
         assert_eq!(lag.quantile_ms(0.99), 0.0, "two rotations forget it");
     }

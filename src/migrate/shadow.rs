@@ -156,7 +156,10 @@ mod tests {
         let b = b"*4\r\n$1\r\ng\r\n$1\r\n2\r\n$1\r\nf\r\n$1\r\n1\r\n";
         let swapped = b"*4\r\n$1\r\nf\r\n$1\r\n2\r\n$1\r\ng\r\n$1\r\n1\r\n";
         assert!(agree(Compare::Pairs, a, b, 0));
-        assert!(!agree(Compare::Pairs, a, swapped, 0), "values moved to other fields");
+        assert!(
+            !agree(Compare::Pairs, a, swapped, 0),
+            "values moved to other fields"
+        );
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub async fn checkpoints(migration: Arc<Migration>) {
         save(&migration, false);
         migration.publish_progress();
         ticks += 1;
-        if ticks % LAG_WINDOW_TICKS == 0 {
+        if ticks.is_multiple_of(LAG_WINDOW_TICKS) {
             migration.lag.rotate();
         }
         tokio::time::sleep(CHECKPOINT_INTERVAL).await;

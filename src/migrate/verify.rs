@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;
 
+use super::Migration;
 use super::counters::DIFFERENCE_KINDS;
 use super::lane::LaneEvent;
 use super::shadow::{self, Compare};
-use super::Migration;
 use crate::proxy::Pool;
 use crate::resp::encode;
 
@@ -71,6 +71,18 @@ impl Difference {
     }
 }
 
+/// A key found different in a round.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    /// How it differs.
+    kind: Difference,
+    /// A digest of the authoritative side's type and value when it was read.
+    source: u64,
+    /// Whether the authoritative side was the same in the round before: the difference
+    /// is not a write in flight.
+    stable: bool,
+}
+
 /// What a verify pass found.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
@@ -82,6 +94,10 @@ pub struct VerifyReport {
     pub examples: [Vec<String>; 5],
     /// Keys that differed in the first round but not later (they were changing).
     pub settled: u64,
+    /// Keys that still differed in the last round but were written between every two
+    /// rounds (a write in flight each time): not counted as differences; the mirror and
+    /// shadow reads cover them, and a later pass settles them.
+    pub changing: u64,
     /// Keys copied again (with repair).
     pub repaired: u64,
     /// Rounds run.
@@ -119,12 +135,13 @@ impl VerifyReport {
             })
             .collect();
         format!(
-            "{{\"checked\":{},\"differences\":{},\"by_kind\":{{{}}},\"examples\":{{{}}},\"settled\":{},\"repaired\":{},\"repair\":{},\"rounds\":{},\"seconds\":{:.3},\"finished_at\":{}}}",
+            "{{\"checked\":{},\"differences\":{},\"by_kind\":{{{}}},\"examples\":{{{}}},\"settled\":{},\"changing\":{},\"repaired\":{},\"repair\":{},\"rounds\":{},\"seconds\":{:.3},\"finished_at\":{}}}",
             self.checked,
             self.differences(),
             kinds.join(","),
             examples.join(","),
             self.settled,
+            self.changing,
             self.repaired,
             self.repair,
             self.rounds,
@@ -142,6 +159,12 @@ impl VerifyReport {
             self.rounds,
             self.differences()
         );
+        if self.changing > 0 {
+            out.push_str(&format!(
+                " ({} keys were being written in every round and are not counted)",
+                self.changing
+            ));
+        }
         if self.settled > 0 {
             out.push_str(&format!(
                 " ({} keys differed only while changing)",
@@ -230,7 +253,7 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
     migration.counters.verify_runs.increment(1);
     let from = migration.copy_from().clone();
     let to = migration.mirror_to().clone();
-    let mut differing: HashMap<Bytes, Difference> = HashMap::new();
+    let mut differing: HashMap<Bytes, Found> = HashMap::new();
     // Keys on a mirror server that does not own them (nothing reads them there).
     let mut misplaced: Vec<(Bytes, usize)> = Vec::new();
     // Round 1: every key of the authoritative side, then every key of the mirror that the
@@ -261,19 +284,33 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
     while rounds < options.rounds.max(1) && !differing.is_empty() {
         tokio::time::sleep(ROUND_PAUSE).await;
         let keys: Vec<Bytes> = differing.keys().cloned().collect();
-        let mut still = HashMap::new();
+        let mut still: HashMap<Bytes, Found> = HashMap::new();
         compare_batch(migration, &from, &to, keys, &mut still).await;
+        for (key, found) in still.iter_mut() {
+            found.stable = differing.get(key).is_some_and(|p| p.source == found.source);
+        }
         differing = still;
         rounds += 1;
     }
+    // With a single round nothing can be told apart from a write in flight: count all.
+    let changing: Vec<Bytes> = differing
+        .iter()
+        .filter(|(_, f)| !f.stable && rounds > 1)
+        .map(|(k, _)| k.clone())
+        .collect();
     let mut report = VerifyReport {
         checked,
         settled: first_round - differing.len() as u64,
+        changing: changing.len() as u64,
         rounds,
         repair: options.repair,
         ..VerifyReport::default()
     };
-    let mut keys: Vec<(&Bytes, &Difference)> = differing.iter().collect();
+    let mut keys: Vec<(&Bytes, &Difference)> = differing
+        .iter()
+        .filter(|(_, f)| f.stable || rounds == 1)
+        .map(|(k, f)| (k, &f.kind))
+        .collect();
     keys.extend(misplaced.iter().map(|(key, _)| (key, &Difference::Extra)));
     keys.sort_by(|a, b| a.0.cmp(b.0));
     for (key, kind) in keys {
@@ -353,7 +390,7 @@ async fn compare_batch(
     from: &Arc<Pool>,
     to: &Arc<Pool>,
     keys: Vec<Bytes>,
-    differing: &mut HashMap<Bytes, Difference>,
+    differing: &mut HashMap<Bytes, Found>,
 ) {
     let tolerance = migration.settings.ttl_tolerance_ms;
     for chunk in keys.chunks(CONCURRENCY) {
@@ -372,13 +409,27 @@ async fn compare_batch(
                 Ok(None) => {
                     differing.remove(&key);
                 }
-                Ok(Some(kind)) => {
-                    differing.insert(key, kind);
+                Ok(Some((kind, source))) => {
+                    differing.insert(
+                        key,
+                        Found {
+                            kind,
+                            source,
+                            stable: false,
+                        },
+                    );
                 }
                 Err(_) => {
                     // Unreachable right now: count it as a value difference to look at
                     // again in the next round.
-                    differing.insert(key, Difference::Value);
+                    differing.insert(
+                        key,
+                        Found {
+                            kind: Difference::Value,
+                            source: 0,
+                            stable: false,
+                        },
+                    );
                 }
             }
         }
@@ -392,7 +443,7 @@ async fn extra_batch(
     from: &Arc<Pool>,
     to: &Arc<Pool>,
     keys: Vec<Bytes>,
-    differing: &mut HashMap<Bytes, Difference>,
+    differing: &mut HashMap<Bytes, Found>,
 ) {
     let mut absent = Vec::new();
     for key in keys {
@@ -428,15 +479,36 @@ struct KeyState {
     payload: Option<Vec<u8>>,
 }
 
-/// How `key` differs between `from` and `to`, if it does.
+/// How `key` differs between `from` and `to`, if it does, with a digest of the
+/// authoritative side's state (to tell a stable difference from a write in flight).
 async fn compare_key(
     from: &Pool,
     to: &Pool,
     key: &Bytes,
     tolerance_ms: u64,
-) -> Result<Option<Difference>, String> {
+) -> Result<Option<(Difference, u64)>, String> {
     let (a, b) = tokio::join!(key_state(from, key), key_state(to, key));
     let (a, b) = (a?, b?);
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&a.kind, &a.payload).hash(&mut hasher);
+        hasher.finish()
+    };
+    Ok(difference(from, to, key, &a, &b, tolerance_ms)
+        .await?
+        .map(|kind| (kind, digest)))
+}
+
+/// How the two states of `key` differ, if they do.
+async fn difference(
+    from: &Pool,
+    to: &Pool,
+    key: &Bytes,
+    a: &KeyState,
+    b: &KeyState,
+    tolerance_ms: u64,
+) -> Result<Option<Difference>, String> {
     if a.kind == "none" && b.kind == "none" {
         return Ok(None);
     }
@@ -477,7 +549,11 @@ async fn key_state(pool: &Pool, key: &[u8]) -> Result<KeyState, String> {
         return Err(String::from_utf8_lossy(&exec).into_owned());
     };
     match items.as_slice() {
-        [OwnedFrame::SimpleString(kind), OwnedFrame::Integer(pttl), payload] => Ok(KeyState {
+        [
+            OwnedFrame::SimpleString(kind),
+            OwnedFrame::Integer(pttl),
+            payload,
+        ] => Ok(KeyState {
             kind: String::from_utf8_lossy(kind).into_owned(),
             pttl: *pttl,
             payload: match payload {
@@ -498,7 +574,10 @@ async fn same_value(from: &Pool, to: &Pool, key: &[u8], kind: &str) -> Result<bo
         "list" => (vec![b"LRANGE", key, b"0", b"-1"], Compare::Exact),
         "set" => (vec![b"SMEMBERS", key], Compare::Unordered),
         "hash" => (vec![b"HGETALL", key], Compare::Pairs),
-        "zset" => (vec![b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"], Compare::Exact),
+        "zset" => (
+            vec![b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"],
+            Compare::Exact,
+        ),
         "stream" => (vec![b"XRANGE", key, b"-", b"+"], Compare::Exact),
         _ => return Ok(false),
     };

@@ -19,11 +19,11 @@ use tokio::time::Instant;
 
 use super::backend::{BackendError, BackendRequest, ReplyResult};
 use super::counters::ErrorKind;
+use super::counters::PoolCounters;
 use super::fragment::{self, MergeError, MergePlan};
 use super::local::{self, ClientState};
 use super::pool::{Pool, Route};
 use crate::command::{self, Access, ArgClass, CommandClass, CommandSpec, LocalCommand};
-use super::counters::PoolCounters;
 use crate::migrate::mirror::{self, MirrorHook, ShadowRead, WriteEffect};
 use crate::migrate::{Migration, Phase, shadow};
 use crate::resp::{Parsed, Protocol, Request, RequestLimits, RequestParser, encode};
@@ -424,15 +424,8 @@ impl Forwarding<'_> {
                         }
                         _ => None,
                     };
-                    let rx = send(
-                        pool,
-                        self.protocol,
-                        part.route,
-                        part.bytes,
-                        started,
-                        mirror,
-                    )
-                    .await;
+                    let rx =
+                        send(pool, self.protocol, part.route, part.bytes, started, mirror).await;
                     states.push(PartState::Waiting(rx));
                 }
                 self.pending.push_back(Pending::Split {
@@ -485,7 +478,8 @@ impl Forwarding<'_> {
     /// Queue `-ERR <reason>` for a request that could not be forwarded.
     fn failed(&mut self, error: BackendError) {
         self.counters.error(ErrorKind::Backend);
-        self.pending.push_back(Pending::Ready(error_bytes(&format!("ERR {error}"))));
+        self.pending
+            .push_back(Pending::Ready(error_bytes(&format!("ERR {error}"))));
     }
 }
 
@@ -604,7 +598,8 @@ fn render(pool: &Pool, result: ReplyResult) -> Bytes {
 
 /// A non-zero seed for a session's sampling, different for each session.
 fn sample_seed() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    static NEXT: std::sync::atomic::AtomicU64 =
+        std::sync::atomic::AtomicU64::new(0x9e37_79b9_7f4a_7c15);
     let n = NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -310,6 +310,10 @@ struct MigrateArgs {
     /// Copies in flight at once.
     #[arg(long, default_value_t = 64)]
     parallel: u32,
+    /// After the copy, compare source and target key by key (as `cutover verify`); the
+    /// exit status is 1 if they differ.
+    #[arg(long)]
+    verify: bool,
 }
 
 /// Run `cutover migrate`.
@@ -334,6 +338,7 @@ fn run_offline_migrate(args: MigrateArgs) -> ExitCode {
         checkpoint: args.checkpoint,
         parallel: args.parallel,
     };
+    let verify_after = args.verify.then(|| options.clone());
     match runtime.block_on(cutover::migrate::offline::run(options)) {
         Err(error) => fail(&error.to_string()),
         Ok(s) => {
@@ -350,7 +355,24 @@ fn run_offline_migrate(args: MigrateArgs) -> ExitCode {
                 "cutover migrate: skipped {} already copied by an earlier run; {} copied by type (DUMP payload refused by the target or over the copy limit); {} failed at first and were copied again",
                 s.skipped, s.rejected, s.retried
             );
-            ExitCode::SUCCESS
+            let Some(options) = verify_after else {
+                return ExitCode::SUCCESS;
+            };
+            let verify = cutover::migrate::verify::VerifyOptions {
+                scan_count: options.scan_count.max(1),
+                ..Default::default()
+            };
+            match runtime.block_on(cutover::migrate::offline::verify(options, verify)) {
+                Err(error) => fail(&error.to_string()),
+                Ok(report) => {
+                    print!("{}", report.text());
+                    if report.differences() > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+            }
         }
     }
 }

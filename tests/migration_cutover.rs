@@ -133,10 +133,22 @@ fn verify_finds_every_kind_of_difference_offline_and_repairs_them() {
     std::fs::write(&conf, yaml).expect("config");
     let conf = conf.to_string_lossy().into_owned();
     let migrate = Command::new(cutover_bin())
-        .args(["migrate", "--from", &source.addr(), "--to", &conf])
+        .args([
+            "migrate",
+            "--from",
+            &source.addr(),
+            "--to",
+            &conf,
+            "--verify",
+        ])
         .output()
         .expect("cutover migrate");
     assert!(migrate.status.success(), "{migrate:?}");
+    let printed = String::from_utf8_lossy(&migrate.stdout);
+    assert!(
+        printed.contains("verify: 503 keys checked") && printed.contains(" 0 differences"),
+        "migrate --verify reports: {printed}"
+    );
     let verify = |extra: &[&str]| {
         let from = source.addr();
         let mut args = vec!["verify", "--from", &from, "--to", &conf];

@@ -80,6 +80,16 @@ impl Proxy {
             // The migration is attached before the listener accepts anyone, so no write
             // reaches the source without being mirrored.
             if let Some(target) = config.migration_target(&pool_config) {
+                if pool_config
+                    .migration
+                    .as_ref()
+                    .is_some_and(|m| m.settings.state_file.is_none())
+                {
+                    tracing::warn!(
+                        pool = pool.name(),
+                        "no migrate.state_file: the backfill's progress and the phase will not survive a restart"
+                    );
+                }
                 pool.attach_migration(crate::migrate::Migration::start(
                     pool.clone(),
                     &pool_config,

@@ -14,7 +14,7 @@ use super::Migration;
 use super::copy::{self, CopyError};
 use super::known::KnownCopied;
 use super::mirror::{MirrorHook, ShadowRead};
-use super::shadow::{self, Compare};
+use super::shadow;
 use crate::resp::Protocol;
 
 /// Attempts for a target write before the key is marked dirty (rule 7).
@@ -65,22 +65,14 @@ pub enum LaneEvent {
     /// A sampled read the source answered: read the target now, after every earlier event
     /// of the key, and compare.
     Shadow {
-        /// The key.
-        key: Bytes,
+        /// The read: its key, how it is compared, protocol, command, first or confirming.
+        read: ShadowRead,
         /// The read's sequence number: only a copy taken before it may be compared.
         seq: u64,
         /// The request as the client sent it.
         request: Bytes,
         /// The source's reply.
         source_reply: Bytes,
-        /// How the replies are compared.
-        compare: Compare,
-        /// The client's protocol.
-        protocol: Protocol,
-        /// The command's name, for metrics.
-        command: &'static str,
-        /// Whether this is the confirming second read of a disagreement.
-        confirm: bool,
     },
     /// The backfill has scanned every source server and every copy it queued is ahead of
     /// this event (or authority has flipped, both sides being equal): the known-copied set
@@ -180,25 +172,12 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     }
                 }
                 LaneEvent::Shadow {
-                    key,
+                    read,
                     seq,
                     request,
                     source_reply,
-                    compare,
-                    protocol,
-                    command,
-                    confirm,
                 } => {
-                    let fp = migration.salt.fingerprint(&key);
-                    let check = ShadowCheck {
-                        key,
-                        request,
-                        source_reply,
-                        compare,
-                        protocol,
-                        command,
-                        confirm,
-                    };
+                    let fp = migration.salt.fingerprint(&read.key);
                     if !(dropped || known.contains(fp)) {
                         migration.counters.shadow_skip("not_copied");
                     } else if known.copied_at(fp).is_some_and(|at| at >= seq) {
@@ -206,7 +185,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     } else if migration.backlog().1 > 0 {
                         migration.counters.shadow_skip("dirty");
                     } else {
-                        shadow_check(&migration, &mut known, check).await;
+                        shadow_check(&migration, &mut known, read, request, source_reply).await;
                     }
                 }
                 LaneEvent::DropKnown => {
@@ -313,24 +292,6 @@ async fn replay_batch(migration: &Migration, known: &mut KnownCopied, batch: Vec
     }
 }
 
-/// A sampled read to compare, taken from its lane event.
-struct ShadowCheck {
-    /// The key.
-    key: Bytes,
-    /// The request.
-    request: Bytes,
-    /// The source's reply.
-    source_reply: Bytes,
-    /// How replies are compared.
-    compare: Compare,
-    /// The client's protocol.
-    protocol: Protocol,
-    /// The command's name.
-    command: &'static str,
-    /// Whether this is the second read of a disagreement.
-    confirm: bool,
-}
-
 /// Shortest time between two mismatch log lines.
 const MISMATCH_LOG_EVERY: Duration = Duration::from_secs(1);
 /// When the last mismatch was logged (milliseconds since the first lane started).
@@ -342,9 +303,15 @@ static LAST_MISMATCH_LOG: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::
 /// connection (a multi-key write pinned to its first key) can make one read disagree
 /// without the target being wrong. A confirmed mismatch is counted, logged (at most once
 /// a second) and repaired by copying the key again.
-async fn shadow_check(migration: &Arc<Migration>, known: &mut KnownCopied, check: ShadowCheck) {
+async fn shadow_check(
+    migration: &Arc<Migration>,
+    known: &mut KnownCopied,
+    read: ShadowRead,
+    request: Bytes,
+    source_reply: Bytes,
+) {
     let reply = match migration
-        .to_submit(&check.key, check.request.clone(), check.protocol)
+        .to_submit(&read.key, request.clone(), read.protocol)
         .await
     {
         Ok(rx) => rx.await.unwrap_or(Err(crate::proxy::BackendError::Reset)),
@@ -354,10 +321,10 @@ async fn shadow_check(migration: &Arc<Migration>, known: &mut KnownCopied, check
         migration.counters.shadow_skip("unavailable");
         return;
     };
-    let counters = migration.counters.shadow.get(check.command);
+    let counters = migration.counters.shadow.get(read.command);
     let agree = shadow::agree(
-        check.compare,
-        &check.source_reply,
+        read.compare,
+        &source_reply,
         &reply,
         migration.settings.ttl_tolerance_ms,
     );
@@ -366,14 +333,14 @@ async fn shadow_check(migration: &Arc<Migration>, known: &mut KnownCopied, check
             c.checked.increment(1);
         }
         migration.totals.shadow_checked.fetch_add(1, Relaxed);
-        if check.confirm {
+        if read.confirm {
             migration.counters.shadow_unconfirmed.increment(1);
             migration.totals.shadow_unconfirmed.fetch_add(1, Relaxed);
         }
         return;
     }
-    if !check.confirm {
-        confirm_read(migration, check).await;
+    if !read.confirm {
+        confirm_read(migration, read, request).await;
         return;
     }
     if let Some(c) = counters {
@@ -392,37 +359,32 @@ async fn shadow_check(migration: &Arc<Migration>, known: &mut KnownCopied, check
     if log_now {
         tracing::warn!(
             pool = migration.source.name(),
-            command = check.command,
-            key = %String::from_utf8_lossy(&check.key),
-            source = %String::from_utf8_lossy(&check.source_reply[..check.source_reply.len().min(120)]).trim_end(),
+            command = read.command,
+            key = %String::from_utf8_lossy(&read.key),
+            source = %String::from_utf8_lossy(&source_reply[..source_reply.len().min(120)]).trim_end(),
             target = %String::from_utf8_lossy(&reply[..reply.len().min(120)]).trim_end(),
             "shadow read mismatch; copying the key again"
         );
     }
-    copy_with_retries(migration, known, &check.key, "shadow").await;
+    copy_with_retries(migration, known, &read.key, "shadow").await;
 }
 
 /// Send the same read again through the authoritative pool with a confirming shadow hook;
 /// its reply comes back into this lane behind every event queued meanwhile.
-async fn confirm_read(migration: &Arc<Migration>, check: ShadowCheck) {
+async fn confirm_read(migration: &Arc<Migration>, read: ShadowRead, request: Bytes) {
     let pool = migration.authority();
-    let Some(route) = pool.route(&check.key) else {
+    let Some(route) = pool.route(&read.key) else {
         migration.counters.shadow_skip("unavailable");
         return;
     };
-    let hook = MirrorHook::shadow(
-        migration.clone(),
-        ShadowRead {
-            key: check.key,
-            compare: check.compare,
-            protocol: check.protocol,
-            command: check.command,
-            confirm: true,
-        },
-        check.request.clone(),
-    );
+    let protocol = read.protocol;
+    let confirming = ShadowRead {
+        confirm: true,
+        ..read
+    };
+    let hook = MirrorHook::shadow(migration.clone(), confirming, request.clone());
     if pool
-        .submit_hooked(route, check.protocol, check.request, 1, Some(hook))
+        .submit_hooked(route, protocol, request, 1, Some(hook))
         .await
         .is_err()
     {

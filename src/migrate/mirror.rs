@@ -93,6 +93,7 @@ enum HookKind {
 }
 
 /// A sampled read to check against the target.
+#[derive(Clone)]
 pub struct ShadowRead {
     /// The key read.
     pub key: Bytes,
@@ -166,14 +167,10 @@ impl MirrorHook {
             HookKind::Shadow(read) => {
                 if !failed {
                     self.migration.enqueue(LaneEvent::Shadow {
-                        key: read.key.clone(),
+                        read: read.clone(),
                         seq: self.seq,
                         request,
                         source_reply: reply.clone(),
-                        compare: read.compare,
-                        protocol: read.protocol,
-                        command: read.command,
-                        confirm: read.confirm,
                     });
                 }
                 return;

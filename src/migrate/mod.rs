@@ -40,6 +40,7 @@ use crate::proxy::{BackendError, Pool};
 use crate::resp::Protocol;
 use dirty::DirtyKeys;
 use known::Salt;
+use mirror::ShadowRead;
 
 /// Mirror events queued above which `/status` says the lanes are behind.
 const STATUS_BACKLOG: u64 = 1000;
@@ -590,7 +591,10 @@ fn event_key(event: &LaneEvent) -> Option<&Bytes> {
     match event {
         LaneEvent::Write { key, .. }
         | LaneEvent::Copy { key, .. }
-        | LaneEvent::Shadow { key, .. } => Some(key),
+        | LaneEvent::Shadow {
+            read: ShadowRead { key, .. },
+            ..
+        } => Some(key),
         LaneEvent::DropKnown => None,
     }
 }

@@ -356,19 +356,25 @@ impl Forwarding<'_> {
         let mirror = migration.and_then(|m| {
             mirror_hook(m, spec, &request).or_else(|| self.shadow_hook(m, spec, &request))
         });
-        let rx = send(
-            pool,
-            self.protocol,
-            route,
-            request.bytes().clone(),
-            started,
-            mirror,
-        )
-        .await;
         let class = match spec.access {
             Access::Write(_) => CommandClass::Write,
             _ => spec.class_label(),
         };
+        self.forward(pool, route, request.bytes().clone(), started, mirror, class)
+            .await;
+    }
+
+    /// Send `bytes` on `route` of `pool` and owe the client its reply, timed as `class`.
+    async fn forward(
+        &mut self,
+        pool: &Pool,
+        route: Route,
+        bytes: Bytes,
+        started: Instant,
+        mirror: Option<MirrorHook>,
+        class: CommandClass,
+    ) {
+        let rx = send(pool, self.protocol, route, bytes, started, mirror).await;
         self.pending
             .push_back(Pending::Forward { rx, class, started });
     }
@@ -389,20 +395,9 @@ impl Forwarding<'_> {
                     return self.failed(BackendError::Refused);
                 };
                 let mirror = migration.and_then(|m| mirror_hook(m, spec, request));
-                let rx = send(
-                    pool,
-                    self.protocol,
-                    route,
-                    request.bytes().clone(),
-                    started,
-                    mirror,
-                )
-                .await;
-                self.pending.push_back(Pending::Forward {
-                    rx,
-                    class: CommandClass::Split,
-                    started,
-                });
+                let bytes = request.bytes().clone();
+                self.forward(pool, route, bytes, started, mirror, CommandClass::Split)
+                    .await;
             }
             Ok(Some((parts, plan))) => {
                 let mut states = Vec::with_capacity(parts.len());

@@ -247,16 +247,9 @@ fn run_ctl(args: CtlArgs) -> ExitCode {
 
 /// Run `cutover verify`.
 fn run_offline_verify(args: VerifyArgs) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(std::io::stderr)
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match offline_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     let options = cutover::migrate::offline::OfflineOptions {
         from: args.from,
@@ -272,11 +265,32 @@ fn run_offline_verify(args: VerifyArgs) -> ExitCode {
         rounds: args.rounds.max(1),
         scan_count: args.scan_count.max(1),
     };
+    run_verify(&runtime, options, verify)
+}
+
+/// Logging to standard error and a runtime, for the offline jobs.
+fn offline_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(&format!("cannot start the runtime: {e}")))
+}
+
+/// Run an offline verify pass and print its report; differences left unrepaired make the
+/// exit status 1, for scripts.
+fn run_verify(
+    runtime: &tokio::runtime::Runtime,
+    options: cutover::migrate::offline::OfflineOptions,
+    verify: cutover::migrate::verify::VerifyOptions,
+) -> ExitCode {
     match runtime.block_on(cutover::migrate::offline::verify(options, verify)) {
         Err(error) => fail(&error.to_string()),
         Ok(report) => {
             print!("{}", report.text());
-            // Differences left unrepaired make the exit status 1, for scripts.
             if report.differences() > 0 && !report.repair {
                 ExitCode::FAILURE
             } else {
@@ -318,16 +332,9 @@ struct MigrateArgs {
 
 /// Run `cutover migrate`.
 fn run_offline_migrate(args: MigrateArgs) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(std::io::stderr)
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match offline_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     let options = cutover::migrate::offline::OfflineOptions {
         from: args.from,
@@ -362,17 +369,7 @@ fn run_offline_migrate(args: MigrateArgs) -> ExitCode {
                 scan_count: options.scan_count.max(1),
                 ..Default::default()
             };
-            match runtime.block_on(cutover::migrate::offline::verify(options, verify)) {
-                Err(error) => fail(&error.to_string()),
-                Ok(report) => {
-                    print!("{}", report.text());
-                    if report.differences() > 0 {
-                        ExitCode::FAILURE
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-            }
+            run_verify(&runtime, options, verify)
         }
     }
 }

@@ -12,6 +12,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::Migration;
 use super::lane::LaneEvent;
+use crate::proxy::Pool;
 use crate::resp::encode;
 
 /// Wait between attempts when a source server cannot be scanned.
@@ -22,7 +23,7 @@ pub async fn run(migration: Arc<Migration>) {
     migration.counters.set_state("running");
     let mut total = 0;
     for server in 0..migration.copy_source.servers.len() {
-        total += dbsize(&migration, server).await.unwrap_or(0);
+        total += dbsize(&migration.copy_source, server).await.unwrap_or(0);
     }
     migration.total_keys.store(total, Relaxed);
     let scans: Vec<_> = (0..migration.copy_source.servers.len())
@@ -119,20 +120,17 @@ async fn scan_server(migration: Arc<Migration>, server: usize) {
     }
 }
 
-/// The number of keys on source server `server` (for progress and ETA).
-async fn dbsize(migration: &Migration, server: usize) -> Option<u64> {
+/// The number of keys on server `server` of `pool` (for progress and ETA), or why not.
+pub(super) async fn dbsize(pool: &Pool, server: usize) -> Result<u64, String> {
     let mut request = BytesMut::new();
     encode::command(&mut request, &[b"DBSIZE".as_slice()]);
-    let reply = migration
-        .copy_source
+    let reply = pool
         .request(server, 0, request.freeze(), 1)
         .await
-        .ok()?;
-    std::str::from_utf8(reply.strip_prefix(b":")?)
-        .ok()?
-        .trim_end()
-        .parse()
-        .ok()
+        .map_err(|e| e.to_string())?;
+    crate::resp::integer(&reply)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| String::from_utf8_lossy(&reply).trim().to_string())
 }
 
 /// Sleep as long as needed to keep under the keys-per-second and bytes-per-second limits

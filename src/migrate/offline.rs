@@ -8,12 +8,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-
 use super::Migration;
 use crate::config::{Config, MigrateSettings, Migration as MigrationConfig, PoolConfig};
 use crate::proxy::Pool;
-use crate::resp::encode;
 
 /// What `cutover migrate` was asked to do.
 #[derive(Debug, Clone)]
@@ -135,10 +132,12 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
     let source = source_pool(&options, &target)?;
     let started = Instant::now();
     let pool = Pool::start(source.clone());
-    let total = dbsize(&pool).await.map_err(|reason| OfflineError::Source {
-        from: options.from.clone(),
-        reason,
-    })?;
+    let total = super::backfill::dbsize(&pool, 0)
+        .await
+        .map_err(|reason| OfflineError::Source {
+            from: options.from.clone(),
+            reason,
+        })?;
     let migration = Migration::start(pool, &source, &target);
     let terminal = std::io::stderr().is_terminal();
     let every = if terminal {
@@ -174,20 +173,6 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
     })
 }
 
-/// The source's key count, for progress and ETA.
-async fn dbsize(pool: &Pool) -> Result<u64, String> {
-    let mut request = BytesMut::new();
-    encode::command(&mut request, &[b"DBSIZE".as_slice()]);
-    let reply = pool
-        .request(0, 0, request.freeze(), 1)
-        .await
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&reply);
-    text.strip_prefix(':')
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| text.trim().to_string())
-}
-
 /// One progress report: keys, bytes, rate, ETA.
 fn print_progress(migration: &Migration, total: u64, started: Instant, terminal: bool) {
     let t = &migration.totals;
@@ -216,10 +201,12 @@ pub async fn verify(
     let target = target_pool(&options.to)?;
     let source = source_pool(&options, &target)?;
     let pool = Pool::start(source.clone());
-    let total = dbsize(&pool).await.map_err(|reason| OfflineError::Source {
-        from: options.from.clone(),
-        reason,
-    })?;
+    let total = super::backfill::dbsize(&pool, 0)
+        .await
+        .map_err(|reason| OfflineError::Source {
+            from: options.from.clone(),
+            reason,
+        })?;
     let migration = Migration::start_with(pool, &source, &target, false);
     let terminal = std::io::stderr().is_terminal();
     let ticker = {

@@ -64,15 +64,17 @@ pub fn agree(compare: Compare, source: &[u8], target: &[u8], tolerance_ms: u64) 
             _ => false,
         },
         Compare::Pairs => pairs_agree(source, target),
-        Compare::Ttl { seconds } => match (integer(source), integer(target)) {
-            (Some(a), Some(b)) if a >= 0 && b >= 0 => {
-                let unit = if seconds { 1000 } else { 1 };
-                // Whole seconds are truncated, so one more unit of slack for them.
-                let slack = tolerance_ms as i128 + if seconds { 1000 } else { 0 };
-                ((a as i128 - b as i128) * unit).abs() <= slack
+        Compare::Ttl { seconds } => {
+            match (crate::resp::integer(source), crate::resp::integer(target)) {
+                (Some(a), Some(b)) if a >= 0 && b >= 0 => {
+                    let unit = if seconds { 1000 } else { 1 };
+                    // Whole seconds are truncated, so one more unit of slack for them.
+                    let slack = tolerance_ms as i128 + if seconds { 1000 } else { 0 };
+                    ((a as i128 - b as i128) * unit).abs() <= slack
+                }
+                _ => false,
             }
-            _ => false,
-        },
+        }
     }
 }
 
@@ -82,15 +84,6 @@ fn decode(reply: &[u8]) -> Option<OwnedFrame> {
         Ok(Some((frame, _))) => Some(frame),
         _ => None,
     }
-}
-
-/// An integer reply's value.
-fn integer(reply: &[u8]) -> Option<i64> {
-    std::str::from_utf8(reply.strip_prefix(b":")?)
-        .ok()?
-        .trim_end()
-        .parse()
-        .ok()
 }
 
 /// A form of a collection reply that does not depend on element order: elements (or, for

@@ -94,7 +94,7 @@ pub fn merge(plan: &MergePlan, replies: Vec<ReplyResult>) -> Result<Bytes, Merge
         Split::Sum => {
             let mut sum: i64 = 0;
             for reply in &ok {
-                sum = sum.saturating_add(integer(reply).ok_or(MergeError::Shape)?);
+                sum = sum.saturating_add(crate::resp::integer(reply).ok_or(MergeError::Shape)?);
             }
             let mut out = BytesMut::with_capacity(24);
             encode::integer(&mut out, sum);
@@ -127,12 +127,6 @@ pub enum MergeError {
     Backend(String),
     /// A part's reply had the wrong shape.
     Shape,
-}
-
-/// The value of an integer reply `:n\r\n`.
-fn integer(reply: &[u8]) -> Option<i64> {
-    let body = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
-    std::str::from_utf8(body).ok()?.parse().ok()
 }
 
 /// The raw elements of an array reply.

@@ -6,5 +6,5 @@ mod reply;
 mod request;
 
 pub use encode::Protocol;
-pub use reply::{MAX_REPLY_DEPTH, ReplyError, ReplyScanner};
+pub use reply::{MAX_REPLY_DEPTH, ReplyError, ReplyScanner, integer};
 pub use request::{Parsed, Request, RequestError, RequestLimits, RequestParser};

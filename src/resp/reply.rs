@@ -161,6 +161,12 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// The value of a complete integer reply `:n\r\n`.
+pub fn integer(reply: &[u8]) -> Option<i64> {
+    let body = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    std::str::from_utf8(body).ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,11 +140,7 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
         })?;
     let migration = Migration::start(pool, &source, &target);
     let terminal = std::io::stderr().is_terminal();
-    let every = if terminal {
-        Duration::from_millis(200)
-    } else {
-        Duration::from_secs(5)
-    };
+    let every = report_every(terminal);
     let mut last_print = Instant::now() - every;
     loop {
         let finished = migration.drained();
@@ -185,10 +181,25 @@ fn print_progress(migration: &Migration, total: u64, started: Instant, terminal:
         bytes as f64 / 1e6,
         bytes as f64 / 1e6 / seconds,
     );
+    show_progress("cutover migrate", &line, terminal);
+}
+
+/// How often progress is shown: often on a terminal (a redrawn line), rarely in a log.
+fn report_every(terminal: bool) -> Duration {
+    if terminal {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(5)
+    }
+}
+
+/// Show a progress line: redrawn in place on a terminal, a log line prefixed by `job`
+/// otherwise.
+fn show_progress(job: &str, line: &str, terminal: bool) {
     if terminal {
         eprint!("\r{line}   ");
     } else {
-        eprintln!("cutover migrate: {line}");
+        eprintln!("{job}: {line}");
     }
 }
 
@@ -213,20 +224,12 @@ pub async fn verify(
         let migration = migration.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let every = if terminal {
-                Duration::from_millis(200)
-            } else {
-                Duration::from_secs(5)
-            };
+            let every = report_every(terminal);
             loop {
                 tokio::time::sleep(every).await;
                 let checked = migration.verify.checked.load(Relaxed);
                 let line = progress_line(checked, total, started, "checked");
-                if terminal {
-                    eprint!("\r{line}   ");
-                } else {
-                    eprintln!("cutover verify: {line}");
-                }
+                show_progress("cutover verify", &line, terminal);
             }
         })
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::Commands;
 use serde_json::Value;
-use support::{Proxy, RedisServer, http, redis_servers};
+use support::{Proxy, RedisServer, http, migration_config, redis_servers};
 
 /// Every `expr` in the dashboard, panels inside rows included.
 fn queries(panels: &[Value], out: &mut Vec<String>) {
@@ -80,14 +80,11 @@ fn every_metric_the_dashboard_queries_is_exported() {
     let source = RedisServer::start();
     let targets = redis_servers(2);
     let _: () = source.client().set("a", "1").expect("fill");
-    let mut config = format!(
-        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    shadow_ratio: 1.0\nfleet:\n  redis: true\n  servers:\n",
-        source.addr()
-    );
-    for t in &targets {
-        config.push_str(&format!("   - {}:1\n", t.addr()));
-    }
-    let proxy = Proxy::cutover(&config);
+    let proxy = Proxy::cutover(&migration_config(
+        &source,
+        &targets,
+        "    shadow_ratio: 1.0\n",
+    ));
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}/", proxy.port))
         .expect("client")

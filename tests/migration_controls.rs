@@ -3,28 +3,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Proxy, RedisServer, http, redis_servers};
-
-fn config(source: &RedisServer, targets: &[RedisServer], extra: &str) -> String {
-    let mut text = format!(
-        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\n{extra}fleet:\n  redis: true\n  servers:\n",
-        source.addr()
-    );
-    for t in targets {
-        text.push_str(&format!("   - {}:1\n", t.addr()));
-    }
-    text
-}
-
-fn fill(source: &RedisServer, n: u64) {
-    let mut pipe = redis::pipe();
-    for i in 0..n {
-        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
-    }
-    pipe.query::<()>(&mut source.client()).expect("fill");
-}
+use support::{Proxy, RedisServer, fill_numbered, http, migration_config, redis_servers, wait_for};
 
 /// A number from `/status`.
 fn status_number(proxy: &Proxy, field: &str) -> u64 {
@@ -40,20 +21,12 @@ fn status_number(proxy: &Proxy, field: &str) -> u64 {
         .expect("a number")
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn pause_resume_and_rate_limit() {
     let source = RedisServer::start();
     let targets = redis_servers(2);
-    fill(&source, 6000);
-    let cutover = Proxy::cutover(&config(
+    fill_numbered(&source, 6000);
+    let cutover = Proxy::cutover(&migration_config(
         &source,
         &targets,
         "    backfill_keys_per_second: 1000\n",
@@ -122,10 +95,10 @@ fn pause_resume_and_rate_limit() {
 fn the_state_file_records_clean_and_unclean_stops() {
     let source = RedisServer::start();
     let targets = redis_servers(2);
-    fill(&source, 3000);
+    fill_numbered(&source, 3000);
     let dir = tempfile::tempdir().expect("dir");
     let state = dir.path().join("legacy.state");
-    let text = config(
+    let text = migration_config(
         &source,
         &targets,
         &format!("    state_file: {}\n", state.display()),
@@ -168,9 +141,9 @@ fn the_state_file_records_clean_and_unclean_stops() {
 fn a_configured_token_guards_every_change() {
     let source = RedisServer::start();
     let targets = redis_servers(1);
-    fill(&source, 10);
+    fill_numbered(&source, 10);
     let cutover = Proxy::cutover_env(
-        &config(&source, &targets, ""),
+        &migration_config(&source, &targets, ""),
         &[("CUTOVER_ADMIN_TOKEN", "s3cret")],
     );
     assert_eq!(http(cutover.admin_port, "POST", "/backfill/pause").0, 401);

@@ -7,30 +7,13 @@ mod support;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::Commands;
 use serde_json::Value;
-use support::{Proxy, RedisServer, cutover_bin, http, redis_servers};
-
-fn config(source: &RedisServer, targets: &[RedisServer], extra: &str) -> String {
-    let mut text = format!(
-        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\n{extra}fleet:\n  redis: true\n  hash: fnv1a_64\n  servers:\n",
-        source.addr()
-    );
-    for t in targets {
-        text.push_str(&format!("   - {}:1\n", t.addr()));
-    }
-    text
-}
-
-fn fill(source: &RedisServer, n: u64) {
-    let mut pipe = redis::pipe();
-    for i in 0..n {
-        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
-    }
-    pipe.query::<()>(&mut source.client()).expect("fill");
-}
+use support::{
+    Proxy, RedisServer, cutover_bin, fill_numbered, http, migration_config, redis_servers, wait_for,
+};
 
 /// The migration object of the first pool in `/status`.
 fn migration(proxy: &Proxy) -> Value {
@@ -38,14 +21,6 @@ fn migration(proxy: &Proxy) -> Value {
     assert_eq!(code, 200, "{body}");
     let status: Value = serde_json::from_str(&body).expect("status JSON");
     status["pools"][0]["migration"].clone()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The target server holding `key` (each key lives on exactly one).
@@ -70,8 +45,12 @@ fn verify_online(proxy: &Proxy, query: &str) -> Value {
 fn a_diverged_target_is_caught_by_shadow_reads_and_repaired() {
     let source = RedisServer::start();
     let targets = redis_servers(2);
-    fill(&source, 300);
-    let cutover = Proxy::cutover(&config(&source, &targets, "    shadow_ratio: 1.0\n"));
+    fill_numbered(&source, 300);
+    let cutover = Proxy::cutover(&migration_config(
+        &source,
+        &targets,
+        "    shadow_ratio: 1.0\n",
+    ));
     cutover.wait_migration_drained(Duration::from_secs(30), 3);
     let mut client = redis::Client::open(format!("redis://127.0.0.1:{}/", cutover.port))
         .expect("client")
@@ -118,7 +97,7 @@ fn a_diverged_target_is_caught_by_shadow_reads_and_repaired() {
 fn verify_finds_every_kind_of_difference_offline_and_repairs_them() {
     let source = RedisServer::start();
     let targets = redis_servers(3);
-    fill(&source, 500);
+    fill_numbered(&source, 500);
     let mut conn = source.client();
     let _: () = conn.hset("h", "f", "1").expect("hash");
     let _: () = conn.set("typed", "a string").expect("typed");
@@ -218,13 +197,13 @@ fn verify_finds_every_kind_of_difference_offline_and_repairs_them() {
 fn cutover_rollback_and_cutover_again_lose_no_acknowledged_write() {
     let source = RedisServer::start();
     let targets = redis_servers(3);
-    fill(&source, 3000);
+    fill_numbered(&source, 3000);
     let state = tempfile::tempdir().expect("state dir");
     let extra = format!(
         "    shadow_ratio: 0.2\n    state_file: {}\n",
         state.path().join("legacy.state").display()
     );
-    let conf = config(&source, &targets, &extra);
+    let conf = migration_config(&source, &targets, &extra);
     let mut cutover = Proxy::cutover(&conf);
 
     // Refused, with reasons, before a verify pass.
@@ -335,8 +314,11 @@ fn cutover_rollback_and_cutover_again_lose_no_acknowledged_write() {
 fn ctl_prints_status_refusals_and_flips() {
     let source = RedisServer::start();
     let targets = redis_servers(2);
-    fill(&source, 200);
-    let cutover = Proxy::cutover_with(&config(&source, &targets, ""), &["--admin-token", "sesame"]);
+    fill_numbered(&source, 200);
+    let cutover = Proxy::cutover_with(
+        &migration_config(&source, &targets, ""),
+        &["--admin-token", "sesame"],
+    );
     let admin = format!("127.0.0.1:{}", cutover.admin_port);
     let ctl = |args: &[&str], token: Option<&str>| {
         let mut command = Command::new(cutover_bin());

@@ -608,3 +608,35 @@ pub fn pool_config<S: AsRef<str>>(keys: &[&str], servers: &[S]) -> String {
     }
     text
 }
+
+/// A config migrating pool `legacy` (one server, `source`; listening on `LISTEN`) to pool
+/// `fleet` (`targets`, nutcracker's default hash), with `scan_count: 100` and `extra`
+/// (more `migrate:` lines, each indented four spaces and ending in a newline).
+pub fn migration_config(source: &RedisServer, targets: &[RedisServer], extra: &str) -> String {
+    let mut text = format!(
+        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\n{extra}fleet:\n  redis: true\n  servers:\n",
+        source.addr()
+    );
+    for t in targets {
+        text.push_str(&format!("   - {}:1\n", t.addr()));
+    }
+    text
+}
+
+/// Fill `server` with `n` string keys `k0`.. whose values are their numbers.
+pub fn fill_numbered(server: &RedisServer, n: u64) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    pipe.query::<()>(&mut server.client()).expect("fill");
+}
+
+/// Poll `done` every 50 ms until it holds; fail the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

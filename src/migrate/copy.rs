@@ -80,11 +80,7 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
             0
         }
         Some(payload) => {
-            let ttl = if pttl > 0 {
-                pttl.to_string()
-            } else {
-                "0".to_string()
-            };
+            let ttl = restore_ttl(pttl).unwrap_or(0).to_string();
             encode::command(
                 &mut write,
                 &[
@@ -115,6 +111,13 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
     Ok(Copied { copied_at, bytes })
 }
 
+/// The TTL in milliseconds to give a copy whose source answered `pttl`, or `None` for no
+/// TTL (`-1`). A `PTTL` of 0 is a key in its last millisecond, not a key without TTL: it
+/// gets 1 ms, so the copy expires too instead of living forever on the target.
+pub(super) fn restore_ttl(pttl: i64) -> Option<i64> {
+    (pttl >= 0).then_some(pttl.max(1))
+}
+
 /// `(pttl, payload)` from the EXEC reply `*2 :pttl $payload` (payload `None` when the key
 /// does not exist).
 fn parse_snapshot(exec: &[u8]) -> Result<(i64, Option<Vec<u8>>), CopyError> {
@@ -142,6 +145,17 @@ fn parse_snapshot(exec: &[u8]) -> Result<(i64, Option<Vec<u8>>), CopyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttls_of_copies() {
+        assert_eq!(restore_ttl(-1), None);
+        assert_eq!(
+            restore_ttl(0),
+            Some(1),
+            "last millisecond: it must still expire"
+        );
+        assert_eq!(restore_ttl(1500), Some(1500));
+    }
 
     #[test]
     fn snapshots() {

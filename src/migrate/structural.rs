@@ -187,14 +187,13 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         .await,
     )?;
     checked(target(vec![b"RENAME".to_vec(), temp, key.to_vec()]).await)?;
-    let ttl = if pttl > 0 {
-        vec![
+    let ttl = match super::copy::restore_ttl(pttl) {
+        Some(ms) => vec![
             b"PEXPIRE".to_vec(),
             key.to_vec(),
-            pttl.to_string().into_bytes(),
-        ]
-    } else {
-        vec![b"PERSIST".to_vec(), key.to_vec()]
+            ms.to_string().into_bytes(),
+        ],
+        None => vec![b"PERSIST".to_vec(), key.to_vec()],
     };
     checked(target(ttl).await)?;
     Ok(Copied { copied_at, bytes })

@@ -5,10 +5,12 @@
 
 pub mod compare;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a started process gets to accept connections.
@@ -16,15 +18,29 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports to try when one turns out to be taken.
 const START_ATTEMPTS: usize = 5;
 
-/// A loopback port that was free a moment ago (the OS picks it).
+/// Every port [`free_port`] has handed out in this test process. The OS may offer a port
+/// again once its probe socket is closed; two tests starting servers on the same port at
+/// once would then talk to each other's processes.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A loopback port that was free a moment ago (the OS picks it) and that no other test of
+/// this process has been given.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral loopback port");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
-/// Wait until `port` accepts a connection, or the child exits, or time runs out.
+/// Wait until `port` accepts a connection, or the child exits, or time runs out. A child
+/// that lost the port to another process exits soon after it tried to bind; a short settle
+/// after the first connection makes sure the listener found is still the child's.
 fn wait_for_port(child: &mut Child, port: u16) -> bool {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
@@ -32,11 +48,31 @@ fn wait_for_port(child: &mut Child, port: u16) -> bool {
             return false;
         }
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+            std::thread::sleep(Duration::from_millis(50));
+            return matches!(child.try_wait(), Ok(None));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Whether the redis-server answering on `port` is the process `pid` (INFO's process_id);
+/// `extra` are its arguments, where a `--requirepass` is found.
+fn redis_is_process(port: u16, pid: u32, extra: &[&str]) -> bool {
+    let password = extra
+        .iter()
+        .position(|a| *a == "--requirepass")
+        .and_then(|i| extra.get(i + 1))
+        .map(|p| format!(":{p}@"))
+        .unwrap_or_default();
+    let info: Option<String> = redis::Client::open(format!("redis://{password}127.0.0.1:{port}/"))
+        .and_then(|c| c.get_connection())
+        .and_then(|mut conn| redis::cmd("INFO").arg("server").query(&mut conn))
+        .ok();
+    info.is_some_and(|text| {
+        text.lines()
+            .any(|l| l.trim() == format!("process_id:{pid}"))
+    })
 }
 
 /// Kill and reap a child process.
@@ -117,7 +153,7 @@ impl RedisServer {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = fixed.unwrap_or_else(free_port);
             let mut child = RedisServer::spawn(port, dir.path(), extra);
-            if wait_for_port(&mut child, port) {
+            if wait_for_port(&mut child, port) && redis_is_process(port, child.id(), extra) {
                 return RedisServer {
                     child,
                     port,

@@ -304,14 +304,11 @@ fn target_equals_source_across_a_target_restart() {
     }));
 }
 
-/// Ignored until a lane-rule gap is closed: a write the source applies just before a key's
-/// TTL runs out can be replayed on the target just after its copy expired there (a hash
-/// field added to the old hash on the source, to a new hash without TTL on the target,
-/// both answering 1). The target then keeps a key the source no longer has, and this
-/// test's shadow reads catch it (HGETALL of the hot key `h:7`, which expires mid-run) in
-/// roughly one run out of three. Run it with `cargo test -- --ignored`.
+/// Every read is compared against the target in its key's lane, and none may disagree.
+/// This test found the replay-across-expiry race (a hash field added just before the hot
+/// key `h:7` expired on the source, replayed just after its copy expired on the target)
+/// that the TTL flag of the known-copied set now closes.
 #[test]
-#[ignore = "finds a real replay-across-expiry gap in the lane rules; see its doc comment"]
 fn shadow_reads_at_full_ratio_find_no_mismatch() {
     let (found, status) = run_with(6, 64, &[], true, |_| {});
     assert_equal(found);

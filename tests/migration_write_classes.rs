@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::compare::assert_same;
-use support::{Proxy, RedisServer, redis_servers};
+use support::{Proxy, RedisServer, redis_servers, wait_for};
 
 fn metric(proxy: &Proxy, line_start: &str) -> f64 {
     let text = proxy.admin_get("/metrics").1;
@@ -78,14 +78,16 @@ fn each_class_reaches_the_target() {
         &["HSET", "h", "f", "v"],
         &["LPUSH", "k-list", "x"],
         &["ZADD", "z", "1", "m"],
-        &["EXPIREAT", "k4", "4102444800"],
+        &["HINCRBY", "h", "n", "2"],
         &["SETRANGE", "k5", "0", "Z"],
     ] {
         run(&mut conn, words);
     }
-    // Copied: relative TTLs, random, multi-key, split, store options, scripts.
+    // Copied: TTLs (relative or absolute), random, multi-key, split, store options,
+    // scripts.
     for words in [
         &["EXPIRE", "k6", "1000"][..],
+        &["EXPIREAT", "k4", "4102444800"],
         &["SET", "k7", "v", "EX", "1000"],
         &["SPOP", "{t}a"][..],
         &["SUNIONSTORE", "{t}u", "{t}a", "{t}b"],
@@ -134,4 +136,108 @@ fn each_class_reaches_the_target() {
             .any(|t| t.keys().iter().any(|k| k == b"{t}near")),
         "GEORADIUS ... STORE wrote its key on the target"
     );
+}
+
+/// A write the source applies shortly before a key expires must not be replayed on the
+/// target after the target's copy expired: there it would create a new key without a TTL
+/// that outlives the source's. The target is held busy (DEBUG SLEEP) across the key's
+/// expiry so the mirrored write lands after it; a key whose copy carried a TTL is copied
+/// at each write instead, and the target's key expires with the source's.
+#[test]
+fn a_write_before_expiry_is_not_replayed_after_it() {
+    write_across_expiry(false);
+}
+
+/// The same after a restart that found the backfill done: the new lanes never saw the
+/// key's copy, so they cannot know it has a TTL, and must not replay its first write.
+#[test]
+fn after_a_restart_a_write_before_expiry_is_not_replayed_after_it() {
+    write_across_expiry(true);
+}
+
+/// Give key `h` a TTL through a migrating proxy (restarted after the copy when `restart`),
+/// then write it while the target is held busy past the key's expiry.
+fn write_across_expiry(restart: bool) {
+    let source = RedisServer::start();
+    let target = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let state = tempfile::tempdir().expect("state dir");
+    let conf = support::migration_config(
+        &source,
+        std::slice::from_ref(&target),
+        &format!(
+            "    state_file: {}\n",
+            state.path().join("migration.state").display()
+        ),
+    );
+    let mut cutover = Proxy::cutover(&conf);
+    cutover.wait_migration_drained(Duration::from_secs(30), 2);
+    let connect = |proxy: &Proxy| {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", proxy.port))
+            .and_then(|c| c.get_connection())
+            .expect("connect through cutover")
+    };
+    let mut conn = connect(&cutover);
+    let mut on_target = target.client();
+    let pttl = |conn: &mut redis::Connection| -> i64 {
+        redis::cmd("PTTL").arg("h").query(conn).expect("PTTL")
+    };
+    let _: () = redis::cmd("HSET")
+        .arg("h")
+        .arg("a")
+        .arg(1)
+        .query(&mut conn)
+        .expect("HSET");
+    let ttl_ms = if restart { 6000 } else { 3000 };
+    let _: () = redis::cmd("PEXPIRE")
+        .arg("h")
+        .arg(ttl_ms)
+        .query(&mut conn)
+        .expect("PEXPIRE");
+    wait_for("the TTL copied", Duration::from_secs(2), || {
+        pttl(&mut on_target) > 0
+    });
+    if restart {
+        assert!(cutover.terminate(Duration::from_secs(10)), "clean stop");
+        cutover = Proxy::cutover(&conf);
+        cutover.wait_migration_drained(Duration::from_secs(10), 2);
+        conn = connect(&cutover);
+    }
+    // Busy from now until well after the target's copy expired.
+    let busy_for = (pttl(&mut on_target) as f64 / 1000.0 + 1.5).to_string();
+    let sleeper = {
+        let mut busy = target.client();
+        std::thread::spawn(move || {
+            redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(busy_for)
+                .query::<()>(&mut busy)
+                .expect("DEBUG SLEEP");
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let added: i64 = redis::cmd("HSET")
+        .arg("h")
+        .arg("b")
+        .arg(2)
+        .query(&mut conn)
+        .expect("HSET");
+    assert_eq!(added, 1);
+    assert!(
+        pttl(&mut source.client()) > 0,
+        "the source applied the write before the key expired"
+    );
+    sleeper.join().expect("sleeper");
+
+    wait_for(
+        "the key gone from the source",
+        Duration::from_secs(8),
+        || pttl(&mut source.client()) == -2,
+    );
+    cutover.wait_migration_drained(Duration::from_secs(10), 2);
+    wait_for(
+        "the target's key to expire like the source's",
+        Duration::from_secs(5),
+        || pttl(&mut on_target) == -2,
+    );
+    assert_same(&source, std::slice::from_ref(&target));
 }

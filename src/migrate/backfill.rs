@@ -1,7 +1,9 @@
 //! The backfill: SCAN every source server and queue "copy unless known-copied" for each
 //! key into its lane (rule 5), paced by a keys-per-second limit that can change at run
-//! time, pausable. When every server is scanned, each lane is told it may drop its
-//! known-copied set once the copies ahead of that message are done (rule 8).
+//! time, pausable. When every server is scanned from its start in this process, each lane
+//! is told it may drop its known-copied set once the copies ahead of that message are done
+//! (rule 8). A resumed backfill does not: keys copied before the restart were never seen by
+//! these lanes, which therefore do not know which of them have TTLs.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,11 +31,20 @@ pub async fn run(migration: Arc<Migration>) {
     let scans: Vec<_> = (0..migration.copy_source.servers.len())
         .map(|server| tokio::spawn(scan_server(migration.clone(), server)))
         .collect();
+    let mut whole = true;
     for scan in scans {
-        let _ = scan.await;
+        whole &= matches!(scan.await, Ok(Scanned::Whole));
     }
-    for lane in 0..migration.lane_count() {
-        migration.send_to_lane(lane, LaneEvent::DropKnown).await;
+    if whole {
+        migration.lanes_know_every_key.store(true, Relaxed);
+        for lane in 0..migration.lane_count() {
+            migration.send_to_lane(lane, LaneEvent::DropKnown).await;
+        }
+    } else {
+        tracing::info!(
+            pool = migration.source.name(),
+            "backfill resumed or stopped early: lanes keep their known-copied sets, and the first write to a key copied before the restart is copied again"
+        );
     }
     migration.backfill_done.store(true, Relaxed);
     migration.counters.set_state("done");
@@ -43,13 +54,24 @@ pub async fn run(migration: Arc<Migration>) {
     );
 }
 
+/// How far one server's scan went in this process.
+enum Scanned {
+    /// From its first key to its last.
+    Whole,
+    /// To its end, from where a previous run left off (or it was already done).
+    Resumed,
+    /// Not to the end: authority moved to the target first.
+    Stopped,
+}
+
 /// Scan one source server to the end, from where a previous run left off.
-async fn scan_server(migration: Arc<Migration>, server: usize) {
+async fn scan_server(migration: Arc<Migration>, server: usize) -> Scanned {
     let (resume, done) = migration.progress.resume_point(server);
     if done {
         migration.counters.servers_done.increment(1.0);
-        return;
+        return Scanned::Resumed;
     }
+    let from_start = resume == "0";
     let mut cursor = resume.into_bytes();
     let started = Instant::now();
     let bytes_at_start = migration.totals.bytes.load(Relaxed);
@@ -58,12 +80,12 @@ async fn scan_server(migration: Arc<Migration>, server: usize) {
     loop {
         if migration.phase() != super::Phase::Migrating {
             // A forced cutover: the source is no longer authoritative.
-            return;
+            return Scanned::Stopped;
         }
         while *pause.borrow() {
             migration.counters.set_state("paused");
             if pause.changed().await.is_err() {
-                return;
+                return Scanned::Stopped;
             }
             migration.counters.set_state("running");
         }
@@ -114,7 +136,11 @@ async fn scan_server(migration: Arc<Migration>, server: usize) {
             .batch_queued(server, &next, next == b"0", snapshot);
         if next == b"0" {
             migration.counters.servers_done.increment(1.0);
-            return;
+            return if from_start {
+                Scanned::Whole
+            } else {
+                Scanned::Resumed
+            };
         }
         cursor = next;
     }

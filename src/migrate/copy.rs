@@ -14,6 +14,8 @@ pub struct Copied {
     pub copied_at: u64,
     /// Payload bytes written to the target.
     pub bytes: usize,
+    /// The copy carried a TTL: the key's later writes are copied, not replayed.
+    pub expires: bool,
 }
 
 /// Why a copy did not happen.
@@ -108,7 +110,11 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
             text.trim_end()
         )));
     }
-    Ok(Copied { copied_at, bytes })
+    Ok(Copied {
+        copied_at,
+        bytes,
+        expires: payload.is_some() && restore_ttl(pttl).is_some(),
+    })
 }
 
 /// The TTL in milliseconds to give a copy whose source answered `pttl`, or `None` for no

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Migration;
-use super::lane::LaneEvent;
 use super::phase::Phase;
 
 /// Longest a flip waits for in-flight requests and lanes before giving up (the gate then
@@ -176,12 +175,8 @@ impl Migration {
             return Err(FlipError::Busy(DRAIN_LIMIT));
         }
         self.phase.store(to.to_u8(), SeqCst);
-        if to != Phase::Finalized {
-            // Both sides are equal now: every later write may be replayed (rule 8).
-            for lane in 0..self.lane_count() {
-                self.send_to_lane(lane, LaneEvent::DropKnown).await;
-            }
-        }
+        // Both sides are equal now. The lanes' known-copied sets stay valid whichever side
+        // is authoritative: a key they know (and its TTL flag) is equal on both sides.
         self.gate.open();
         let pause = started.elapsed();
         self.last_pause_us.store(pause.as_micros() as u64, Relaxed);

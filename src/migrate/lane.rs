@@ -74,9 +74,9 @@ pub enum LaneEvent {
         /// The source's reply.
         source_reply: Bytes,
     },
-    /// The backfill has scanned every source server and every copy it queued is ahead of
-    /// this event (or authority has flipped, both sides being equal): the known-copied set
-    /// may go (rule 8).
+    /// The backfill has scanned every source server from its start and every copy it
+    /// queued is ahead of this event: the known-copied set may go, but for the TTL flags
+    /// (rule 8).
     DropKnown,
 }
 
@@ -93,9 +93,11 @@ struct Checkpoint {
 
 /// Run lane `index` until its queue closes.
 pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver<LaneEvent>) {
+    // A lane starts knowing nothing, whatever the phase: after a restart it cannot know
+    // which keys have TTLs, so each key's first write is copied (from the authoritative
+    // side) before later ones are replayed. Membership is dropped only by a backfill this
+    // process ran from the start (rule 8).
     let mut known = KnownCopied::default();
-    // After cutover both sides were equal at the flip: every key counts as copied.
-    let mut dropped = migration.phase() != super::Phase::Migrating;
     let mut processed: u64 = 0;
     let mut checkpoint = Checkpoint {
         low_water: 0,
@@ -120,13 +122,13 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
         // keeps its order (one target connection per key), and the lane does not wait a
         // round trip per write.
         if let LaneEvent::Write { key, seq, .. } = &event
-            && replay_allowed(&migration, &known, dropped, key, *seq)
+            && replay_allowed(&migration, &known, key, *seq)
         {
             let mut batch = vec![event];
             while batch.len() < REPLAY_BATCH {
                 match rx.try_recv() {
                     Ok(next) => {
-                        let allowed = matches!(&next, LaneEvent::Write { key, seq, .. } if replay_allowed(&migration, &known, dropped, key, *seq));
+                        let allowed = matches!(&next, LaneEvent::Write { key, seq, .. } if replay_allowed(&migration, &known, key, *seq));
                         if allowed {
                             processed += 1;
                             migration.counters.lane_depth.decrement(1.0);
@@ -156,7 +158,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     mirrored_at,
                 } => {
                     let fp = migration.salt.fingerprint(&key);
-                    if unless_known && (dropped || known.contains(fp)) {
+                    if unless_known && known.is_copied(fp) {
                         migration.counters.backfill_skipped.increment(1);
                         migration.totals.skipped.fetch_add(1, Relaxed);
                     } else {
@@ -178,7 +180,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     source_reply,
                 } => {
                     let fp = migration.salt.fingerprint(&read.key);
-                    if !(dropped || known.contains(fp)) {
+                    if !known.is_copied(fp) {
                         migration.counters.shadow_skip("not_copied");
                     } else if known.copied_at(fp).is_some_and(|at| at >= seq) {
                         migration.counters.shadow_skip("copy_pending");
@@ -189,9 +191,12 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     }
                 }
                 LaneEvent::DropKnown => {
-                    dropped = true;
-                    migration.counters.known_keys.decrement(known.len() as f64);
+                    let before = known.len();
                     known.drop_membership();
+                    migration
+                        .counters
+                        .known_keys
+                        .decrement(before as f64 - known.len() as f64);
                 }
             }
         }
@@ -237,18 +242,16 @@ fn collect(
 }
 
 /// Whether a write with `seq` to `key` may be replayed (rule 3): only after a copy whose
-/// snapshot it is not part of. After the backfill (rule 8) every key counts as copied, but
-/// a copy taken while this write was in flight still forbids replaying it.
-fn replay_allowed(
-    migration: &Migration,
-    known: &KnownCopied,
-    dropped: bool,
-    key: &[u8],
-    seq: u64,
-) -> bool {
+/// snapshot it is not part of, and only when that copy carried no TTL (the source may
+/// have applied the write just before the key expired and the target would apply it just
+/// after). After the backfill (rule 8) every key counts as copied, but a copy taken while
+/// this write was in flight still forbids replaying it.
+fn replay_allowed(migration: &Migration, known: &KnownCopied, key: &[u8], seq: u64) -> bool {
     let fp = migration.salt.fingerprint(key);
-    let copied = dropped || known.contains(fp);
-    *BREAK_RULES || (copied && known.copied_at(fp).is_none_or(|at| at < seq))
+    *BREAK_RULES
+        || (known.is_copied(fp)
+            && !known.expires(fp)
+            && known.copied_at(fp).is_none_or(|at| at < seq))
 }
 
 /// Replay a batch of writes, pipelined; a write the target refuses, or whose connection
@@ -407,9 +410,8 @@ async fn copy_with_retries(
     for attempt in 1..=ATTEMPTS {
         match copy::copy_key(migration, key).await {
             Ok(copied) => {
-                let was_known = known.contains(migration.salt.fingerprint(key));
-                known.insert(migration.salt.fingerprint(key), copied.copied_at);
-                if !was_known {
+                let fp = migration.salt.fingerprint(key);
+                if known.insert(fp, copied.copied_at, copied.expires) {
                     migration.counters.known_keys.increment(1.0);
                 }
                 migration.counters.copied(reason, copied.bytes);

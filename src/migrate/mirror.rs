@@ -36,9 +36,11 @@ pub fn effect(spec: &CommandSpec, request: &Request) -> Option<WriteEffect> {
     let argc = request.argc();
     let arg = |i: usize| request.arg_bytes(i);
     let (keys, replay) = match mirror {
-        // A relative TTL set by a replay would start when the replay lands, late by the
-        // mirror lag; a copy carries the TTL exactly (PTTL read with the DUMP).
-        Mirror::Replay if sets_relative_ttl(spec, request) => (vec![arg(1)], false),
+        // A write that gives the key a TTL is copied: a relative TTL set by a replay would
+        // start when the replay lands, late by the mirror lag, while a copy carries it
+        // exactly (PTTL read with the DUMP); and the copy sets the key's TTL flag, so its
+        // later writes are copied too (see `known`).
+        Mirror::Replay if sets_ttl(spec, request) => (vec![arg(1)], false),
         Mirror::Replay => (vec![arg(1)], true),
         Mirror::Copy(written) => {
             let keys = match written {
@@ -71,15 +73,16 @@ pub fn effect(spec: &CommandSpec, request: &Request) -> Option<WriteEffect> {
     })
 }
 
-/// Whether the command sets a TTL relative to when it is applied: EXPIRE, PEXPIRE, SETEX,
-/// PSETEX, and SET or GETEX with EX or PX (EXPIREAT and PEXPIREAT are absolute).
-fn sets_relative_ttl(spec: &CommandSpec, request: &Request) -> bool {
+/// Whether the command may give its key a TTL: EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT,
+/// SETEX, PSETEX, RESTORE, and SET or GETEX with EX, PX, EXAT or PXAT.
+fn sets_ttl(spec: &CommandSpec, request: &Request) -> bool {
     match spec.name {
-        "EXPIRE" | "PEXPIRE" | "SETEX" | "PSETEX" => true,
-        "SET" | "GETEX" => request
-            .args()
-            .skip(2)
-            .any(|a| a.eq_ignore_ascii_case(b"EX") || a.eq_ignore_ascii_case(b"PX")),
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "SETEX" | "PSETEX" | "RESTORE" => true,
+        "SET" | "GETEX" => request.args().skip(2).any(|a| {
+            [b"EX".as_slice(), b"PX", b"EXAT", b"PXAT"]
+                .iter()
+                .any(|option| a.eq_ignore_ascii_case(option))
+        }),
         _ => false,
     }
 }
@@ -263,8 +266,9 @@ mod tests {
             &["SET", "k", "v"][..],
             &["INCR", "k"],
             &["HSET", "k", "f", "v"],
-            &["EXPIREAT", "k", "4102444800"],
             &["LPOP", "k"],
+            &["SET", "k", "v", "KEEPTTL"],
+            &["PERSIST", "k"],
         ] {
             assert_eq!(
                 effect_of(words),
@@ -272,13 +276,20 @@ mod tests {
                 "{words:?}"
             );
         }
-        // Relative TTLs would drift by the mirror lag if replayed: copied.
+        // Writes that give the key a TTL are copied (relative TTLs would drift by the
+        // mirror lag, and the copy flags the key so its later writes are copied too).
         for words in [
             &["EXPIRE", "k", "10"][..],
             &["PEXPIRE", "k", "10"],
+            &["EXPIREAT", "k", "4102444800"],
+            &["PEXPIREAT", "k", "4102444800000"],
             &["SETEX", "k", "10", "v"],
+            &["PSETEX", "k", "10", "v"],
             &["SET", "k", "v", "ex", "10"],
+            &["SET", "k", "v", "PXAT", "4102444800000"],
             &["GETEX", "k", "PX", "10"],
+            &["GETEX", "k", "exat", "4102444800"],
+            &["RESTORE", "k", "0", "payload"],
         ] {
             assert_eq!(
                 effect_of(words),

@@ -94,6 +94,10 @@ pub struct Migration {
     dirty: DirtyKeys,
     /// Set when every source server has been scanned.
     pub backfill_done: AtomicBool,
+    /// Set when this process's backfill scanned every source server from its start: every
+    /// key then passed through these lanes, which know which keys have TTLs and may drop
+    /// the rest of their known-copied sets (rule 8), now and at a flip.
+    pub lanes_know_every_key: AtomicBool,
     /// True while the backfill is paused.
     paused: watch::Sender<bool>,
     /// Backfill limit in keys per second (0: unlimited), changeable at run time.
@@ -222,6 +226,7 @@ impl Migration {
             counters,
             dirty: DirtyKeys::open(dirty_path),
             backfill_done: AtomicBool::new(false),
+            lanes_know_every_key: AtomicBool::new(false),
             paused: watch::channel(false).0,
             rate_limit: AtomicU64::new(settings.backfill_keys_per_second),
             byte_limit: AtomicU64::new(settings.backfill_bytes_per_second),

@@ -176,6 +176,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         return Ok(Copied {
             copied_at,
             bytes: 0,
+            expires: false,
         });
     }
     checked(
@@ -187,6 +188,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         .await,
     )?;
     checked(target(vec![b"RENAME".to_vec(), temp, key.to_vec()]).await)?;
+    let expires = super::copy::restore_ttl(pttl).is_some();
     let ttl = match super::copy::restore_ttl(pttl) {
         Some(ms) => vec![
             b"PEXPIRE".to_vec(),
@@ -196,7 +198,11 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         None => vec![b"PERSIST".to_vec(), key.to_vec()],
     };
     checked(target(ttl).await)?;
-    Ok(Copied { copied_at, bytes })
+    Ok(Copied {
+        copied_at,
+        bytes,
+        expires,
+    })
 }
 
 /// A temporary key name for copying `key` (unique per copy).

@@ -227,6 +227,14 @@ fn write_across_expiry(restart: bool) {
         "the source applied the write before the key expired"
     );
     sleeper.join().expect("sleeper");
+    if !restart {
+        // (After the restart the key is unknown, so its first write is copied anyway.)
+        wait_for(
+            "the write copied for its TTL",
+            Duration::from_secs(5),
+            || metric(&cutover, "cutover_mirror_ttl_copies_total{pool=\"legacy\"}") >= 1.0,
+        );
+    }
 
     wait_for(
         "the key gone from the source",

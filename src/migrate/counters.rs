@@ -24,6 +24,9 @@ pub struct MigrationCounters {
     pub replayed: Counter,
     /// `cutover_mirror_events_total{action="copied"}`: copies caused by writes.
     pub copied_for_writes: Counter,
+    /// `cutover_mirror_ttl_copies_total`: replayable writes copied instead because the
+    /// key's last copy carried a TTL (a subset of the copies above).
+    pub ttl_copies: Counter,
     /// `cutover_mirror_retries_total`.
     pub retried: Counter,
     /// `cutover_mirror_dirty_total`: keys marked dirty.
@@ -105,6 +108,7 @@ impl MigrationCounters {
         MigrationCounters {
             replayed: counter!("cutover_mirror_events_total", "pool" => p.clone(), "action" => "replayed"),
             copied_for_writes: counter!("cutover_mirror_events_total", "pool" => p.clone(), "action" => "copied"),
+            ttl_copies: counter!("cutover_mirror_ttl_copies_total", "pool" => p.clone()),
             retried: counter!("cutover_mirror_retries_total", "pool" => p.clone()),
             dirtied: counter!("cutover_mirror_dirty_total", "pool" => p.clone()),
             redirty: counter!("cutover_mirror_redirty_copies_total", "pool" => p.clone()),

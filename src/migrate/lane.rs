@@ -148,7 +148,10 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     key, mirrored_at, ..
                 } => {
                     // Writes that may be replayed were batched above; this one may not:
-                    // copy the key (rule 3).
+                    // copy the key (rule 3, or its last copy carried a TTL).
+                    if known.expires(migration.salt.fingerprint(&key)) {
+                        migration.counters.ttl_copies.increment(1);
+                    }
                     copy_with_retries(&migration, &mut known, &key, "write").await;
                     migration.record_lag(mirrored_at);
                 }

@@ -94,7 +94,7 @@ def q(p):
         if n >= p * total:
             return le * 1000
     return float("nan")
-print("mirror lag under that load: p50 <= %.2f ms, p99 <= %.2f ms (%d writes mirrored; bucket upper bounds)" % (q(0.5), q(0.99), total))
+print("mirror lag under that load: p50 <= %.2f ms, p99 <= %.2f ms (%d lags sampled, one write in 8; bucket upper bounds)" % (q(0.5), q(0.99), total))
 '
 fi
 

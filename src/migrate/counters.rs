@@ -37,7 +37,8 @@ pub struct MigrationCounters {
     pub dirty_pending: Gauge,
     /// `cutover_lane_queue_depth`: events waiting in lanes.
     pub lane_depth: Gauge,
-    /// `cutover_mirror_lag_seconds`: source reply to target apply.
+    /// `cutover_mirror_lag_seconds`: source reply to target apply, for one mirrored event
+    /// in [`super::LAG_SAMPLE`].
     pub lag: Histogram,
     /// `cutover_backfill_keys_scanned_total`.
     pub backfill_scanned: Counter,

@@ -115,7 +115,22 @@ impl KnownCopied {
 
     /// `copied_at` of the last copy of `fp`, while it is still remembered.
     pub fn copied_at(&self, fp: Fingerprint) -> Option<u64> {
+        if self.recent.is_empty() {
+            return None;
+        }
         self.recent.get(&fp).copied()
+    }
+
+    /// Whether some copy's `copied_at` is still remembered.
+    pub fn has_recent(&self) -> bool {
+        !self.recent.is_empty()
+    }
+
+    /// Whether every key may be replayed as far as this set knows, without looking a key
+    /// up: membership dropped, no key flagged for a TTL, no recent copy. Saves hashing the
+    /// key on the hot path of a migration whose keys have no TTLs.
+    pub fn allows_every_key(&self) -> bool {
+        self.every_key && self.sorted.is_empty() && self.buffer.is_empty() && self.recent.is_empty()
     }
 
     /// Record a copy of `fp` taken when the sequence counter stood at `copied_at`, which
@@ -185,6 +200,14 @@ impl KnownCopied {
         self.sorted.shrink_to_fit();
         self.every_key = true;
     }
+}
+
+/// Lock a lane's set; a poisoned lock (a panic elsewhere while holding it) still holds a
+/// consistent set, since every method finishes its change before returning.
+pub fn lock(known: &std::sync::Mutex<KnownCopied>) -> std::sync::MutexGuard<'_, KnownCopied> {
+    known
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

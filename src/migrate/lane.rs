@@ -2,8 +2,8 @@
 //! through (key to lane by hash). A lane processes its events one at a time, in the
 //! order they were queued, so the target sees each key's changes in source order.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::Migration;
 use super::copy::{self, CopyError};
-use super::known::KnownCopied;
+use super::known::{KnownCopied, lock};
 use super::mirror::{MirrorHook, ShadowRead};
 use super::shadow;
 use crate::resp::Protocol;
@@ -25,6 +25,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const REPLAY_BATCH: usize = 64;
 /// Events between two attempts to forget old `copied_at` entries.
 const COLLECT_EVERY: u64 = 256;
+/// How long an idle lane holding recent `copied_at` entries waits before forgetting them.
+const IDLE_COLLECT: Duration = Duration::from_secs(1);
 
 /// For tests only: `CUTOVER_TEST_BREAK_LANE_RULES=1` makes lanes replay every replayable
 /// write without checking that the key was copied (breaking rule 3) and accept any target
@@ -96,8 +98,9 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
     // A lane starts knowing nothing, whatever the phase: after a restart it cannot know
     // which keys have TTLs, so each key's first write is copied (from the authoritative
     // side) before later ones are replayed. Membership is dropped only by a backfill this
-    // process ran from the start (rule 8).
-    let mut known = KnownCopied::default();
+    // process ran from the start (rule 8). The set is shared with direct replays
+    // (`Migration::replay_direct`); it is never locked across an await.
+    let known = &migration.known[index];
     let mut processed: u64 = 0;
     let mut checkpoint = Checkpoint {
         low_water: 0,
@@ -109,6 +112,18 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
     loop {
         let event = match held.take() {
             Some(event) => event,
+            None if lock(known).has_recent() => {
+                // Copies' `copied_at` are forgotten as events pass; a lane that direct
+                // replays leave idle forgets them on a timer instead.
+                match tokio::time::timeout(IDLE_COLLECT, rx.recv()).await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => break,
+                    Err(_) => {
+                        collect(&migration, index, known, &mut checkpoint, processed, true);
+                        continue;
+                    }
+                }
+            }
             None => match rx.recv().await {
                 Some(event) => event,
                 None => break,
@@ -117,18 +132,20 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
         processed += 1;
         migration.counters.lane_depth.decrement(1.0);
         let processed_slot = &migration.lane_processed[index];
-        let bytes_before = known.bytes();
+        // Taking the lock before acting on the event orders it after any direct replay
+        // that found this lane idle: that replay is already queued on the target.
+        let bytes_before = lock(known).bytes();
         // Consecutive writes that may all be replayed go to the target pipelined: each key
         // keeps its order (one target connection per key), and the lane does not wait a
         // round trip per write.
         if let LaneEvent::Write { key, seq, .. } = &event
-            && replay_allowed(&migration, &known, key, *seq)
+            && replay_allowed(&migration, &lock(known), key, *seq)
         {
             let mut batch = vec![event];
             while batch.len() < REPLAY_BATCH {
                 match rx.try_recv() {
                     Ok(next) => {
-                        let allowed = matches!(&next, LaneEvent::Write { key, seq, .. } if replay_allowed(&migration, &known, key, *seq));
+                        let allowed = matches!(&next, LaneEvent::Write { key, seq, .. } if replay_allowed(&migration, &lock(known), key, *seq));
                         if allowed {
                             processed += 1;
                             migration.counters.lane_depth.decrement(1.0);
@@ -141,7 +158,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     Err(_) => break,
                 }
             }
-            replay_batch(&migration, &mut known, batch).await;
+            replay_batch(&migration, known, batch).await;
         } else {
             match event {
                 LaneEvent::Write {
@@ -149,10 +166,10 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                 } => {
                     // Writes that may be replayed were batched above; this one may not:
                     // copy the key (rule 3, or its last copy carried a TTL).
-                    if known.expires(migration.salt.fingerprint(&key)) {
+                    if lock(known).expires(migration.salt.fingerprint(&key)) {
                         migration.counters.ttl_copies.increment(1);
                     }
-                    copy_with_retries(&migration, &mut known, &key, "write").await;
+                    copy_with_retries(&migration, known, &key, "write").await;
                     migration.record_lag(mirrored_at);
                 }
                 LaneEvent::Copy {
@@ -161,7 +178,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     mirrored_at,
                 } => {
                     let fp = migration.salt.fingerprint(&key);
-                    if unless_known && known.is_copied(fp) {
+                    if unless_known && lock(known).is_copied(fp) {
                         migration.counters.backfill_skipped.increment(1);
                         migration.totals.skipped.fetch_add(1, Relaxed);
                     } else {
@@ -170,7 +187,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                         } else {
                             "backfill"
                         };
-                        copy_with_retries(&migration, &mut known, &key, reason).await;
+                        copy_with_retries(&migration, known, &key, reason).await;
                         if let Some(at) = mirrored_at {
                             migration.record_lag(at);
                         }
@@ -183,23 +200,28 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     source_reply,
                 } => {
                     let fp = migration.salt.fingerprint(&read.key);
-                    if !known.is_copied(fp) {
+                    let (copied, copy_pending) = {
+                        let k = lock(known);
+                        (k.is_copied(fp), k.copied_at(fp).is_some_and(|at| at >= seq))
+                    };
+                    if !copied {
                         migration.counters.shadow_skip("not_copied");
-                    } else if known.copied_at(fp).is_some_and(|at| at >= seq) {
+                    } else if copy_pending {
                         migration.counters.shadow_skip("copy_pending");
                     } else if migration.backlog().1 > 0 {
                         migration.counters.shadow_skip("dirty");
                     } else {
-                        shadow_check(&migration, &mut known, read, request, source_reply).await;
+                        shadow_check(&migration, known, read, request, source_reply).await;
                     }
                 }
                 LaneEvent::DropKnown => {
-                    let before = known.len();
-                    known.drop_membership();
+                    let mut k = lock(known);
+                    let before = k.len();
+                    k.drop_membership();
                     migration
                         .counters
                         .known_keys
-                        .decrement(before as f64 - known.len() as f64);
+                        .decrement(before as f64 - k.len() as f64);
                 }
             }
         }
@@ -208,12 +230,12 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
         collect(
             &migration,
             index,
-            &mut known,
+            known,
             &mut checkpoint,
             processed,
             rx.is_empty(),
         );
-        let bytes_after = known.bytes();
+        let bytes_after = lock(known).bytes();
         migration
             .counters
             .known_bytes
@@ -227,7 +249,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
 fn collect(
     migration: &Migration,
     index: usize,
-    known: &mut KnownCopied,
+    known: &Mutex<KnownCopied>,
     checkpoint: &mut Checkpoint,
     processed: u64,
     idle: bool,
@@ -235,7 +257,7 @@ fn collect(
     if processed >= checkpoint.enqueued
         && (processed >= checkpoint.taken_at + COLLECT_EVERY || idle)
     {
-        known.collect(checkpoint.low_water);
+        lock(known).collect(checkpoint.low_water);
         *checkpoint = Checkpoint {
             low_water: migration.low_water(),
             enqueued: migration.lane_enqueued[index].load(SeqCst),
@@ -249,7 +271,15 @@ fn collect(
 /// have applied the write just before the key expired and the target would apply it just
 /// after). After the backfill (rule 8) every key counts as copied, but a copy taken while
 /// this write was in flight still forbids replaying it.
-fn replay_allowed(migration: &Migration, known: &KnownCopied, key: &[u8], seq: u64) -> bool {
+pub(super) fn replay_allowed(
+    migration: &Migration,
+    known: &KnownCopied,
+    key: &[u8],
+    seq: u64,
+) -> bool {
+    if known.allows_every_key() {
+        return true;
+    }
     let fp = migration.salt.fingerprint(key);
     *BREAK_RULES
         || (known.is_copied(fp)
@@ -257,9 +287,15 @@ fn replay_allowed(migration: &Migration, known: &KnownCopied, key: &[u8], seq: u
             && known.copied_at(fp).is_none_or(|at| at < seq))
 }
 
+/// Whether a replay's target reply shows the target applied the write as the source did:
+/// the same reply (any non-error one with the rules broken for tests).
+pub(super) fn replay_agrees(source_reply: &[u8], reply: &[u8]) -> bool {
+    reply == source_reply || (*BREAK_RULES && reply.first() != Some(&b'-'))
+}
+
 /// Replay a batch of writes, pipelined; a write the target refuses, or whose connection
 /// failed, is then handled alone (retried, or its key copied).
-async fn replay_batch(migration: &Migration, known: &mut KnownCopied, batch: Vec<LaneEvent>) {
+async fn replay_batch(migration: &Migration, known: &Mutex<KnownCopied>, batch: Vec<LaneEvent>) {
     let mut waiting = Vec::with_capacity(batch.len());
     for event in batch {
         let LaneEvent::Write {
@@ -281,9 +317,7 @@ async fn replay_batch(migration: &Migration, known: &mut KnownCopied, batch: Vec
             Err(e) => Err(e),
         };
         match answer {
-            Ok(reply)
-                if reply == source_reply || (*BREAK_RULES && reply.first() != Some(&b'-')) =>
-            {
+            Ok(reply) if replay_agrees(&source_reply, &reply) => {
                 migration.counters.replayed.increment(1);
                 migration.totals.replayed.fetch_add(1, Relaxed);
             }
@@ -311,7 +345,7 @@ static LAST_MISMATCH_LOG: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::
 /// a second) and repaired by copying the key again.
 async fn shadow_check(
     migration: &Arc<Migration>,
-    known: &mut KnownCopied,
+    known: &Mutex<KnownCopied>,
     read: ShadowRead,
     request: Bytes,
     source_reply: Bytes,
@@ -402,7 +436,7 @@ async fn confirm_read(migration: &Arc<Migration>, read: ShadowRead, request: Byt
 /// failures with backoff; a key that keeps failing is marked dirty (rule 7).
 async fn copy_with_retries(
     migration: &Migration,
-    known: &mut KnownCopied,
+    known: &Mutex<KnownCopied>,
     key: &Bytes,
     reason: &'static str,
 ) {
@@ -414,7 +448,7 @@ async fn copy_with_retries(
         match copy::copy_key(migration, key).await {
             Ok(copied) => {
                 let fp = migration.salt.fingerprint(key);
-                if known.insert(fp, copied.copied_at, copied.expires) {
+                if lock(known).insert(fp, copied.copied_at, copied.expires) {
                     migration.counters.known_keys.increment(1.0);
                 }
                 migration.counters.copied(reason, copied.bytes);

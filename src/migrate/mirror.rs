@@ -93,6 +93,19 @@ enum HookKind {
     Write(WriteEffect),
     /// A sampled read of one key, checked against the target in the key's lane.
     Shadow(ShadowRead),
+    /// A write replayed on the target straight from the source's reply (its lane was idle):
+    /// the target's reply is checked against the source's.
+    Replay(ReplayCheck),
+}
+
+/// What checking a direct replay needs.
+pub struct ReplayCheck {
+    /// The key written.
+    pub key: Bytes,
+    /// The source's reply, which the target's must equal.
+    pub source_reply: Bytes,
+    /// When the source's reply was read (for the mirror lag).
+    pub mirrored_at: Instant,
 }
 
 /// A sampled read to check against the target.
@@ -121,6 +134,8 @@ pub struct MirrorHook {
     request: Bytes,
     /// Its sequence number, taken when it is written to the source (rule 2).
     seq: u64,
+    /// Its outcome was handled (a reply, an unknown outcome, or a replay handed back).
+    settled: bool,
 }
 
 impl MirrorHook {
@@ -134,6 +149,13 @@ impl MirrorHook {
         MirrorHook::with_kind(migration, HookKind::Shadow(read), request)
     }
 
+    /// A hook for a write replayed on the target with sequence number `seq`.
+    pub fn replay(migration: Arc<Migration>, check: ReplayCheck, seq: u64) -> MirrorHook {
+        let mut hook = MirrorHook::with_kind(migration, HookKind::Replay(check), Bytes::new());
+        hook.seq = seq;
+        hook
+    }
+
     /// Count the hook as live: a flip waits until no hook is.
     fn with_kind(migration: Arc<Migration>, kind: HookKind, request: Bytes) -> MirrorHook {
         migration.hook_started();
@@ -142,7 +164,19 @@ impl MirrorHook {
             kind,
             request,
             seq: 0,
+            settled: false,
         }
+    }
+
+    /// Whether the request is numbered when it is sent (a write or read on the
+    /// authoritative pool); a replay keeps its source write's number.
+    pub fn takes_seq(&self) -> bool {
+        !matches!(self.kind, HookKind::Replay(_))
+    }
+
+    /// A replay that could not be queued is handed back to the lane: forget it here.
+    pub fn cancel(mut self) {
+        self.settled = true;
     }
 
     /// Take the write's sequence number; called as it goes on the wire to the source.
@@ -162,11 +196,17 @@ impl MirrorHook {
     }
 
     /// The source answered `reply`: queue the write's events (before the client sees it).
+    /// For a replay, the target answered: check it.
     pub fn on_reply(mut self, reply: &Bytes) {
+        self.settled = true;
         let failed = reply.first() == Some(&b'-');
         let request = std::mem::take(&mut self.request);
         let now = Instant::now();
         let effect = match &mut self.kind {
+            HookKind::Replay(check) => {
+                self.migration.replay_answered(check, reply);
+                return;
+            }
             HookKind::Shadow(read) => {
                 if !failed {
                     self.migration.enqueue(LaneEvent::Shadow {
@@ -187,6 +227,14 @@ impl MirrorHook {
         let keys = std::mem::take(&mut effect.keys);
         if effect.replay && !failed {
             let key = keys[0].clone();
+            // Straight to the target when the key's lane is idle and the key may be
+            // replayed; else through the lane.
+            let Err(request) = self
+                .migration
+                .replay_direct(&key, self.seq, request, reply, now)
+            else {
+                return;
+            };
             self.migration.enqueue(LaneEvent::Write {
                 key,
                 seq: self.seq,
@@ -208,7 +256,12 @@ impl MirrorHook {
     /// The write's outcome is unknown (timeout, connection lost after sending): copy every
     /// key it may have written. A sampled read is simply not checked.
     pub fn on_unknown(mut self) {
+        self.settled = true;
         let now = Instant::now();
+        if let HookKind::Replay(check) = &self.kind {
+            self.migration.replay_unknown(check);
+            return;
+        }
         let HookKind::Write(effect) = &mut self.kind else {
             return;
         };
@@ -224,6 +277,13 @@ impl MirrorHook {
 
 impl Drop for MirrorHook {
     fn drop(&mut self) {
+        // A replay dropped unanswered (its connection never opened) did not happen: copy
+        // the key. A write or read dropped unsent never reached the source: nothing to do.
+        if !self.settled
+            && let HookKind::Replay(check) = &self.kind
+        {
+            self.migration.replay_unknown(check);
+        }
         self.migration.hook_finished();
     }
 }

@@ -39,8 +39,8 @@ use crate::config::{MigrateSettings, PoolConfig};
 use crate::proxy::{BackendError, Pool};
 use crate::resp::Protocol;
 use dirty::DirtyKeys;
-use known::Salt;
-use mirror::ShadowRead;
+use known::{KnownCopied, Salt};
+use mirror::{MirrorHook, ReplayCheck, ShadowRead};
 
 /// Mirror events queued above which `/status` says the lanes are behind.
 const STATUS_BACKLOG: u64 = 1000;
@@ -88,6 +88,11 @@ pub struct Migration {
     lanes: Vec<mpsc::Sender<LaneEvent>>,
     /// Events ever queued to each lane (for forgetting `copied_at` safely).
     pub lane_enqueued: Vec<AtomicU64>,
+    /// Mirrored events seen by [`Migration::record_lag`] (which records one in
+    /// [`LAG_SAMPLE`]).
+    lag_tick: AtomicU64,
+    /// Each lane's known-copied set, shared with direct replays.
+    pub known: Vec<std::sync::Mutex<KnownCopied>>,
     /// The migration's metrics.
     pub counters: MigrationCounters,
     /// Keys to copy again.
@@ -113,6 +118,9 @@ pub struct Migration {
     /// Backfill progress per source server, saved to the state file.
     pub progress: state::Progress,
 }
+
+/// The mirror lag is measured on one mirrored event in this many (the first included).
+pub const LAG_SAMPLE: u64 = 8;
 
 /// Running totals of a migration.
 #[derive(Debug, Default)]
@@ -223,6 +231,8 @@ impl Migration {
             seq: AtomicU64::new(1),
             lanes: senders,
             lane_enqueued: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            known: (0..lanes).map(|_| Default::default()).collect(),
+            lag_tick: AtomicU64::new(0),
             counters,
             dirty: DirtyKeys::open(dirty_path),
             backfill_done: AtomicBool::new(false),
@@ -310,6 +320,68 @@ impl Migration {
                 self.mark_dirty(&key);
             }
         }
+    }
+
+    /// Replay a write on the target at once, from the source connection's task, when the
+    /// key's lane is idle and rule 3 allows it: the lane's queue, task and reply channel
+    /// are skipped, which is most of the mirroring cost. Checked and queued under the
+    /// lane's known-copied lock, which the lane also takes before it acts on any event, so
+    /// a copy the lane starts later is queued on the target after this replay. Otherwise
+    /// (or when the target connection's queue is full) the request is handed back for the
+    /// lane.
+    pub fn replay_direct(
+        self: &Arc<Self>,
+        key: &Bytes,
+        seq: u64,
+        request: Bytes,
+        source_reply: &Bytes,
+        mirrored_at: tokio::time::Instant,
+    ) -> Result<(), Bytes> {
+        let lane = self.lane_of(key);
+        let known = known::lock(&self.known[lane]);
+        let idle = self.lane_processed[lane].load(SeqCst) >= self.lane_enqueued[lane].load(SeqCst);
+        if !idle || !lane::replay_allowed(self, &known, key, seq) {
+            return Err(request);
+        }
+        let pool = self.mirror_to();
+        let Some(route) = pool.route(key) else {
+            return Err(request);
+        };
+        let check = ReplayCheck {
+            key: key.clone(),
+            source_reply: source_reply.clone(),
+            mirrored_at,
+        };
+        let hook = MirrorHook::replay(self.clone(), check, seq);
+        pool.try_submit_replay(route, request, hook)
+            .map_err(|mut back| {
+                if let Some(hook) = back.mirror.take() {
+                    hook.cancel();
+                }
+                back.bytes
+            })
+    }
+
+    /// The target answered a direct replay: the same as the source, or the key is copied
+    /// (the target had diverged; never replayed twice).
+    pub fn replay_answered(&self, check: &ReplayCheck, reply: &[u8]) {
+        if lane::replay_agrees(&check.source_reply, reply) {
+            self.counters.replayed.increment(1);
+            self.totals.replayed.fetch_add(1, Relaxed);
+            self.record_lag(check.mirrored_at);
+        } else {
+            self.replay_unknown(check);
+        }
+    }
+
+    /// A direct replay's outcome is unknown (or it never reached the target): copy the key.
+    pub fn replay_unknown(&self, check: &ReplayCheck) {
+        self.counters.retried.increment(1);
+        self.enqueue(LaneEvent::Copy {
+            key: check.key.clone(),
+            unless_known: false,
+            mirrored_at: Some(check.mirrored_at),
+        });
     }
 
     /// Queue an event, waiting for room (the backfill and the dirty drainer).
@@ -422,8 +494,17 @@ impl Migration {
             .await
     }
 
-    /// Record one mirror lag (source reply to target apply).
+    /// Record one mirror lag (source reply to target apply), for one mirrored event in
+    /// [`LAG_SAMPLE`]: reading the clock and filling the histogram for every write was a
+    /// visible share of the mirroring cost, and a sample gives the same quantiles.
     pub fn record_lag(&self, since: tokio::time::Instant) {
+        if !self
+            .lag_tick
+            .fetch_add(1, Relaxed)
+            .is_multiple_of(LAG_SAMPLE)
+        {
+            return;
+        }
         let seconds = since.elapsed().as_secs_f64();
         self.counters.lag.record(seconds);
         self.lag.record(seconds);

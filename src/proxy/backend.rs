@@ -53,8 +53,8 @@ pub type ReplyResult = Result<Bytes, BackendError>;
 pub struct BackendRequest {
     /// The request's bytes, as they go on the wire.
     pub bytes: Bytes,
-    /// Where the reply goes.
-    pub reply: oneshot::Sender<ReplyResult>,
+    /// Where the reply goes; `None` when only the mirror hook wants it (a replay).
+    pub reply: Option<oneshot::Sender<ReplyResult>>,
     /// When it times out (the pool's `timeout:` from when it was queued).
     pub deadline: Option<Instant>,
     /// How many replies the bytes produce (several commands sent as one unit, such as a
@@ -73,7 +73,7 @@ impl BackendRequest {
     ) -> BackendRequest {
         BackendRequest {
             bytes,
-            reply,
+            reply: Some(reply),
             deadline,
             replies: 1,
             mirror: None,
@@ -147,7 +147,11 @@ pub async fn run(
                 }
                 for request in failed {
                     s.counters.unqueued(request.bytes.len());
-                    let _ = request.reply.send(Err(error));
+                    if let Some(reply) = request.reply {
+                        let _ = reply.send(Err(error));
+                    }
+                    // A mirror hook dropped here saw a request that never reached the
+                    // server: a write needs no mirroring, a replay copies its key.
                 }
                 continue;
             }
@@ -260,7 +264,7 @@ where
             s.counters.written(bytes);
             wbuf.extend_from_slice(&request.bytes);
             let mut mirror = request.mirror;
-            if let Some(hook) = mirror.as_mut() {
+            if let Some(hook) = mirror.as_mut().filter(|h| h.takes_seq()) {
                 writes_in_flight.fetch_add(1, Relaxed);
                 // Publish a mark no higher than this write's number before taking it, so the
                 // migration's low-water mark never passes a write still in flight.
@@ -271,7 +275,7 @@ where
                 hook.assign_seq();
             }
             inflight.push_back(InFlight {
-                reply: Some(request.reply),
+                reply: request.reply,
                 replies_left: request.replies.max(1),
                 mirror,
                 bytes,
@@ -376,8 +380,10 @@ where
             // Sent, outcome unknown: the lanes copy what it may have written (rule 4).
             hook.on_unknown();
         }
-        if let Some(reply) = f.reply {
+        if f.setup.is_none() {
             s.counters.finished(f.bytes, None);
+        }
+        if let Some(reply) = f.reply {
             let _ = reply.send(Err(error));
         }
     }
@@ -509,12 +515,15 @@ fn deliver(
         if let Some(hook) = f.mirror {
             // Rule 1: the mirror event is queued the moment the source's reply is read,
             // before the client sees the reply.
-            let seq = hook.seq();
+            let seq = hook.takes_seq().then(|| hook.seq());
             hook.on_reply(&reply);
-            // Writes still in flight here were numbered after this one (numbers are taken
-            // in send order and replies come back in that order): `seq + 1` bounds them.
-            let left = writes_in_flight.fetch_sub(1, Relaxed) - 1;
-            s.write_marks[mark].store(if left == 0 { u64::MAX } else { seq + 1 }, SeqCst);
+            if let Some(seq) = seq {
+                // Writes still in flight here were numbered after this one (numbers are
+                // taken in send order and replies come back in that order): `seq + 1`
+                // bounds them.
+                let left = writes_in_flight.fetch_sub(1, Relaxed) - 1;
+                s.write_marks[mark].store(if left == 0 { u64::MAX } else { seq + 1 }, SeqCst);
+            }
         }
         if is_failure_reply(&reply) {
             failure = true;

@@ -309,6 +309,39 @@ impl Pool {
         Ok(rx)
     }
 
+    /// Queue `bytes` on `route`'s connection without waiting, with only `hook` to take its
+    /// reply (a replayed write, checked when the target answers). A full or closed queue
+    /// hands the request back.
+    pub fn try_submit_replay(
+        &self,
+        route: Route,
+        bytes: Bytes,
+        hook: MirrorHook,
+    ) -> Result<(), Box<BackendRequest>> {
+        let s = &self.servers[route.server];
+        s.counters.queued(bytes.len());
+        let request = BackendRequest {
+            bytes,
+            reply: None,
+            deadline: self.timeout().map(|t| tokio::time::Instant::now() + t),
+            replies: 1,
+            mirror: Some(hook),
+        };
+        match s
+            .connection(Protocol::Resp2, route.connection)
+            .try_send(request)
+        {
+            Ok(()) => Ok(()),
+            Err(
+                tokio::sync::mpsc::error::TrySendError::Full(request)
+                | tokio::sync::mpsc::error::TrySendError::Closed(request),
+            ) => {
+                s.counters.unqueued(request.bytes.len());
+                Err(Box::new(request))
+            }
+        }
+    }
+
     /// The per-request timeout, if the pool has one.
     pub fn timeout(&self) -> Option<Duration> {
         self.config.timeout

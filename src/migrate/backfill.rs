@@ -119,7 +119,7 @@ async fn scan_server(migration: Arc<Migration>, server: usize) -> Scanned {
                 .send(LaneEvent::Copy {
                     key,
                     unless_known: true,
-                    mirrored_at: None,
+                    write: None,
                 })
                 .await;
             queued += 1;

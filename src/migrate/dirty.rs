@@ -109,7 +109,7 @@ pub async fn drain(migration: Arc<Migration>) {
                 .send(LaneEvent::Copy {
                     key,
                     unless_known: false,
-                    mirrored_at: None,
+                    write: None,
                 })
                 .await;
         }

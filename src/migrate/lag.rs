@@ -3,6 +3,15 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
+use tokio::time::Instant;
+
+/// When a mirrored write was acknowledged by the authoritative side, kept only for the
+/// writes whose lag is measured (one in [`super::LAG_SAMPLE`]): reading the clock for
+/// every write was a visible share of the mirroring cost, and a sample gives the same
+/// quantiles.
+#[derive(Debug, Clone, Copy)]
+pub struct LagStart(pub Option<Instant>);
+
 /// Buckets: the first holds lags up to 64 µs, each next one twice as long (about 36
 /// minutes at the top).
 const BUCKETS: usize = 26;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::Migration;
 use super::copy::{self, CopyError};
 use super::known::{KnownCopied, lock};
+use super::lag::LagStart;
 use super::mirror::{MirrorHook, ShadowRead};
 use super::shadow;
 use crate::resp::Protocol;
@@ -51,8 +52,8 @@ pub enum LaneEvent {
         /// diverged (for instance its copy expired just before a PERSIST), so the key is
         /// copied instead.
         source_reply: Bytes,
-        /// When the source's reply was read (for the mirror lag).
-        mirrored_at: Instant,
+        /// When the source's reply was read, if this write's lag is measured.
+        lag: LagStart,
     },
     /// Copy the key from the source (a multi-key or non-deterministic write, an unknown
     /// outcome, the backfill, a dirty key).
@@ -61,8 +62,9 @@ pub enum LaneEvent {
         key: Bytes,
         /// Skip it when it is already known-copied (the backfill, rule 5).
         unless_known: bool,
-        /// When the write that caused it was acknowledged (None for the backfill).
-        mirrored_at: Option<Instant>,
+        /// Set when a write caused it (None for the backfill, a dirty key or a repair),
+        /// with when the write was acknowledged if its lag is measured.
+        write: Option<LagStart>,
     },
     /// A sampled read the source answered: read the target now, after every earlier event
     /// of the key, and compare.
@@ -161,35 +163,29 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
             replay_batch(&migration, known, batch).await;
         } else {
             match event {
-                LaneEvent::Write {
-                    key, mirrored_at, ..
-                } => {
+                LaneEvent::Write { key, lag, .. } => {
                     // Writes that may be replayed were batched above; this one may not:
                     // copy the key (rule 3, or its last copy carried a TTL).
                     if lock(known).expires(migration.salt.fingerprint(&key)) {
                         migration.counters.ttl_copies.increment(1);
                     }
                     copy_with_retries(&migration, known, &key, "write").await;
-                    migration.record_lag(mirrored_at);
+                    migration.record_lag(lag);
                 }
                 LaneEvent::Copy {
                     key,
                     unless_known,
-                    mirrored_at,
+                    write,
                 } => {
                     let fp = migration.salt.fingerprint(&key);
                     if unless_known && lock(known).is_copied(fp) {
                         migration.counters.backfill_skipped.increment(1);
                         migration.totals.skipped.fetch_add(1, Relaxed);
                     } else {
-                        let reason = if mirrored_at.is_some() {
-                            "write"
-                        } else {
-                            "backfill"
-                        };
+                        let reason = if write.is_some() { "write" } else { "backfill" };
                         copy_with_retries(&migration, known, &key, reason).await;
-                        if let Some(at) = mirrored_at {
-                            migration.record_lag(at);
+                        if let Some(lag) = write {
+                            migration.record_lag(lag);
                         }
                     }
                 }
@@ -301,7 +297,7 @@ async fn replay_batch(migration: &Migration, known: &Mutex<KnownCopied>, batch: 
         let LaneEvent::Write {
             key,
             request,
-            mirrored_at,
+            lag,
             source_reply,
             ..
         } = event
@@ -309,9 +305,9 @@ async fn replay_batch(migration: &Migration, known: &Mutex<KnownCopied>, batch: 
             continue;
         };
         let reply = migration.to_submit(&key, request, Protocol::Resp2).await;
-        waiting.push((key, mirrored_at, source_reply, reply));
+        waiting.push((key, lag, source_reply, reply));
     }
-    for (key, mirrored_at, source_reply, reply) in waiting {
+    for (key, lag, source_reply, reply) in waiting {
         let answer = match reply {
             Ok(rx) => rx.await.unwrap_or(Err(crate::proxy::BackendError::Reset)),
             Err(e) => Err(e),
@@ -328,7 +324,7 @@ async fn replay_batch(migration: &Migration, known: &Mutex<KnownCopied>, batch: 
                 copy_with_retries(migration, known, &key, "write").await;
             }
         }
-        migration.record_lag(mirrored_at);
+        migration.record_lag(lag);
     }
 }
 

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use super::lag::LagStart;
 use bytes::Bytes;
-use tokio::time::Instant;
 
 use super::Migration;
 use super::lane::LaneEvent;
@@ -104,8 +104,8 @@ pub struct ReplayCheck {
     pub key: Bytes,
     /// The source's reply, which the target's must equal.
     pub source_reply: Bytes,
-    /// When the source's reply was read (for the mirror lag).
-    pub mirrored_at: Instant,
+    /// When the source's reply was read, if this write's lag is measured.
+    pub lag: LagStart,
 }
 
 /// A sampled read to check against the target.
@@ -174,9 +174,14 @@ impl MirrorHook {
         !matches!(self.kind, HookKind::Replay(_))
     }
 
-    /// A replay that could not be queued is handed back to the lane: forget it here.
-    pub fn cancel(mut self) {
+    /// A replay that could not be queued is handed back to the lane: forget it here, and
+    /// give back its key (empty for other hooks).
+    pub fn cancel(mut self) -> Bytes {
         self.settled = true;
+        match &mut self.kind {
+            HookKind::Replay(check) => std::mem::take(&mut check.key),
+            _ => Bytes::new(),
+        }
     }
 
     /// Take the write's sequence number; called as it goes on the wire to the source.
@@ -201,7 +206,6 @@ impl MirrorHook {
         self.settled = true;
         let failed = reply.first() == Some(&b'-');
         let request = std::mem::take(&mut self.request);
-        let now = Instant::now();
         let effect = match &mut self.kind {
             HookKind::Replay(check) => {
                 self.migration.replay_answered(check, reply);
@@ -225,13 +229,16 @@ impl MirrorHook {
             return;
         }
         let keys = std::mem::take(&mut effect.keys);
+        let lag = self.migration.lag_start();
         if effect.replay && !failed {
-            let key = keys[0].clone();
+            let Some(key) = keys.into_iter().next() else {
+                return;
+            };
             // Straight to the target when the key's lane is idle and the key may be
             // replayed; else through the lane.
-            let Err(request) = self
+            let Err((key, request)) = self
                 .migration
-                .replay_direct(&key, self.seq, request, reply, now)
+                .replay_direct(key, self.seq, request, reply, lag)
             else {
                 return;
             };
@@ -240,14 +247,14 @@ impl MirrorHook {
                 seq: self.seq,
                 request,
                 source_reply: reply.clone(),
-                mirrored_at: now,
+                lag,
             });
         } else {
             for key in keys {
                 self.migration.enqueue(LaneEvent::Copy {
                     key,
                     unless_known: false,
-                    mirrored_at: Some(now),
+                    write: Some(lag),
                 });
             }
         }
@@ -257,7 +264,6 @@ impl MirrorHook {
     /// key it may have written. A sampled read is simply not checked.
     pub fn on_unknown(mut self) {
         self.settled = true;
-        let now = Instant::now();
         if let HookKind::Replay(check) = &self.kind {
             self.migration.replay_unknown(check);
             return;
@@ -265,11 +271,12 @@ impl MirrorHook {
         let HookKind::Write(effect) = &mut self.kind else {
             return;
         };
+        let lag = self.migration.lag_start();
         for key in std::mem::take(&mut effect.keys) {
             self.migration.enqueue(LaneEvent::Copy {
                 key,
                 unless_known: false,
-                mirrored_at: Some(now),
+                write: Some(lag),
             });
         }
     }

@@ -40,6 +40,7 @@ use crate::proxy::{BackendError, Pool};
 use crate::resp::Protocol;
 use dirty::DirtyKeys;
 use known::{KnownCopied, Salt};
+use lag::LagStart;
 use mirror::{MirrorHook, ReplayCheck, ShadowRead};
 
 /// Mirror events queued above which `/status` says the lanes are behind.
@@ -88,7 +89,7 @@ pub struct Migration {
     lanes: Vec<mpsc::Sender<LaneEvent>>,
     /// Events ever queued to each lane (for forgetting `copied_at` safely).
     pub lane_enqueued: Vec<AtomicU64>,
-    /// Mirrored events seen by [`Migration::record_lag`] (which records one in
+    /// Mirrored events seen by [`Migration::lag_start`] (which measures one in
     /// [`LAG_SAMPLE`]).
     lag_tick: AtomicU64,
     /// Each lane's known-copied set, shared with direct replays.
@@ -331,35 +332,44 @@ impl Migration {
     /// lane.
     pub fn replay_direct(
         self: &Arc<Self>,
-        key: &Bytes,
+        key: Bytes,
         seq: u64,
         request: Bytes,
         source_reply: &Bytes,
-        mirrored_at: tokio::time::Instant,
-    ) -> Result<(), Bytes> {
-        let lane = self.lane_of(key);
+        lag: LagStart,
+    ) -> Result<(), (Bytes, Bytes)> {
+        let lane = self.lane_of(&key);
         let known = known::lock(&self.known[lane]);
         let idle = self.lane_processed[lane].load(SeqCst) >= self.lane_enqueued[lane].load(SeqCst);
-        if !idle || !lane::replay_allowed(self, &known, key, seq) {
-            return Err(request);
+        if !idle || !lane::replay_allowed(self, &known, &key, seq) {
+            return Err((key, request));
         }
         let pool = self.mirror_to();
-        let Some(route) = pool.route(key) else {
-            return Err(request);
+        let Some(route) = pool.route(&key) else {
+            return Err((key, request));
         };
         let check = ReplayCheck {
-            key: key.clone(),
+            key,
             source_reply: source_reply.clone(),
-            mirrored_at,
+            lag,
         };
         let hook = MirrorHook::replay(self.clone(), check, seq);
         pool.try_submit_replay(route, request, hook)
-            .map_err(|mut back| {
-                if let Some(hook) = back.mirror.take() {
-                    hook.cancel();
-                }
-                back.bytes
+            .map_err(|back| {
+                let back = *back;
+                let key = back.mirror.map(MirrorHook::cancel).unwrap_or_default();
+                (key, back.bytes)
             })
+    }
+
+    /// Where a mirrored event's lag starts: now for one event in [`LAG_SAMPLE`], else
+    /// unmeasured.
+    pub fn lag_start(&self) -> LagStart {
+        let due = self
+            .lag_tick
+            .fetch_add(1, Relaxed)
+            .is_multiple_of(LAG_SAMPLE);
+        LagStart(due.then(tokio::time::Instant::now))
     }
 
     /// The target answered a direct replay: the same as the source, or the key is copied
@@ -368,7 +378,7 @@ impl Migration {
         if lane::replay_agrees(&check.source_reply, reply) {
             self.counters.replayed.increment(1);
             self.totals.replayed.fetch_add(1, Relaxed);
-            self.record_lag(check.mirrored_at);
+            self.record_lag(check.lag);
         } else {
             self.replay_unknown(check);
         }
@@ -380,7 +390,7 @@ impl Migration {
         self.enqueue(LaneEvent::Copy {
             key: check.key.clone(),
             unless_known: false,
-            mirrored_at: Some(check.mirrored_at),
+            write: Some(check.lag),
         });
     }
 
@@ -494,17 +504,12 @@ impl Migration {
             .await
     }
 
-    /// Record one mirror lag (source reply to target apply), for one mirrored event in
-    /// [`LAG_SAMPLE`]: reading the clock and filling the histogram for every write was a
-    /// visible share of the mirroring cost, and a sample gives the same quantiles.
-    pub fn record_lag(&self, since: tokio::time::Instant) {
-        if !self
-            .lag_tick
-            .fetch_add(1, Relaxed)
-            .is_multiple_of(LAG_SAMPLE)
-        {
+    /// Record a mirror lag (source reply to target apply) when its event was sampled
+    /// ([`Migration::lag_start`]).
+    pub fn record_lag(&self, start: LagStart) {
+        let Some(since) = start.0 else {
             return;
-        }
+        };
         let seconds = since.elapsed().as_secs_f64();
         self.counters.lag.record(seconds);
         self.lag.record(seconds);

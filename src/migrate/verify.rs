@@ -329,7 +329,7 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
                 .send(LaneEvent::Copy {
                     key: key.clone(),
                     unless_known: false,
-                    mirrored_at: None,
+                    write: None,
                 })
                 .await;
         }

@@ -77,6 +77,9 @@ impl Admin {
         match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/metrics") => match &self.metrics {
                 Some(handle) => {
+                    for pool in &self.pools {
+                        pool.publish_metrics();
+                    }
                     HttpResponse::text(200, "text/plain; version=0.0.4", handle.render())
                 }
                 None => {

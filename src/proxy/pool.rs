@@ -233,6 +233,25 @@ impl Pool {
         self.next_return_ms.store(next, Relaxed);
     }
 
+    /// Bring the Prometheus counters kept as atomics up to date (before a scrape), for this
+    /// pool's servers and, when it is a migration's source, the migration's other pools.
+    pub fn publish_metrics(&self) {
+        for server in &self.servers {
+            server.counters.publish();
+        }
+        if let Some(migration) = self.migration() {
+            for pool in [
+                &migration.target,
+                &migration.copy_source,
+                &migration.copy_target,
+            ] {
+                for server in &pool.servers {
+                    server.counters.publish();
+                }
+            }
+        }
+    }
+
     /// The migration this pool is the source of, if any.
     pub fn migration(&self) -> Option<&Arc<Migration>> {
         self.migration.get()

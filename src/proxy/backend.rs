@@ -258,10 +258,11 @@ where
     }
     // Mirrored writes in flight on this connection (for the low-water mark).
     let writes_in_flight = std::sync::atomic::AtomicUsize::new(0);
+    // Moves a request into the write buffer and returns its size; the caller counts it
+    // (a drained batch is counted at once).
     let enqueue =
         |request: BackendRequest, wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>| {
             let bytes = request.bytes.len();
-            s.counters.written(bytes);
             wbuf.extend_from_slice(&request.bytes);
             let mut mirror = request.mirror;
             if let Some(hook) = mirror.as_mut().filter(|h| h.takes_seq()) {
@@ -282,9 +283,11 @@ where
                 deadline: request.deadline,
                 setup: None,
             });
+            bytes
         };
     if let Some(request) = first {
-        enqueue(request, &mut wbuf, &mut inflight);
+        let bytes = enqueue(request, &mut wbuf, &mut inflight);
+        s.counters.written(1, bytes);
     }
 
     let mut senders_gone = false;
@@ -297,13 +300,18 @@ where
     let end = loop {
         let mut drain =
             |wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>, senders_gone: &mut bool| {
+                let (mut count, mut bytes) = (0, 0);
                 while wbuf.len() < WRITE_BATCH && !*senders_gone {
                     match rx.try_recv() {
-                        Ok(request) => enqueue(request, wbuf, inflight),
+                        Ok(request) => {
+                            bytes += enqueue(request, wbuf, inflight);
+                            count += 1;
+                        }
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => *senders_gone = true,
                     }
                 }
+                s.counters.written(count, bytes);
             };
         drain(&mut wbuf, &mut inflight, &mut senders_gone);
         if !wbuf.is_empty() && !yielded && wbuf.len() < WRITE_BATCH {
@@ -353,7 +361,10 @@ where
                 }
             }
             request = rx.recv(), if wbuf.is_empty() && !senders_gone => match request {
-                Some(request) => enqueue(request, &mut wbuf, &mut inflight),
+                Some(request) => {
+                    let bytes = enqueue(request, &mut wbuf, &mut inflight);
+                    s.counters.written(1, bytes);
+                }
                 None => senders_gone = true,
             },
             () = &mut timer, if timer_at.is_some() => {
@@ -381,7 +392,7 @@ where
             hook.on_unknown();
         }
         if f.setup.is_none() {
-            s.counters.finished(f.bytes, None);
+            s.counters.finished(1, f.bytes, None);
         }
         if let Some(reply) = f.reply {
             let _ = reply.send(Err(error));
@@ -391,6 +402,26 @@ where
     s.write_marks[mark].store(u64::MAX, SeqCst);
     s.counters.connection(-1);
     end
+}
+
+/// Replies read by one [`deliver`] call, counted into the server's counters once, when it
+/// returns (whichever way).
+struct Answered<'a> {
+    /// Where they are counted.
+    counters: &'a super::counters::ServerCounters,
+    /// Requests answered.
+    count: usize,
+    /// Their request bytes.
+    request_bytes: usize,
+    /// Their reply bytes.
+    reply_bytes: usize,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.counters
+            .finished(self.count, self.request_bytes, Some(self.reply_bytes));
+    }
 }
 
 /// Learn `server`'s `redis_version` with a short-lived connection (AUTH, INFO server), so
@@ -474,6 +505,12 @@ fn deliver(
     let s = &pool.servers[server];
     let mut failure = false;
     let mut answered = false;
+    let mut tally = Answered {
+        counters: &s.counters,
+        count: 0,
+        request_bytes: 0,
+        reply_bytes: 0,
+    };
     loop {
         if let Some(front) = inflight.front_mut()
             && front.replies_left > 1
@@ -511,7 +548,9 @@ fn deliver(
             }
             continue;
         }
-        s.counters.finished(f.bytes, Some(len));
+        tally.count += 1;
+        tally.request_bytes += f.bytes;
+        tally.reply_bytes += len;
         if let Some(hook) = f.mirror {
             // Rule 1: the mirror event is queued the moment the source's reply is read,
             // before the client sees the reply.

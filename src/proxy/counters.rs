@@ -206,13 +206,17 @@ impl ServerCounters {
         self.in_queue_bytes.fetch_add(bytes as i64, Relaxed);
     }
 
-    /// A queued request was written (moved from the in queue to the out queue).
-    pub fn written(&self, bytes: usize) {
-        self.in_queue.fetch_sub(1, Relaxed);
+    /// `count` queued requests of `bytes` in all were written (moved from the in queue to
+    /// the out queue); a connection counts a drained batch at once.
+    pub fn written(&self, count: usize, bytes: usize) {
+        if count == 0 {
+            return;
+        }
+        self.in_queue.fetch_sub(count as i64, Relaxed);
         self.in_queue_bytes.fetch_sub(bytes as i64, Relaxed);
-        self.out_queue.fetch_add(1, Relaxed);
+        self.out_queue.fetch_add(count as i64, Relaxed);
         self.out_queue_bytes.fetch_add(bytes as i64, Relaxed);
-        self.requests.fetch_add(1, Relaxed);
+        self.requests.fetch_add(count as u64, Relaxed);
         self.request_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
@@ -222,13 +226,17 @@ impl ServerCounters {
         self.in_queue_bytes.fetch_sub(bytes as i64, Relaxed);
     }
 
-    /// A written request left the out queue; `reply_bytes` when it was answered.
-    pub fn finished(&self, request_bytes: usize, reply_bytes: Option<usize>) {
-        self.out_queue.fetch_sub(1, Relaxed);
+    /// `count` written requests of `request_bytes` in all left the out queue;
+    /// `reply_bytes` (in all) when they were answered.
+    pub fn finished(&self, count: usize, request_bytes: usize, reply_bytes: Option<usize>) {
+        if count == 0 {
+            return;
+        }
+        self.out_queue.fetch_sub(count as i64, Relaxed);
         self.out_queue_bytes
             .fetch_sub(request_bytes as i64, Relaxed);
         if let Some(n) = reply_bytes {
-            self.responses.fetch_add(1, Relaxed);
+            self.responses.fetch_add(count as u64, Relaxed);
             self.response_bytes.fetch_add(n as u64, Relaxed);
         }
     }

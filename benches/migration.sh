@@ -60,8 +60,10 @@ flush_targets
 PLAIN=$(free_port); MIRROR=$(free_port); ADMIN=$(free_port)
 printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n   - 127.0.0.1:%s:1\n' "$PLAIN" "$SRC" > "$WORK/plain.yml"
 { printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n   - 127.0.0.1:%s:1\n  migrate_to: fleet\n' "$MIRROR" "$SRC"; printf 'fleet:\n  redis: true\n  hash: fnv1a_64\n'; pool; } > "$WORK/mirror.yml"
-"$BIN" -c "$WORK/plain.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$(free_port)" -o "$WORK/plain.log" >/dev/null 2>&1 & PIDS+=($!)
-"$BIN" -c "$WORK/mirror.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$ADMIN" -o "$WORK/mirror.log" >/dev/null 2>&1 & PIDS+=($!)
+"$BIN" -c "$WORK/plain.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$(free_port)" -o "$WORK/plain.log" >/dev/null 2>&1 & PIDS+=($!); PLAIN_PID=$!
+"$BIN" -c "$WORK/mirror.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$ADMIN" -o "$WORK/mirror.log" >/dev/null 2>&1 & PIDS+=($!); MIRROR_PID=$!
+# CPU seconds a process has used (user + system), from /proc.
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 wait_port "$PLAIN"; wait_port "$MIRROR"
 # Let the mirror-on proxy finish its backfill first, so the run measures mirroring.
 for _ in $(seq 1 1200); do curl -s "127.0.0.1:$ADMIN/status" | grep -q '"queued":0' && curl -s "127.0.0.1:$ADMIN/status" | grep -q '"done":true' && break; sleep 0.5; done
@@ -70,11 +72,13 @@ bench() { redis-benchmark -h 127.0.0.1 -p "$1" -c 50 -n 200000 -r 100000 -P 16 -
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 if [[ $PARTS == *mirror* ]]; then
 : > "$WORK/mirror_runs"
+cpu_plain0=$(cpu_seconds "$PLAIN_PID"); cpu_mirror0=$(cpu_seconds "$MIRROR_PID")
 for _ in 1 2 3 4 5 6 7; do
   read -r off_set off_get < <(bench "$PLAIN")
   read -r on_set on_get < <(bench "$MIRROR")
   echo "$off_set $off_get $on_set $on_get" >> "$WORK/mirror_runs"
 done
+cpu_plain=$(echo "$(cpu_seconds "$PLAIN_PID") - $cpu_plain0" | bc); cpu_mirror=$(echo "$(cpu_seconds "$MIRROR_PID") - $cpu_mirror0" | bc)
 col() { awk -v c="$1" '{print $c}' "$WORK/mirror_runs" | median; }
 off_set=$(col 1); off_get=$(col 2); on_set=$(col 3); on_get=$(col 4)
 printf '\n%-22s %12s %12s %8s\n' "proxy, pipeline 16" "mirror off" "mirror on" "ratio"
@@ -82,6 +86,7 @@ printf '%-22s %12d %12d %8.2f\n' "SET requests/s" "$off_set" "$on_set" "$(echo "
 printf '%-22s %12d %12d %8.2f\n' "GET requests/s" "$off_get" "$on_get" "$(echo "$on_get / $off_get" | bc -l)"
 printf 'SET on/off per round: %s(median of the rounds: %s)\n' "$(awk '{printf "%.2f ", $3 / $1}' "$WORK/mirror_runs")" \
   "$(awk '{printf "%.2f\n", $3 / $1}' "$WORK/mirror_runs" | median)"
+printf 'proxy CPU for the same 7 x 400,000 requests (SET and GET): mirror off %s s, mirror on %s s\n' "$cpu_plain" "$cpu_mirror"
 sleep 2
 curl -s "127.0.0.1:$ADMIN/metrics" | python3 -c '
 import sys

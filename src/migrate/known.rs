@@ -94,18 +94,14 @@ impl KnownCopied {
 
     /// The stored entry of `fp`, flag included.
     fn entry(&self, fp: Fingerprint) -> Option<Fingerprint> {
-        let find = |list: &[Fingerprint]| {
-            list.binary_search_by_key(&fp, |e| e & !EXPIRES)
-                .ok()
-                .map(|i| list[i])
-        };
-        find(&self.buffer).or_else(|| find(&self.sorted))
+        let get = |list: &[Fingerprint]| position(list, fp).map(|i| list[i]);
+        get(&self.buffer).or_else(|| get(&self.sorted))
     }
 
     /// Set or clear the flag of an existing entry; false when `fp` has none.
     fn set_flag(&mut self, fp: Fingerprint, expires: bool) -> bool {
         for list in [&mut self.buffer, &mut self.sorted] {
-            if let Ok(i) = list.binary_search_by_key(&fp, |e| e & !EXPIRES) {
+            if let Some(i) = position(list, fp) {
                 list[i] = if expires { fp | EXPIRES } else { fp };
                 return true;
             }
@@ -200,6 +196,11 @@ impl KnownCopied {
         self.sorted.shrink_to_fit();
         self.every_key = true;
     }
+}
+
+/// Where `fp` is stored in a sorted `list`, whatever its TTL flag.
+fn position(list: &[Fingerprint], fp: Fingerprint) -> Option<usize> {
+    list.binary_search_by_key(&fp, |e| e & !EXPIRES).ok()
 }
 
 /// Lock a lane's set; a poisoned lock (a panic elsewhere while holding it) still holds a

@@ -313,10 +313,7 @@ async fn replay_batch(migration: &Migration, known: &Mutex<KnownCopied>, batch: 
             Err(e) => Err(e),
         };
         match answer {
-            Ok(reply) if replay_agrees(&source_reply, &reply) => {
-                migration.counters.replayed.increment(1);
-                migration.totals.replayed.fetch_add(1, Relaxed);
-            }
+            Ok(reply) if replay_agrees(&source_reply, &reply) => migration.count_replayed(),
             // Refused, answered differently from the source (the target had diverged), or
             // an unknown outcome: copy the key (never replay twice).
             _ => {

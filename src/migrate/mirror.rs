@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
-use super::lag::LagStart;
 use bytes::Bytes;
 
 use super::Migration;
+use super::lag::LagStart;
 use super::lane::LaneEvent;
 use super::shadow::Compare;
 use crate::command::{self, Access, CommandSpec, Mirror, WrittenKeys};

@@ -340,8 +340,7 @@ impl Migration {
     ) -> Result<(), (Bytes, Bytes)> {
         let lane = self.lane_of(&key);
         let known = known::lock(&self.known[lane]);
-        let idle = self.lane_processed[lane].load(SeqCst) >= self.lane_enqueued[lane].load(SeqCst);
-        if !idle || !lane::replay_allowed(self, &known, &key, seq) {
+        if !self.lane_idle(lane) || !lane::replay_allowed(self, &known, &key, seq) {
             return Err((key, request));
         }
         let pool = self.mirror_to();
@@ -376,12 +375,17 @@ impl Migration {
     /// (the target had diverged; never replayed twice).
     pub fn replay_answered(&self, check: &ReplayCheck, reply: &[u8]) {
         if lane::replay_agrees(&check.source_reply, reply) {
-            self.counters.replayed.increment(1);
-            self.totals.replayed.fetch_add(1, Relaxed);
+            self.count_replayed();
             self.record_lag(check.lag);
         } else {
             self.replay_unknown(check);
         }
+    }
+
+    /// A write was replayed and the target agreed (by a lane or directly).
+    pub fn count_replayed(&self) {
+        self.counters.replayed.increment(1);
+        self.totals.replayed.fetch_add(1, Relaxed);
     }
 
     /// A direct replay's outcome is unknown (or it never reached the target): copy the key.
@@ -462,10 +466,12 @@ impl Migration {
 
     /// Whether every lane has processed every event queued to it.
     pub fn lanes_idle(&self) -> bool {
-        self.lane_enqueued
-            .iter()
-            .zip(&self.lane_processed)
-            .all(|(queued, done)| done.load(SeqCst) >= queued.load(SeqCst))
+        (0..self.lane_count()).all(|lane| self.lane_idle(lane))
+    }
+
+    /// Whether lane `lane` has processed every event queued to it (none waits or runs).
+    fn lane_idle(&self, lane: usize) -> bool {
+        self.lane_processed[lane].load(SeqCst) >= self.lane_enqueued[lane].load(SeqCst)
     }
 
     /// Send `request` (expecting `replies` replies, the last returned) to the authoritative

@@ -126,11 +126,23 @@ fn source_pool(options: &OfflineOptions, target: &PoolConfig) -> Result<PoolConf
     Ok(pool)
 }
 
-/// Run the job to the end.
-pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
+/// The two sides of an offline job, opened.
+struct Opened {
+    /// The source as a one-server pool config.
+    source: PoolConfig,
+    /// The target pool config.
+    target: PoolConfig,
+    /// The running source pool.
+    pool: std::sync::Arc<Pool>,
+    /// Keys on the source (DBSIZE), for progress.
+    total: u64,
+}
+
+/// Read the target config, start the source pool and count its keys (which also shows it
+/// answers).
+async fn open(options: &OfflineOptions) -> Result<Opened, OfflineError> {
     let target = target_pool(&options.to)?;
-    let source = source_pool(&options, &target)?;
-    let started = Instant::now();
+    let source = source_pool(options, &target)?;
     let pool = Pool::start(source.clone());
     let total = super::backfill::dbsize(&pool, 0)
         .await
@@ -138,6 +150,23 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
             from: options.from.clone(),
             reason,
         })?;
+    Ok(Opened {
+        source,
+        target,
+        pool,
+        total,
+    })
+}
+
+/// Run the job to the end.
+pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
+    let started = Instant::now();
+    let Opened {
+        source,
+        target,
+        pool,
+        total,
+    } = open(&options).await?;
     let migration = Migration::start(pool, &source, &target);
     let terminal = std::io::stderr().is_terminal();
     let every = report_every(terminal);
@@ -209,15 +238,12 @@ pub async fn verify(
     options: OfflineOptions,
     verify_options: super::verify::VerifyOptions,
 ) -> Result<super::verify::VerifyReport, OfflineError> {
-    let target = target_pool(&options.to)?;
-    let source = source_pool(&options, &target)?;
-    let pool = Pool::start(source.clone());
-    let total = super::backfill::dbsize(&pool, 0)
-        .await
-        .map_err(|reason| OfflineError::Source {
-            from: options.from.clone(),
-            reason,
-        })?;
+    let Opened {
+        source,
+        target,
+        pool,
+        total,
+    } = open(&options).await?;
     let migration = Migration::start_with(pool, &source, &target, false);
     let terminal = std::io::stderr().is_terminal();
     let ticker = {

@@ -79,6 +79,14 @@ impl BackendRequest {
             mirror: None,
         }
     }
+
+    /// Answer a request that never reached the server with `error` (its mirror hook, if
+    /// any, is dropped: a write needs no mirroring, a replay copies its key).
+    pub fn fail(self, error: BackendError) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(Err(error));
+        }
+    }
 }
 
 /// A request written and awaiting its reply.
@@ -147,11 +155,7 @@ pub async fn run(
                 }
                 for request in failed {
                     s.counters.unqueued(request.bytes.len());
-                    if let Some(reply) = request.reply {
-                        let _ = reply.send(Err(error));
-                    }
-                    // A mirror hook dropped here saw a request that never reached the
-                    // server: a write needs no mirroring, a replay copies its key.
+                    request.fail(error);
                 }
                 continue;
             }

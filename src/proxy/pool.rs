@@ -236,18 +236,13 @@ impl Pool {
     /// Bring the Prometheus counters kept as atomics up to date (before a scrape), for this
     /// pool's servers and, when it is a migration's source, the migration's other pools.
     pub fn publish_metrics(&self) {
-        for server in &self.servers {
-            server.counters.publish();
-        }
-        if let Some(migration) = self.migration() {
-            for pool in [
-                &migration.target,
-                &migration.copy_source,
-                &migration.copy_target,
-            ] {
-                for server in &pool.servers {
-                    server.counters.publish();
-                }
+        let migration_pools = self
+            .migration()
+            .into_iter()
+            .flat_map(|m| [&m.target, &m.copy_source, &m.copy_target].map(|pool| pool.as_ref()));
+        for pool in std::iter::once(self).chain(migration_pools) {
+            for server in &pool.servers {
+                server.counters.publish();
             }
         }
     }

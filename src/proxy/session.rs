@@ -512,23 +512,16 @@ async fn send(
         Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => request,
         Err(tokio::sync::mpsc::error::TrySendError::Closed(request)) => {
             server.counters.unqueued(request.bytes.len());
-            refuse(request);
+            request.fail(BackendError::Refused);
             return rx;
         }
     };
     // The connection's queue is full: wait for room (this client waits, others go on).
     if let Err(failed) = connection.send(request).await {
         server.counters.unqueued(failed.0.bytes.len());
-        refuse(failed.0);
+        failed.0.fail(BackendError::Refused);
     }
     rx
-}
-
-/// Answer a request that could not be queued with `Refused`.
-fn refuse(request: BackendRequest) {
-    if let Some(reply) = request.reply {
-        let _ = reply.send(Err(BackendError::Refused));
-    }
 }
 
 /// Poll the reply at the front of the queue.

@@ -86,10 +86,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
         "    shadow_ratio: 1.0\n",
     ));
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}/", proxy.port))
-        .expect("client")
-        .get_connection()
-        .expect("connect");
+    let mut conn = proxy.client();
     let _: () = conn.set("b", "2").expect("SET");
     let _: String = conn.get("a").expect("GET");
     assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);

@@ -115,8 +115,7 @@ fn key_name(i: u64) -> String {
 /// One client's random operations through the proxy; with `reads`, each write is
 /// followed by a read of a key of the same group (for shadow reads).
 fn client_ops(port: u16, seed: u64, ops: usize, reads: bool) {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("client");
-    let mut conn = client.get_connection().expect("connect through cutover");
+    let mut conn = support::connect_to(port);
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     for op in 0..ops {
         // Hot keys: the first HOT keys of each type, which the backfill copies concurrently.

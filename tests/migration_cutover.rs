@@ -52,10 +52,7 @@ fn a_diverged_target_is_caught_by_shadow_reads_and_repaired() {
         "    shadow_ratio: 1.0\n",
     ));
     cutover.wait_migration_drained(Duration::from_secs(30), 3);
-    let mut client = redis::Client::open(format!("redis://127.0.0.1:{}/", cutover.port))
-        .expect("client")
-        .get_connection()
-        .expect("connect");
+    let mut client = cutover.client();
     // Reads of keys that agree: checked, no mismatch.
     for i in 0..200 {
         let value: String = client.get(format!("k{i}")).expect("GET");
@@ -220,10 +217,7 @@ fn cutover_rollback_and_cutover_again_lose_no_acknowledged_write() {
     let writer = {
         let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
         std::thread::spawn(move || {
-            let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-                .expect("client")
-                .get_connection()
-                .expect("connect");
+            let mut conn = support::connect_to(port);
             while !stop.load(SeqCst) {
                 match conn.incr::<_, _, i64>("counter", 1) {
                     Ok(_) => acked.fetch_add(1, SeqCst),
@@ -282,10 +276,7 @@ fn cutover_rollback_and_cutover_again_lose_no_acknowledged_write() {
     assert!(cutover.terminate(Duration::from_secs(10)), "clean stop");
     let cutover = Proxy::cutover(&conf);
     assert_eq!(migration(&cutover)["phase"], "cutover");
-    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}/", cutover.port))
-        .expect("client")
-        .get_connection()
-        .expect("connect");
+    let mut conn = cutover.client();
     let info: String = redis::cmd("INFO").query(&mut conn).expect("INFO");
     assert!(info.contains("migration_phase:cutover"), "{info}");
     let _: i64 = conn.incr("counter", 1).expect("INCR");

@@ -59,9 +59,7 @@ fn each_class_reaches_the_target() {
         "cutover_mirror_events_total{pool=\"legacy\",action=\"copied\"}",
     );
 
-    let client =
-        redis::Client::open(format!("redis://127.0.0.1:{}/", cutover.port)).expect("client");
-    let mut conn = client.get_connection().expect("connect");
+    let mut conn = cutover.client();
     let run = |conn: &mut redis::Connection, words: &[&str]| {
         let mut cmd = redis::cmd(words[0]);
         for w in &words[1..] {
@@ -171,12 +169,7 @@ fn write_across_expiry(restart: bool) {
     );
     let mut cutover = Proxy::cutover(&conf);
     cutover.wait_migration_drained(Duration::from_secs(30), 2);
-    let connect = |proxy: &Proxy| {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", proxy.port))
-            .and_then(|c| c.get_connection())
-            .expect("connect through cutover")
-    };
-    let mut conn = connect(&cutover);
+    let mut conn = cutover.client();
     let mut on_target = target.client();
     let pttl = |conn: &mut redis::Connection| -> i64 {
         redis::cmd("PTTL").arg("h").query(conn).expect("PTTL")
@@ -200,7 +193,7 @@ fn write_across_expiry(restart: bool) {
         assert!(cutover.terminate(Duration::from_secs(10)), "clean stop");
         cutover = Proxy::cutover(&conf);
         cutover.wait_migration_drained(Duration::from_secs(10), 2);
-        conn = connect(&cutover);
+        conn = cutover.client();
     }
     // Busy from now until well after the target's copy expired.
     let busy_for = (pttl(&mut on_target) as f64 / 1000.0 + 1.5).to_string();

@@ -38,6 +38,13 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A synchronous `redis` client connection to a loopback port (a redis-server or a proxy).
+pub fn connect_to(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .and_then(|c| c.get_connection())
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
+}
+
 /// Wait until `port` accepts a connection, or the child exits, or time runs out. A child
 /// that lost the port to another process exits soon after it tried to bind; a short settle
 /// after the first connection makes sure the listener found is still the child's.
@@ -173,9 +180,7 @@ impl RedisServer {
 
     /// A synchronous client connection straight to this server.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
-            .and_then(|c| c.get_connection())
-            .expect("connect to redis-server")
+        connect_to(self.port)
     }
 
     /// Remove every key (all databases).
@@ -334,6 +339,11 @@ impl Proxy {
             "{} did not start after {START_ATTEMPTS} attempts",
             program.display()
         );
+    }
+
+    /// A `redis` client connection to the proxy's client port.
+    pub fn client(&self) -> redis::Connection {
+        connect_to(self.port)
     }
 
     /// A raw connection to the proxy's client port.

@@ -415,7 +415,7 @@ async fn confirm_read(migration: &Arc<Migration>, read: ShadowRead, request: Byt
         confirm: true,
         ..read
     };
-    let hook = MirrorHook::shadow(migration.clone(), confirming, request.clone());
+    let hook = MirrorHook::shadow(migration.clone(), confirming);
     if pool
         .submit_hooked(route, protocol, request, 1, Some(hook))
         .await

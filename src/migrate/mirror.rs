@@ -20,12 +20,33 @@ use crate::resp::{Protocol, Request};
 /// The keys a write writes and whether it may be replayed as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteEffect {
-    /// Every key the command may write.
-    pub keys: Vec<Bytes>,
+    /// The first key the command may write.
+    pub key: Bytes,
+    /// Any further keys it may write: empty, and not allocated, for a single-key write.
+    pub more_keys: Vec<Bytes>,
     /// Deterministic and single-key on the target (rule 3).
     pub replay: bool,
     /// A script: it may have written before failing, so even an error reply is copied.
     pub script: bool,
+}
+
+impl WriteEffect {
+    /// A write of `keys` that is copied, not replayed; `None` when it writes no key.
+    pub fn copying(keys: impl IntoIterator<Item = Bytes>, script: bool) -> Option<WriteEffect> {
+        let mut keys = keys.into_iter();
+        Some(WriteEffect {
+            key: keys.next()?,
+            more_keys: keys.collect(),
+            replay: false,
+            script,
+        })
+    }
+
+    /// Take every key the command may write, leaving the effect empty.
+    pub fn take_keys(&mut self) -> impl Iterator<Item = Bytes> + use<> {
+        let first = std::mem::take(&mut self.key);
+        std::iter::once(first).chain(std::mem::take(&mut self.more_keys))
+    }
 }
 
 /// The effect of `request` (a `spec` command), or `None` for a read.
@@ -35,42 +56,43 @@ pub fn effect(spec: &CommandSpec, request: &Request) -> Option<WriteEffect> {
     };
     let argc = request.argc();
     let arg = |i: usize| request.arg_bytes(i);
-    let (keys, replay) = match mirror {
+    let written = match mirror {
         // A write that gives the key a TTL is copied: a relative TTL set by a replay would
         // start when the replay lands, late by the mirror lag, while a copy carries it
         // exactly (PTTL read with the DUMP); and the copy sets the key's TTL flag, so its
         // later writes are copied too (see `known`).
-        Mirror::Replay if sets_ttl(spec, request) => (vec![arg(1)], false),
-        Mirror::Replay => (vec![arg(1)], true),
-        Mirror::Copy(written) => {
-            let keys = match written {
-                WrittenKeys::First => vec![arg(1)],
-                WrittenKeys::FirstTwo => vec![arg(1), arg(2)],
-                WrittenKeys::Second => vec![arg(2)],
-                WrittenKeys::All => (1..argc).map(arg).collect(),
-                WrittenKeys::Pairs => (1..argc).step_by(2).map(arg).collect(),
-                WrittenKeys::StoreOption => (1..argc.saturating_sub(1))
-                    .filter(|&i| {
-                        let word = request.arg(i);
-                        word.eq_ignore_ascii_case(b"STORE")
-                            || word.eq_ignore_ascii_case(b"STOREDIST")
-                    })
-                    .map(|i| arg(i + 1))
-                    .collect(),
-                WrittenKeys::Eval => {
-                    let args: Vec<&[u8]> = request.args().collect();
-                    let n = command::eval_numkeys(&args).unwrap_or(0);
-                    (3..3 + n).map(arg).collect()
-                }
-            };
-            (keys, false)
+        Mirror::Replay if sets_ttl(spec, request) => WrittenKeys::First,
+        Mirror::Replay => {
+            return Some(WriteEffect {
+                key: arg(1),
+                more_keys: Vec::new(),
+                replay: true,
+                script: false,
+            });
         }
+        Mirror::Copy(written) => written,
     };
-    (!keys.is_empty()).then_some(WriteEffect {
-        keys,
-        replay,
-        script: matches!(mirror, Mirror::Copy(WrittenKeys::Eval)),
-    })
+    match written {
+        WrittenKeys::First => WriteEffect::copying([arg(1)], false),
+        WrittenKeys::FirstTwo => WriteEffect::copying([arg(1), arg(2)], false),
+        WrittenKeys::Second => WriteEffect::copying([arg(2)], false),
+        WrittenKeys::All => WriteEffect::copying((1..argc).map(arg), false),
+        WrittenKeys::Pairs => WriteEffect::copying((1..argc).step_by(2).map(arg), false),
+        WrittenKeys::StoreOption => WriteEffect::copying(
+            (1..argc.saturating_sub(1))
+                .filter(|&i| {
+                    let word = request.arg(i);
+                    word.eq_ignore_ascii_case(b"STORE") || word.eq_ignore_ascii_case(b"STOREDIST")
+                })
+                .map(|i| arg(i + 1)),
+            false,
+        ),
+        WrittenKeys::Eval => {
+            let args: Vec<&[u8]> = request.args().collect();
+            let n = command::eval_numkeys(&args).unwrap_or(0);
+            WriteEffect::copying((3..3 + n).map(arg), true)
+        }
+    }
 }
 
 /// Whether the command may give its key a TTL: EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT,
@@ -123,16 +145,21 @@ pub struct ShadowRead {
     pub confirm: bool,
 }
 
-/// A write (or a sampled read) on its way to the authoritative pool, to be mirrored once
-/// its outcome is known.
-pub struct MirrorHook {
+/// A write, a sampled read or a replay on its way to a server, to be mirrored once its
+/// outcome is known. Boxed, so that the requests and in-flight records it rides on stay
+/// small: they move several times between a client's session and its reply.
+pub struct MirrorHook(Box<Hook>);
+
+/// What a [`MirrorHook`] holds.
+struct Hook {
     /// The migration it belongs to.
     migration: Arc<Migration>,
     /// What it mirrors.
     kind: HookKind,
-    /// The request's bytes, replayed as they are.
+    /// The request's bytes, handed over as it is sent (a write's replay, a read's check).
     request: Bytes,
-    /// Its sequence number, taken when it is written to the source (rule 2).
+    /// Its sequence number, taken when it is written to the source (rule 2); a replay
+    /// keeps its write's.
     seq: u64,
     /// Its outcome was handled (a reply, an unknown outcome, or a replay handed back).
     settled: bool,
@@ -140,45 +167,46 @@ pub struct MirrorHook {
 
 impl MirrorHook {
     /// A hook for a write with `effect`.
-    pub fn new(migration: Arc<Migration>, effect: WriteEffect, request: Bytes) -> MirrorHook {
-        MirrorHook::with_kind(migration, HookKind::Write(effect), request)
+    pub fn new(migration: Arc<Migration>, effect: WriteEffect) -> MirrorHook {
+        MirrorHook::with_kind(migration, HookKind::Write(effect))
     }
 
     /// A hook for a sampled read.
-    pub fn shadow(migration: Arc<Migration>, read: ShadowRead, request: Bytes) -> MirrorHook {
-        MirrorHook::with_kind(migration, HookKind::Shadow(read), request)
-    }
-
-    /// A hook for a write replayed on the target with sequence number `seq`.
-    pub fn replay(migration: Arc<Migration>, check: ReplayCheck, seq: u64) -> MirrorHook {
-        let mut hook = MirrorHook::with_kind(migration, HookKind::Replay(check), Bytes::new());
-        hook.seq = seq;
-        hook
+    pub fn shadow(migration: Arc<Migration>, read: ShadowRead) -> MirrorHook {
+        MirrorHook::with_kind(migration, HookKind::Shadow(read))
     }
 
     /// Count the hook as live: a flip waits until no hook is.
-    fn with_kind(migration: Arc<Migration>, kind: HookKind, request: Bytes) -> MirrorHook {
+    fn with_kind(migration: Arc<Migration>, kind: HookKind) -> MirrorHook {
         migration.hook_started();
-        MirrorHook {
+        MirrorHook(Box::new(Hook {
             migration,
             kind,
-            request,
+            request: Bytes::new(),
             seq: 0,
             settled: false,
-        }
+        }))
     }
 
     /// Whether the request is numbered when it is sent (a write or read on the
     /// authoritative pool); a replay keeps its source write's number.
     pub fn takes_seq(&self) -> bool {
-        !matches!(self.kind, HookKind::Replay(_))
+        !matches!(self.0.kind, HookKind::Replay(_))
+    }
+
+    /// The request goes on the wire: keep its bytes (a write may be replayed, a read is
+    /// sent again to the target). A replay needs them no more.
+    pub fn sending(&mut self, request: Bytes) {
+        if self.takes_seq() {
+            self.0.request = request;
+        }
     }
 
     /// A replay that could not be queued is handed back to the lane: forget it here, and
     /// give back its key (empty for other hooks).
     pub fn cancel(mut self) -> Bytes {
-        self.settled = true;
-        match &mut self.kind {
+        self.0.settled = true;
+        match &mut self.0.kind {
             HookKind::Replay(check) => std::mem::take(&mut check.key),
             _ => Bytes::new(),
         }
@@ -186,36 +214,45 @@ impl MirrorHook {
 
     /// Take the write's sequence number; called as it goes on the wire to the source.
     pub fn assign_seq(&mut self) -> u64 {
-        self.seq = self.migration.next_seq();
-        self.seq
+        self.0.seq = self.0.migration.next_seq();
+        self.0.seq
     }
 
     /// The write's sequence number (0 until it is sent).
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.0.seq
+    }
+
+    /// The key of a replay (empty for other hooks).
+    pub fn replay_key(&self) -> &[u8] {
+        match &self.0.kind {
+            HookKind::Replay(check) => &check.key,
+            _ => &[],
+        }
     }
 
     /// The migration this write belongs to.
     pub fn migration(&self) -> &Arc<Migration> {
-        &self.migration
+        &self.0.migration
     }
 
     /// The source answered `reply`: queue the write's events (before the client sees it).
     /// For a replay, the target answered: check it.
     pub fn on_reply(mut self, reply: &Bytes) {
-        self.settled = true;
+        let hook = &mut *self.0;
+        hook.settled = true;
         let failed = reply.first() == Some(&b'-');
-        let request = std::mem::take(&mut self.request);
-        let effect = match &mut self.kind {
+        let request = std::mem::take(&mut hook.request);
+        let effect = match &mut hook.kind {
             HookKind::Replay(check) => {
-                self.migration.replay_answered(check, reply);
+                hook.migration.replay_answered(check, reply);
                 return;
             }
             HookKind::Shadow(read) => {
                 if !failed {
-                    self.migration.enqueue(LaneEvent::Shadow {
+                    hook.migration.enqueue(LaneEvent::Shadow {
                         read: read.clone(),
-                        seq: self.seq,
+                        seq: hook.seq,
                         request,
                         source_reply: reply.clone(),
                     });
@@ -228,56 +265,59 @@ impl MirrorHook {
             // A command that failed changed nothing on the source.
             return;
         }
-        let keys = std::mem::take(&mut effect.keys);
-        let lag = self.migration.lag_start();
-        if effect.replay && !failed {
-            let Some(key) = keys.into_iter().next() else {
-                return;
-            };
-            // Straight to the target when the key's lane is idle and the key may be
-            // replayed; else through the lane.
-            let Err((key, request)) = self
-                .migration
-                .replay_direct(key, self.seq, request, reply, lag)
-            else {
-                return;
-            };
-            self.migration.enqueue(LaneEvent::Write {
-                key,
-                seq: self.seq,
-                request,
-                source_reply: reply.clone(),
-                lag,
-            });
-        } else {
-            for key in keys {
-                self.migration.enqueue(LaneEvent::Copy {
+        let lag = hook.migration.lag_start();
+        if !effect.replay || failed {
+            for key in effect.take_keys() {
+                hook.migration.enqueue(LaneEvent::Copy {
                     key,
                     unless_known: false,
                     write: Some(lag),
                 });
             }
+            return;
+        }
+        // Straight to the target when the key's lane is idle and the key may be replayed:
+        // the hook becomes the replay's, and checks the target's reply. Else through the
+        // lane.
+        let seq = hook.seq;
+        let key = std::mem::take(&mut effect.key);
+        hook.kind = HookKind::Replay(ReplayCheck {
+            key,
+            source_reply: reply.clone(),
+            lag,
+        });
+        hook.settled = false;
+        let migration = hook.migration.clone();
+        // (Were the hook lost on the way back, its drop would copy the key.)
+        if let Err((Some(hook), request)) = migration.replay_direct(self, request) {
+            migration.enqueue(LaneEvent::Write {
+                key: hook.cancel(),
+                seq,
+                request,
+                source_reply: reply.clone(),
+                lag,
+            });
         }
     }
 
     /// The write's outcome is unknown (timeout, connection lost after sending): copy every
     /// key it may have written. A sampled read is simply not checked.
     pub fn on_unknown(mut self) {
-        self.settled = true;
-        if let HookKind::Replay(check) = &self.kind {
-            self.migration.replay_unknown(check);
-            return;
-        }
-        let HookKind::Write(effect) = &mut self.kind else {
-            return;
-        };
-        let lag = self.migration.lag_start();
-        for key in std::mem::take(&mut effect.keys) {
-            self.migration.enqueue(LaneEvent::Copy {
-                key,
-                unless_known: false,
-                write: Some(lag),
-            });
+        let hook = &mut *self.0;
+        hook.settled = true;
+        match &mut hook.kind {
+            HookKind::Replay(check) => hook.migration.replay_unknown(check),
+            HookKind::Shadow(_) => {}
+            HookKind::Write(effect) => {
+                let lag = hook.migration.lag_start();
+                for key in effect.take_keys() {
+                    hook.migration.enqueue(LaneEvent::Copy {
+                        key,
+                        unless_known: false,
+                        write: Some(lag),
+                    });
+                }
+            }
         }
     }
 }
@@ -286,12 +326,13 @@ impl Drop for MirrorHook {
     fn drop(&mut self) {
         // A replay dropped unanswered (its connection never opened) did not happen: copy
         // the key. A write or read dropped unsent never reached the source: nothing to do.
-        if !self.settled
-            && let HookKind::Replay(check) = &self.kind
+        let hook = &*self.0;
+        if !hook.settled
+            && let HookKind::Replay(check) = &hook.kind
         {
-            self.migration.replay_unknown(check);
+            hook.migration.replay_unknown(check);
         }
-        self.migration.hook_finished();
+        hook.migration.hook_finished();
     }
 }
 
@@ -310,11 +351,10 @@ mod tests {
             panic!("parse")
         };
         let spec = command::lookup(request.name()).expect("known command");
-        effect(spec, &request).map(|e| {
+        effect(spec, &request).map(|mut e| {
             (
-                e.keys
-                    .iter()
-                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                e.take_keys()
+                    .map(|k| String::from_utf8_lossy(&k).into_owned())
                     .collect(),
                 e.replay,
                 e.script,

@@ -331,34 +331,23 @@ impl Migration {
     /// (or when the target connection's queue is full) the request is handed back for the
     /// lane.
     pub fn replay_direct(
-        self: &Arc<Self>,
-        key: Bytes,
-        seq: u64,
+        &self,
+        hook: MirrorHook,
         request: Bytes,
-        source_reply: &Bytes,
-        lag: LagStart,
-    ) -> Result<(), (Bytes, Bytes)> {
-        let lane = self.lane_of(&key);
+    ) -> Result<(), (Option<MirrorHook>, Bytes)> {
+        let key = hook.replay_key();
+        let lane = self.lane_of(key);
         let known = known::lock(&self.known[lane]);
-        if !self.lane_idle(lane) || !lane::replay_allowed(self, &known, &key, seq) {
-            return Err((key, request));
+        if !self.lane_idle(lane) || !lane::replay_allowed(self, &known, key, hook.seq()) {
+            return Err((Some(hook), request));
         }
         let pool = self.mirror_to();
-        let Some(route) = pool.route(&key) else {
-            return Err((key, request));
+        let Some(route) = pool.route(key) else {
+            return Err((Some(hook), request));
         };
-        let check = ReplayCheck {
-            key,
-            source_reply: source_reply.clone(),
-            lag,
-        };
-        let hook = MirrorHook::replay(self.clone(), check, seq);
+        // A request handed back by the pool carries the hook put on it.
         pool.try_submit_replay(route, request, hook)
-            .map_err(|back| {
-                let back = *back;
-                let key = back.mirror.map(MirrorHook::cancel).unwrap_or_default();
-                (key, back.bytes)
-            })
+            .map_err(|back| (back.mirror, back.bytes))
     }
 
     /// Where a mirrored event's lag starts: now for one event in [`LAG_SAMPLE`], else

@@ -269,15 +269,18 @@ where
             let bytes = request.bytes.len();
             wbuf.extend_from_slice(&request.bytes);
             let mut mirror = request.mirror;
-            if let Some(hook) = mirror.as_mut().filter(|h| h.takes_seq()) {
-                writes_in_flight.fetch_add(1, Relaxed);
-                // Publish a mark no higher than this write's number before taking it, so the
-                // migration's low-water mark never passes a write still in flight.
-                let marks = &s.write_marks[mark];
-                if marks.load(SeqCst) == u64::MAX {
-                    marks.store(hook.migration().seq_now(), SeqCst);
+            if let Some(hook) = mirror.as_mut() {
+                if hook.takes_seq() {
+                    writes_in_flight.fetch_add(1, Relaxed);
+                    // Publish a mark no higher than this write's number before taking it,
+                    // so the migration's low-water mark never passes a write still in flight.
+                    let marks = &s.write_marks[mark];
+                    if marks.load(SeqCst) == u64::MAX {
+                        marks.store(hook.migration().seq_now(), SeqCst);
+                    }
+                    hook.assign_seq();
                 }
-                hook.assign_seq();
+                hook.sending(request.bytes);
             }
             inflight.push_back(InFlight {
                 reply: request.reply,

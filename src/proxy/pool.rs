@@ -331,7 +331,7 @@ impl Pool {
         route: Route,
         bytes: Bytes,
         hook: MirrorHook,
-    ) -> Result<(), Box<BackendRequest>> {
+    ) -> Result<(), BackendRequest> {
         let s = &self.servers[route.server];
         s.counters.queued(bytes.len());
         let request = BackendRequest {
@@ -351,7 +351,7 @@ impl Pool {
                 | tokio::sync::mpsc::error::TrySendError::Closed(request),
             ) => {
                 s.counters.unqueued(request.bytes.len());
-                Err(Box::new(request))
+                Err(request)
             }
         }
     }

@@ -404,19 +404,11 @@ impl Forwarding<'_> {
                 for part in parts {
                     // A part of a split write writes exactly its own keys: each is copied.
                     let mirror = match (migration, spec.is_write()) {
-                        (Some(migration), true) => {
-                            let keys = part.keys.iter().map(|&i| request.arg_bytes(i)).collect();
-                            let effect = WriteEffect {
-                                keys,
-                                replay: false,
-                                script: false,
-                            };
-                            Some(MirrorHook::new(
-                                migration.clone(),
-                                effect,
-                                part.bytes.clone(),
-                            ))
-                        }
+                        (Some(migration), true) => WriteEffect::copying(
+                            part.keys.iter().map(|&i| request.arg_bytes(i)),
+                            false,
+                        )
+                        .map(|effect| MirrorHook::new(migration.clone(), effect)),
                         _ => None,
                     };
                     let rx =
@@ -453,7 +445,6 @@ impl Forwarding<'_> {
                 command: spec.name,
                 confirm: false,
             },
-            request.bytes().clone(),
         ))
     }
 
@@ -485,11 +476,7 @@ fn mirror_hook(
     request: &Request,
 ) -> Option<MirrorHook> {
     let effect = mirror::effect(spec, request)?;
-    Some(MirrorHook::new(
-        migration.clone(),
-        effect,
-        request.bytes().clone(),
-    ))
+    Some(MirrorHook::new(migration.clone(), effect))
 }
 
 /// Queue `bytes` on the route's connection of `pool`; the receiver gets the reply.

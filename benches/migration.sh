@@ -5,11 +5,13 @@
 #     (benches/reference_migrate.py: 10 threads, PTTL + DUMP + RESTORE per key) and with
 #     `cutover migrate`; print keys/s, MB/s and the ratio.
 #  2. Mirroring: redis-benchmark SET/GET (50 clients, pipeline 16) through cutover with
-#     mirroring off and on; print the ratio, and the mirror lag p50/p99 under that load.
+#     mirroring off and on; print the ratio, where the SETs' CPU went (machine, source,
+#     targets, proxy), and the mirror lag p50/p99 under that load.
 #  3. Cutover pause: under a moderate write load (redis-benchmark SET, 10 clients,
 #     pipeline 1), verify, then flip cutover/rollback 10 times each; print the pauses.
 #
-# Usage: benches/migration.sh [MB] [PARTS]      (defaults: 150, "backfill mirror pause")
+# Usage: benches/migration.sh [MB] [PARTS]      (defaults: 150, "backfill mirror pause";
+#        ROUNDS=N in the environment sets the mirror part's rounds, default 11)
 # Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3 with redis-py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +26,10 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { for _ in $(seq 1 400); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 # Start a redis-server; its port is left in $PORT (not a subshell, so cleanup can stop it).
-redis() { PORT=$(free_port); redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null 2>&1 & PIDS+=($!); wait_port "$PORT"; }
+# Start a redis-server; its port is left in $PORT and its pid in $RPID.
+redis() { PORT=$(free_port); redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null 2>&1 & PIDS+=($!); RPID=$!; wait_port "$PORT"; }
 
-redis; SRC=$PORT; redis; T1=$PORT; redis; T2=$PORT; redis; T3=$PORT
+redis; SRC=$PORT; SRC_PID=$RPID; redis; T1=$PORT; T1_PID=$RPID; redis; T2=$PORT; T2_PID=$RPID; redis; T3=$PORT; T3_PID=$RPID
 pool() { printf '  servers:\n   - 127.0.0.1:%s:1 fleet1\n   - 127.0.0.1:%s:1 fleet2\n   - 127.0.0.1:%s:1 fleet3\n' "$T1" "$T2" "$T3"; }
 { printf 'fleet:\n  redis: true\n  hash: fnv1a_64\n'; pool; } > "$WORK/fleet.yml"
 NC=$(free_port)
@@ -67,16 +70,27 @@ cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz
 wait_port "$PLAIN"; wait_port "$MIRROR"
 # Let the mirror-on proxy finish its backfill first, so the run measures mirroring.
 for _ in $(seq 1 1200); do curl -s "127.0.0.1:$ADMIN/status" | grep -q '"queued":0' && curl -s "127.0.0.1:$ADMIN/status" | grep -q '"done":true' && break; sleep 0.5; done
-bench() { redis-benchmark -h 127.0.0.1 -p "$1" -c 50 -n 200000 -r 100000 -P 16 -t set,get --csv 2>/dev/null | awk -F'","' '/^"SET"/{s=$2} /^"GET"/{g=$2} END{printf "%d %d\n", s, g}'; }
-# Medians of 7 rounds, the two proxies taking turns (a shared 2-core machine is noisy).
+# Requests/s of redis-benchmark test $2 (set or get) through the proxy on port $1.
+bench() { redis-benchmark -h 127.0.0.1 -p "$1" -c 50 -n 200000 -r 100000 -P 16 -t "$2" --csv 2>/dev/null | awk -F'","' '/^"(SET|GET)"/{printf "%d\n", $2}'; }
+# Busy CPU seconds of the whole machine (user, nice, system, irq, softirq: not idle,
+# iowait or time stolen by the hypervisor).
+machine_busy() { awk -v hz="$(getconf CLK_TCK)" '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz}' /proc/stat; }
+# CPU seconds so far of: the machine, the source, the three targets together, proxy $1.
+cpu_snapshot() { echo "$(machine_busy) $(cpu_seconds "$SRC_PID") $(echo "$(cpu_seconds "$T1_PID") + $(cpu_seconds "$T2_PID") + $(cpu_seconds "$T3_PID")" | bc) $(cpu_seconds "$1")"; }
+# Medians of ROUNDS rounds (default 11), the two proxies taking turns (a shared 2-core
+# machine is noisy).
+ROUNDS=${ROUNDS:-11}
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 if [[ $PARTS == *mirror* ]]; then
-: > "$WORK/mirror_runs"
+: > "$WORK/mirror_runs"; : > "$WORK/set_cpu"
 cpu_plain0=$(cpu_seconds "$PLAIN_PID"); cpu_mirror0=$(cpu_seconds "$MIRROR_PID")
-for _ in 1 2 3 4 5 6 7; do
-  read -r off_set off_get < <(bench "$PLAIN")
-  read -r on_set on_get < <(bench "$MIRROR")
+for _ in $(seq 1 "$ROUNDS"); do
+  before_off=$(cpu_snapshot "$PLAIN_PID"); off_set=$(bench "$PLAIN" set); after_off=$(cpu_snapshot "$PLAIN_PID")
+  off_get=$(bench "$PLAIN" get)
+  before_on=$(cpu_snapshot "$MIRROR_PID"); on_set=$(bench "$MIRROR" set); after_on=$(cpu_snapshot "$MIRROR_PID")
+  on_get=$(bench "$MIRROR" get)
   echo "$off_set $off_get $on_set $on_get" >> "$WORK/mirror_runs"
+  echo "$before_off $after_off $before_on $after_on" >> "$WORK/set_cpu"
 done
 cpu_plain=$(echo "$(cpu_seconds "$PLAIN_PID") - $cpu_plain0" | bc); cpu_mirror=$(echo "$(cpu_seconds "$MIRROR_PID") - $cpu_mirror0" | bc)
 col() { awk -v c="$1" '{print $c}' "$WORK/mirror_runs" | median; }
@@ -86,7 +100,15 @@ printf '%-22s %12d %12d %8.2f\n' "SET requests/s" "$off_set" "$on_set" "$(echo "
 printf '%-22s %12d %12d %8.2f\n' "GET requests/s" "$off_get" "$on_get" "$(echo "$on_get / $off_get" | bc -l)"
 printf 'SET on/off per round: %s(median of the rounds: %s)\n' "$(awk '{printf "%.2f ", $3 / $1}' "$WORK/mirror_runs")" \
   "$(awk '{printf "%.2f\n", $3 / $1}' "$WORK/mirror_runs" | median)"
-printf 'proxy CPU for the same 7 x 400,000 requests (SET and GET): mirror off %s s, mirror on %s s\n' "$cpu_plain" "$cpu_mirror"
+printf 'proxy CPU for the same %d x 400,000 requests (SET and GET): mirror off %s s, mirror on %s s\n' "$ROUNDS" "$cpu_plain" "$cpu_mirror"
+# Where the CPU of the SET rounds went, per SET; and what the ratio could be, were the
+# machine CPU-bound, if mirroring cost the proxy nothing (only the targets' Redis work).
+awk '{ for (i = 1; i <= 4; i++) { off[i] += $(i + 4) - $i; on[i] += $(i + 12) - $(i + 8) } }
+  END {
+    n = NR * 200000 / 1e6
+    printf "CPU per SET, us (machine / source Redis / target Redis / proxy): mirror off %.2f / %.2f / %.2f / %.2f, mirror on %.2f / %.2f / %.2f / %.2f\n", off[1]/n, off[2]/n, off[3]/n, off[4]/n, on[1]/n, on[2]/n, on[3]/n, on[4]/n
+    printf "CPU-bound ceiling of the SET ratio with a free proxy (machine off / (machine on - proxy extra)): %.2f\n", off[1] / (on[1] - (on[4] - off[4]))
+  }' "$WORK/set_cpu"
 sleep 2
 curl -s "127.0.0.1:$ADMIN/metrics" | python3 -c '
 import sys

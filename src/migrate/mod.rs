@@ -327,9 +327,9 @@ impl Migration {
     /// key's lane is idle and rule 3 allows it: the lane's queue, task and reply channel
     /// are skipped, which is most of the mirroring cost. Checked and queued under the
     /// lane's known-copied lock, which the lane also takes before it acts on any event, so
-    /// a copy the lane starts later is queued on the target after this replay. Otherwise
-    /// (or when the target connection's queue is full) the request is handed back for the
-    /// lane.
+    /// a copy the lane starts later is queued on the target after this replay. `hook` is
+    /// the write's, already turned into a replay check. Otherwise (or when the target
+    /// connection's queue is full) the hook and request are handed back for the lane.
     pub fn replay_direct(
         &self,
         hook: MirrorHook,

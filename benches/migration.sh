@@ -25,8 +25,8 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { for _ in $(seq 1 400); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-# Start a redis-server; its port is left in $PORT (not a subshell, so cleanup can stop it).
-# Start a redis-server; its port is left in $PORT and its pid in $RPID.
+# Start a redis-server; its port is left in $PORT and its pid in $RPID (not a subshell, so
+# cleanup can stop it).
 redis() { PORT=$(free_port); redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null 2>&1 & PIDS+=($!); RPID=$!; wait_port "$PORT"; }
 
 redis; SRC=$PORT; SRC_PID=$RPID; redis; T1=$PORT; T1_PID=$RPID; redis; T2=$PORT; T2_PID=$RPID; redis; T3=$PORT; T3_PID=$RPID

@@ -268,11 +268,7 @@ impl MirrorHook {
         let lag = hook.migration.lag_start();
         if !effect.replay || failed {
             for key in effect.take_keys() {
-                hook.migration.enqueue(LaneEvent::Copy {
-                    key,
-                    unless_known: false,
-                    write: Some(lag),
-                });
+                hook.migration.copy_after_write(key, lag);
             }
             return;
         }
@@ -311,11 +307,7 @@ impl MirrorHook {
             HookKind::Write(effect) => {
                 let lag = hook.migration.lag_start();
                 for key in effect.take_keys() {
-                    hook.migration.enqueue(LaneEvent::Copy {
-                        key,
-                        unless_known: false,
-                        write: Some(lag),
-                    });
+                    hook.migration.copy_after_write(key, lag);
                 }
             }
         }

@@ -380,10 +380,16 @@ impl Migration {
     /// A direct replay's outcome is unknown (or it never reached the target): copy the key.
     pub fn replay_unknown(&self, check: &ReplayCheck) {
         self.counters.retried.increment(1);
+        self.copy_after_write(check.key.clone(), check.lag);
+    }
+
+    /// Copy `key` through its lane because a write may have changed it (a write that is
+    /// not replayed, or whose outcome is unknown); `lag` says when the write was answered.
+    pub fn copy_after_write(&self, key: Bytes, lag: LagStart) {
         self.enqueue(LaneEvent::Copy {
-            key: check.key.clone(),
+            key,
             unless_known: false,
-            write: Some(check.lag),
+            write: Some(lag),
         });
     }
 

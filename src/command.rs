@@ -25,6 +25,9 @@ pub enum ArgClass {
     Arg3,
     /// A key and any number of arguments.
     ArgN,
+    /// A key and at least this many arguments (`EXPIRE key seconds [NX|XX|GT|LT]`, as
+    /// Redis 7 and Valkey take them; nutcracker 0.5.0 knew only the fixed form).
+    KeyAtLeast(usize),
     /// One or more keys (`MGET`, `DEL`, ...).
     ArgX,
     /// Key-value pairs (`MSET`).
@@ -48,6 +51,7 @@ impl ArgClass {
             ArgClass::Arg2 => argc == 4,
             ArgClass::Arg3 => argc == 5,
             ArgClass::ArgN | ArgClass::ArgX => argc >= 2,
+            ArgClass::KeyAtLeast(n) => argc >= 2 + n,
             ArgClass::ArgKvx => argc >= 3 && argc % 2 == 1,
             ArgClass::ArgEval => argc >= 4,
             ArgClass::Exactly(n) => argc == n,
@@ -65,6 +69,7 @@ impl ArgClass {
             ArgClass::Arg2 => 4,
             ArgClass::Arg3 => 5,
             ArgClass::ArgN | ArgClass::ArgX => -2,
+            ArgClass::KeyAtLeast(n) => -(2 + n as i64),
             ArgClass::ArgKvx | ArgClass::ArgEval => -3,
             ArgClass::Exactly(n) => n as i64,
             ArgClass::AtLeast(n) => -(n as i64),
@@ -74,9 +79,12 @@ impl ArgClass {
     /// `(first key, last key, step)` as `COMMAND` reports them.
     pub fn key_positions(self) -> (i64, i64, i64) {
         match self {
-            ArgClass::Arg0 | ArgClass::Arg1 | ArgClass::Arg2 | ArgClass::Arg3 | ArgClass::ArgN => {
-                (1, 1, 1)
-            }
+            ArgClass::Arg0
+            | ArgClass::Arg1
+            | ArgClass::Arg2
+            | ArgClass::Arg3
+            | ArgClass::ArgN
+            | ArgClass::KeyAtLeast(_) => (1, 1, 1),
             ArgClass::ArgX => (1, -1, 1),
             ArgClass::ArgKvx => (1, -1, 2),
             _ => (0, 0, 0),
@@ -255,11 +263,12 @@ const FORWARDED: &[(&str, ArgClass, Access)] = &[
     ("SCARD", Arg0, R),
     ("SMEMBERS", Arg0, R),
     ("ZCARD", Arg0, R),
+    // Key and one argument, and options since Redis 7.0 (NX|XX|GT|LT).
+    ("EXPIRE", KeyAtLeast(1), W(P)),
+    ("EXPIREAT", KeyAtLeast(1), W(P)),
+    ("PEXPIRE", KeyAtLeast(1), W(P)),
+    ("PEXPIREAT", KeyAtLeast(1), W(P)),
     // Key and one argument.
-    ("EXPIRE", Arg1, W(P)),
-    ("EXPIREAT", Arg1, W(P)),
-    ("PEXPIRE", Arg1, W(P)),
-    ("PEXPIREAT", Arg1, W(P)),
     ("APPEND", Arg1, W(P)),
     ("DECRBY", Arg1, W(P)),
     ("GETBIT", Arg1, R),
@@ -273,8 +282,9 @@ const FORWARDED: &[(&str, ArgClass, Access)] = &[
     ("LINDEX", Arg1, R),
     ("RPOPLPUSH", Arg1, W(C(K::FirstTwo))),
     ("SISMEMBER", Arg1, R),
-    ("ZRANK", Arg1, R),
-    ("ZREVRANK", Arg1, R),
+    // WITHSCORE since Redis 7.2.
+    ("ZRANK", KeyAtLeast(1), R),
+    ("ZREVRANK", KeyAtLeast(1), R),
     ("ZSCORE", Arg1, R),
     // Key and two arguments.
     ("GETRANGE", Arg2, R),
@@ -503,6 +513,35 @@ mod tests {
             !lookup(b"PING").expect("PING").class.accepts(2),
             "PING msg is refused, as in nutcracker"
         );
+    }
+
+    /// Every argument form Redis 7.2 and Valkey 8 accept for the commands in the table
+    /// (their `COMMAND INFO` arities), as `(command, argc that must be accepted, argc
+    /// below the minimum)`.
+    #[test]
+    fn redis_7_argument_forms() {
+        for (name, accepted, too_few) in [
+            ("EXPIRE", 4, 2),
+            ("PEXPIRE", 4, 2),
+            ("EXPIREAT", 4, 2),
+            ("PEXPIREAT", 4, 2),
+            ("ZRANK", 4, 2),
+            ("ZREVRANK", 4, 2),
+            ("SET", 6, 1),
+            ("LPOP", 3, 1),
+            ("BITCOUNT", 5, 1),
+            ("ZADD", 7, 1),
+            ("GETEX", 4, 1),
+        ] {
+            let spec = lookup(name.as_bytes()).expect(name);
+            assert!(spec.class.accepts(accepted), "{name} with {accepted}");
+            assert!(
+                spec.class.accepts(3) || name != "EXPIRE",
+                "{name} plain form"
+            );
+            assert!(!spec.class.accepts(too_few), "{name} with {too_few}");
+        }
+        assert_eq!(lookup(b"EXPIRE").map(|c| c.class.redis_arity()), Some(-3));
     }
 
     #[test]

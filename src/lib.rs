@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod command;
 pub mod config;
+pub mod engine;
 pub mod hash;
 pub mod migrate;
 pub mod proxy;

@@ -174,3 +174,49 @@ fn a_configured_token_guards_every_change() {
     );
     assert_eq!(cutover.admin_get("/metrics").0, 200);
 }
+
+/// `/status` is JSON whatever the names and reasons hold: a pool and a server named with
+/// non-ASCII characters, quotes and an apostrophe, while blockers (whose words hold
+/// apostrophes) and dirty keys are listed. `ctl status` reads it.
+#[test]
+fn status_is_valid_json_with_odd_names_and_blockers() {
+    let source = RedisServer::start();
+    let targets = redis_servers(1);
+    fill_numbered(&source, 3000);
+    let name = "légacy'\"ü";
+    let config = format!(
+        "{name}:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1 sœur\"'\n  migrate_to: fleet\n  migrate:\n    backfill_keys_per_second: 200\nfleet:\n  redis: true\n  servers:\n   - {}:1\n",
+        source.addr(),
+        targets[0].addr()
+    );
+    let cutover = Proxy::cutover(&config);
+    let (code, body) = cutover.admin_get("/status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    let pool = &status["pools"][0];
+    assert_eq!(pool["name"], name);
+    assert_eq!(pool["servers"][0]["name"], "sœur\"'");
+    let blockers = pool["migration"]["cutover"]["blockers"]
+        .as_array()
+        .expect("blockers");
+    assert!(!blockers.is_empty(), "the backfill is not done: {body}");
+    let (code, body) = http(cutover.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409);
+    let refusal: serde_json::Value = serde_json::from_str(&body).expect("refusal is JSON");
+    assert!(refusal["reasons"].as_array().is_some_and(|r| !r.is_empty()));
+    let ctl = std::process::Command::new(support::cutover_bin())
+        .args([
+            "ctl",
+            "--admin",
+            &format!("127.0.0.1:{}", cutover.admin_port),
+            "status",
+        ])
+        .output()
+        .expect("cutover ctl");
+    assert!(
+        ctl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ctl.stdout).contains(name));
+}

@@ -1,14 +1,15 @@
 //! Every placement vector captured from the real nutcracker 0.5.0
-//! (`../shared/vectors/twemproxy/NAME.yml` + `NAME.tsv`) must be reproduced key for key.
+//! (`tests/data/twemproxy/NAME.yml` + `NAME.tsv`, copied from the vectors the project
+//! shares beside the repository) must be reproduced key for key.
 //! In-process, no network.
 
 use std::path::PathBuf;
 
 use cutover::config::Config;
 
-/// Where the shared vectors live: beside the repository.
+/// Where the vectors live: in the repository, so a fresh clone tests on its own.
 fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/twemproxy")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/twemproxy")
 }
 
 /// Decode a hex key from a `bin_*` vector.

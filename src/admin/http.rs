@@ -41,13 +41,20 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
-    /// A JSON response.
-    pub fn json(status: u16, body: String) -> HttpResponse {
+    /// A JSON response (serialized by serde_json, so any text in it is escaped as JSON).
+    pub fn json(status: u16, body: &serde_json::Value) -> HttpResponse {
+        let mut body = body.to_string().into_bytes();
+        body.push(b'\n');
         HttpResponse {
             status,
             content_type: "application/json",
-            body: body.into_bytes(),
+            body,
         }
+    }
+
+    /// A JSON error response: `{"error": message}`.
+    pub fn error(status: u16, message: &str) -> HttpResponse {
+        HttpResponse::json(status, &serde_json::json!({ "error": message }))
     }
 
     /// A plain-text response.
@@ -62,7 +69,7 @@ impl HttpResponse {
 
 /// Read one request from `stream`; `Err` holds the response to send instead.
 pub async fn read_request(stream: &mut TcpStream) -> Result<HttpRequest, HttpResponse> {
-    let bad = |text: &str| HttpResponse::json(400, format!("{{\"error\":\"{text}\"}}"));
+    let bad = |text: &str| HttpResponse::error(400, text);
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {

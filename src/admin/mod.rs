@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
 use tokio::net::TcpListener;
 
 pub use http::{HttpRequest, HttpResponse};
@@ -72,7 +73,10 @@ impl Admin {
             && let Some(token) = &self.token
             && request.authorization.as_deref() != Some(format!("Bearer {token}").as_str())
         {
-            return HttpResponse::json(401, "{\"error\":\"this call needs Authorization: Bearer <token> (the proxy's --admin-token)\"}".into());
+            return HttpResponse::error(
+                401,
+                "this call needs Authorization: Bearer <token> (the proxy's --admin-token)",
+            );
         }
         match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/metrics") => match &self.metrics {
@@ -82,11 +86,9 @@ impl Admin {
                     }
                     HttpResponse::text(200, "text/plain; version=0.0.4", handle.render())
                 }
-                None => {
-                    HttpResponse::json(404, "{\"error\":\"metrics recorder not installed\"}".into())
-                }
+                None => HttpResponse::error(404, "metrics recorder not installed"),
             },
-            ("GET", "/status") => HttpResponse::json(200, self.status()),
+            ("GET", "/status") => HttpResponse::json(200, &self.status()),
             ("POST", "/backfill/pause") => {
                 self.each_migration(&request.query, |m| m.set_paused(true))
             }
@@ -97,7 +99,10 @@ impl Admin {
                 let keys = query_number(&request.query, "keys_per_second");
                 let bytes = query_number(&request.query, "bytes_per_second");
                 if keys.is_none() && bytes.is_none() {
-                    return HttpResponse::json(400, "{\"error\":\"give keys_per_second=N and/or bytes_per_second=N (0 = unlimited)\"}".into());
+                    return HttpResponse::error(
+                        400,
+                        "give keys_per_second=N and/or bytes_per_second=N (0 = unlimited)",
+                    );
                 }
                 self.each_migration(&request.query, |m| {
                     if let Some(k) = keys {
@@ -141,26 +146,18 @@ impl Admin {
                     return no_migration();
                 };
                 if !verify::start(&migration, options) {
-                    return HttpResponse::json(409, "{\"error\":\"a verify pass is already running; wait for its result in /status\"}".into());
+                    return HttpResponse::error(
+                        409,
+                        "a verify pass is already running; wait for its result in /status",
+                    );
                 }
                 HttpResponse::json(
                     202,
-                    format!(
-                        "{{\"started\":true,\"status\":{}}}",
-                        migration.status_json()
-                    ),
+                    &json!({ "started": true, "status": migration.status_json() }),
                 )
             }
-            (_, "/metrics" | "/status") => {
-                HttpResponse::json(405, "{\"error\":\"use GET\"}".into())
-            }
-            _ => HttpResponse::json(
-                404,
-                format!(
-                    "{{\"error\":\"no such endpoint: {}\"}}",
-                    request.path.escape_default()
-                ),
-            ),
+            (_, "/metrics" | "/status") => HttpResponse::error(405, "use GET"),
+            _ => HttpResponse::error(404, &format!("no such endpoint: {}", request.path)),
         }
     }
 
@@ -189,31 +186,27 @@ impl Admin {
         match run(migration.clone()).await {
             Ok(flipped) => HttpResponse::json(
                 200,
-                format!(
-                    "{{\"{action}\":true,\"from\":\"{}\",\"to\":\"{}\",\"pause_ms\":{:.3},\"forced\":{},\"status\":{}}}",
-                    flipped.from.name(),
-                    flipped.to.name(),
-                    flipped.pause.as_secs_f64() * 1000.0,
-                    flipped.forced,
-                    migration.status_json()
-                ),
+                &json!({
+                    action: true,
+                    "from": flipped.from.name(),
+                    "to": flipped.to.name(),
+                    "pause_ms": flipped.pause.as_secs_f64() * 1000.0,
+                    "forced": flipped.forced,
+                    "status": migration.status_json(),
+                }),
             ),
             Err(error) => {
                 let reasons = match &error {
                     FlipError::NotReady(reasons) => reasons.clone(),
                     other => vec![other.to_string()],
                 };
-                let list: Vec<String> = reasons
-                    .iter()
-                    .map(|r| format!("\"{}\"", r.escape_default()))
-                    .collect();
                 HttpResponse::json(
                     409,
-                    format!(
-                        "{{\"error\":\"{}\",\"reasons\":[{}],\"hint\":\"fix the reasons, or add ?force=true to override (logged)\"}}",
-                        error.to_string().escape_default(),
-                        list.join(",")
-                    ),
+                    &json!({
+                        "error": error.to_string(),
+                        "reasons": reasons,
+                        "hint": "fix the reasons, or add ?force=true to override (logged)",
+                    }),
                 )
             }
         }
@@ -238,53 +231,52 @@ impl Admin {
         if touched == 0 {
             return no_migration();
         }
-        HttpResponse::json(200, self.status())
+        HttpResponse::json(200, &self.status())
     }
 
     /// `/status`: the pools and their servers.
-    fn status(&self) -> String {
-        let pools: Vec<String> = self
+    fn status(&self) -> serde_json::Value {
+        let pools: Vec<serde_json::Value> = self
             .pools
             .iter()
             .map(|p| {
-                let servers: Vec<String> = p
+                let servers: Vec<serde_json::Value> = p
                     .servers
                     .iter()
                     .map(|s| {
-                        format!(
-                            "{{\"name\":\"{}\",\"address\":\"{}\",\"connections\":{}}}",
-                            s.name.escape_default(),
-                            s.addr.to_string().escape_default(),
-                            s.counters.server_connections.load(Relaxed)
-                        )
+                        json!({
+                            "name": s.name,
+                            "address": s.addr.to_string(),
+                            "connections": s.counters.server_connections.load(Relaxed),
+                        })
                     })
                     .collect();
-                let migration = p.migration().map_or_else(|| "null".to_string(), |m| m.status_json());
-                format!(
-                    "{{\"name\":\"{}\",\"client_connections\":{},\"servers\":[{}],\"migration\":{migration}}}",
-                    p.name().escape_default(),
-                    p.counters.client_connections.load(Relaxed),
-                    servers.join(",")
-                )
+                json!({
+                    "name": p.name(),
+                    "client_connections": p.counters.client_connections.load(Relaxed),
+                    "servers": servers,
+                    "migration": p.migration().map(|m| m.status_json()),
+                })
             })
             .collect();
-        let phase = self.pools.iter().find_map(|p| p.migration()).map_or_else(
-            || "null".to_string(),
-            |m| format!("\"{}\"", m.phase().name()),
-        );
-        format!(
-            "{{\"version\":\"{}\",\"phase\":{phase},\"pools\":[{}]}}\n",
-            env!("CARGO_PKG_VERSION"),
-            pools.join(",")
-        )
+        let phase = self
+            .pools
+            .iter()
+            .find_map(|p| p.migration())
+            .map(|m| m.phase().name());
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "phase": phase,
+            "pools": pools,
+        })
     }
 }
 
 /// The answer when no migration matches.
 fn no_migration() -> HttpResponse {
-    HttpResponse::json(
+    HttpResponse::error(
         409,
-        "{\"error\":\"no migration is running (or no such pool; with several, name one with ?pool=NAME)\"}".into(),
+        "no migration is running (or no such pool; with several, name one with ?pool=NAME)",
     )
 }
 

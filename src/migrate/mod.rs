@@ -569,7 +569,8 @@ impl Migration {
 
 impl Migration {
     /// The migration's state for `/status`, as a JSON object.
-    pub fn status_json(&self) -> String {
+    pub fn status_json(&self) -> serde_json::Value {
+        use serde_json::json;
         let (queued, dirty) = self.backlog();
         let done = self.backfill_done.load(Relaxed);
         let paused = *self.paused.borrow();
@@ -584,57 +585,65 @@ impl Migration {
         };
         let t = &self.totals;
         let (progress, eta) = self.backfill_progress();
-        let eta = eta.map_or_else(|| "null".to_string(), |e| format!("{e:.0}"));
         let verify = self
             .verify
             .last()
-            .map_or_else(|| "null".to_string(), |r| r.json());
-        let blockers: Vec<String> = if self.phase() == Phase::Migrating {
-            // Under load the lanes are rarely empty at one instant; a cutover waits for a
-            // moment when they are. Here only a backlog that is not draining counts.
+            .map_or(serde_json::Value::Null, |r| r.json());
+        // Under load the lanes are rarely empty at one instant; a cutover waits for a
+        // moment when they are. Here only a backlog that is not draining counts.
+        let blockers = if self.phase() == Phase::Migrating {
             self.readiness(queued < STATUS_BACKLOG)
-                .iter()
-                .map(|r| format!("\"{}\"", r.escape_default()))
-                .collect()
         } else {
             Vec::new()
         };
-        format!(
-            "{{\"phase\":\"{}\",\"source\":\"{}\",\"target\":\"{}\",\"authority\":\"{}\",\"needs_verify\":{},\
-\"backfill\":{{\"state\":\"{state}\",\"done\":{done},\"progress\":{progress:.4},\"eta_seconds\":{eta},\"keys_total\":{},\"keys_scanned\":{},\"keys_copied\":{},\"keys_skipped\":{},\"bytes_copied\":{},\"rate_limit_keys_per_second\":{},\"rate_limit_bytes_per_second\":{}}},\
-\"mirror\":{{\"queued\":{queued},\"dirty\":{dirty},\"lag_p50_ms\":{:.3},\"lag_p99_ms\":{:.3},\"replayed\":{},\"copied\":{},\"dirtied\":{},\"rejected\":{}}},\
-\"shadow\":{{\"ratio\":{},\"checked\":{},\"mismatches\":{},\"unconfirmed\":{},\"repaired\":{}}},\
-\"verify\":{{\"running\":{},\"checked\":{},\"last\":{verify}}},\
-\"cutover\":{{\"ready\":{},\"blockers\":[{}],\"last_pause_ms\":{:.3}}}}}",
-            self.phase().name(),
-            self.source.name().escape_default(),
-            self.target.name().escape_default(),
-            self.authority().name().escape_default(),
-            self.progress.needs_verify(),
-            self.total_keys.load(Relaxed).max(t.scanned.load(Relaxed)),
-            t.scanned.load(Relaxed),
-            t.backfill_copied.load(Relaxed),
-            t.skipped.load(Relaxed),
-            t.bytes.load(Relaxed),
-            self.rate_limit.load(Relaxed),
-            self.byte_limit.load(Relaxed),
-            self.lag.quantile_ms(0.5),
-            self.lag.quantile_ms(0.99),
-            t.replayed.load(Relaxed),
-            t.write_copies.load(Relaxed),
-            t.dirtied.load(Relaxed),
-            t.rejected.load(Relaxed),
-            self.settings.shadow_ratio,
-            t.shadow_checked.load(Relaxed),
-            t.shadow_mismatches.load(Relaxed),
-            t.shadow_unconfirmed.load(Relaxed),
-            t.shadow_repaired.load(Relaxed),
-            self.verify.running(),
-            self.verify.checked.load(Relaxed),
-            self.phase() == Phase::Migrating && blockers.is_empty(),
-            blockers.join(","),
-            self.last_pause_us.load(Relaxed) as f64 / 1000.0,
-        )
+        let scanned = t.scanned.load(Relaxed);
+        json!({
+            "phase": self.phase().name(),
+            "source": self.source.name(),
+            "target": self.target.name(),
+            "authority": self.authority().name(),
+            "needs_verify": self.progress.needs_verify(),
+            "backfill": {
+                "state": state,
+                "done": done,
+                "progress": (progress * 10_000.0).round() / 10_000.0,
+                "eta_seconds": eta.map(f64::round),
+                "keys_total": self.total_keys.load(Relaxed).max(scanned),
+                "keys_scanned": scanned,
+                "keys_copied": t.backfill_copied.load(Relaxed),
+                "keys_skipped": t.skipped.load(Relaxed),
+                "bytes_copied": t.bytes.load(Relaxed),
+                "rate_limit_keys_per_second": self.rate_limit.load(Relaxed),
+                "rate_limit_bytes_per_second": self.byte_limit.load(Relaxed),
+            },
+            "mirror": {
+                "queued": queued,
+                "dirty": dirty,
+                "lag_p50_ms": self.lag.quantile_ms(0.5),
+                "lag_p99_ms": self.lag.quantile_ms(0.99),
+                "replayed": t.replayed.load(Relaxed),
+                "copied": t.write_copies.load(Relaxed),
+                "dirtied": t.dirtied.load(Relaxed),
+                "rejected": t.rejected.load(Relaxed),
+            },
+            "shadow": {
+                "ratio": self.settings.shadow_ratio,
+                "checked": t.shadow_checked.load(Relaxed),
+                "mismatches": t.shadow_mismatches.load(Relaxed),
+                "unconfirmed": t.shadow_unconfirmed.load(Relaxed),
+                "repaired": t.shadow_repaired.load(Relaxed),
+            },
+            "verify": {
+                "running": self.verify.running(),
+                "checked": self.verify.checked.load(Relaxed),
+                "last": verify,
+            },
+            "cutover": {
+                "ready": self.phase() == Phase::Migrating && blockers.is_empty(),
+                "blockers": blockers,
+                "last_pause_ms": self.last_pause_us.load(Relaxed) as f64 / 1000.0,
+            },
+        })
     }
 }
 

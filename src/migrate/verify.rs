@@ -117,37 +117,30 @@ impl VerifyReport {
     }
 
     /// As a JSON object.
-    pub fn json(&self) -> String {
-        let kinds: Vec<String> = DIFFERENCE_KINDS
+    pub fn json(&self) -> serde_json::Value {
+        let by_kind: serde_json::Map<String, serde_json::Value> = DIFFERENCE_KINDS
             .iter()
-            .enumerate()
-            .map(|(i, k)| format!("\"{k}\":{}", self.found[i]))
+            .zip(self.found)
+            .map(|(kind, n)| (kind.to_string(), n.into()))
             .collect();
-        let examples: Vec<String> = DIFFERENCE_KINDS
+        let examples: serde_json::Map<String, serde_json::Value> = DIFFERENCE_KINDS
             .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let keys: Vec<String> = self.examples[i]
-                    .iter()
-                    .map(|key| format!("\"{}\"", json_escape(key)))
-                    .collect();
-                format!("\"{k}\":[{}]", keys.join(","))
-            })
+            .zip(&self.examples)
+            .map(|(kind, keys)| (kind.to_string(), keys.clone().into()))
             .collect();
-        format!(
-            "{{\"checked\":{},\"differences\":{},\"by_kind\":{{{}}},\"examples\":{{{}}},\"settled\":{},\"changing\":{},\"repaired\":{},\"repair\":{},\"rounds\":{},\"seconds\":{:.3},\"finished_at\":{}}}",
-            self.checked,
-            self.differences(),
-            kinds.join(","),
-            examples.join(","),
-            self.settled,
-            self.changing,
-            self.repaired,
-            self.repair,
-            self.rounds,
-            self.seconds,
-            self.finished_at
-        )
+        serde_json::json!({
+            "checked": self.checked,
+            "differences": self.differences(),
+            "by_kind": by_kind,
+            "examples": examples,
+            "settled": self.settled,
+            "changing": self.changing,
+            "repaired": self.repaired,
+            "repair": self.repair,
+            "rounds": self.rounds,
+            "seconds": (self.seconds * 1000.0).round() / 1000.0,
+            "finished_at": self.finished_at,
+        })
     }
 
     /// A readable report: counts by kind and the first keys of each.
@@ -597,16 +590,4 @@ async fn read_on(pool: &Pool, key: &[u8], request: Bytes) -> Result<Bytes, Strin
     pool.request(route.server, route.connection, request, 1)
         .await
         .map_err(|e| e.to_string())
-}
-
-/// `text` fit for a JSON string.
-fn json_escape(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| match c {
-            '"' => "\\\"".chars().collect::<Vec<_>>(),
-            '\\' => "\\\\".chars().collect(),
-            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32).chars().collect(),
-            c => vec![c],
-        })
-        .collect()
 }

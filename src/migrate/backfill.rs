@@ -12,16 +12,22 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;
 
+use super::CopyReason;
 use super::Migration;
+use super::lag::LagStart;
 use super::lane::LaneEvent;
 use crate::proxy::Pool;
 use crate::resp::encode;
 
+/// Longest wait for the engines to be known before the first copy.
+const ENGINES_WAIT: Duration = Duration::from_secs(5);
 /// Wait between attempts when a source server cannot be scanned.
 const RETRY: Duration = Duration::from_millis(500);
 
 /// Scan every source server, then tell the lanes.
 pub async fn run(migration: Arc<Migration>) {
+    // Know the engines first, so no key is sent as a payload the target cannot read.
+    migration.engines.wait_detected(ENGINES_WAIT).await;
     migration.counters.set_state("running");
     let mut total = 0;
     for server in 0..migration.copy_source.servers.len() {
@@ -119,7 +125,8 @@ async fn scan_server(migration: Arc<Migration>, server: usize) -> Scanned {
                 .send(LaneEvent::Copy {
                     key,
                     unless_known: true,
-                    write: None,
+                    reason: CopyReason::Backfill,
+                    lag: LagStart(None),
                 })
                 .await;
             queued += 1;

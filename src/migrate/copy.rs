@@ -6,7 +6,45 @@ use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;
 
 use super::Migration;
+use super::engines::CopyMethod;
 use crate::resp::encode;
+
+/// Why a key is copied: every copy is counted under exactly one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyReason {
+    /// The backfill's first copy of a key.
+    Backfill,
+    /// A write that could not be replayed (rule 3), or whose outcome is unknown (rule 4).
+    Write,
+    /// A dirty key copied again (rule 7).
+    Dirty,
+    /// A verify repair.
+    Verify,
+    /// A shadow-read mismatch's repair.
+    Shadow,
+}
+
+impl CopyReason {
+    /// Every reason, in the order of the metric handles.
+    pub const ALL: [CopyReason; 5] = [
+        CopyReason::Backfill,
+        CopyReason::Write,
+        CopyReason::Dirty,
+        CopyReason::Verify,
+        CopyReason::Shadow,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CopyReason::Backfill => "backfill",
+            CopyReason::Write => "write",
+            CopyReason::Dirty => "dirty",
+            CopyReason::Verify => "verify",
+            CopyReason::Shadow => "shadow",
+        }
+    }
+}
 
 /// A finished copy.
 pub struct Copied {
@@ -16,6 +54,8 @@ pub struct Copied {
     pub bytes: usize,
     /// The copy carried a TTL: the key's later writes are copied, not replayed.
     pub expires: bool,
+    /// How it was made (`Restore` or `ByType`).
+    pub method: CopyMethod,
 }
 
 /// Why a copy did not happen.
@@ -34,17 +74,19 @@ pub enum CopyError {
     Unexpected(String),
 }
 
-/// Copy `key` from the source to the target: by DUMP/RESTORE, or structurally when
-/// configured to, when the payload is over `copy_limit_bytes`, or when the target refuses it.
+/// Copy `key` from the authoritative side to the mirror: by DUMP/RESTORE, or by type
+/// when configured to, when the receiving server cannot read the sender's payloads (known
+/// from their engines, or learned from a refusal), or when the payload is over
+/// `copy_limit_bytes`.
 pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, CopyError> {
-    if migration.settings.structural_copy == crate::config::StructuralCopy::Always {
-        migration.counters.structural.increment(1);
+    let by_type = migration.settings.structural_copy == crate::config::StructuralCopy::Always
+        || migration.copy_method(key) == CopyMethod::ByType;
+    if by_type {
         return super::structural::copy_key(migration, key).await;
     }
     match restore_copy(migration, key).await {
         Err(CopyError::Rejected(why)) => {
             migration.counters.restore_rejected(why);
-            migration.counters.structural.increment(1);
             migration
                 .totals
                 .rejected
@@ -103,6 +145,11 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
     if reply.first() == Some(&b'-') {
         let text = String::from_utf8_lossy(&reply);
         if text.contains("payload version or checksum") {
+            if let Some(payload) = &payload {
+                migration
+                    .engines
+                    .learn_refusal(migration.direction(), payload);
+            }
             return Err(CopyError::Rejected("payload_version"));
         }
         return Err(CopyError::Unexpected(format!(
@@ -114,6 +161,7 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         copied_at,
         bytes,
         expires: payload.is_some() && restore_ttl(pttl).is_some(),
+        method: CopyMethod::Restore,
     })
 }
 

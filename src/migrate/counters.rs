@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
+use super::copy::{Copied, CopyReason};
+use super::engines::CopyMethod;
 use super::phase::Phase;
 use crate::command::{self, Access};
 
@@ -27,6 +29,8 @@ pub struct MigrationCounters {
     /// `cutover_mirror_ttl_copies_total`: replayable writes copied instead because the
     /// key's last copy carried a TTL (a subset of the copies above).
     pub ttl_copies: Counter,
+    /// `cutover_mirror_folded_total`: events a copy already carried (rule 9), dropped.
+    pub folded: Counter,
     /// `cutover_mirror_retries_total`.
     pub retried: Counter,
     /// `cutover_mirror_dirty_total`: keys marked dirty.
@@ -94,6 +98,9 @@ pub struct MigrationCounters {
     pub verify_repaired: Counter,
     /// `cutover_verify_runs_total`.
     pub verify_runs: Counter,
+    /// `cutover_copies_total{reason, method}`: every copy, by why (in
+    /// [`CopyReason::ALL`]'s order) and how (`restore`, `by_type`).
+    pub copies: [[Counter; 2]; 5],
 }
 
 /// Why a sampled read was not compared, in the order of `shadow_skipped`.
@@ -110,6 +117,7 @@ impl MigrationCounters {
             replayed: counter!("cutover_mirror_events_total", "pool" => p.clone(), "action" => "replayed"),
             copied_for_writes: counter!("cutover_mirror_events_total", "pool" => p.clone(), "action" => "copied"),
             ttl_copies: counter!("cutover_mirror_ttl_copies_total", "pool" => p.clone()),
+            folded: counter!("cutover_mirror_folded_total", "pool" => p.clone()),
             retried: counter!("cutover_mirror_retries_total", "pool" => p.clone()),
             dirtied: counter!("cutover_mirror_dirty_total", "pool" => p.clone()),
             redirty: counter!("cutover_mirror_redirty_copies_total", "pool" => p.clone()),
@@ -159,22 +167,31 @@ impl MigrationCounters {
             verify_last: DIFFERENCE_KINDS
                 .map(|k| gauge!("cutover_verify_last_differences", "pool" => p.clone(), "kind" => k)),
             verify_repaired: counter!("cutover_verify_repaired_total", "pool" => p.clone()),
-            verify_runs: counter!("cutover_verify_runs_total", "pool" => p),
+            verify_runs: counter!("cutover_verify_runs_total", "pool" => p.clone()),
+            copies: CopyReason::ALL.map(|r| {
+                ["restore", "by_type"].map(|m| {
+                    counter!("cutover_copies_total", "pool" => p.clone(), "reason" => r.label(), "method" => m)
+                })
+            }),
         }
     }
 
-    /// A key copied, for `reason` ("backfill" or "write"), with its payload size.
-    pub fn copied(&self, reason: &str, bytes: usize) {
-        if reason == "backfill" {
-            self.backfill_copied.increment(1);
-        } else if reason == "shadow" {
-            self.shadow_repaired.increment(1);
-        } else if reason == "verify" {
-            self.verify_repaired.increment(1);
-        } else {
-            self.copied_for_writes.increment(1);
+    /// A key copied, for `reason`.
+    pub fn copied(&self, reason: CopyReason, copied: &Copied) {
+        match reason {
+            CopyReason::Backfill => self.backfill_copied.increment(1),
+            CopyReason::Write => self.copied_for_writes.increment(1),
+            CopyReason::Dirty => self.redirty.increment(1),
+            CopyReason::Shadow => self.shadow_repaired.increment(1),
+            // Counted when the repair is queued (`cutover_verify_repaired_total`).
+            CopyReason::Verify => {}
         }
-        self.bytes_copied.increment(bytes as u64);
+        let method = usize::from(copied.method == CopyMethod::ByType);
+        self.copies[reason as usize][method].increment(1);
+        if copied.method == CopyMethod::ByType {
+            self.structural.increment(1);
+        }
+        self.bytes_copied.increment(copied.bytes as u64);
     }
 
     /// A payload was not restored: refused by the target, or over the copy limit.

@@ -104,12 +104,12 @@ pub async fn drain(migration: Arc<Migration>) {
     loop {
         tokio::time::sleep(DRAIN_INTERVAL).await;
         for key in migration.dirty.take(1024) {
-            migration.counters.redirty.increment(1);
             migration
                 .send(LaneEvent::Copy {
                     key,
                     unless_known: false,
-                    write: None,
+                    reason: super::CopyReason::Dirty,
+                    lag: super::lag::LagStart(None),
                 })
                 .await;
         }

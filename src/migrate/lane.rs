@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Migration;
-use super::copy::{self, CopyError};
+use super::copy::{self, CopyError, CopyReason};
 use super::known::{KnownCopied, lock};
 use super::lag::LagStart;
 use super::mirror::{MirrorHook, ShadowRead};
@@ -56,15 +56,16 @@ pub enum LaneEvent {
         lag: LagStart,
     },
     /// Copy the key from the source (a multi-key or non-deterministic write, an unknown
-    /// outcome, the backfill, a dirty key).
+    /// outcome, the backfill, a dirty key, a repair).
     Copy {
         /// The key.
         key: Bytes,
         /// Skip it when it is already known-copied (the backfill, rule 5).
         unless_known: bool,
-        /// Set when a write caused it (None for the backfill, a dirty key or a repair),
-        /// with when the write was acknowledged if its lag is measured.
-        write: Option<LagStart>,
+        /// Why it is copied.
+        reason: CopyReason,
+        /// When the write that caused it was acknowledged, if its lag is measured.
+        lag: LagStart,
     },
     /// A sampled read the source answered: read the target now, after every earlier event
     /// of the key, and compare.
@@ -84,6 +85,52 @@ pub enum LaneEvent {
     DropKnown,
 }
 
+/// An event in a lane's queue, with its stamp (rule 9).
+pub struct Queued {
+    /// Taken from the migration's stamp counter when the event was queued.
+    pub stamp: u64,
+    /// Whether a copy of its key that began after the stamp stands for it: what the event
+    /// stands for was applied on the authoritative side before it was queued.
+    pub foldable: bool,
+    /// The event.
+    pub event: LaneEvent,
+}
+
+/// Most keys whose last copy's stamp a lane remembers; past it the memory is cleared
+/// (forgetting only costs a copy that folding would have saved).
+const COVERS_LIMIT: usize = 4096;
+
+/// Rule 9, folding: for each key recently copied by this lane, the stamp counter's value
+/// read just before the copy's snapshot was requested. A foldable event of the key with a
+/// lower stamp was applied on the authoritative side before it was stamped, so before that
+/// snapshot: the copy already carried it, and the event is dropped. This is what bounds the
+/// copies of a hot key by its write bursts instead of its writes, when copies are slow
+/// (copies by type of a big key) and every write during one would otherwise queue another.
+#[derive(Default)]
+struct Covers(std::collections::HashMap<Bytes, u64>);
+
+impl Covers {
+    /// A copy of `key` that read `stamp` before its snapshot succeeded.
+    fn record(&mut self, key: &Bytes, stamp: u64) {
+        if self.0.len() >= COVERS_LIMIT && !self.0.contains_key(key) {
+            self.0.clear();
+        }
+        self.0.insert(key.clone(), stamp);
+    }
+
+    /// Whether a copy already made stands for `queued`.
+    fn covers(&self, queued: &Queued) -> bool {
+        if !queued.foldable || *BREAK_RULES {
+            return false;
+        }
+        let key = match &queued.event {
+            LaneEvent::Write { key, .. } | LaneEvent::Copy { key, .. } => key,
+            LaneEvent::Shadow { .. } | LaneEvent::DropKnown => return false,
+        };
+        self.0.get(key).is_some_and(|&copied| queued.stamp < copied)
+    }
+}
+
 /// Where a lane is in forgetting `copied_at`: once it has processed `enqueued` events,
 /// every write below `low_water` has been processed.
 struct Checkpoint {
@@ -96,7 +143,7 @@ struct Checkpoint {
 }
 
 /// Run lane `index` until its queue closes.
-pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver<LaneEvent>) {
+pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver<Queued>) {
     // A lane starts knowing nothing, whatever the phase: after a restart it cannot know
     // which keys have TTLs, so each key's first write is copied (from the authoritative
     // side) before later ones are replayed. Membership is dropped only by a backfill this
@@ -110,15 +157,16 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
         taken_at: 0,
     };
     // An event taken from the queue while gathering a batch of replays, handled next.
-    let mut held: Option<LaneEvent> = None;
+    let mut held: Option<Queued> = None;
+    let mut covers = Covers::default();
     loop {
-        let event = match held.take() {
-            Some(event) => event,
+        let queued = match held.take() {
+            Some(queued) => queued,
             None if lock(known).has_recent() => {
                 // Copies' `copied_at` are forgotten as events pass; a lane that direct
                 // replays leave idle forgets them on a timer instead.
                 match tokio::time::timeout(IDLE_COLLECT, rx.recv()).await {
-                    Ok(Some(event)) => event,
+                    Ok(Some(queued)) => queued,
                     Ok(None) => break,
                     Err(_) => {
                         collect(&migration, index, known, &mut checkpoint, processed, true);
@@ -127,7 +175,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                 }
             }
             None => match rx.recv().await {
-                Some(event) => event,
+                Some(queued) => queued,
                 None => break,
             },
         };
@@ -140,18 +188,21 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
         // Consecutive writes that may all be replayed go to the target pipelined: each key
         // keeps its order (one target connection per key), and the lane does not wait a
         // round trip per write.
-        if let LaneEvent::Write { key, seq, .. } = &event
-            && replay_allowed(&migration, &lock(known), key, *seq)
-        {
-            let mut batch = vec![event];
+        let replayable = |queued: &Queued| {
+            !covers.covers(queued)
+                && matches!(&queued.event, LaneEvent::Write { key, seq, .. } if replay_allowed(&migration, &lock(known), key, *seq))
+        };
+        if covers.covers(&queued) {
+            fold(&migration, queued.event);
+        } else if replayable(&queued) {
+            let mut batch = vec![queued.event];
             while batch.len() < REPLAY_BATCH {
                 match rx.try_recv() {
                     Ok(next) => {
-                        let allowed = matches!(&next, LaneEvent::Write { key, seq, .. } if replay_allowed(&migration, &lock(known), key, *seq));
-                        if allowed {
+                        if replayable(&next) {
                             processed += 1;
                             migration.counters.lane_depth.decrement(1.0);
-                            batch.push(next);
+                            batch.push(next.event);
                         } else {
                             held = Some(next);
                             break;
@@ -160,33 +211,32 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     Err(_) => break,
                 }
             }
-            replay_batch(&migration, known, batch).await;
+            replay_batch(&migration, known, &mut covers, batch).await;
         } else {
-            match event {
+            match queued.event {
                 LaneEvent::Write { key, lag, .. } => {
                     // Writes that may be replayed were batched above; this one may not:
                     // copy the key (rule 3, or its last copy carried a TTL).
                     if lock(known).expires(migration.salt.fingerprint(&key)) {
                         migration.counters.ttl_copies.increment(1);
                     }
-                    copy_with_retries(&migration, known, &key, "write").await;
+                    copy_with_retries(&migration, known, &mut covers, &key, CopyReason::Write)
+                        .await;
                     migration.record_lag(lag);
                 }
                 LaneEvent::Copy {
                     key,
                     unless_known,
-                    write,
+                    reason,
+                    lag,
                 } => {
                     let fp = migration.salt.fingerprint(&key);
                     if unless_known && lock(known).is_copied(fp) {
                         migration.counters.backfill_skipped.increment(1);
                         migration.totals.skipped.fetch_add(1, Relaxed);
                     } else {
-                        let reason = if write.is_some() { "write" } else { "backfill" };
-                        copy_with_retries(&migration, known, &key, reason).await;
-                        if let Some(lag) = write {
-                            migration.record_lag(lag);
-                        }
+                        copy_with_retries(&migration, known, &mut covers, &key, reason).await;
+                        migration.record_lag(lag);
                     }
                 }
                 LaneEvent::Shadow {
@@ -207,7 +257,8 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     } else if migration.backlog().1 > 0 {
                         migration.counters.shadow_skip("dirty");
                     } else {
-                        shadow_check(&migration, known, read, request, source_reply).await;
+                        shadow_check(&migration, known, &mut covers, read, request, source_reply)
+                            .await;
                     }
                 }
                 LaneEvent::DropKnown => {
@@ -237,6 +288,25 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
             .known_bytes
             .increment(bytes_after as f64 - bytes_before as f64);
         processed_slot.store(processed, SeqCst);
+    }
+}
+
+/// Drop an event a copy already stood for (rule 9), counting it.
+fn fold(migration: &Migration, event: LaneEvent) {
+    match event {
+        LaneEvent::Copy {
+            reason: CopyReason::Backfill,
+            ..
+        } => {
+            migration.counters.backfill_skipped.increment(1);
+            migration.totals.skipped.fetch_add(1, Relaxed);
+        }
+        LaneEvent::Write { lag, .. } | LaneEvent::Copy { lag, .. } => {
+            migration.counters.folded.increment(1);
+            migration.totals.folded.fetch_add(1, Relaxed);
+            migration.record_lag(lag);
+        }
+        LaneEvent::Shadow { .. } | LaneEvent::DropKnown => {}
     }
 }
 
@@ -291,7 +361,12 @@ pub(super) fn replay_agrees(source_reply: &[u8], reply: &[u8]) -> bool {
 
 /// Replay a batch of writes, pipelined; a write the target refuses, or whose connection
 /// failed, is then handled alone (retried, or its key copied).
-async fn replay_batch(migration: &Migration, known: &Mutex<KnownCopied>, batch: Vec<LaneEvent>) {
+async fn replay_batch(
+    migration: &Migration,
+    known: &Mutex<KnownCopied>,
+    covers: &mut Covers,
+    batch: Vec<LaneEvent>,
+) {
     let mut waiting = Vec::with_capacity(batch.len());
     for event in batch {
         let LaneEvent::Write {
@@ -318,7 +393,7 @@ async fn replay_batch(migration: &Migration, known: &Mutex<KnownCopied>, batch: 
             // an unknown outcome: copy the key (never replay twice).
             _ => {
                 migration.counters.retried.increment(1);
-                copy_with_retries(migration, known, &key, "write").await;
+                copy_with_retries(migration, known, covers, &key, CopyReason::Write).await;
             }
         }
         migration.record_lag(lag);
@@ -339,6 +414,7 @@ static LAST_MISMATCH_LOG: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::
 async fn shadow_check(
     migration: &Arc<Migration>,
     known: &Mutex<KnownCopied>,
+    covers: &mut Covers,
     read: ShadowRead,
     request: Bytes,
     source_reply: Bytes,
@@ -399,7 +475,7 @@ async fn shadow_check(
             "shadow read mismatch; copying the key again"
         );
     }
-    copy_with_retries(migration, known, &read.key, "shadow").await;
+    copy_with_retries(migration, known, covers, &read.key, CopyReason::Shadow).await;
 }
 
 /// Send the same read again through the authoritative pool with a confirming shadow hook;
@@ -430,30 +506,26 @@ async fn confirm_read(migration: &Arc<Migration>, read: ShadowRead, request: Byt
 async fn copy_with_retries(
     migration: &Migration,
     known: &Mutex<KnownCopied>,
+    covers: &mut Covers,
     key: &Bytes,
-    reason: &'static str,
+    reason: CopyReason,
 ) {
     let mut backoff = FIRST_BACKOFF;
     let Ok(_slot) = migration.copy_slots.acquire().await else {
         return;
     };
     for attempt in 1..=ATTEMPTS {
+        // Read before the snapshot is requested: every foldable event stamped below it was
+        // applied on the authoritative side before the snapshot (rule 9).
+        let stamp = migration.stamp_now();
         match copy::copy_key(migration, key).await {
             Ok(copied) => {
+                covers.record(key, stamp);
                 let fp = migration.salt.fingerprint(key);
                 if lock(known).insert(fp, copied.copied_at, copied.expires) {
                     migration.counters.known_keys.increment(1.0);
                 }
-                migration.counters.copied(reason, copied.bytes);
-                let t = &migration.totals;
-                t.bytes.fetch_add(copied.bytes as u64, Relaxed);
-                if reason == "backfill" {
-                    t.backfill_copied.fetch_add(1, Relaxed);
-                } else if reason == "shadow" {
-                    t.shadow_repaired.fetch_add(1, Relaxed);
-                } else {
-                    t.write_copies.fetch_add(1, Relaxed);
-                }
+                migration.count_copy(reason, &copied);
                 return;
             }
             Err(CopyError::Unavailable(_)) if attempt < ATTEMPTS => {

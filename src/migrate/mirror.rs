@@ -307,7 +307,7 @@ impl MirrorHook {
             HookKind::Write(effect) => {
                 let lag = hook.migration.lag_start();
                 for key in effect.take_keys() {
-                    hook.migration.copy_after_write(key, lag);
+                    hook.migration.copy_after_unknown(key, lag);
                 }
             }
         }

@@ -10,6 +10,7 @@ mod backfill;
 mod copy;
 mod counters;
 mod dirty;
+pub mod engines;
 mod flip;
 pub mod known;
 mod lag;
@@ -30,9 +31,10 @@ use std::sync::atomic::{
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+pub use copy::CopyReason;
 pub use counters::MigrationCounters;
 pub use flip::{FlipError, Flipped};
-pub use lane::LaneEvent;
+pub use lane::{LaneEvent, Queued};
 pub use phase::Phase;
 
 use crate::config::{MigrateSettings, PoolConfig};
@@ -86,7 +88,10 @@ pub struct Migration {
     /// The sequence counter every mirrored write takes a number from (rule 2).
     seq: AtomicU64,
     /// Senders to the lanes.
-    lanes: Vec<mpsc::Sender<LaneEvent>>,
+    lanes: Vec<mpsc::Sender<Queued>>,
+    /// Stamps events as they are queued (rule 9: a copy covers every foldable event
+    /// stamped before it began).
+    stamps: AtomicU64,
     /// Events ever queued to each lane (for forgetting `copied_at` safely).
     pub lane_enqueued: Vec<AtomicU64>,
     /// Mirrored events seen by [`Migration::lag_start`] (which measures one in
@@ -118,6 +123,8 @@ pub struct Migration {
     pub lane_processed: Vec<AtomicU64>,
     /// Backfill progress per source server, saved to the state file.
     pub progress: state::Progress,
+    /// Both sides' engines (read at start), which decide how keys are copied each way.
+    pub engines: engines::Engines,
 }
 
 /// The mirror lag is measured on one mirrored event in this many (the first included).
@@ -136,12 +143,20 @@ pub struct Totals {
     pub write_copies: AtomicU64,
     /// Writes replayed.
     pub replayed: AtomicU64,
+    /// Events a copy already carried, dropped (rule 9).
+    pub folded: AtomicU64,
     /// Payload bytes copied.
     pub bytes: AtomicU64,
     /// Keys marked dirty.
     pub dirtied: AtomicU64,
-    /// Keys copied structurally because their payload was refused or too large.
+    /// Keys copied by type after their payload was refused or found too large.
     pub rejected: AtomicU64,
+    /// Keys copied by DUMP/RESTORE.
+    pub restore_copies: AtomicU64,
+    /// Keys copied by type.
+    pub by_type_copies: AtomicU64,
+    /// Copies by reason (in [`CopyReason::ALL`]'s order).
+    pub by_reason: [AtomicU64; 5],
     /// Sampled reads compared with the target.
     pub shadow_checked: AtomicU64,
     /// Sampled reads whose target reply disagreed (confirmed by a second read).
@@ -214,6 +229,7 @@ impl Migration {
             .set(settings.backfill_keys_per_second as f64);
         let phase = progress.phase;
         counters.set_phase(phase);
+        let engines = engines::Engines::new(copy_source.servers.len(), copy_target.servers.len());
         let migration = Arc::new(Migration {
             source,
             copy_source,
@@ -231,6 +247,7 @@ impl Migration {
             salt: progress.salt(),
             seq: AtomicU64::new(1),
             lanes: senders,
+            stamps: AtomicU64::new(0),
             lane_enqueued: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
             known: (0..lanes).map(|_| Default::default()).collect(),
             lag_tick: AtomicU64::new(0),
@@ -249,9 +266,11 @@ impl Migration {
                 ..Totals::default()
             },
             lane_processed: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            engines,
             progress,
             settings,
         });
+        tokio::spawn(engines::detect(migration.clone()));
         for (index, rx) in receivers.into_iter().enumerate() {
             tokio::spawn(lane::run(migration.clone(), index, rx));
         }
@@ -309,12 +328,25 @@ impl Migration {
     /// Queue a mirror event without waiting (the client's reply must not wait): a full
     /// lane marks the key dirty instead.
     pub fn enqueue(&self, event: LaneEvent) {
+        self.enqueue_stamped(event, true);
+    }
+
+    /// [`Migration::enqueue`], saying whether a copy that begins after this event may
+    /// stand for it (`foldable`, rule 9): true when what the event stands for was applied
+    /// on the authoritative side before it was queued; false for a write whose outcome is
+    /// unknown (it may still be applied later).
+    fn enqueue_stamped(&self, event: LaneEvent, foldable: bool) {
         let Some(key) = event_key(&event).cloned() else {
             return;
         };
         let lane = self.lane_of(&key);
         self.lane_enqueued[lane].fetch_add(1, SeqCst);
-        match self.lanes[lane].try_send(event) {
+        let queued = Queued {
+            stamp: self.stamps.fetch_add(1, SeqCst),
+            foldable,
+            event,
+        };
+        match self.lanes[lane].try_send(queued) {
             Ok(()) => self.counters.lane_depth.increment(1.0),
             Err(_) => {
                 self.lane_enqueued[lane].fetch_sub(1, SeqCst);
@@ -371,6 +403,24 @@ impl Migration {
         }
     }
 
+    /// A finished copy, counted under its one true reason and its method.
+    pub fn count_copy(&self, reason: CopyReason, copied: &copy::Copied) {
+        self.counters.copied(reason, copied);
+        let t = &self.totals;
+        t.bytes.fetch_add(copied.bytes as u64, Relaxed);
+        t.by_reason[reason as usize].fetch_add(1, Relaxed);
+        match copied.method {
+            engines::CopyMethod::ByType => t.by_type_copies.fetch_add(1, Relaxed),
+            _ => t.restore_copies.fetch_add(1, Relaxed),
+        };
+        match reason {
+            CopyReason::Backfill => t.backfill_copied.fetch_add(1, Relaxed),
+            CopyReason::Shadow => t.shadow_repaired.fetch_add(1, Relaxed),
+            CopyReason::Write => t.write_copies.fetch_add(1, Relaxed),
+            CopyReason::Dirty | CopyReason::Verify => 0,
+        };
+    }
+
     /// A write was replayed and the target agreed (by a lane or directly).
     pub fn count_replayed(&self) {
         self.counters.replayed.increment(1);
@@ -383,14 +433,34 @@ impl Migration {
         self.copy_after_write(check.key.clone(), check.lag);
     }
 
-    /// Copy `key` through its lane because a write may have changed it (a write that is
-    /// not replayed, or whose outcome is unknown); `lag` says when the write was answered.
+    /// Copy `key` through its lane because a write the source applied changed it (a
+    /// write that is not replayed); `lag` says when the write was answered.
     pub fn copy_after_write(&self, key: Bytes, lag: LagStart) {
         self.enqueue(LaneEvent::Copy {
             key,
             unless_known: false,
-            write: Some(lag),
+            reason: CopyReason::Write,
+            lag,
         });
+    }
+
+    /// Copy `key` through its lane because a write whose outcome is unknown may have
+    /// changed it (rule 4). Never folded into an earlier copy (rule 9): the write may
+    /// reach the source after that copy's snapshot.
+    pub fn copy_after_unknown(&self, key: Bytes, lag: LagStart) {
+        let event = LaneEvent::Copy {
+            key,
+            unless_known: false,
+            reason: CopyReason::Write,
+            lag,
+        };
+        self.enqueue_stamped(event, false);
+    }
+
+    /// The next stamp: a copy that reads it before its snapshot covers every foldable
+    /// event stamped below it (rule 9).
+    pub fn stamp_now(&self) -> u64 {
+        self.stamps.load(SeqCst)
     }
 
     /// Queue an event, waiting for room (the backfill and the dirty drainer).
@@ -404,7 +474,12 @@ impl Migration {
     pub async fn send_to_lane(&self, lane: usize, event: LaneEvent) {
         self.lane_enqueued[lane].fetch_add(1, SeqCst);
         self.counters.lane_depth.increment(1.0);
-        if self.lanes[lane].send(event).await.is_err() {
+        let queued = Queued {
+            stamp: self.stamps.fetch_add(1, SeqCst),
+            foldable: true,
+            event,
+        };
+        if self.lanes[lane].send(queued).await.is_err() {
             self.lane_enqueued[lane].fetch_sub(1, SeqCst);
             self.counters.lane_depth.decrement(1.0);
         }
@@ -438,6 +513,21 @@ impl Migration {
         match self.phase() {
             Phase::Migrating => &self.copy_source,
             Phase::Cutover | Phase::Finalized => &self.copy_target,
+        }
+    }
+
+    /// Which way copies go now.
+    pub fn direction(&self) -> engines::Direction {
+        engines::Direction::of(self.phase())
+    }
+
+    /// How `key` is copied now, given the engines of the servers that hold it on each side.
+    pub fn copy_method(&self, key: &[u8]) -> engines::CopyMethod {
+        match (self.copy_from().route(key), self.mirror_to().route(key)) {
+            (Some(from), Some(to)) => self
+                .engines
+                .method(self.direction(), from.server, to.server),
+            _ => engines::CopyMethod::TryRestore,
         }
     }
 
@@ -616,6 +706,7 @@ impl Migration {
                 "rate_limit_keys_per_second": self.rate_limit.load(Relaxed),
                 "rate_limit_bytes_per_second": self.byte_limit.load(Relaxed),
             },
+            "engines": self.engines.status_json(),
             "mirror": {
                 "queued": queued,
                 "dirty": dirty,
@@ -624,7 +715,16 @@ impl Migration {
                 "replayed": t.replayed.load(Relaxed),
                 "copied": t.write_copies.load(Relaxed),
                 "dirtied": t.dirtied.load(Relaxed),
-                "rejected": t.rejected.load(Relaxed),
+                "folded": t.folded.load(Relaxed),
+            },
+            "copies": {
+                "restore": t.restore_copies.load(Relaxed),
+                "by_type": t.by_type_copies.load(Relaxed),
+                "refused_then_by_type": t.rejected.load(Relaxed),
+                "by_reason": CopyReason::ALL
+                    .iter()
+                    .map(|r| (r.label().to_string(), t.by_reason[*r as usize].load(Relaxed).into()))
+                    .collect::<serde_json::Map<_, _>>(),
             },
             "shadow": {
                 "ratio": self.settings.shadow_ratio,

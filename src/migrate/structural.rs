@@ -13,6 +13,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::Migration;
 use super::copy::{Copied, CopyError};
+use super::engines::CopyMethod;
 use crate::resp::encode;
 
 /// Elements (or bytes, for strings) read per chunk.
@@ -177,6 +178,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
             copied_at,
             bytes: 0,
             expires: false,
+            method: CopyMethod::ByType,
         });
     }
     checked(
@@ -202,6 +204,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         copied_at,
         bytes,
         expires,
+        method: CopyMethod::ByType,
     })
 }
 

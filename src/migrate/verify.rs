@@ -322,7 +322,8 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
                 .send(LaneEvent::Copy {
                     key: key.clone(),
                     unless_known: false,
-                    write: None,
+                    reason: super::CopyReason::Verify,
+                    lag: super::lag::LagStart(None),
                 })
                 .await;
         }

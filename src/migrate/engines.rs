@@ -1,0 +1,264 @@
+//! The engines on both sides of a migration, and the copy method that follows from them.
+//!
+//! At start every source and target server is asked for `INFO server` (see
+//! [`crate::engine`]). A copy then goes by DUMP/RESTORE when the receiving server reads the
+//! sending server's payloads, and by type from the first key when it does not (a Redis 7
+//! source into a Redis 6 target; a Valkey 9 target's keys back into a Redis 7 source after
+//! cutover), so no key first sends a payload that is bound to be refused. Where a version
+//! is too new to be in the table, the first refusal teaches it: later copies that way go
+//! by type.
+
+use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use redis_protocol::resp2::types::OwnedFrame;
+use serde_json::json;
+
+use super::{Migration, Phase};
+use crate::engine::{Engine, payload_rdb_version};
+use crate::proxy::Pool;
+use crate::resp::encode;
+
+/// Attempts to read a server's engine at start (one a second) before copies to or from it
+/// go by trying.
+const ATTEMPTS: u32 = 10;
+
+/// How a copy is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMethod {
+    /// DUMP on one side, RESTORE on the other.
+    Restore,
+    /// Read by type in chunks, written into a temporary key, renamed (structural).
+    ByType,
+    /// Unknown whether the receiver reads the payload: RESTORE, and by type if refused.
+    TryRestore,
+}
+
+impl CopyMethod {
+    /// The name `/status`, `ctl status` and the log use.
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyMethod::Restore => "restore",
+            CopyMethod::ByType => "by_type",
+            CopyMethod::TryRestore => "restore, by type if refused",
+        }
+    }
+}
+
+/// Which way copies go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Source to target (phase `migrating`).
+    ToTarget = 0,
+    /// Target back to source (phases `cutover` and `finalized`).
+    ToSource = 1,
+}
+
+impl Direction {
+    /// The direction copies go in `phase`.
+    pub fn of(phase: Phase) -> Direction {
+        match phase {
+            Phase::Migrating => Direction::ToTarget,
+            Phase::Cutover | Phase::Finalized => Direction::ToSource,
+        }
+    }
+}
+
+/// What is known of both sides' engines.
+#[derive(Debug)]
+pub struct Engines {
+    /// Each source server's engine, once read.
+    source: RwLock<Vec<Option<Engine>>>,
+    /// Each target server's engine, once read.
+    target: RwLock<Vec<Option<Engine>>>,
+    /// Per direction, the lowest payload version the receiving side refused (0: none
+    /// refused yet): learned when the table does not know a version.
+    refused: [AtomicU16; 2],
+    /// Set once every server was asked (answered or not).
+    detected: tokio::sync::watch::Sender<bool>,
+}
+
+impl Engines {
+    /// Nothing known yet, for pools of `sources` and `targets` servers.
+    pub fn new(sources: usize, targets: usize) -> Engines {
+        Engines {
+            source: RwLock::new(vec![None; sources]),
+            target: RwLock::new(vec![None; targets]),
+            refused: [AtomicU16::new(0), AtomicU16::new(0)],
+            detected: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// `(sender, receiver)` engine lists for copies going `direction`.
+    fn sides(&self, direction: Direction) -> (Vec<Option<Engine>>, Vec<Option<Engine>>) {
+        let read =
+            |side: &RwLock<Vec<Option<Engine>>>| side.read().map_or(Vec::new(), |v| v.clone());
+        match direction {
+            Direction::ToTarget => (read(&self.source), read(&self.target)),
+            Direction::ToSource => (read(&self.target), read(&self.source)),
+        }
+    }
+
+    /// How to copy a key from server `from` to server `to` going `direction`.
+    pub fn method(&self, direction: Direction, from: usize, to: usize) -> CopyMethod {
+        let (senders, receivers) = self.sides(direction);
+        let written = senders
+            .get(from)
+            .copied()
+            .flatten()
+            .and_then(|e| e.rdb_version());
+        let refused = self.refused[direction as usize].load(Relaxed);
+        if let Some(version) = written
+            && refused != 0
+            && version >= refused
+        {
+            return CopyMethod::ByType;
+        }
+        let receiver = receivers.get(to).copied().flatten();
+        match (written, receiver) {
+            (Some(version), Some(engine)) => match engine.accepts(version) {
+                Some(true) => CopyMethod::Restore,
+                Some(false) => CopyMethod::ByType,
+                None => CopyMethod::TryRestore,
+            },
+            _ => CopyMethod::TryRestore,
+        }
+    }
+
+    /// The method most copies going `direction` use (the first pair of servers'), for
+    /// `/status` and the log.
+    pub fn summary(&self, direction: Direction) -> CopyMethod {
+        let (senders, receivers) = self.sides(direction);
+        let mut methods = (0..senders.len())
+            .flat_map(|f| (0..receivers.len()).map(move |t| (f, t)))
+            .map(|(f, t)| self.method(direction, f, t));
+        let first = methods.next().unwrap_or(CopyMethod::TryRestore);
+        if methods.all(|m| m == first) {
+            first
+        } else {
+            CopyMethod::TryRestore
+        }
+    }
+
+    /// The receiving side refused `payload` going `direction`: copies of that payload
+    /// version or later go by type from now on.
+    pub fn learn_refusal(&self, direction: Direction, payload: &[u8]) {
+        let Some(version) = payload_rdb_version(payload) else {
+            return;
+        };
+        let slot = &self.refused[direction as usize];
+        let before = slot.load(Relaxed);
+        if before == 0 || version < before {
+            slot.store(version, Relaxed);
+            tracing::info!(
+                payload_version = version,
+                direction = ?direction,
+                "the receiving servers refused a DUMP payload of this version: copies of it go by type from now on"
+            );
+        }
+    }
+
+    /// Wait until every server was asked (at most `limit`).
+    pub async fn wait_detected(&self, limit: Duration) {
+        let mut rx = self.detected.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|done| *done)).await;
+    }
+
+    /// Both sides for `/status`: each server's engine (`null` while unknown) and the copy
+    /// method each way.
+    pub fn status_json(&self) -> serde_json::Value {
+        let names = |side: &RwLock<Vec<Option<Engine>>>| -> Vec<Option<String>> {
+            side.read().map_or(Vec::new(), |v| {
+                v.iter().map(|e| e.map(|e| e.to_string())).collect()
+            })
+        };
+        json!({
+            "source": names(&self.source),
+            "target": names(&self.target),
+            "copy_method": {
+                "to_target": self.summary(Direction::ToTarget).name(),
+                "to_source": self.summary(Direction::ToSource).name(),
+            },
+        })
+    }
+}
+
+/// Ask every server of both sides for its engine (retrying servers that do not answer,
+/// at most [`ATTEMPTS`] times), then log what copies will do each way.
+pub async fn detect(migration: Arc<Migration>) {
+    let engines = &migration.engines;
+    for attempt in 1..=ATTEMPTS {
+        let mut missing = 0;
+        for (pool, side) in [
+            (&migration.copy_source, &engines.source),
+            (&migration.copy_target, &engines.target),
+        ] {
+            for server in 0..pool.servers.len() {
+                if side.read().is_ok_and(|v| v[server].is_some()) {
+                    continue;
+                }
+                match read_engine(pool, server).await {
+                    Some(engine) => {
+                        if let Ok(mut v) = side.write() {
+                            v[server] = Some(engine);
+                        }
+                    }
+                    None => missing += 1,
+                }
+            }
+        }
+        if attempt == 1 || missing == 0 {
+            let _ = engines.detected.send(true);
+        }
+        if missing == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let describe = |pool: &Pool, side: &RwLock<Vec<Option<Engine>>>| -> String {
+        let list = side.read().map_or(Vec::new(), |v| v.clone());
+        pool.servers
+            .iter()
+            .zip(list)
+            .map(|(s, e)| {
+                let engine = e.map_or("unknown engine".to_string(), |e| {
+                    let rdb = e.rdb_version().map_or("?".into(), |v| v.to_string());
+                    format!("{e}, RDB {rdb}")
+                });
+                format!("{} ({engine})", s.name)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let to_target = engines.summary(Direction::ToTarget);
+    let to_source = engines.summary(Direction::ToSource);
+    tracing::info!(
+        pool = migration.source.name(),
+        source = %describe(&migration.copy_source, &engines.source),
+        target = %describe(&migration.copy_target, &engines.target),
+        copies_to_target = to_target.name(),
+        copies_back_after_cutover = to_source.name(),
+        "engines"
+    );
+    if to_target == CopyMethod::ByType {
+        tracing::info!(
+            pool = migration.source.name(),
+            "the target servers cannot read the source's DUMP payloads (an older version): every key is copied by type, in chunks, from the first key"
+        );
+    }
+}
+
+/// One server's engine from `INFO server`, or `None` when it does not answer.
+async fn read_engine(pool: &Pool, server: usize) -> Option<Engine> {
+    let mut info = BytesMut::new();
+    encode::command(&mut info, &[b"INFO".as_slice(), b"server"]);
+    let reply = pool.request(server, 0, info.freeze(), 1).await.ok()?;
+    match redis_protocol::resp2::decode::decode(&reply) {
+        Ok(Some((OwnedFrame::BulkString(text), _))) => {
+            Engine::from_info(&String::from_utf8_lossy(&text))
+        }
+        _ => None,
+    }
+}

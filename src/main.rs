@@ -241,6 +241,10 @@ fn run_ctl(args: CtlArgs) -> ExitCode {
             print!("{text}");
             ExitCode::SUCCESS
         }
+        Err(ctl::CtlError::Differences(report)) => {
+            print!("{report}");
+            ExitCode::FAILURE
+        }
         Err(error) => fail(&error.to_string()),
     }
 }

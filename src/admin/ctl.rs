@@ -70,6 +70,10 @@ pub enum CtlError {
     /// The call was refused; the API's own explanation follows.
     #[error("{0}")]
     Refused(String),
+    /// A verify pass found differences and did not repair them: the report, for stdout,
+    /// and a non-zero exit status.
+    #[error("{0}")]
+    Differences(String),
     /// The answer was not what the API sends.
     #[error("unexpected answer from the admin API: {0}")]
     Garbled(String),
@@ -158,7 +162,12 @@ fn follow_verify(options: &CtlOptions) -> Result<String, CtlError> {
         if terminal {
             eprintln!();
         }
-        return Ok(verify_text(&verify["last"]));
+        let last = &verify["last"];
+        let text = verify_text(last);
+        if last["differences"].as_u64().unwrap_or(0) > 0 && last["repair"].as_bool() != Some(true) {
+            return Err(CtlError::Differences(text));
+        }
+        return Ok(text);
     }
 }
 
@@ -267,6 +276,52 @@ fn summary(status: &Value) -> String {
     found.into_iter().map(migration_text).collect()
 }
 
+/// The engines line, the copies line and the readiness report of one migration.
+fn engines_text(m: &Value) -> String {
+    let engines = &m["engines"];
+    let side = |v: &Value| -> String {
+        let names: Vec<&str> = v
+            .as_array()
+            .map(|a| a.iter().map(|e| e.as_str().unwrap_or("unknown")).collect())
+            .unwrap_or_default();
+        let mut distinct = names.clone();
+        distinct.dedup();
+        match distinct.as_slice() {
+            [one] if names.len() > 1 => format!("{one} x{}", names.len()),
+            _ => names.join(", "),
+        }
+    };
+    let copies = &m["copies"];
+    let mut out = format!(
+        "  engines  source {}; target {}; copies by {} (after cutover, back by {})\n  copies   {} by RESTORE, {} by type ({} after a refused payload), {} stream parts not carried\n",
+        side(&engines["source"]),
+        side(&engines["target"]),
+        engines["copy_method"]["to_target"].as_str().unwrap_or("?"),
+        engines["copy_method"]["to_source"].as_str().unwrap_or("?"),
+        copies["restore"].as_u64().unwrap_or(0),
+        copies["by_type"].as_u64().unwrap_or(0),
+        copies["refused_then_by_type"].as_u64().unwrap_or(0),
+        copies["stream_parts_not_carried"].as_u64().unwrap_or(0),
+    );
+    if let Some(lacking) = m["readiness"].as_array().filter(|a| !a.is_empty()) {
+        let list: Vec<String> = lacking
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} ({} requests)",
+                    r["command"].as_str().unwrap_or("?"),
+                    r["requests"].as_u64().unwrap_or(0)
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "  readiness the app sends what the target lacks: {}\n",
+            list.join(", ")
+        ));
+    }
+    out
+}
+
 /// One migration's status as text.
 fn migration_text(m: &Value) -> String {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
@@ -307,6 +362,7 @@ fn migration_text(m: &Value) -> String {
         n(&mirror["replayed"]),
         n(&mirror["copied"]),
     ));
+    out.push_str(&engines_text(m));
     out.push_str(&format!(
         "  shadow   {} reads checked (ratio {}), {} mismatches, {} repaired\n",
         n(&shadow["checked"]),

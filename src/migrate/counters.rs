@@ -64,6 +64,10 @@ pub struct MigrationCounters {
     pub rejected_size: Counter,
     /// `cutover_copy_structural_total`: keys copied by type instead of DUMP/RESTORE.
     pub structural: Counter,
+    /// `cutover_copy_stream_parts_not_carried_total`: parts of streams (consumers without
+    /// pending entries, counters, pending entries of deleted entries) a copy by type could
+    /// not give the target, each logged with its key.
+    pub stream_parts_not_carried: Counter,
     /// `cutover_known_copied_keys`.
     pub known_keys: Gauge,
     /// `cutover_known_copied_bytes`.
@@ -135,6 +139,7 @@ impl MigrationCounters {
             rejected_payload: counter!("cutover_copy_restore_rejections_total", "pool" => p.clone(), "reason" => "payload_version"),
             rejected_size: counter!("cutover_copy_restore_rejections_total", "pool" => p.clone(), "reason" => "over_copy_limit"),
             structural: counter!("cutover_copy_structural_total", "pool" => p.clone()),
+            stream_parts_not_carried: counter!("cutover_copy_stream_parts_not_carried_total", "pool" => p.clone()),
             known_keys: gauge!("cutover_known_copied_keys", "pool" => p.clone()),
             known_bytes: gauge!("cutover_known_copied_bytes", "pool" => p.clone()),
             phase: Phase::ALL

@@ -8,8 +8,9 @@
 //! is too new to be in the table, the first refusal teaches it: later copies that way go
 //! by type.
 
-use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -17,8 +18,12 @@ use redis_protocol::resp2::types::OwnedFrame;
 use serde_json::json;
 
 use super::{Migration, Phase};
-use crate::engine::{Engine, payload_rdb_version};
+use metrics::{Gauge, gauge};
+
+use crate::command::CommandSpec;
+use crate::engine::{Engine, Requirement, Version, payload_rdb_version};
 use crate::proxy::Pool;
+use crate::resp::Request;
 use crate::resp::encode;
 
 /// Attempts to read a server's engine at start (one a second) before copies to or from it
@@ -78,16 +83,88 @@ pub struct Engines {
     refused: [AtomicU16; 2],
     /// Set once every server was asked (answered or not).
     detected: tokio::sync::watch::Sender<bool>,
+    /// Per direction, the oldest Redis version among the receiving servers (encoded by
+    /// [`encode`]; 0 while unknown), read on every request to spot commands it lacks.
+    oldest_receiver: [AtomicU32; 2],
+    /// Requests seen that the target lacks, by form: `/status` and
+    /// `cutover_readiness_commands{command,reason}`.
+    readiness: Mutex<BTreeMap<&'static str, (u64, Gauge)>>,
+    /// The pool label of the readiness gauges.
+    pool: String,
+}
+
+/// A version as one number, so it can live in an atomic.
+fn encode(v: Version) -> u32 {
+    (v.0.min(255) << 16) | (v.1.min(255) << 8) | v.2.min(255)
 }
 
 impl Engines {
     /// Nothing known yet, for pools of `sources` and `targets` servers.
-    pub fn new(sources: usize, targets: usize) -> Engines {
+    pub fn new(pool: &str, sources: usize, targets: usize) -> Engines {
         Engines {
             source: RwLock::new(vec![None; sources]),
             target: RwLock::new(vec![None; targets]),
             refused: [AtomicU16::new(0), AtomicU16::new(0)],
             detected: tokio::sync::watch::channel(false).0,
+            oldest_receiver: [AtomicU32::new(0), AtomicU32::new(0)],
+            readiness: Mutex::new(BTreeMap::new()),
+            pool: pool.to_string(),
+        }
+    }
+
+    /// What `request` needs that the receiving servers going `direction` lack, if
+    /// anything (nothing while their engines are unknown).
+    pub fn receiver_lacks(
+        &self,
+        direction: Direction,
+        spec: &CommandSpec,
+        request: &Request,
+    ) -> Option<Requirement> {
+        let oldest = self.oldest_receiver[direction as usize].load(Relaxed);
+        if oldest == 0 {
+            return None;
+        }
+        crate::engine::requirement(spec, request).filter(|need| encode(need.since) > oldest)
+    }
+
+    /// The app sent `need`, which the target lacks: count it for the readiness report.
+    pub fn note_unsupported(&self, need: Requirement) {
+        let Ok(mut seen) = self.readiness.lock() else {
+            return;
+        };
+        let entry = seen.entry(need.form).or_insert_with(|| {
+            tracing::warn!(
+                pool = self.pool,
+                command = need.form,
+                since = %need.since,
+                "the app sends a command the target servers lack; it fails there after the cutover"
+            );
+            (0, gauge!("cutover_readiness_commands", "pool" => self.pool.clone(), "command" => need.form, "reason" => "target_lacks"))
+        });
+        entry.0 += 1;
+        entry.1.set(entry.0 as f64);
+    }
+
+    /// The readiness report: each form the app sent that the target lacks, with counts.
+    pub fn readiness_json(&self) -> serde_json::Value {
+        let seen = self.readiness.lock().map_or(Vec::new(), |s| {
+            s.iter()
+                .map(|(form, (n, _))| json!({ "command": form, "reason": "target_lacks", "requests": n }))
+                .collect()
+        });
+        serde_json::Value::Array(seen)
+    }
+
+    /// Set the oldest receiver version of both directions from what is known.
+    fn publish_oldest(&self) {
+        for direction in [Direction::ToTarget, Direction::ToSource] {
+            let (_, receivers) = self.sides(direction);
+            let oldest = receivers
+                .iter()
+                .map(|e| e.map_or(0, |e| encode(e.redis_compatible)))
+                .min()
+                .unwrap_or(0);
+            self.oldest_receiver[direction as usize].store(oldest, Relaxed);
         }
     }
 
@@ -99,6 +176,11 @@ impl Engines {
             Direction::ToTarget => (read(&self.source), read(&self.target)),
             Direction::ToSource => (read(&self.target), read(&self.source)),
         }
+    }
+
+    /// The engine of receiving server `to` going `direction`, if known.
+    pub fn receiver(&self, direction: Direction, to: usize) -> Option<Engine> {
+        self.sides(direction).1.get(to).copied().flatten()
     }
 
     /// How to copy a key from server `from` to server `to` going `direction`.
@@ -209,6 +291,7 @@ pub async fn detect(migration: Arc<Migration>) {
                 }
             }
         }
+        engines.publish_oldest();
         if attempt == 1 || missing == 0 {
             let _ = engines.detected.send(true);
         }

@@ -20,6 +20,7 @@ pub mod offline;
 pub mod phase;
 pub mod shadow;
 mod state;
+mod stream;
 mod structural;
 pub mod verify;
 
@@ -153,6 +154,8 @@ pub struct Totals {
     pub rejected: AtomicU64,
     /// Keys copied by DUMP/RESTORE.
     pub restore_copies: AtomicU64,
+    /// Parts of streams a copy by type could not give the target.
+    pub stream_parts_not_carried: AtomicU64,
     /// Keys copied by type.
     pub by_type_copies: AtomicU64,
     /// Copies by reason (in [`CopyReason::ALL`]'s order).
@@ -229,7 +232,11 @@ impl Migration {
             .set(settings.backfill_keys_per_second as f64);
         let phase = progress.phase;
         counters.set_phase(phase);
-        let engines = engines::Engines::new(copy_source.servers.len(), copy_target.servers.len());
+        let engines = engines::Engines::new(
+            &source_config.name,
+            copy_source.servers.len(),
+            copy_target.servers.len(),
+        );
         let migration = Arc::new(Migration {
             source,
             copy_source,
@@ -707,6 +714,7 @@ impl Migration {
                 "rate_limit_bytes_per_second": self.byte_limit.load(Relaxed),
             },
             "engines": self.engines.status_json(),
+            "readiness": self.engines.readiness_json(),
             "mirror": {
                 "queued": queued,
                 "dirty": dirty,
@@ -721,6 +729,7 @@ impl Migration {
                 "restore": t.restore_copies.load(Relaxed),
                 "by_type": t.by_type_copies.load(Relaxed),
                 "refused_then_by_type": t.rejected.load(Relaxed),
+                "stream_parts_not_carried": t.stream_parts_not_carried.load(Relaxed),
                 "by_reason": CopyReason::ALL
                     .iter()
                     .map(|r| (r.label().to_string(), t.by_reason[*r as usize].load(Relaxed).into()))

@@ -20,6 +20,11 @@ pub enum Compare {
     Unordered,
     /// As a map (`HGETALL`: field, value, field, value over RESP2, a map over RESP3).
     Pairs,
+    /// Replies holding floating-point numbers (sorted-set scores, GEO distances and
+    /// coordinates): equal when the same shape and every pair of differing strings or
+    /// doubles parse to the same number. Engines print the same double differently (Redis
+    /// 7.0 `0.10000000000000001`, Valkey `0.1`); both read back as the same number.
+    Numbers,
     /// A TTL: equal when both are negative codes and equal, or both within the tolerance;
     /// the number is in seconds when `seconds`, else milliseconds.
     Ttl {
@@ -45,6 +50,9 @@ pub fn compare_for(spec: &CommandSpec, request: &Request) -> Option<Compare> {
         "HGETALL" => Some(Compare::Pairs),
         "SINTER" | "SUNION" | "SDIFF" => (request.argc() == 2).then_some(Compare::Unordered),
         "MGET" | "EXISTS" => (request.argc() == 2).then_some(Compare::Exact),
+        "ZSCORE" | "ZMSCORE" | "ZRANGE" | "ZRANGEBYSCORE" | "ZRANGEBYLEX" | "ZREVRANGE"
+        | "ZREVRANGEBYSCORE" | "ZREVRANGEBYLEX" | "ZRANK" | "ZREVRANK" | "GEODIST" | "GEOPOS"
+        | "GEOSEARCH" | "GEORADIUS" | "GEORADIUSBYMEMBER" => Some(Compare::Numbers),
         "TTL" => Some(Compare::Ttl { seconds: true }),
         "PTTL" => Some(Compare::Ttl { seconds: false }),
         _ => Some(Compare::Exact),
@@ -64,6 +72,10 @@ pub fn agree(compare: Compare, source: &[u8], target: &[u8], tolerance_ms: u64) 
             _ => false,
         },
         Compare::Pairs => pairs_agree(source, target),
+        Compare::Numbers => match (decode(source), decode(target)) {
+            (Some(a), Some(b)) => same_numbers(&a, &b),
+            _ => false,
+        },
         Compare::Ttl { seconds } => {
             match (crate::resp::integer(source), crate::resp::integer(target)) {
                 (Some(a), Some(b)) if a >= 0 && b >= 0 => {
@@ -75,6 +87,28 @@ pub fn agree(compare: Compare, source: &[u8], target: &[u8], tolerance_ms: u64) 
                 _ => false,
             }
         }
+    }
+}
+
+/// Whether two replies are the same but for how numbers are printed.
+fn same_numbers(a: &OwnedFrame, b: &OwnedFrame) -> bool {
+    if a == b {
+        return true;
+    }
+    let number = |f: &OwnedFrame| -> Option<f64> {
+        match f {
+            OwnedFrame::BlobString { data, .. } | OwnedFrame::SimpleString { data, .. } => {
+                std::str::from_utf8(data).ok()?.parse().ok()
+            }
+            OwnedFrame::Double { data, .. } => Some(*data),
+            _ => None,
+        }
+    };
+    match (a, b) {
+        (OwnedFrame::Array { data: x, .. }, OwnedFrame::Array { data: y, .. }) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_numbers(p, q))
+        }
+        _ => matches!((number(a), number(b)), (Some(x), Some(y)) if x == y),
     }
 }
 
@@ -153,6 +187,27 @@ mod tests {
             !agree(Compare::Pairs, a, swapped, 0),
             "values moved to other fields"
         );
+    }
+
+    #[test]
+    fn scores_compare_as_numbers() {
+        // ZRANGE z 0 -1 WITHSCORES on Redis 7.0 and on Valkey 9, same data.
+        let redis = b"*2\r\n$1\r\na\r\n$19\r\n0.10000000000000001\r\n";
+        let valkey = b"*2\r\n$1\r\na\r\n$3\r\n0.1\r\n";
+        assert!(agree(Compare::Numbers, redis, valkey, 0));
+        assert!(!agree(Compare::Exact, redis, valkey, 0));
+        let other = b"*2\r\n$1\r\na\r\n$3\r\n0.2\r\n";
+        assert!(!agree(Compare::Numbers, redis, other, 0));
+        let member = b"*2\r\n$1\r\nb\r\n$3\r\n0.1\r\n";
+        assert!(!agree(Compare::Numbers, valkey, member, 0));
+        // RESP3 doubles.
+        assert!(agree(
+            Compare::Numbers,
+            b",0.10000000000000001\r\n",
+            b",0.1\r\n",
+            0
+        ));
+        assert!(agree(Compare::Numbers, b"$-1\r\n", b"$-1\r\n", 0));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! that owns it (with a guard TTL, so an aborted copy leaves nothing that lasts), then
 //! RENAMEd over the real key and given its real TTL: no reader sees half a key.
 //!
+//! Streams are copied whole: entries, last generated ID, counters, consumer groups,
+//! consumers and pending entries, as far as the target's commands allow (see `stream.rs`).
+//!
 //! The reads are not one snapshot, so `copied_at` is taken when they end: any write sent
 //! while they ran is copied again afterwards, and the target converges.
 
@@ -23,7 +26,8 @@ const STRING_CHUNK: usize = 1024 * 1024;
 /// Guard TTL of the temporary key, in milliseconds.
 const GUARD_TTL_MS: &str = "600000";
 
-/// Copy `key` structurally.
+/// Copy `key` structurally. The temporary key gets its guard TTL with its first element,
+/// and is deleted when the copy fails, so no temporary key outlives its copy.
 pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, CopyError> {
     let kind = source_value(migration, key, &[b"TYPE", key]).await?;
     let kind = match kind {
@@ -35,23 +39,94 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         .route(key)
         .ok_or_else(|| CopyError::Unavailable("no live target server".into()))?;
     let temp = temp_name(key);
-    let target = |args: Vec<Vec<u8>>| {
+    let target = Target {
+        pool,
+        server: route.server,
+        connection: route.connection,
+        temp: temp.clone(),
+        guarded: false,
+        bytes: 0,
+    };
+    let receiver = migration
+        .engines
+        .receiver(migration.direction(), route.server);
+    let copied = copy_into(migration, key, &kind, target, receiver).await;
+    if copied.is_err() {
+        // Best effort: a temporary key left behind also expires by its guard TTL.
+        let mut del = BytesMut::new();
+        encode::command(&mut del, &[b"DEL".as_slice(), &temp]);
+        let _ = pool
+            .request(route.server, route.connection, del.freeze(), 1)
+            .await;
+    }
+    copied
+}
+
+/// The temporary key on the target server that owns the key being copied.
+struct Target<'a> {
+    /// The mirrored pool.
+    pool: &'a crate::proxy::Pool,
+    /// The server that owns the key.
+    server: usize,
+    /// The key's connection to it.
+    connection: usize,
+    /// The temporary key's name.
+    temp: Vec<u8>,
+    /// Whether the temporary key has its guard TTL.
+    guarded: bool,
+    /// Bytes written.
+    bytes: usize,
+}
+
+impl Target<'_> {
+    /// Send one command; an error reply is an error.
+    async fn send(&self, args: &[Vec<u8>]) -> Result<Bytes, CopyError> {
         let mut request = BytesMut::new();
-        encode::command(&mut request, &args);
-        pool.request(route.server, route.connection, request.freeze(), 1)
-    };
-    let mut bytes = 0usize;
-    // The temporary key starts empty and expires on its own if the copy is abandoned.
-    target(vec![b"DEL".to_vec(), temp.clone()])
-        .await
-        .map_err(unavailable)?;
-    let mut wrote = false;
-    let mut write = |args: Vec<Vec<u8>>| {
-        bytes += args.iter().map(Vec::len).sum::<usize>();
-        wrote = true;
-        target(args)
-    };
-    match kind.as_str() {
+        encode::command(&mut request, args);
+        let reply = self
+            .pool
+            .request(self.server, self.connection, request.freeze(), 1)
+            .await
+            .map_err(unavailable)?;
+        if reply.first() == Some(&b'-') {
+            return Err(CopyError::Unexpected(format!(
+                "target: {}",
+                String::from_utf8_lossy(&reply).trim_end()
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// Write elements into the temporary key; after the first, give it its guard TTL.
+    async fn write(&mut self, args: Vec<Vec<u8>>) -> Result<Bytes, CopyError> {
+        self.bytes += args.iter().map(Vec::len).sum::<usize>();
+        let reply = self.send(&args).await?;
+        if !self.guarded {
+            self.guarded = true;
+            let guard = [
+                b"PEXPIRE".to_vec(),
+                self.temp.clone(),
+                GUARD_TTL_MS.as_bytes().to_vec(),
+            ];
+            self.send(&guard).await?;
+        }
+        Ok(reply)
+    }
+}
+
+/// Read `key` (of type `kind`) from the authoritative side in chunks into `target`'s
+/// temporary key, then rename it over the key and give it its TTL.
+async fn copy_into(
+    migration: &Migration,
+    key: &Bytes,
+    kind: &str,
+    mut target: Target<'_>,
+    receiver: Option<crate::engine::Engine>,
+) -> Result<Copied, CopyError> {
+    let temp = target.temp.clone();
+    target.send(&[b"DEL".to_vec(), temp.clone()]).await?;
+    let mut exists = false;
+    match kind {
         "none" => {}
         "string" => {
             let mut offset = 0usize;
@@ -61,7 +136,10 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
                     break;
                 }
                 let len = chunk.len();
-                checked(write(vec![b"APPEND".to_vec(), temp.clone(), chunk]).await)?;
+                target
+                    .write(vec![b"APPEND".to_vec(), temp.clone(), chunk])
+                    .await?;
+                exists = true;
                 if len < STRING_CHUNK {
                     break;
                 }
@@ -78,7 +156,8 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
                 let n = items.len();
                 let mut args = vec![b"RPUSH".to_vec(), temp.clone()];
                 args.extend(items.into_iter().map(bulk));
-                checked(write(args).await)?;
+                target.write(args).await?;
+                exists = true;
                 if n < CHUNK {
                     break;
                 }
@@ -86,7 +165,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
             }
         }
         "hash" | "set" | "zset" => {
-            let (scan, add): (&[u8], &[u8]) = match kind.as_str() {
+            let (scan, add): (&[u8], &[u8]) = match kind {
                 "hash" => (b"HSCAN", b"HSET"),
                 "set" => (b"SSCAN", b"SADD"),
                 _ => (b"ZSCAN", b"ZADD"),
@@ -117,7 +196,8 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
                     } else {
                         args.extend(items);
                     }
-                    checked(write(args).await)?;
+                    target.write(args).await?;
+                    exists = true;
                 }
                 if next == b"0" {
                     break;
@@ -126,9 +206,13 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
             }
         }
         "stream" => {
+            let meta = super::stream::read_meta(migration.copy_from(), key)
+                .await
+                .map_err(|e| CopyError::Unexpected(format!("source: {e}")))?;
             let mut from = b"-".to_vec();
+            let mut entries = 0usize;
             loop {
-                let entries = array(
+                let page = array(
                     source_value(
                         migration,
                         key,
@@ -143,21 +227,45 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
                     )
                     .await?,
                 );
-                let n = entries.len();
+                let n = page.len();
                 let mut last = None;
-                for entry in entries {
+                for entry in page {
                     let mut parts = array(entry).into_iter();
                     let id = parts.next().map(bulk).unwrap_or_default();
                     let fields: Vec<Vec<u8>> = parts.next().map(bulks).unwrap_or_default();
                     let mut args = vec![b"XADD".to_vec(), temp.clone(), id.clone()];
                     args.extend(fields);
-                    checked(write(args).await)?;
+                    target.write(args).await?;
+                    entries += 1;
                     last = Some(id);
                 }
                 match last {
                     Some(id) if n == CHUNK => from = [b"(".as_slice(), &id].concat(),
                     _ => break,
                 }
+            }
+            if let Some(meta) = meta {
+                for part in super::stream::not_carried(&meta, receiver) {
+                    migration.counters.stream_parts_not_carried.increment(1);
+                    migration
+                        .totals
+                        .stream_parts_not_carried
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(key = %String::from_utf8_lossy(key), part, "stream copied by type without a part the target cannot hold");
+                }
+                for command in super::stream::restore_commands(&meta, &temp, receiver, entries == 0)
+                {
+                    let reply = target.write(command).await?;
+                    if reply.as_ref() == b"*0\r\n" {
+                        // XCLAIM of an entry no longer in the stream: not carried.
+                        migration.counters.stream_parts_not_carried.increment(1);
+                        migration
+                            .totals
+                            .stream_parts_not_carried
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                exists = true;
             }
         }
         other => {
@@ -171,9 +279,11 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         OwnedFrame::Integer(n) => n,
         _ => -1,
     };
-    if !wrote || pttl == -2 {
+    if !exists || pttl == -2 {
         // Gone on the source (or empty): gone on the target.
-        checked(target(vec![b"DEL".to_vec(), temp.clone(), key.to_vec()]).await)?;
+        target
+            .send(&[b"DEL".to_vec(), temp.clone(), key.to_vec()])
+            .await?;
         return Ok(Copied {
             copied_at,
             bytes: 0,
@@ -181,15 +291,17 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
             method: CopyMethod::ByType,
         });
     }
-    checked(
-        target(vec![
+    if !target.guarded {
+        let guard = [
             b"PEXPIRE".to_vec(),
             temp.clone(),
             GUARD_TTL_MS.as_bytes().to_vec(),
-        ])
-        .await,
-    )?;
-    checked(target(vec![b"RENAME".to_vec(), temp, key.to_vec()]).await)?;
+        ];
+        target.send(&guard).await?;
+    }
+    target
+        .send(&[b"RENAME".to_vec(), temp, key.to_vec()])
+        .await?;
     let expires = super::copy::restore_ttl(pttl).is_some();
     let ttl = match super::copy::restore_ttl(pttl) {
         Some(ms) => vec![
@@ -199,10 +311,10 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         ],
         None => vec![b"PERSIST".to_vec(), key.to_vec()],
     };
-    checked(target(ttl).await)?;
+    target.send(&ttl).await?;
     Ok(Copied {
         copied_at,
-        bytes,
+        bytes: target.bytes,
         expires,
         method: CopyMethod::ByType,
     })
@@ -256,18 +368,6 @@ async fn source_value(
         Ok(Some((frame, _))) => Ok(frame),
         _ => Err(CopyError::Unexpected("source: undecodable reply".into())),
     }
-}
-
-/// A target reply that must not be an error.
-fn checked(reply: Result<Bytes, crate::proxy::BackendError>) -> Result<(), CopyError> {
-    let reply = reply.map_err(unavailable)?;
-    if reply.first() == Some(&b'-') {
-        return Err(CopyError::Unexpected(format!(
-            "target: {}",
-            String::from_utf8_lossy(&reply).trim_end()
-        )));
-    }
-    Ok(())
 }
 
 fn unavailable(e: crate::proxy::BackendError) -> CopyError {

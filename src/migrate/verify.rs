@@ -18,6 +18,8 @@ use super::Migration;
 use super::counters::DIFFERENCE_KINDS;
 use super::lane::LaneEvent;
 use super::shadow::{self, Compare};
+use super::stream;
+use crate::engine::Engine;
 use crate::proxy::Pool;
 use crate::resp::encode;
 
@@ -25,6 +27,8 @@ use crate::resp::encode;
 const CONCURRENCY: usize = 64;
 /// Keys of each kind kept as examples in a report.
 const EXAMPLES: usize = 5;
+/// Most not-carried notes a report keeps.
+const NOTES: usize = 100;
 /// Pause before each re-check round, so mirror events in flight land.
 const ROUND_PAUSE: Duration = Duration::from_millis(300);
 
@@ -108,6 +112,9 @@ pub struct VerifyReport {
     pub finished_at: u64,
     /// Whether differences were repaired.
     pub repair: bool,
+    /// What differs only because the mirror's engine cannot hold it (parts of streams on
+    /// an older target), per key: listed, not counted as differences.
+    pub not_carried: Vec<String>,
 }
 
 impl VerifyReport {
@@ -140,6 +147,7 @@ impl VerifyReport {
             "rounds": self.rounds,
             "seconds": (self.seconds * 1000.0).round() / 1000.0,
             "finished_at": self.finished_at,
+            "not_carried": self.not_carried,
         })
     }
 
@@ -168,6 +176,11 @@ impl VerifyReport {
             out.push_str(&format!(", {} repaired", self.repaired));
         }
         out.push('\n');
+        for note in &self.not_carried {
+            out.push_str(&format!(
+                "  not carried (the target cannot hold it): {note}\n"
+            ));
+        }
         for (i, kind) in DIFFERENCE_KINDS.iter().enumerate() {
             if self.found[i] > 0 {
                 out.push_str(&format!(
@@ -190,6 +203,8 @@ pub struct VerifyState {
     running: AtomicBool,
     /// Keys compared so far by the running pass.
     pub checked: AtomicU64,
+    /// What the running pass found not carried (see [`VerifyReport::not_carried`]).
+    notes: Mutex<Vec<String>>,
 }
 
 impl VerifyState {
@@ -206,6 +221,9 @@ impl VerifyState {
     /// Claim the right to run a pass (false: one is running).
     pub fn begin(&self) -> bool {
         self.checked.store(0, Relaxed);
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.clear();
+        }
         !self.running.swap(true, Relaxed)
     }
 
@@ -291,7 +309,15 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
         .filter(|(_, f)| !f.stable && rounds > 1)
         .map(|(k, _)| k.clone())
         .collect();
+    let mut not_carried = migration
+        .verify
+        .notes
+        .lock()
+        .map_or(Vec::new(), |n| n.clone());
+    not_carried.sort();
+    not_carried.dedup();
     let mut report = VerifyReport {
+        not_carried,
         checked,
         settled: first_round - differing.len() as u64,
         changing: changing.len() as u64,
@@ -391,14 +417,27 @@ async fn compare_batch(
         let mut tasks = tokio::task::JoinSet::new();
         for key in chunk {
             let (from, to, key) = (from.clone(), to.clone(), key.clone());
+            let receiver = to
+                .route(&key)
+                .and_then(|r| migration.engines.receiver(migration.direction(), r.server));
             tasks.spawn(async move {
-                let result = compare_key(&from, &to, &key, tolerance).await;
+                let result = compare_key(&from, &to, &key, tolerance, receiver).await;
                 (key, result)
             });
         }
         while let Some(Ok((key, result))) = tasks.join_next().await {
             migration.counters.verify_checked.increment(1);
             migration.verify.checked.fetch_add(1, Relaxed);
+            let result = result.map(|(found, notes)| {
+                if !notes.is_empty()
+                    && let Ok(mut all) = migration.verify.notes.lock()
+                    && all.len() < NOTES
+                {
+                    let name = String::from_utf8_lossy(&key);
+                    all.extend(notes.iter().map(|n| format!("{name}: {n}")));
+                }
+                found
+            });
             match result {
                 Ok(None) => {
                     differing.remove(&key);
@@ -480,7 +519,8 @@ async fn compare_key(
     to: &Pool,
     key: &Bytes,
     tolerance_ms: u64,
-) -> Result<Option<(Difference, u64)>, String> {
+    receiver: Option<Engine>,
+) -> Result<(Option<(Difference, u64)>, Vec<String>), String> {
     let (a, b) = tokio::join!(key_state(from, key), key_state(to, key));
     let (a, b) = (a?, b?);
     let digest = {
@@ -489,20 +529,37 @@ async fn compare_key(
         (&a.kind, &a.payload).hash(&mut hasher);
         hasher.finish()
     };
-    Ok(difference(from, to, key, &a, &b, tolerance_ms)
-        .await?
-        .map(|kind| (kind, digest)))
+    let mut notes = Vec::new();
+    let rules = Rules {
+        tolerance_ms,
+        receiver,
+    };
+    let found = difference((from, to), key, (&a, &b), rules, &mut notes).await?;
+    Ok((found.map(|kind| (kind, digest)), notes))
 }
 
-/// How the two states of `key` differ, if they do.
-async fn difference(
-    from: &Pool,
-    to: &Pool,
-    key: &Bytes,
-    a: &KeyState,
-    b: &KeyState,
+/// What two states of a key are compared under.
+#[derive(Clone, Copy)]
+struct Rules {
+    /// TTL difference still counted as equal.
     tolerance_ms: u64,
+    /// The mirror server's engine: what it cannot hold is noted, not counted.
+    receiver: Option<Engine>,
+}
+
+/// How the two states of `key` differ, if they do; what differs only because the mirror's
+/// engine cannot hold it goes into `notes`.
+async fn difference(
+    (from, to): (&Pool, &Pool),
+    key: &Bytes,
+    (a, b): (&KeyState, &KeyState),
+    rules: Rules,
+    notes: &mut Vec<String>,
 ) -> Result<Option<Difference>, String> {
+    let Rules {
+        tolerance_ms,
+        receiver,
+    } = rules;
     if a.kind == "none" && b.kind == "none" {
         return Ok(None);
     }
@@ -517,6 +574,16 @@ async fn difference(
     }
     if a.payload != b.payload && !same_value(from, to, key, &a.kind).await? {
         return Ok(Some(Difference::Value));
+    }
+    if a.payload != b.payload && a.kind == "stream" {
+        let (x, y) = tokio::join!(stream::read_meta(from, key), stream::read_meta(to, key));
+        if let (Some(x), Some(y)) = (x?, y?) {
+            let (same, more) = stream::compare(&x, &y, receiver);
+            notes.extend(more);
+            if !same {
+                return Ok(Some(Difference::Value));
+            }
+        }
     }
     let ttl_agrees = match (a.pttl, b.pttl) {
         (x, y) if x < 0 || y < 0 => x == y,
@@ -570,7 +637,7 @@ async fn same_value(from: &Pool, to: &Pool, key: &[u8], kind: &str) -> Result<bo
         "hash" => (vec![b"HGETALL", key], Compare::Pairs),
         "zset" => (
             vec![b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"],
-            Compare::Exact,
+            Compare::Numbers,
         ),
         "stream" => (vec![b"XRANGE", key, b"-", b"+"], Compare::Exact),
         _ => return Ok(false),

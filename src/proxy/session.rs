@@ -431,6 +431,17 @@ impl Forwarding<'_> {
         spec: &CommandSpec,
         request: &Request,
     ) -> Option<MirrorHook> {
+        if let Some(need) = migration
+            .engines
+            .receiver_lacks(migration.direction(), spec, request)
+        {
+            // The mirror cannot answer it: nothing to compare, and the readiness report
+            // says the app uses it.
+            if migration.phase() == crate::migrate::Phase::Migrating {
+                migration.engines.note_unsupported(need);
+            }
+            return None;
+        }
         let ratio = migration.settings.shadow_ratio;
         if ratio <= 0.0 || !self.sample(ratio) {
             return None;
@@ -475,7 +486,17 @@ fn mirror_hook(
     spec: &CommandSpec,
     request: &Request,
 ) -> Option<MirrorHook> {
-    let effect = mirror::effect(spec, request)?;
+    let mut effect = mirror::effect(spec, request)?;
+    if let Some(need) = migration
+        .engines
+        .receiver_lacks(migration.direction(), spec, request)
+    {
+        // The mirror cannot run it: copy what it wrote instead of replaying it.
+        effect.replay = false;
+        if migration.phase() == crate::migrate::Phase::Migrating {
+            migration.engines.note_unsupported(need);
+        }
+    }
     Some(MirrorHook::new(migration.clone(), effect))
 }
 

@@ -47,14 +47,19 @@ pub fn read(conn: &mut redis::Connection, key: &[u8]) -> (Value, i64) {
                 .query(conn)
                 .unwrap_or_default(),
         ),
+        // Scores as numbers: engines print the same double differently (Redis 7.0
+        // `0.10000000000000001`, Valkey `0.1`).
         "zset" => Value::Zset(
             redis::cmd("ZRANGE")
                 .arg(key)
                 .arg(0)
                 .arg(-1)
                 .arg("WITHSCORES")
-                .query(conn)
-                .unwrap_or_default(),
+                .query::<BTreeMap<Vec<u8>, String>>(conn)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(m, s)| (m, s.parse::<f64>().map_or(s, |f| f.to_string())))
+                .collect(),
         ),
         "stream" => Value::Stream(
             redis::cmd("XRANGE")

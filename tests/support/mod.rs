@@ -98,6 +98,43 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// The extra arguments it was started with.
     extra: Vec<String>,
+    /// The server program (Debian's `redis-server`, or another engine's).
+    program: PathBuf,
+}
+
+/// Server engines other than Debian's redis-server, installed by
+/// `tests/engines/install.sh` (which `.ci/run` runs) into `target/engines/bin/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherEngine {
+    /// Valkey 9.1.
+    Valkey9,
+    /// Valkey 8.1.
+    Valkey8,
+    /// Redis 6.2.
+    Redis62,
+    /// Redis 6.0.
+    Redis60,
+}
+
+impl OtherEngine {
+    /// The server binary.
+    pub fn program(self) -> PathBuf {
+        let name = match self {
+            OtherEngine::Valkey9 => "valkey-9-server",
+            OtherEngine::Valkey8 => "valkey-8-server",
+            OtherEngine::Redis62 => "redis-6.2-server",
+            OtherEngine::Redis60 => "redis-6.0-server",
+        };
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/engines/bin")
+            .join(name);
+        assert!(
+            path.exists(),
+            "{} is missing: run tests/engines/install.sh (.ci/run does)",
+            path.display()
+        );
+        path
+    }
 }
 
 impl RedisServer {
@@ -108,12 +145,17 @@ impl RedisServer {
 
     /// Start a redis-server with extra `--name value` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        RedisServer::launch(None, extra)
+        RedisServer::launch(Path::new("redis-server"), None, extra)
+    }
+
+    /// Start another engine's server (Valkey, an older Redis).
+    pub fn start_engine(engine: OtherEngine) -> RedisServer {
+        RedisServer::launch(&engine.program(), None, &[])
     }
 
     /// Start a redis-server on a given port (one picked earlier with [`free_port`]).
     pub fn start_on(port: u16) -> RedisServer {
-        RedisServer::launch(Some(port), &[])
+        RedisServer::launch(Path::new("redis-server"), Some(port), &[])
     }
 
     /// Stop it after saving its data (SHUTDOWN SAVE) and start it again on the same port
@@ -124,7 +166,7 @@ impl RedisServer {
             .query::<()>(&mut self.client());
         let _ = self.child.wait();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let mut child = RedisServer::spawn(self.port, self.dir.path(), &extra);
+        let mut child = RedisServer::spawn(&self.program, self.port, self.dir.path(), &extra);
         assert!(
             wait_for_port(&mut child, self.port),
             "redis-server restarted on port {}",
@@ -134,8 +176,8 @@ impl RedisServer {
     }
 
     /// Spawn redis-server on `port` in `dir`.
-    fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
-        Command::new("redis-server")
+    fn spawn(program: &Path, port: u16, dir: &Path, extra: &[&str]) -> Child {
+        Command::new(program)
             .args([
                 "--port",
                 &port.to_string(),
@@ -155,17 +197,18 @@ impl RedisServer {
     }
 
     /// Start on `port` (or a free one, retrying on collisions) with `extra` arguments.
-    fn launch(fixed: Option<u16>, extra: &[&str]) -> RedisServer {
+    fn launch(program: &Path, fixed: Option<u16>, extra: &[&str]) -> RedisServer {
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = fixed.unwrap_or_else(free_port);
-            let mut child = RedisServer::spawn(port, dir.path(), extra);
+            let mut child = RedisServer::spawn(program, port, dir.path(), extra);
             if wait_for_port(&mut child, port) && redis_is_process(port, child.id(), extra) {
                 return RedisServer {
                     child,
                     port,
                     dir,
                     extra: extra.iter().map(|s| s.to_string()).collect(),
+                    program: program.to_path_buf(),
                 };
             }
             stop(&mut child);

@@ -1,0 +1,533 @@
+//! Migrations between engines: a Redis 7.0 source (Debian's redis-server) into Valkey 9
+//! and 8 and Redis 6.2 and 6.0 targets (from the Python packages `tests/engines/install.sh`
+//! installs), offline and live, proven equal by verify with no false difference; streams
+//! copied whole; a hot big key copied by type without jamming its lane.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::compare::differences;
+use support::{OtherEngine, Proxy, RedisServer, cutover_bin, http, migration_config, wait_for};
+
+/// Fill `source` with every type: fractional scores, TTLs, a list long enough to be read
+/// in several chunks, and streams with everything XRANGE does not show (groups, consumers,
+/// pending entries, a pending entry whose entry was deleted, an empty stream that keeps
+/// its last ID, a group on an empty stream).
+fn fill_every_type(source: &RedisServer) {
+    let mut conn = source.client();
+    let mut pipe = redis::pipe();
+    for i in 0..300 {
+        pipe.cmd("SET")
+            .arg(format!("s:{i}"))
+            .arg(format!("v{i}"))
+            .ignore();
+        pipe.cmd("HSET")
+            .arg(format!("h:{i}"))
+            .arg("a")
+            .arg(i)
+            .arg("b")
+            .arg("x")
+            .ignore();
+        pipe.cmd("RPUSH")
+            .arg(format!("l:{i}"))
+            .arg(i)
+            .arg("y")
+            .ignore();
+        pipe.cmd("SADD")
+            .arg(format!("t:{i}"))
+            .arg(i)
+            .arg("z")
+            .ignore();
+        pipe.cmd("ZADD")
+            .arg(format!("z:{i}"))
+            .arg(f64::from(i) / 10.0 + 0.1)
+            .arg("m")
+            .arg(0.3)
+            .arg("n")
+            .ignore();
+        if i % 5 == 0 {
+            pipe.cmd("PEXPIRE")
+                .arg(format!("s:{i}"))
+                .arg(600_000)
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(format!("z:{i}"))
+                .arg(600_000)
+                .ignore();
+        }
+    }
+    let long: Vec<u32> = (0..3000).collect();
+    pipe.cmd("RPUSH").arg("long").arg(&long).ignore();
+    pipe.query::<()>(&mut conn).expect("fill");
+    // A stream with two groups, consumers, pending entries, one of them deleted.
+    for i in 0..20 {
+        let _: String = redis::cmd("XADD")
+            .arg("st")
+            .arg(format!("{}-0", i + 1))
+            .arg("f")
+            .arg(i)
+            .query(&mut conn)
+            .expect("XADD");
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("st")
+        .arg("g1")
+        .arg("0")
+        .query(&mut conn)
+        .expect("group");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("st")
+        .arg("g2")
+        .arg("$")
+        .query(&mut conn)
+        .expect("group");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g1")
+        .arg("alice")
+        .arg("COUNT")
+        .arg(5)
+        .arg("STREAMS")
+        .arg("st")
+        .arg(">")
+        .query(&mut conn)
+        .expect("read");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g1")
+        .arg("bob")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg("st")
+        .arg(">")
+        .query(&mut conn)
+        .expect("read");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g1")
+        .arg("alice")
+        .arg("STREAMS")
+        .arg("st")
+        .arg("0")
+        .query(&mut conn)
+        .expect("redeliver");
+    let _: i64 = redis::cmd("XACK")
+        .arg("st")
+        .arg("g1")
+        .arg("2-0")
+        .query(&mut conn)
+        .expect("ack");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg("st")
+        .arg("g2")
+        .arg("idle")
+        .query(&mut conn)
+        .map(|_: i64| ())
+        .expect("consumer");
+    let _: i64 = redis::cmd("XDEL")
+        .arg("st")
+        .arg("20-0")
+        .query(&mut conn)
+        .expect("XDEL");
+    // An empty stream that keeps its last ID.
+    let _: String = redis::cmd("XADD")
+        .arg("empty")
+        .arg("7-1")
+        .arg("f")
+        .arg("v")
+        .query(&mut conn)
+        .expect("XADD");
+    let _: i64 = redis::cmd("XDEL")
+        .arg("empty")
+        .arg("7-1")
+        .query(&mut conn)
+        .expect("XDEL");
+    // A group on a stream that never had an entry.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("nothing")
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .expect("MKSTREAM");
+}
+
+/// A field of a flat `name, value, ...` reply.
+fn field(v: &redis::Value, name: &str) -> redis::Value {
+    let redis::Value::Array(items) = v else {
+        return redis::Value::Nil;
+    };
+    items
+        .chunks(2)
+        .find(|p| matches!(&p[0], redis::Value::BulkString(k) if k == name.as_bytes()))
+        .map_or(redis::Value::Nil, |p| p[1].clone())
+}
+
+/// What a stream holds beyond XRANGE, as a comparable text: last ID, length, groups with
+/// their last-delivered IDs, consumers (only those with pending entries when
+/// `pending_consumers_only`: Redis 6.0 cannot create the others), pending entries' IDs,
+/// owners and delivery counts.
+fn stream_state(server: &RedisServer, key: &str, pending_consumers_only: bool) -> String {
+    let mut conn = server.client();
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query(&mut conn)
+        .expect("XINFO STREAM");
+    let mut out = format!(
+        "last={:?} len={:?}",
+        field(&info, "last-generated-id"),
+        field(&info, "length")
+    );
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query(&mut conn)
+        .expect("XINFO GROUPS");
+    for group in &groups {
+        let redis::Value::BulkString(name) = field(group, "name") else {
+            panic!("group name in {group:?}");
+        };
+        out.push_str(&format!(
+            " group={} delivered={:?}",
+            String::from_utf8_lossy(&name),
+            field(group, "last-delivered-id")
+        ));
+        let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(key)
+            .arg(&name)
+            .query(&mut conn)
+            .expect("XINFO CONSUMERS");
+        let mut names: Vec<String> = consumers
+            .iter()
+            .filter(|c| !pending_consumers_only || field(c, "pending") != redis::Value::Int(0))
+            .map(|c| format!("{:?}", field(c, "name")))
+            .collect();
+        names.sort();
+        out.push_str(&format!(" consumers={names:?}"));
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(&name)
+            .arg("-")
+            .arg("+")
+            .arg(1000)
+            .query(&mut conn)
+            .expect("XPENDING");
+        let owners: Vec<(String, String, u64)> = pending
+            .into_iter()
+            .map(|(id, c, _, n)| (id, c, n))
+            .collect();
+        out.push_str(&format!(" pending={owners:?}"));
+    }
+    out
+}
+
+/// A target-only config of pool `fleet` over `targets`.
+fn fleet_file(targets: &[RedisServer], dir: &std::path::Path) -> String {
+    let mut text = String::from("fleet:\n  redis: true\n  servers:\n");
+    for t in targets {
+        text.push_str(&format!("   - {}:1\n", t.addr()));
+    }
+    let path = dir.join("fleet.yml");
+    std::fs::write(&path, text).expect("write config");
+    format!("{}:fleet", path.display())
+}
+
+/// Run `cutover ARGS`; its success and everything it printed.
+fn cutover(args: &[&str]) -> (bool, String) {
+    let out = Command::new(cutover_bin())
+        .args(args)
+        .output()
+        .expect("run cutover");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Offline `cutover migrate --verify` from Redis 7.0 into each engine: zero differences,
+/// the values equal by meaning, streams whole (as far as the engine holds them); then a
+/// second `cutover verify` still finds none (no false difference that a repair would
+/// "repair" again).
+#[test]
+fn offline_migrate_and_verify_into_every_engine() {
+    for engine in [
+        OtherEngine::Valkey9,
+        OtherEngine::Valkey8,
+        OtherEngine::Redis62,
+        OtherEngine::Redis60,
+    ] {
+        let source = RedisServer::start();
+        fill_every_type(&source);
+        let targets = vec![
+            RedisServer::start_engine(engine),
+            RedisServer::start_engine(engine),
+        ];
+        let dir = tempfile::tempdir().expect("temp dir");
+        let to = fleet_file(&targets, dir.path());
+        let (ok, out) = cutover(&["migrate", "--from", &source.addr(), "--to", &to, "--verify"]);
+        assert!(ok, "{engine:?}: migrate --verify failed:\n{out}");
+        assert!(out.contains(" 0 differences"), "{engine:?}:\n{out}");
+        let (ok, out) = cutover(&["verify", "--from", &source.addr(), "--to", &to]);
+        assert!(
+            ok && out.contains(" 0 differences"),
+            "{engine:?}: second verify:\n{out}"
+        );
+        let found = differences(&source, &targets);
+        assert!(found.is_empty(), "{engine:?}: {found:?}");
+        let old = matches!(engine, OtherEngine::Redis60);
+        for key in ["st", "empty", "nothing"] {
+            let holder = targets
+                .iter()
+                .find(|t| t.keys().iter().any(|k| k == key.as_bytes()))
+                .unwrap_or_else(|| panic!("{engine:?}: stream {key} kept on the target"));
+            assert_eq!(
+                stream_state(holder, key, old),
+                stream_state(&source, key, old),
+                "{engine:?}: stream {key}"
+            );
+        }
+        let leftovers: Vec<Vec<u8>> = targets
+            .iter()
+            .flat_map(RedisServer::keys)
+            .filter(|k| k.starts_with(b"__cutover"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "{engine:?}: temporary keys left: {leftovers:?}"
+        );
+    }
+}
+
+/// `/status` of a running proxy as JSON.
+fn status(proxy: &Proxy) -> serde_json::Value {
+    serde_json::from_str(&proxy.admin_get("/status").1).expect("/status is JSON")
+}
+
+/// `cutover ctl ARGS` against `proxy`.
+fn ctl(proxy: &Proxy, args: &[&str]) -> (bool, String) {
+    let admin = format!("127.0.0.1:{}", proxy.admin_port);
+    let mut all = vec!["ctl", "--admin", admin.as_str()];
+    all.extend_from_slice(args);
+    cutover(&all)
+}
+
+/// Writes through the proxy that Redis 7 and Valkey accept and older servers may lack.
+fn redis7_writes(conn: &mut redis::Connection, round: u32) {
+    let key = format!("w:{}", round % 50);
+    let _: redis::Value = redis::cmd("SET")
+        .arg(&key)
+        .arg(round)
+        .arg("GET")
+        .query(conn)
+        .expect("SET GET");
+    let _: redis::Value = redis::cmd("EXPIRE")
+        .arg(&key)
+        .arg(1000 + round)
+        .arg("GT")
+        .query(conn)
+        .expect("EXPIRE GT");
+    let _: redis::Value = redis::cmd("ZINCRBY")
+        .arg(format!("z:{}", round % 40))
+        .arg(0.1)
+        .arg("m")
+        .query(conn)
+        .expect("ZINCRBY");
+    let _: redis::Value = redis::cmd("HINCRBY")
+        .arg(format!("h:{}", round % 30))
+        .arg("a")
+        .arg(1)
+        .query(conn)
+        .expect("HINCRBY");
+    if round.is_multiple_of(7) {
+        let _: redis::Value = redis::cmd("GETDEL")
+            .arg(format!("s:{}", round % 300))
+            .query(conn)
+            .expect("GETDEL");
+    }
+}
+
+/// A live migration from Redis 7.0 into Valkey 9 under writes of Redis 7 syntax: verify
+/// finds nothing, the cutover needs no force, a rollback and a second cutover lose
+/// nothing, and the way back (Valkey 9 into Redis 7.0, copies by type) mirrors correctly.
+#[test]
+fn live_migration_into_valkey_cuts_over_and_back_without_force() {
+    let source = RedisServer::start();
+    fill_every_type(&source);
+    let targets = vec![
+        RedisServer::start_engine(OtherEngine::Valkey9),
+        RedisServer::start_engine(OtherEngine::Valkey9),
+    ];
+    let proxy = Proxy::cutover(&migration_config(
+        &source,
+        &targets,
+        "    shadow_ratio: 1\n",
+    ));
+    let mut conn = proxy.client();
+    for round in 0..400 {
+        redis7_writes(&mut conn, round);
+    }
+    proxy.wait_migration_drained(Duration::from_secs(60), 3);
+    let s = status(&proxy);
+    let m = &s["pools"][0]["migration"];
+    assert_eq!(
+        m["engines"]["target"][0]
+            .as_str()
+            .map(|t| t.starts_with("Valkey 9")),
+        Some(true),
+        "{m}"
+    );
+    assert_eq!(m["engines"]["copy_method"]["to_target"], "restore", "{m}");
+    assert_eq!(m["engines"]["copy_method"]["to_source"], "by_type", "{m}");
+    assert_eq!(
+        m["shadow"]["mismatches"], 0,
+        "no false shadow mismatch: {m}"
+    );
+    let (ok, out) = ctl(&proxy, &["verify"]);
+    assert!(ok, "ctl verify:\n{out}");
+    let (ok, out) = ctl(&proxy, &["cutover"]);
+    assert!(ok, "cutover without force:\n{out}");
+    for round in 400..600 {
+        redis7_writes(&mut conn, round);
+    }
+    proxy.wait_migration_drained(Duration::from_secs(60), 3);
+    let found = differences(&source, &targets);
+    assert!(
+        found.is_empty(),
+        "the way back mirrors Valkey's writes into Redis 7.0: {found:?}"
+    );
+    let (ok, out) = ctl(&proxy, &["rollback"]);
+    assert!(ok, "rollback:\n{out}");
+    for round in 600..700 {
+        redis7_writes(&mut conn, round);
+    }
+    proxy.wait_migration_drained(Duration::from_secs(60), 3);
+    let (ok, out) = ctl(&proxy, &["verify"]);
+    assert!(ok, "verify after rollback:\n{out}");
+    let (ok, out) = ctl(&proxy, &["cutover"]);
+    assert!(ok, "cutover again:\n{out}");
+    let found = differences(&source, &targets);
+    assert!(found.is_empty(), "{found:?}");
+}
+
+/// Into Redis 6.0: every key by type from the first (no payload is sent to be refused),
+/// the app's Redis 7 commands listed in the readiness report and copied instead of
+/// replayed, verify zero, and `ctl verify` exits non-zero while a difference remains.
+#[test]
+fn live_migration_into_redis_6_reports_readiness_and_copies_by_type() {
+    let source = RedisServer::start();
+    fill_every_type(&source);
+    let targets = vec![RedisServer::start_engine(OtherEngine::Redis60)];
+    let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+    let mut conn = proxy.client();
+    for round in 0..300 {
+        redis7_writes(&mut conn, round);
+    }
+    proxy.wait_migration_drained(Duration::from_secs(60), 3);
+    let s = status(&proxy);
+    let m = &s["pools"][0]["migration"];
+    assert_eq!(m["engines"]["copy_method"]["to_target"], "by_type", "{m}");
+    assert_eq!(
+        m["copies"]["refused_then_by_type"], 0,
+        "no payload was tried first: {m}"
+    );
+    let lacking: Vec<&str> = m["readiness"]
+        .as_array()
+        .expect("readiness")
+        .iter()
+        .filter_map(|r| r["command"].as_str())
+        .collect();
+    for form in ["SET ... GET", "EXPIRE ... NX|XX|GT|LT", "GETDEL"] {
+        assert!(lacking.contains(&form), "{form} in {lacking:?}");
+    }
+    assert!(
+        proxy
+            .admin_get("/metrics")
+            .1
+            .contains("cutover_readiness_commands{")
+    );
+    let (ok, out) = ctl(&proxy, &["verify"]);
+    assert!(ok, "{out}");
+    let found = differences(&source, &targets);
+    assert!(found.is_empty(), "{found:?}");
+    // A difference made behind cutover's back: ctl verify exits non-zero.
+    let _: () = redis::cmd("SET")
+        .arg("s:1")
+        .arg("changed")
+        .query(&mut targets[0].client())
+        .expect("SET");
+    let (ok, out) = ctl(&proxy, &["verify"]);
+    assert!(
+        !ok,
+        "ctl verify must fail while a difference remains:\n{out}"
+    );
+    let (code, _) = http(proxy.admin_port, "POST", "/verify?repair=true");
+    assert_eq!(code, 202);
+}
+
+/// One hot 200,000-element list written continuously while keys are copied by type (a
+/// Redis 6.0 target): its copies are bounded by its write bursts, not its writes (rule 9),
+/// no key goes dirty, no temporary key is left, and the list ends equal.
+#[test]
+fn a_hot_big_list_copied_by_type_does_not_jam_its_lane() {
+    let source = RedisServer::start();
+    let elements: Vec<u32> = (0..200_000).collect();
+    let mut src = source.client();
+    for chunk in elements.chunks(20_000) {
+        let _: i64 = redis::cmd("RPUSH")
+            .arg("hot")
+            .arg(chunk)
+            .query(&mut src)
+            .expect("fill");
+    }
+    support::fill_numbered(&source, 2000);
+    let targets = vec![RedisServer::start_engine(OtherEngine::Redis60)];
+    let proxy = Proxy::cutover(&migration_config(&source, &targets, "    lanes: 4\n"));
+    let mut conn = proxy.client();
+    let writes = 3000;
+    for i in 0..writes {
+        let _: i64 = redis::cmd("LPUSH")
+            .arg("hot")
+            .arg(i)
+            .query(&mut conn)
+            .expect("LPUSH");
+        let _: redis::Value = redis::cmd("RPOP")
+            .arg("hot")
+            .query(&mut conn)
+            .expect("RPOP");
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{}", i % 2000))
+            .arg(i)
+            .query(&mut conn)
+            .expect("SET");
+    }
+    proxy.wait_migration_drained(Duration::from_secs(120), 3);
+    let m = status(&proxy)["pools"][0]["migration"].clone();
+    let write_copies = m["copies"]["by_reason"]["write"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(
+        write_copies < 200,
+        "{write_copies} copies for {} writes to the hot list: not bounded by bursts ({m})",
+        writes * 2
+    );
+    assert!(m["mirror"]["folded"].as_u64().unwrap_or(0) > 0, "{m}");
+    assert_eq!(m["mirror"]["dirtied"], 0, "{m}");
+    wait_for("the lists to agree", Duration::from_secs(30), || {
+        differences(&source, &targets).is_empty()
+    });
+    let leftovers: Vec<Vec<u8>> = targets[0]
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(b"__cutover"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -171,6 +171,31 @@ const COMMANDS_SINCE: &[(&str, Version)] = &[
     ("LPOS", Version(6, 0, 6)),
 ];
 
+/// The argument forms newer than Redis 6.0 of commands that exist there, as people write
+/// them.
+const FORMS: &[(&str, &str)] = &[
+    ("EXPIRE", "EXPIRE ... NX|XX|GT|LT"),
+    ("PEXPIRE", "PEXPIRE ... NX|XX|GT|LT"),
+    ("EXPIREAT", "EXPIREAT ... NX|XX|GT|LT"),
+    ("PEXPIREAT", "PEXPIREAT ... NX|XX|GT|LT"),
+    ("ZADD", "ZADD ... GT|LT"),
+    ("ZRANGE", "ZRANGE ... BYSCORE|BYLEX|REV|LIMIT"),
+    ("LPOP", "LPOP key count"),
+    ("RPOP", "RPOP key count"),
+    ("ZRANK", "ZRANK ... WITHSCORE"),
+    ("ZREVRANK", "ZREVRANK ... WITHSCORE"),
+    ("BITCOUNT", "BITCOUNT ... BIT|BYTE"),
+    ("BITPOS", "BITPOS ... BIT|BYTE"),
+];
+
+/// The newer form of command `name` (its name when it has none in [`FORMS`]).
+fn form_of(name: &'static str) -> &'static str {
+    FORMS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(name, |(_, form)| form)
+}
+
 /// What `request` needs beyond Redis 6.0, if anything.
 pub fn requirement(spec: &CommandSpec, request: &Request) -> Option<Requirement> {
     if let Some(&(form, since)) = COMMANDS_SINCE.iter().find(|(n, _)| *n == spec.name) {
@@ -196,43 +221,18 @@ pub fn requirement(spec: &CommandSpec, request: &Request) -> Option<Requirement>
     match spec.name {
         "SET" if has(3, &[b"GET"]) => need("SET ... GET", Version(6, 2, 0)),
         "SET" if has(3, &[b"EXAT", b"PXAT"]) => need("SET ... EXAT|PXAT", Version(6, 2, 0)),
-        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if request.argc() > 3 => need(
-            match spec.name {
-                "EXPIRE" => "EXPIRE ... NX|XX|GT|LT",
-                "PEXPIRE" => "PEXPIRE ... NX|XX|GT|LT",
-                "EXPIREAT" => "EXPIREAT ... NX|XX|GT|LT",
-                _ => "PEXPIREAT ... NX|XX|GT|LT",
-            },
-            Version(7, 0, 0),
-        ),
-        "ZADD" if zadd_has(&[b"GT", b"LT"]) => need("ZADD ... GT|LT", Version(6, 2, 0)),
-        "ZRANGE" if has(4, &[b"BYSCORE", b"BYLEX", b"REV", b"LIMIT"]) => {
-            need("ZRANGE ... BYSCORE|BYLEX|REV|LIMIT", Version(6, 2, 0))
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if request.argc() > 3 => {
+            need(form_of(spec.name), Version(7, 0, 0))
         }
-        "LPOP" | "RPOP" if request.argc() > 2 => need(
-            if spec.name == "LPOP" {
-                "LPOP key count"
-            } else {
-                "RPOP key count"
-            },
-            Version(6, 2, 0),
-        ),
-        "ZRANK" | "ZREVRANK" if request.argc() > 3 => need(
-            if spec.name == "ZRANK" {
-                "ZRANK ... WITHSCORE"
-            } else {
-                "ZREVRANK ... WITHSCORE"
-            },
-            Version(7, 2, 0),
-        ),
-        "BITCOUNT" | "BITPOS" if has(3, &[b"BIT", b"BYTE"]) => need(
-            if spec.name == "BITCOUNT" {
-                "BITCOUNT ... BIT|BYTE"
-            } else {
-                "BITPOS ... BIT|BYTE"
-            },
-            Version(7, 0, 0),
-        ),
+        "ZADD" if zadd_has(&[b"GT", b"LT"]) => need(form_of(spec.name), Version(6, 2, 0)),
+        "ZRANGE" if has(4, &[b"BYSCORE", b"BYLEX", b"REV", b"LIMIT"]) => {
+            need(form_of(spec.name), Version(6, 2, 0))
+        }
+        "LPOP" | "RPOP" if request.argc() > 2 => need(form_of(spec.name), Version(6, 2, 0)),
+        "ZRANK" | "ZREVRANK" if request.argc() > 3 => need(form_of(spec.name), Version(7, 2, 0)),
+        "BITCOUNT" | "BITPOS" if has(3, &[b"BIT", b"BYTE"]) => {
+            need(form_of(spec.name), Version(7, 0, 0))
+        }
         _ => None,
     }
 }

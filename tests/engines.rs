@@ -61,102 +61,58 @@ fn fill_every_type(source: &RedisServer) {
     let long: Vec<u32> = (0..3000).collect();
     pipe.cmd("RPUSH").arg("long").arg(&long).ignore();
     pipe.query::<()>(&mut conn).expect("fill");
-    // A stream with two groups, consumers, pending entries, one of them deleted.
+    // A stream with two groups, consumers, pending entries, one of them deleted; an
+    // empty stream that keeps its last ID; a group on a stream that never had an entry.
     for i in 0..20 {
-        let _: String = redis::cmd("XADD")
-            .arg("st")
-            .arg(format!("{}-0", i + 1))
-            .arg("f")
-            .arg(i)
-            .query(&mut conn)
-            .expect("XADD");
+        run(
+            &mut conn,
+            &["XADD", "st", &format!("{}-0", i + 1), "f", &i.to_string()],
+        );
     }
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("st")
-        .arg("g1")
-        .arg("0")
-        .query(&mut conn)
-        .expect("group");
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("st")
-        .arg("g2")
-        .arg("$")
-        .query(&mut conn)
-        .expect("group");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g1")
-        .arg("alice")
-        .arg("COUNT")
-        .arg(5)
-        .arg("STREAMS")
-        .arg("st")
-        .arg(">")
-        .query(&mut conn)
-        .expect("read");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g1")
-        .arg("bob")
-        .arg("COUNT")
-        .arg(3)
-        .arg("STREAMS")
-        .arg("st")
-        .arg(">")
-        .query(&mut conn)
-        .expect("read");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g1")
-        .arg("alice")
-        .arg("STREAMS")
-        .arg("st")
-        .arg("0")
-        .query(&mut conn)
-        .expect("redeliver");
-    let _: i64 = redis::cmd("XACK")
-        .arg("st")
-        .arg("g1")
-        .arg("2-0")
-        .query(&mut conn)
-        .expect("ack");
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATECONSUMER")
-        .arg("st")
-        .arg("g2")
-        .arg("idle")
-        .query(&mut conn)
-        .map(|_: i64| ())
-        .expect("consumer");
-    let _: i64 = redis::cmd("XDEL")
-        .arg("st")
-        .arg("20-0")
-        .query(&mut conn)
-        .expect("XDEL");
-    // An empty stream that keeps its last ID.
-    let _: String = redis::cmd("XADD")
-        .arg("empty")
-        .arg("7-1")
-        .arg("f")
-        .arg("v")
-        .query(&mut conn)
-        .expect("XADD");
-    let _: i64 = redis::cmd("XDEL")
-        .arg("empty")
-        .arg("7-1")
-        .query(&mut conn)
-        .expect("XDEL");
-    // A group on a stream that never had an entry.
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("nothing")
-        .arg("g")
-        .arg("$")
-        .arg("MKSTREAM")
-        .query(&mut conn)
-        .expect("MKSTREAM");
+    for words in [
+        &["XGROUP", "CREATE", "st", "g1", "0"][..],
+        &["XGROUP", "CREATE", "st", "g2", "$"],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g1",
+            "alice",
+            "COUNT",
+            "5",
+            "STREAMS",
+            "st",
+            ">",
+        ],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g1",
+            "bob",
+            "COUNT",
+            "3",
+            "STREAMS",
+            "st",
+            ">",
+        ],
+        &["XREADGROUP", "GROUP", "g1", "alice", "STREAMS", "st", "0"],
+        &["XACK", "st", "g1", "2-0"],
+        &["XGROUP", "CREATECONSUMER", "st", "g2", "idle"],
+        &["XDEL", "st", "20-0"],
+        &["XADD", "empty", "7-1", "f", "v"],
+        &["XDEL", "empty", "7-1"],
+        &["XGROUP", "CREATE", "nothing", "g", "$", "MKSTREAM"],
+    ] {
+        run(&mut conn, words);
+    }
+}
+
+/// Run one command given as words; it must not fail.
+fn run(conn: &mut redis::Connection, words: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd(words[0]);
+    for word in &words[1..] {
+        cmd.arg(*word);
+    }
+    cmd.query(conn).unwrap_or_else(|e| panic!("{words:?}: {e}"))
 }
 
 /// A field of a flat `name, value, ...` reply.

@@ -151,6 +151,10 @@ pub struct Requirement {
     pub since: Version,
 }
 
+/// The newest version any entry of [`COMMANDS_SINCE`] or [`requirement`] names: a server
+/// at least this new lacks nothing there, and the per-request check stops at once.
+pub const NEWEST_REQUIREMENT: Version = Version(7, 2, 0);
+
 /// Commands that need a newer Redis than 6.0 whatever their arguments.
 const COMMANDS_SINCE: &[(&str, Version)] = &[
     ("GETDEL", Version(6, 2, 0)),
@@ -311,6 +315,25 @@ mod tests {
         let r = request(words);
         let spec = crate::command::lookup(r.name()).expect("known");
         engine(info).lacks(spec, &r).map(|n| n.form)
+    }
+
+    #[test]
+    fn no_requirement_is_newer_than_the_newest() {
+        let forms = [
+            &["GETDEL", "k"][..],
+            &["ZRANK", "z", "m", "WITHSCORE"],
+            &["EXPIRE", "k", "1", "GT"],
+            &["BITCOUNT", "k", "0", "1", "BIT"],
+        ];
+        for words in forms {
+            let r = request(words);
+            let spec = crate::command::lookup(r.name()).expect("known");
+            let need = requirement(spec, &r).expect("a requirement");
+            assert!(need.since <= NEWEST_REQUIREMENT, "{words:?}");
+        }
+        for (_, since) in COMMANDS_SINCE {
+            assert!(*since <= NEWEST_REQUIREMENT);
+        }
     }
 
     #[test]

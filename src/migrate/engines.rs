@@ -121,7 +121,8 @@ impl Engines {
         request: &Request,
     ) -> Option<Requirement> {
         let oldest = self.oldest_receiver[direction as usize].load(Relaxed);
-        if oldest == 0 {
+        // Unknown, or new enough for every form in the table: nothing to look up.
+        if oldest == 0 || oldest >= encode(crate::engine::NEWEST_REQUIREMENT) {
             return None;
         }
         crate::engine::requirement(spec, request).filter(|need| encode(need.since) > oldest)

@@ -482,6 +482,52 @@ pub fn routing_key<'a>(spec: &CommandSpec, request: &'a crate::resp::Request) ->
     }
 }
 
+/// The keys of a command that takes several keys and is not split across servers (it
+/// must find them all on one server), or `None` for any other command: what the
+/// readiness report checks against the target's placement.
+pub fn unsplit_keys<'a>(
+    spec: &CommandSpec,
+    request: &'a crate::resp::Request,
+) -> Option<Vec<&'a [u8]>> {
+    let argc = request.argc();
+    let args = |range: std::ops::Range<usize>| -> Vec<&'a [u8]> {
+        range
+            .filter(|&i| i < argc)
+            .map(|i| request.arg(i))
+            .collect()
+    };
+    let counted = |at: usize| -> Vec<&'a [u8]> {
+        let n = std::str::from_utf8(request.arg(at.min(argc - 1)))
+            .ok()
+            .and_then(|t| t.parse::<usize>().ok())
+            .unwrap_or(0);
+        args(at + 1..at + 1 + n)
+    };
+    let keys = match spec.name {
+        "SDIFF" | "SINTER" | "SUNION" | "SDIFFSTORE" | "SINTERSTORE" | "SUNIONSTORE"
+        | "PFMERGE" | "PFCOUNT" => args(1..argc),
+        "SMOVE" | "RPOPLPUSH" | "LMOVE" | "COPY" | "ZRANGESTORE" | "GEOSEARCHSTORE" => args(1..3),
+        "ZINTERSTORE" | "ZUNIONSTORE" | "ZDIFFSTORE" => {
+            let mut keys = args(1..2);
+            keys.extend(counted(2));
+            keys
+        }
+        "ZDIFF" | "ZINTER" | "ZUNION" => counted(1),
+        "EVAL" | "EVALSHA" => counted(2),
+        "SORT" | "GEORADIUS" | "GEORADIUSBYMEMBER" => {
+            let mut keys = args(1..2);
+            keys.extend((2..argc.saturating_sub(1)).filter_map(|i| {
+                let word = request.arg(i);
+                (word.eq_ignore_ascii_case(b"STORE") || word.eq_ignore_ascii_case(b"STOREDIST"))
+                    .then(|| request.arg(i + 1))
+            }));
+            keys
+        }
+        _ => return None,
+    };
+    Some(keys)
+}
+
 /// For EVAL/EVALSHA: the declared number of keys, if it is a valid count that fits the
 /// arguments and is at least 1 (nutcracker refuses `numkeys 0`).
 pub fn eval_numkeys(args: &[&[u8]]) -> Option<usize> {
@@ -561,6 +607,50 @@ mod tests {
             assert_eq!(spec.name.to_ascii_lowercase(), spec.lower);
             assert!(spec.name.len() <= MAX_NAME);
         }
+    }
+
+    #[test]
+    fn keys_of_unsplit_multi_key_commands() {
+        let keys = |words: &[&str]| -> Option<Vec<String>> {
+            let mut buf = bytes::BytesMut::new();
+            crate::resp::encode::command(&mut buf, words);
+            let Ok(Some(crate::resp::Parsed::Request(r))) =
+                crate::resp::RequestParser::default().next(&mut buf)
+            else {
+                panic!("parse")
+            };
+            let spec = lookup(r.name()).expect("known");
+            unsplit_keys(spec, &r).map(|k| {
+                k.iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect()
+            })
+        };
+        let list = |l: &[&str]| Some(l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            keys(&["SUNIONSTORE", "d", "a", "b"]),
+            list(&["d", "a", "b"])
+        );
+        assert_eq!(keys(&["SMOVE", "a", "b", "m"]), list(&["a", "b"]));
+        assert_eq!(
+            keys(&["ZUNIONSTORE", "d", "2", "a", "b", "WEIGHTS", "1", "2"]),
+            list(&["d", "a", "b"])
+        );
+        assert_eq!(
+            keys(&["ZINTER", "2", "a", "b", "WITHSCORES"]),
+            list(&["a", "b"])
+        );
+        assert_eq!(keys(&["EVAL", "s", "2", "a", "b", "x"]), list(&["a", "b"]));
+        assert_eq!(
+            keys(&["SORT", "l", "BY", "w", "STORE", "d"]),
+            list(&["l", "d"])
+        );
+        assert_eq!(
+            keys(&["EVAL", "s", "9", "a"]),
+            list(&["a"]),
+            "a count past the end"
+        );
+        assert_eq!(keys(&["GET", "k"]), None);
     }
 
     #[test]

@@ -347,6 +347,34 @@ fn live_migration_into_valkey_cuts_over_and_back_without_force() {
         m["shadow"]["mismatches"], 0,
         "no false shadow mismatch: {m}"
     );
+    // A multi-key command whose keys land on different target servers is reported: two
+    // keys that the target's placement (from the proxy's own config) puts apart.
+    let conf = cutover::config::Config::load(&proxy.dir.path().join("proxy.yml")).expect("config");
+    let fleet = conf
+        .pools
+        .iter()
+        .find(|p| p.name == "fleet")
+        .expect("fleet");
+    let placement = fleet.placement();
+    let server = |i: u32| placement.server_for(format!("u:{i}").as_bytes());
+    let apart = (1..1000)
+        .find(|&i| server(i) != server(0))
+        .expect("keys on both servers");
+    run(&mut conn, &["SUNIONSTORE", "u:0", &format!("u:{apart}")]);
+    let s = status(&proxy);
+    let spanning = s["pools"][0]["migration"]["readiness"]
+        .as_array()
+        .expect("readiness")
+        .iter()
+        .any(|r| {
+            r["command"] == "SUNIONSTORE" && r["reason"] == "keys_on_different_target_servers"
+        });
+    assert!(spanning, "{s}");
+    let (ok, out) = ctl(&proxy, &["status"]);
+    assert!(
+        ok && out.contains("keys on different target servers"),
+        "{out}"
+    );
     let (ok, out) = ctl(&proxy, &["verify"]);
     assert!(ok, "ctl verify:\n{out}");
     let (ok, out) = ctl(&proxy, &["cutover"]);

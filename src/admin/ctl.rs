@@ -307,19 +307,51 @@ fn engines_text(m: &Value) -> String {
         let list: Vec<String> = lacking
             .iter()
             .map(|r| {
+                let why = match r["reason"].as_str() {
+                    Some("keys_on_different_target_servers") => "keys on different target servers",
+                    _ => "the target lacks it",
+                };
                 format!(
-                    "{} ({} requests)",
+                    "{} ({} requests: {why})",
                     r["command"].as_str().unwrap_or("?"),
                     r["requests"].as_u64().unwrap_or(0)
                 )
             })
             .collect();
         out.push_str(&format!(
-            "  readiness the app sends what the target lacks: {}\n",
+            "  readiness what would not work after the cutover: {}\n",
             list.join(", ")
         ));
     }
     out
+}
+
+/// Why sampled reads were not compared, when some were not: `; not compared: 12 while
+/// dirty keys waited, ...`.
+fn skipped_text(skipped: &Value) -> String {
+    let Some(map) = skipped.as_object() else {
+        return String::new();
+    };
+    let parts: Vec<String> = map
+        .iter()
+        .filter_map(|(reason, n)| {
+            let n = n.as_u64().filter(|n| *n > 0)?;
+            let why = match reason.as_str() {
+                "not_copied" => "before their key was copied",
+                "copy_pending" => "while their key's copy was pending",
+                "dirty" => "while dirty keys waited",
+                "unavailable" => "with the target unavailable",
+                "target_lacks" => "the target lacks the command",
+                other => other,
+            };
+            Some(format!("{n} {why}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("; not compared: {}", parts.join(", "))
+    }
 }
 
 /// One migration's status as text.
@@ -364,11 +396,12 @@ fn migration_text(m: &Value) -> String {
     ));
     out.push_str(&engines_text(m));
     out.push_str(&format!(
-        "  shadow   {} reads checked (ratio {}), {} mismatches, {} repaired\n",
+        "  shadow   {} reads checked (ratio {}), {} mismatches, {} repaired{}\n",
         n(&shadow["checked"]),
         f(&shadow["ratio"]),
         n(&shadow["mismatches"]),
         n(&shadow["repaired"]),
+        skipped_text(&shadow["skipped"]),
     ));
     let verify = &m["verify"];
     if verify["running"].as_bool() == Some(true) {

@@ -31,8 +31,8 @@ pub struct MigrationCounters {
     pub ttl_copies: Counter,
     /// `cutover_mirror_folded_total`: events a copy already carried (rule 9), dropped.
     pub folded: Counter,
-    /// `cutover_mirror_retries_total`.
-    pub retried: Counter,
+    /// `cutover_mirror_retries_total{reason}`, with info-level log lines.
+    pub retries: super::retries::Retries,
     /// `cutover_mirror_dirty_total`: keys marked dirty.
     pub dirtied: Counter,
     /// `cutover_mirror_redirty_copies_total`: dirty keys copied again.
@@ -87,7 +87,7 @@ pub struct MigrationCounters {
     /// Shadow counters by command name.
     pub shadow: HashMap<&'static str, ShadowCounters>,
     /// `cutover_shadow_skipped_total{reason}`: sampled reads not compared, by why.
-    pub shadow_skipped: [Counter; 4],
+    pub shadow_skipped: [Counter; 5],
     /// `cutover_shadow_repairs_total`: keys copied again after a mismatch.
     pub shadow_repaired: Counter,
     /// `cutover_shadow_unconfirmed_total`: first disagreements a second read did not confirm.
@@ -108,7 +108,13 @@ pub struct MigrationCounters {
 }
 
 /// Why a sampled read was not compared, in the order of `shadow_skipped`.
-pub const SHADOW_SKIPS: [&str; 4] = ["not_copied", "copy_pending", "dirty", "unavailable"];
+pub const SHADOW_SKIPS: [&str; 5] = [
+    "not_copied",
+    "copy_pending",
+    "dirty",
+    "unavailable",
+    "target_lacks",
+];
 
 /// The backfill's states, in the order of `MigrationCounters::state`.
 pub const BACKFILL_STATES: [&str; 4] = ["idle", "running", "paused", "done"];
@@ -122,7 +128,7 @@ impl MigrationCounters {
             copied_for_writes: counter!("cutover_mirror_events_total", "pool" => p.clone(), "action" => "copied"),
             ttl_copies: counter!("cutover_mirror_ttl_copies_total", "pool" => p.clone()),
             folded: counter!("cutover_mirror_folded_total", "pool" => p.clone()),
-            retried: counter!("cutover_mirror_retries_total", "pool" => p.clone()),
+            retries: super::retries::Retries::new(pool),
             dirtied: counter!("cutover_mirror_dirty_total", "pool" => p.clone()),
             redirty: counter!("cutover_mirror_redirty_copies_total", "pool" => p.clone()),
             dirty_pending: gauge!("cutover_dirty_keys", "pool" => p.clone()),
@@ -215,11 +221,12 @@ impl MigrationCounters {
         }
     }
 
-    /// A sampled read was not compared, for `reason` (one of [`SHADOW_SKIPS`]).
-    pub fn shadow_skip(&self, reason: &str) {
-        if let Some(i) = SHADOW_SKIPS.iter().position(|r| *r == reason) {
-            self.shadow_skipped[i].increment(1);
-        }
+    /// A sampled read was not compared, for `reason` (one of [`SHADOW_SKIPS`]); its
+    /// index, if it is one.
+    pub fn shadow_skip(&self, reason: &str) -> Option<usize> {
+        let i = SHADOW_SKIPS.iter().position(|r| *r == reason)?;
+        self.shadow_skipped[i].increment(1);
+        Some(i)
     }
 
     /// Show `state` as the backfill's state.

@@ -86,12 +86,27 @@ pub struct Engines {
     /// Per direction, the oldest Redis version among the receiving servers (encoded by
     /// [`encode`]; 0 while unknown), read on every request to spot commands it lacks.
     oldest_receiver: [AtomicU32; 2],
-    /// Requests seen that the target lacks, by form: `/status` and
+    /// Requests seen that will not work on the target, by form and reason: `/status` and
     /// `cutover_readiness_commands{command,reason}`.
-    readiness: Mutex<BTreeMap<&'static str, (u64, Gauge)>>,
+    readiness: Mutex<BTreeMap<ReadinessKey, Seen>>,
     /// The pool label of the readiness gauges.
     pool: String,
 }
+
+/// A readiness entry: the command or form, and why it will not work on the target.
+type ReadinessKey = (&'static str, &'static str);
+
+/// Requests seen of one readiness entry, and its gauge.
+#[derive(Debug)]
+struct Seen {
+    /// Requests seen.
+    requests: u64,
+    /// `cutover_readiness_commands{command,reason}`.
+    gauge: Gauge,
+}
+
+/// Why a request is in the readiness report.
+pub const READINESS_REASONS: [&str; 2] = ["target_lacks", "keys_on_different_target_servers"];
 
 /// A version as one number, so it can live in an atomic.
 fn encode(v: Version) -> u32 {
@@ -130,27 +145,50 @@ impl Engines {
 
     /// The app sent `need`, which the target lacks: count it for the readiness report.
     pub fn note_unsupported(&self, need: Requirement) {
+        self.note(need.form, READINESS_REASONS[0], &|| {
+            format!(
+                "the target servers lack it (it came in Redis {})",
+                need.since
+            )
+        });
+    }
+
+    /// The app sent `command` with keys that land on different target servers: it would
+    /// fail or see only part of its keys there after the cutover.
+    pub fn note_spanning(&self, command: &'static str) {
+        self.note(command, READINESS_REASONS[1], &|| {
+            "its keys land on different target servers".to_string()
+        });
+    }
+
+    /// Count one request of `form` that will not work on the target, for `reason`;
+    /// the first of each is logged with `why`.
+    fn note(&self, form: &'static str, reason: &'static str, why: &dyn Fn() -> String) {
         let Ok(mut seen) = self.readiness.lock() else {
             return;
         };
-        let entry = seen.entry(need.form).or_insert_with(|| {
+        let entry = seen.entry((form, reason)).or_insert_with(|| {
             tracing::warn!(
                 pool = self.pool,
-                command = need.form,
-                since = %need.since,
-                "the app sends a command the target servers lack; it fails there after the cutover"
+                command = form,
+                reason,
+                "the app sends a command that will not work after the cutover: {}",
+                why()
             );
-            (0, gauge!("cutover_readiness_commands", "pool" => self.pool.clone(), "command" => need.form, "reason" => "target_lacks"))
+            let gauge = gauge!("cutover_readiness_commands", "pool" => self.pool.clone(), "command" => form, "reason" => reason);
+            Seen { requests: 0, gauge }
         });
-        entry.0 += 1;
-        entry.1.set(entry.0 as f64);
+        entry.requests += 1;
+        entry.gauge.set(entry.requests as f64);
     }
 
     /// The readiness report: each form the app sent that the target lacks, with counts.
     pub fn readiness_json(&self) -> serde_json::Value {
         let seen = self.readiness.lock().map_or(Vec::new(), |s| {
             s.iter()
-                .map(|(form, (n, _))| json!({ "command": form, "reason": "target_lacks", "requests": n }))
+                .map(|((form, reason), seen)| {
+                    json!({ "command": form, "reason": reason, "requests": seen.requests })
+                })
                 .collect()
         });
         serde_json::Value::Array(seen)

@@ -15,6 +15,7 @@ use super::copy::{self, CopyError, CopyReason};
 use super::known::{KnownCopied, lock};
 use super::lag::LagStart;
 use super::mirror::{MirrorHook, ShadowRead};
+use super::retries::RetryReason;
 use super::shadow;
 use crate::resp::Protocol;
 
@@ -251,11 +252,11 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                         (k.is_copied(fp), k.copied_at(fp).is_some_and(|at| at >= seq))
                     };
                     if !copied {
-                        migration.counters.shadow_skip("not_copied");
+                        migration.shadow_skip("not_copied");
                     } else if copy_pending {
-                        migration.counters.shadow_skip("copy_pending");
+                        migration.shadow_skip("copy_pending");
                     } else if migration.backlog().1 > 0 {
-                        migration.counters.shadow_skip("dirty");
+                        migration.shadow_skip("dirty");
                     } else {
                         shadow_check(&migration, known, &mut covers, read, request, source_reply)
                             .await;
@@ -359,6 +360,16 @@ pub(super) fn replay_agrees(source_reply: &[u8], reply: &[u8]) -> bool {
     reply == source_reply || (*BREAK_RULES && reply.first() != Some(&b'-'))
 }
 
+/// The source's and the target's replies to a replayed write, shortened, for the log.
+pub(super) fn reply_pair(source: &[u8], target: &[u8]) -> String {
+    let short = |r: &[u8]| {
+        String::from_utf8_lossy(&r[..r.len().min(80)])
+            .trim_end()
+            .to_string()
+    };
+    format!("source {:?}, target {:?}", short(source), short(target))
+}
+
 /// Replay a batch of writes, pipelined; a write the target refuses, or whose connection
 /// failed, is then handled alone (retried, or its key copied).
 async fn replay_batch(
@@ -387,12 +398,19 @@ async fn replay_batch(
             Ok(rx) => rx.await.unwrap_or(Err(crate::proxy::BackendError::Reset)),
             Err(e) => Err(e),
         };
+        // Refused, answered differently from the source (the target had diverged), or an
+        // unknown outcome: copy the key (never replay twice).
         match answer {
             Ok(reply) if replay_agrees(&source_reply, &reply) => migration.count_replayed(),
-            // Refused, answered differently from the source (the target had diverged), or
-            // an unknown outcome: copy the key (never replay twice).
-            _ => {
-                migration.counters.retried.increment(1);
+            Ok(reply) => {
+                let detail = reply_pair(&source_reply, &reply);
+                let reason = RetryReason::ReplayDiffered;
+                migration.counters.retries.record(reason, &key, &detail);
+                copy_with_retries(migration, known, covers, &key, CopyReason::Write).await;
+            }
+            Err(error) => {
+                let reason = RetryReason::ReplayUnanswered;
+                migration.counters.retries.record(reason, &key, &error);
                 copy_with_retries(migration, known, covers, &key, CopyReason::Write).await;
             }
         }
@@ -427,7 +445,7 @@ async fn shadow_check(
         Err(e) => Err(e),
     };
     let Ok(reply) = reply else {
-        migration.counters.shadow_skip("unavailable");
+        migration.shadow_skip("unavailable");
         return;
     };
     let counters = migration.counters.shadow.get(read.command);
@@ -483,7 +501,7 @@ async fn shadow_check(
 async fn confirm_read(migration: &Arc<Migration>, read: ShadowRead, request: Bytes) {
     let pool = migration.authority();
     let Some(route) = pool.route(&read.key) else {
-        migration.counters.shadow_skip("unavailable");
+        migration.shadow_skip("unavailable");
         return;
     };
     let protocol = read.protocol;
@@ -497,7 +515,7 @@ async fn confirm_read(migration: &Arc<Migration>, read: ShadowRead, request: Byt
         .await
         .is_err()
     {
-        migration.counters.shadow_skip("unavailable");
+        migration.shadow_skip("unavailable");
     }
 }
 
@@ -528,13 +546,15 @@ async fn copy_with_retries(
                 migration.count_copy(reason, &copied);
                 return;
             }
-            Err(CopyError::Unavailable(_)) if attempt < ATTEMPTS => {
-                migration.counters.retried.increment(1);
+            Err(error @ CopyError::Unavailable(_)) if attempt < ATTEMPTS => {
+                let reason = RetryReason::CopyUnavailable;
+                migration.counters.retries.record(reason, key, &error);
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             }
             Err(error) => {
-                tracing::debug!(key = %String::from_utf8_lossy(key), %error, "copy failed; key marked dirty");
+                let reason = RetryReason::CopyFailed;
+                migration.counters.retries.record(reason, key, &error);
                 migration.mark_dirty(key);
                 return;
             }

@@ -18,6 +18,7 @@ mod lane;
 pub mod mirror;
 pub mod offline;
 pub mod phase;
+mod retries;
 pub mod shadow;
 mod state;
 mod stream;
@@ -37,6 +38,7 @@ pub use counters::MigrationCounters;
 pub use flip::{FlipError, Flipped};
 pub use lane::{LaneEvent, Queued};
 pub use phase::Phase;
+use retries::RetryReason;
 
 use crate::config::{MigrateSettings, PoolConfig};
 use crate::proxy::{BackendError, Pool};
@@ -168,6 +170,8 @@ pub struct Totals {
     pub shadow_repaired: AtomicU64,
     /// First disagreements that a second read did not confirm (the key was changing).
     pub shadow_unconfirmed: AtomicU64,
+    /// Reads not compared, by reason (in [`counters::SHADOW_SKIPS`]'s order).
+    pub shadow_skipped: [AtomicU64; 5],
 }
 
 impl Migration {
@@ -406,7 +410,11 @@ impl Migration {
             self.count_replayed();
             self.record_lag(check.lag);
         } else {
-            self.replay_unknown(check);
+            let detail = lane::reply_pair(&check.source_reply, reply);
+            self.counters
+                .retries
+                .record(RetryReason::ReplayDiffered, &check.key, &detail);
+            self.copy_after_write(check.key.clone(), check.lag);
         }
     }
 
@@ -428,6 +436,13 @@ impl Migration {
         };
     }
 
+    /// A sampled read was not compared, for `reason` (one of [`counters::SHADOW_SKIPS`]).
+    pub fn shadow_skip(&self, reason: &str) {
+        if let Some(i) = self.counters.shadow_skip(reason) {
+            self.totals.shadow_skipped[i].fetch_add(1, Relaxed);
+        }
+    }
+
     /// A write was replayed and the target agreed (by a lane or directly).
     pub fn count_replayed(&self) {
         self.counters.replayed.increment(1);
@@ -436,7 +451,9 @@ impl Migration {
 
     /// A direct replay's outcome is unknown (or it never reached the target): copy the key.
     pub fn replay_unknown(&self, check: &ReplayCheck) {
-        self.counters.retried.increment(1);
+        self.counters
+            .retries
+            .record(RetryReason::ReplayUnanswered, &check.key, &"no reply");
         self.copy_after_write(check.key.clone(), check.lag);
     }
 
@@ -520,6 +537,30 @@ impl Migration {
         match self.phase() {
             Phase::Migrating => &self.copy_source,
             Phase::Cutover | Phase::Finalized => &self.copy_target,
+        }
+    }
+
+    /// For the readiness report: a command that takes several keys and is not split,
+    /// whose keys land on different target servers (it works on the source today and
+    /// would not after the cutover). Only while migrating, and only for such commands.
+    pub fn check_spanning(
+        &self,
+        spec: &crate::command::CommandSpec,
+        request: &crate::resp::Request,
+    ) {
+        if self.target.servers.len() < 2 || self.phase() != Phase::Migrating {
+            return;
+        }
+        let Some(keys) = crate::command::unsplit_keys(spec, request) else {
+            return;
+        };
+        let mut servers = keys
+            .iter()
+            .filter_map(|k| self.target.route(k))
+            .map(|r| r.server);
+        let first = servers.next();
+        if servers.any(|s| Some(s) != first) {
+            self.engines.note_spanning(spec.name);
         }
     }
 
@@ -741,6 +782,11 @@ impl Migration {
                 "mismatches": t.shadow_mismatches.load(Relaxed),
                 "unconfirmed": t.shadow_unconfirmed.load(Relaxed),
                 "repaired": t.shadow_repaired.load(Relaxed),
+                "skipped": counters::SHADOW_SKIPS
+                    .iter()
+                    .zip(&t.shadow_skipped)
+                    .map(|(r, n)| (r.to_string(), n.load(Relaxed).into()))
+                    .collect::<serde_json::Map<_, _>>(),
             },
             "verify": {
                 "running": self.verify.running(),

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
+
 use super::Migration;
 use crate::config::{Config, MigrateSettings, Migration as MigrationConfig, PoolConfig};
 use crate::proxy::Pool;
@@ -168,23 +170,28 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
         total,
     } = open(&options).await?;
     let migration = Migration::start(pool, &source, &target);
-    let terminal = std::io::stderr().is_terminal();
-    let every = report_every(terminal);
-    let mut last_print = Instant::now() - every;
+    let mut progress = JobProgress::new("cutover migrate", "scanned", total);
     loop {
         let finished = migration.drained();
-        if finished || last_print.elapsed() >= every {
-            print_progress(&migration, total, started, terminal);
-            last_print = Instant::now();
-        }
+        let t = &migration.totals;
+        let bytes = t.bytes.load(Relaxed);
+        let seconds = started.elapsed().as_secs_f64().max(0.001);
+        progress.update(
+            t.scanned.load(Relaxed),
+            &format!(
+                "{} copied, {:.1} MB, {:.1} MB/s",
+                t.backfill_copied.load(Relaxed),
+                bytes as f64 / 1e6,
+                bytes as f64 / 1e6 / seconds
+            ),
+            finished,
+        );
         if finished {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if terminal {
-        eprintln!();
-    }
+    progress.finish();
     migration.stop(Duration::from_secs(5)).await;
     let t = &migration.totals;
     Ok(Summary {
@@ -198,37 +205,81 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
     })
 }
 
-/// One progress report: keys, bytes, rate, ETA.
-fn print_progress(migration: &Migration, total: u64, started: Instant, terminal: bool) {
-    let t = &migration.totals;
-    let copied = t.backfill_copied.load(Relaxed);
-    let bytes = t.bytes.load(Relaxed);
-    let seconds = started.elapsed().as_secs_f64().max(0.001);
-    let line = format!(
-        "{}, {copied} copied, {:.1} MB, {:.1} MB/s",
-        progress_line(t.scanned.load(Relaxed), total, started, "scanned"),
-        bytes as f64 / 1e6,
-        bytes as f64 / 1e6 / seconds,
-    );
-    show_progress("cutover migrate", &line, terminal);
+/// Progress of an offline job: an indicatif bar on a terminal, a plain log line every few
+/// seconds otherwise (a log file wants lines, not redraws). The total grows to what was
+/// done, so a count never exceeds its total (DBSIZE is a moment's count; keys come and go).
+struct JobProgress {
+    /// The bar, on a terminal.
+    bar: Option<ProgressBar>,
+    /// The job's name, prefixed to log lines.
+    job: &'static str,
+    /// What is counted ("scanned", "checked").
+    what: &'static str,
+    /// The total so far.
+    total: u64,
+    /// When the job started (for log lines' rate).
+    started: Instant,
+    /// When the last log line was written.
+    last_line: Option<Instant>,
 }
 
-/// How often progress is shown: often on a terminal (a redrawn line), rarely in a log.
-fn report_every(terminal: bool) -> Duration {
-    if terminal {
-        Duration::from_millis(200)
-    } else {
-        Duration::from_secs(5)
+/// How often a log line is written when not on a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl JobProgress {
+    /// Progress of `job` counting keys `what`, out of about `total`.
+    fn new(job: &'static str, what: &'static str, total: u64) -> JobProgress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            let style = ProgressStyle::with_template(
+                "[{bar:30}] {percent:>3}% {pos}/{len} keys {prefix}, {per_sec}, ETA {eta} {msg}",
+            )
+            .map(|s| s.progress_chars("#>."))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_prefix(what);
+            bar
+        });
+        JobProgress {
+            bar,
+            job,
+            what,
+            total,
+            started: Instant::now(),
+            last_line: None,
+        }
     }
-}
 
-/// Show a progress line: redrawn in place on a terminal, a log line prefixed by `job`
-/// otherwise.
-fn show_progress(job: &str, line: &str, terminal: bool) {
-    if terminal {
-        eprint!("\r{line}   ");
-    } else {
-        eprintln!("{job}: {line}");
+    /// `done` keys so far, with `detail`; `last` forces a log line.
+    fn update(&mut self, done: u64, detail: &str, last: bool) {
+        self.total = self.total.max(done);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(self.total);
+                bar.set_position(done);
+                bar.set_message(detail.to_string());
+            }
+            None => {
+                if last || self.last_line.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                    self.last_line = Some(Instant::now());
+                    let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+                    eprintln!(
+                        "{}: {done}/{} keys {}, {:.0} keys/s, {detail}",
+                        self.job,
+                        self.total,
+                        self.what,
+                        done as f64 / seconds
+                    );
+                }
+            }
+        }
+    }
+
+    /// The job ended: leave the bar drawn.
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
     }
 }
 
@@ -245,48 +296,26 @@ pub async fn verify(
         total,
     } = open(&options).await?;
     let migration = Migration::start_with(pool, &source, &target, false);
-    let terminal = std::io::stderr().is_terminal();
+    let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
     let ticker = {
         let migration = migration.clone();
         tokio::spawn(async move {
-            let started = Instant::now();
-            let every = report_every(terminal);
+            let mut progress = JobProgress::new("cutover verify", "checked", total);
             loop {
-                tokio::time::sleep(every).await;
-                let checked = migration.verify.checked.load(Relaxed);
-                let line = progress_line(checked, total, started, "checked");
-                show_progress("cutover verify", &line, terminal);
+                let last = tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => false,
+                    _ = &mut finished => true,
+                };
+                progress.update(migration.verify.checked.load(Relaxed), "", last);
+                if last {
+                    progress.finish();
+                    return;
+                }
             }
         })
     };
     let report = super::verify::run(&migration, &verify_options).await;
-    ticker.abort();
-    if terminal {
-        eprintln!();
-    }
+    let _ = done.send(());
+    let _ = ticker.await;
     report.ok_or_else(|| OfflineError::Config("a verify pass is already running".into()))
-}
-
-/// A progress bar and counts: `[####....] 42.0% 420/1000 keys checked, 500 keys/s, ETA 1s`.
-fn progress_line(done: u64, total: u64, started: Instant, what: &str) -> String {
-    let seconds = started.elapsed().as_secs_f64().max(0.001);
-    let ratio = if total == 0 {
-        1.0
-    } else {
-        (done as f64 / total as f64).min(1.0)
-    };
-    let rate = done as f64 / seconds;
-    let eta = if rate > 0.0 && total > done {
-        (total - done) as f64 / rate
-    } else {
-        0.0
-    };
-    let width = 30;
-    let filled = (ratio * width as f64) as usize;
-    format!(
-        "[{}{}] {:>5.1}% {done}/{total} keys {what}, {rate:.0} keys/s, ETA {eta:.0}s",
-        "#".repeat(filled),
-        " ".repeat(width - filled),
-        ratio * 100.0
-    )
 }

@@ -273,7 +273,7 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
         let mut cursor = Some(b"0".to_vec());
         while let Some(at) = cursor {
             let (next, keys) = scan_page(&from, server, &at, options.scan_count).await;
-            compare_batch(migration, &from, &to, keys, &mut differing).await;
+            compare_batch(migration, &from, &to, keys, &mut differing, true).await;
             cursor = next;
         }
     }
@@ -296,7 +296,7 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
         tokio::time::sleep(ROUND_PAUSE).await;
         let keys: Vec<Bytes> = differing.keys().cloned().collect();
         let mut still: HashMap<Bytes, Found> = HashMap::new();
-        compare_batch(migration, &from, &to, keys, &mut still).await;
+        compare_batch(migration, &from, &to, keys, &mut still, false).await;
         for (key, found) in still.iter_mut() {
             found.stable = differing.get(key).is_some_and(|p| p.source == found.source);
         }
@@ -404,13 +404,16 @@ async fn scan_page(
     (None, Vec::new())
 }
 
-/// Compare `keys` (authoritative side first), recording what differs.
+/// Compare `keys` (authoritative side first), recording what differs. Only the first
+/// round's keys of the authoritative side count toward `checked` (`first`): progress
+/// counts each key once, so it never runs past the keys there are.
 async fn compare_batch(
     migration: &Migration,
     from: &Arc<Pool>,
     to: &Arc<Pool>,
     keys: Vec<Bytes>,
     differing: &mut HashMap<Bytes, Found>,
+    first: bool,
 ) {
     let tolerance = migration.settings.ttl_tolerance_ms;
     for chunk in keys.chunks(CONCURRENCY) {
@@ -427,7 +430,9 @@ async fn compare_batch(
         }
         while let Some(Ok((key, result))) = tasks.join_next().await {
             migration.counters.verify_checked.increment(1);
-            migration.verify.checked.fetch_add(1, Relaxed);
+            if first {
+                migration.verify.checked.fetch_add(1, Relaxed);
+            }
             let result = result.map(|(found, notes)| {
                 if !notes.is_empty()
                     && let Ok(mut all) = migration.verify.notes.lock()
@@ -497,7 +502,7 @@ async fn extra_batch(
         }
     }
     if !absent.is_empty() {
-        compare_batch(migration, from, to, absent, differing).await;
+        compare_batch(migration, from, to, absent, differing, false).await;
     }
 }
 

@@ -353,6 +353,9 @@ impl Forwarding<'_> {
         let Some(route) = pool.route(key) else {
             return self.failed(BackendError::Refused);
         };
+        if let Some(m) = migration {
+            m.check_spanning(spec, &request);
+        }
         let mirror = migration.and_then(|m| {
             mirror_hook(m, spec, &request).or_else(|| self.shadow_hook(m, spec, &request))
         });
@@ -440,6 +443,7 @@ impl Forwarding<'_> {
             if migration.phase() == crate::migrate::Phase::Migrating {
                 migration.engines.note_unsupported(need);
             }
+            migration.shadow_skip("target_lacks");
             return None;
         }
         let ratio = migration.settings.shadow_ratio;

@@ -239,6 +239,33 @@ fn offline_migrate_and_verify_into_every_engine() {
         );
         let found = differences(&source, &targets);
         assert!(found.is_empty(), "{engine:?}: {found:?}");
+        // Differences made behind cutover's back, of every kind: a repair clears them all,
+        // and the next verify finds none.
+        for target in &targets {
+            let mut conn = target.client();
+            for key in target.keys().into_iter().take(3) {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                match key.split(':').next() {
+                    Some("s") => run(&mut conn, &["SET", &key, "changed"]),
+                    Some("z") => run(&mut conn, &["ZADD", &key, "0.7", "m"]),
+                    Some("h") => run(&mut conn, &["PEXPIRE", &key, "99999999"]),
+                    _ => run(&mut conn, &["DEL", &key]),
+                };
+            }
+            run(&mut conn, &["SET", "only-on-the-target", "x"]);
+            if target.keys().iter().any(|k| k == b"st") {
+                run(&mut conn, &["XGROUP", "DESTROY", "st", "g2"]);
+            }
+        }
+        let (ok, out) = cutover(&["verify", "--from", &source.addr(), "--to", &to]);
+        assert!(!ok, "{engine:?}: differences found:\n{out}");
+        let (ok, out) = cutover(&["verify", "--from", &source.addr(), "--to", &to, "--repair"]);
+        assert!(ok, "{engine:?}: repair:\n{out}");
+        let (ok, out) = cutover(&["verify", "--from", &source.addr(), "--to", &to]);
+        assert!(
+            ok && out.contains(" 0 differences"),
+            "{engine:?}: after repair:\n{out}"
+        );
         let old = matches!(engine, OtherEngine::Redis60);
         for key in ["st", "empty", "nothing"] {
             let holder = targets
@@ -311,16 +338,28 @@ fn redis7_writes(conn: &mut redis::Connection, round: u32) {
     }
 }
 
-/// A live migration from Redis 7.0 into Valkey 9 under writes of Redis 7 syntax: verify
-/// finds nothing, the cutover needs no force, a rollback and a second cutover lose
-/// nothing, and the way back (Valkey 9 into Redis 7.0, copies by type) mirrors correctly.
-#[test]
-fn live_migration_into_valkey_cuts_over_and_back_without_force() {
+/// Writes every engine here accepts (for after the cutover onto an older target).
+fn plain_writes(conn: &mut redis::Connection, round: u32) {
+    let key = format!("w:{}", round % 50);
+    run(conn, &["SET", &key, &round.to_string()]);
+    run(conn, &["EXPIRE", &key, &(1000 + round).to_string()]);
+    run(conn, &["ZINCRBY", &format!("z:{}", round % 40), "0.1", "m"]);
+    run(conn, &["HINCRBY", &format!("h:{}", round % 30), "a", "1"]);
+    run(conn, &["DEL", &format!("s:{}", round % 300)]);
+}
+
+/// A live migration from Redis 7.0 into `engine` under writes of Redis 7 syntax (copied,
+/// not replayed, where the target lacks them), every read shadowed: no false shadow
+/// mismatch, `ctl verify` passes, `ctl cutover` needs no force, the way back mirrors the
+/// target's writes into Redis 7.0, a rollback and a second cutover keep both sides equal.
+/// After the cutover the app sends only what the target runs (`modern`: Redis 7 syntax).
+/// Returns the proxy's `/status` migration after the first drain, for more checks.
+fn live_round_trip(engine: OtherEngine, copies: (&str, &str), modern: bool) {
     let source = RedisServer::start();
     fill_every_type(&source);
     let targets = vec![
-        RedisServer::start_engine(OtherEngine::Valkey9),
-        RedisServer::start_engine(OtherEngine::Valkey9),
+        RedisServer::start_engine(engine),
+        RedisServer::start_engine(engine),
     ];
     let proxy = Proxy::cutover(&migration_config(
         &source,
@@ -328,6 +367,13 @@ fn live_migration_into_valkey_cuts_over_and_back_without_force() {
         "    shadow_ratio: 1\n",
     ));
     let mut conn = proxy.client();
+    let writes_after = |conn: &mut redis::Connection, round: u32| {
+        if modern {
+            redis7_writes(conn, round);
+        } else {
+            plain_writes(conn, round);
+        }
+    };
     for round in 0..400 {
         redis7_writes(&mut conn, round);
     }
@@ -335,20 +381,80 @@ fn live_migration_into_valkey_cuts_over_and_back_without_force() {
     let s = status(&proxy);
     let m = &s["pools"][0]["migration"];
     assert_eq!(
-        m["engines"]["target"][0]
-            .as_str()
-            .map(|t| t.starts_with("Valkey 9")),
-        Some(true),
-        "{m}"
+        m["engines"]["copy_method"]["to_target"], copies.0,
+        "{engine:?}: {m}"
     );
-    assert_eq!(m["engines"]["copy_method"]["to_target"], "restore", "{m}");
-    assert_eq!(m["engines"]["copy_method"]["to_source"], "by_type", "{m}");
+    assert_eq!(
+        m["engines"]["copy_method"]["to_source"], copies.1,
+        "{engine:?}: {m}"
+    );
+    assert_eq!(
+        m["copies"]["refused_then_by_type"], 0,
+        "{engine:?}: no payload tried first: {m}"
+    );
     assert_eq!(
         m["shadow"]["mismatches"], 0,
-        "no false shadow mismatch: {m}"
+        "{engine:?}: no false shadow mismatch: {m}"
     );
-    // A multi-key command whose keys land on different target servers is reported: two
-    // keys that the target's placement (from the proxy's own config) puts apart.
+    let (ok, out) = ctl(&proxy, &["verify"]);
+    assert!(ok, "{engine:?}: ctl verify:\n{out}");
+    let (ok, out) = ctl(&proxy, &["cutover"]);
+    assert!(ok, "{engine:?}: cutover without force:\n{out}");
+    for round in 400..600 {
+        writes_after(&mut conn, round);
+    }
+    proxy.wait_migration_drained(Duration::from_secs(60), 3);
+    let found = differences(&source, &targets);
+    assert!(
+        found.is_empty(),
+        "{engine:?}: the way back into Redis 7.0: {found:?}"
+    );
+    let (ok, out) = ctl(&proxy, &["rollback"]);
+    assert!(ok, "{engine:?}: rollback:\n{out}");
+    for round in 600..700 {
+        redis7_writes(&mut conn, round);
+    }
+    proxy.wait_migration_drained(Duration::from_secs(60), 3);
+    let (ok, out) = ctl(&proxy, &["verify"]);
+    assert!(ok, "{engine:?}: verify after rollback:\n{out}");
+    let (ok, out) = ctl(&proxy, &["cutover"]);
+    assert!(ok, "{engine:?}: cutover again:\n{out}");
+    let found = differences(&source, &targets);
+    assert!(found.is_empty(), "{engine:?}: {found:?}");
+}
+
+#[test]
+fn live_round_trip_into_valkey_9() {
+    live_round_trip(OtherEngine::Valkey9, ("restore", "by_type"), true);
+}
+
+#[test]
+fn live_round_trip_into_valkey_8() {
+    live_round_trip(OtherEngine::Valkey8, ("restore", "by_type"), true);
+}
+
+#[test]
+fn live_round_trip_into_redis_6_2() {
+    live_round_trip(OtherEngine::Redis62, ("by_type", "restore"), false);
+}
+
+#[test]
+fn live_round_trip_into_redis_6_0() {
+    live_round_trip(OtherEngine::Redis60, ("by_type", "restore"), false);
+}
+
+/// A multi-key command whose keys land on different target servers is in the readiness
+/// report (`/status`, `ctl status`, the metric): two keys that the target's placement
+/// (from the proxy's own config) puts apart.
+#[test]
+fn readiness_lists_commands_whose_keys_span_target_servers() {
+    let source = RedisServer::start();
+    let targets = vec![
+        RedisServer::start_engine(OtherEngine::Valkey9),
+        RedisServer::start_engine(OtherEngine::Valkey9),
+    ];
+    let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+    let mut conn = proxy.client();
     let conf = cutover::config::Config::load(&proxy.dir.path().join("proxy.yml")).expect("config");
     let fleet = conf
         .pools
@@ -360,46 +466,33 @@ fn live_migration_into_valkey_cuts_over_and_back_without_force() {
     let apart = (1..1000)
         .find(|&i| server(i) != server(0))
         .expect("keys on both servers");
+    let together = (1..1000)
+        .find(|&i| server(i) == server(0))
+        .expect("keys together");
+    run(&mut conn, &["SINTERSTORE", "u:0", &format!("u:{together}")]);
+    let readiness = |proxy: &Proxy| status(proxy)["pools"][0]["migration"]["readiness"].clone();
+    assert_eq!(
+        readiness(&proxy),
+        serde_json::json!([]),
+        "keys on one server are fine"
+    );
     run(&mut conn, &["SUNIONSTORE", "u:0", &format!("u:{apart}")]);
-    let s = status(&proxy);
-    let spanning = s["pools"][0]["migration"]["readiness"]
-        .as_array()
-        .expect("readiness")
-        .iter()
-        .any(|r| {
-            r["command"] == "SUNIONSTORE" && r["reason"] == "keys_on_different_target_servers"
-        });
-    assert!(spanning, "{s}");
+    let listed = readiness(&proxy);
+    assert_eq!(
+        listed,
+        serde_json::json!([{"command": "SUNIONSTORE", "reason": "keys_on_different_target_servers", "requests": 1}])
+    );
     let (ok, out) = ctl(&proxy, &["status"]);
     assert!(
-        ok && out.contains("keys on different target servers"),
+        ok && out.contains("SUNIONSTORE (1 requests: keys on different target servers)"),
         "{out}"
     );
-    let (ok, out) = ctl(&proxy, &["verify"]);
-    assert!(ok, "ctl verify:\n{out}");
-    let (ok, out) = ctl(&proxy, &["cutover"]);
-    assert!(ok, "cutover without force:\n{out}");
-    for round in 400..600 {
-        redis7_writes(&mut conn, round);
-    }
-    proxy.wait_migration_drained(Duration::from_secs(60), 3);
-    let found = differences(&source, &targets);
     assert!(
-        found.is_empty(),
-        "the way back mirrors Valkey's writes into Redis 7.0: {found:?}"
+        proxy
+            .admin_get("/metrics")
+            .1
+            .contains("reason=\"keys_on_different_target_servers\"")
     );
-    let (ok, out) = ctl(&proxy, &["rollback"]);
-    assert!(ok, "rollback:\n{out}");
-    for round in 600..700 {
-        redis7_writes(&mut conn, round);
-    }
-    proxy.wait_migration_drained(Duration::from_secs(60), 3);
-    let (ok, out) = ctl(&proxy, &["verify"]);
-    assert!(ok, "verify after rollback:\n{out}");
-    let (ok, out) = ctl(&proxy, &["cutover"]);
-    assert!(ok, "cutover again:\n{out}");
-    let found = differences(&source, &targets);
-    assert!(found.is_empty(), "{found:?}");
 }
 
 /// Into Redis 6.0: every key by type from the first (no payload is sent to be refused),

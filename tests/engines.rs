@@ -608,3 +608,53 @@ fn a_hot_big_list_copied_by_type_does_not_jam_its_lane() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// The command table accepts every argument count Valkey 8 (Redis 7.2 compatible) accepts
+/// for each command cutover forwards: compared with the server's own `COMMAND INFO`
+/// arity (`n`: exactly n, `-n`: at least n).
+#[test]
+fn the_command_table_accepts_every_form_valkey_8_accepts() {
+    let server = RedisServer::start_engine(OtherEngine::Valkey8);
+    let mut conn = server.client();
+    let mut narrower = Vec::new();
+    for spec in cutover::command::all() {
+        if spec.access == cutover::command::Access::Local {
+            continue;
+        }
+        let info: redis::Value = redis::cmd("COMMAND")
+            .arg("INFO")
+            .arg(spec.lower)
+            .query(&mut conn)
+            .expect("COMMAND INFO");
+        let redis::Value::Array(entries) = info else {
+            panic!("{}: {info:?}", spec.name)
+        };
+        let Some(redis::Value::Array(entry)) = entries.first() else {
+            continue;
+        };
+        let Some(redis::Value::Int(arity)) = entry.get(1) else {
+            panic!("{}: {entry:?}", spec.name)
+        };
+        let theirs: Vec<usize> = if *arity < 0 {
+            let min = arity.unsigned_abs() as usize;
+            (min..min + 8).collect()
+        } else {
+            vec![*arity as usize]
+        };
+        // Deliberate: MSET with an odd count (the server refuses it too, by its own
+        // check), and EVAL/EVALSHA with no key (`EVAL s 0`: nothing to route by; see the
+        // README's differences).
+        let deliberate = |n: usize| match spec.name {
+            "MSET" => n % 2 == 0,
+            "EVAL" | "EVALSHA" => n == 3,
+            _ => false,
+        };
+        if let Some(argc) = theirs
+            .iter()
+            .find(|&&n| !spec.class.accepts(n) && !deliberate(n))
+        {
+            narrower.push(format!("{} (arity {arity}): {argc} refused", spec.name));
+        }
+    }
+    assert!(narrower.is_empty(), "{narrower:#?}");
+}

@@ -269,3 +269,30 @@ fn command_describes_cutover_not_the_backend() {
     assert_eq!(cut, [format!(":{}\r\n", cutover::command::all().count())]);
     assert!(!cut_closed);
 }
+
+/// Redis 7's argument forms: nutcracker 0.5.0 knows `EXPIRE key seconds` and `ZRANK key
+/// member` only, and closes the connection on `EXPIRE key seconds GT` or `ZRANK ...
+/// WITHSCORE`; cutover forwards them and returns the server's reply.
+#[test]
+fn redis_7_argument_forms_are_forwarded() {
+    let backend = RedisServer::start();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut backend.client())
+        .expect("SET");
+    let input = [
+        command(&[b"EXPIRE", b"k", b"100", b"GT"]),
+        command(&[b"EXPIRE", b"k", b"100", b"NX"]),
+        command(&[b"TTL", b"k"]),
+    ]
+    .concat();
+    let ((nc, nc_closed), (cut, cut_closed)) = both(&single(&backend), &input, 3);
+    assert!(nc.is_empty() && nc_closed, "nutcracker closes: {nc:?}");
+    assert_eq!(
+        cut,
+        [":0\r\n", ":1\r\n", ":100\r\n"],
+        "GT on a key without TTL sets nothing; NX sets it"
+    );
+    assert!(!cut_closed);
+}

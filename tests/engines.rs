@@ -645,7 +645,7 @@ fn the_command_table_accepts_every_form_valkey_8_accepts() {
         // check), and EVAL/EVALSHA with no key (`EVAL s 0`: nothing to route by; see the
         // README's differences).
         let deliberate = |n: usize| match spec.name {
-            "MSET" => n % 2 == 0,
+            "MSET" => n.is_multiple_of(2),
             "EVAL" | "EVALSHA" => n == 3,
             _ => false,
         };

@@ -220,3 +220,83 @@ fn status_is_valid_json_with_odd_names_and_blockers() {
     );
     assert!(String::from_utf8_lossy(&ctl.stdout).contains(name));
 }
+
+/// Rule 7 when the disk does not hold: the dirty-key file cannot be opened (a directory
+/// stands in its place), lanes overflow while the target sleeps, and every dirty key is
+/// kept in memory, counted, copied again once the target is back (nothing lost); the
+/// migration needs a verify pass, and the cutover is refused until one has run.
+#[test]
+fn dirty_keys_survive_a_dirty_file_that_cannot_be_written() {
+    let source = RedisServer::start();
+    let targets = vec![RedisServer::start_with(&["--enable-debug-command", "yes"])];
+    fill_numbered(&source, 100);
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("legacy.state");
+    std::fs::create_dir(dir.path().join("legacy.dirty")).expect("a directory where the file goes");
+    let proxy = Proxy::cutover(&migration_config(
+        &source,
+        &targets,
+        &format!(
+            "    lanes: 1\n    mirror_queue_limit: 16\n    state_file: {}\n",
+            state.display()
+        ),
+    ));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    // Hold the target busy: the lane's copy waits, the queue fills, later writes go dirty.
+    let sleeper = std::thread::spawn({
+        let port = targets[0].port;
+        move || {
+            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(2)
+                .query(&mut support::connect_to(port));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut conn = proxy.client();
+    for i in 0..300 {
+        // DEL is always copied, so each write is a copy event in the one lane.
+        let _: () = redis::cmd("SET")
+            .arg(format!("d{i}"))
+            .arg(i)
+            .query(&mut conn)
+            .expect("SET");
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("k{}", i % 100))
+            .query(&mut conn)
+            .expect("DEL");
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&proxy.admin_get("/status").1).expect("JSON");
+    let m = &status["pools"][0]["migration"];
+    assert!(
+        m["mirror"]["dirty_unpersisted"].as_u64().unwrap_or(0) > 0,
+        "{m}"
+    );
+    assert_eq!(m["needs_verify"], true, "{m}");
+    assert!(
+        proxy
+            .admin_get("/metrics")
+            .1
+            .contains("cutover_dirty_keys_unpersisted{")
+    );
+    sleeper.join().expect("sleeper");
+    proxy.wait_migration_drained(Duration::from_secs(30), 3);
+    support::compare::assert_same(&source, &targets);
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("could not be written to the dirty-key file"),
+        "{body}"
+    );
+    assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
+    wait_for("a verify pass", Duration::from_secs(30), || {
+        proxy
+            .admin_get("/status")
+            .1
+            .contains("\"needs_verify\":false")
+    });
+    wait_for("the cutover", Duration::from_secs(30), || {
+        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    });
+}

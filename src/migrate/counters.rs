@@ -39,6 +39,9 @@ pub struct MigrationCounters {
     pub redirty: Counter,
     /// `cutover_dirty_keys`: dirty keys waiting.
     pub dirty_pending: Gauge,
+    /// `cutover_dirty_keys_unpersisted`: dirty keys the dirty-key file could not take,
+    /// held in memory (rule 7 on a failing disk).
+    pub dirty_unpersisted: Gauge,
     /// `cutover_lane_queue_depth`: events waiting in lanes.
     pub lane_depth: Gauge,
     /// `cutover_mirror_lag_seconds`: source reply to target apply, for one mirrored event
@@ -132,6 +135,7 @@ impl MigrationCounters {
             dirtied: counter!("cutover_mirror_dirty_total", "pool" => p.clone()),
             redirty: counter!("cutover_mirror_redirty_copies_total", "pool" => p.clone()),
             dirty_pending: gauge!("cutover_dirty_keys", "pool" => p.clone()),
+            dirty_unpersisted: gauge!("cutover_dirty_keys_unpersisted", "pool" => p.clone()),
             lane_depth: gauge!("cutover_lane_queue_depth", "pool" => p.clone()),
             lag: histogram!("cutover_mirror_lag_seconds", "pool" => p.clone()),
             backfill_scanned: counter!("cutover_backfill_keys_scanned_total", "pool" => p.clone()),

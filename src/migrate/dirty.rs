@@ -1,13 +1,20 @@
 //! Dirty keys (rule 7): keys whose copy or replay kept failing, or whose mirror event found
 //! its lane full. They are appended to a file, not held in memory, and copied again later
 //! by [`drain`], so a slow or dead target never grows the proxy's memory.
+//!
+//! When the file cannot be opened or written (a full disk, permissions, a directory in
+//! its place), a dirty key is never dropped: it is kept in a bounded in-memory set,
+//! counted (`cutover_dirty_keys_unpersisted`), logged, and the migration needs a verify
+//! pass (a key past the bound, or one the restart of a process loses, is then found by
+//! verify): `/status` says `needs_verify` and the cutover is refused until a verify pass
+//! that began after the last such key has finished.
 
+use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -18,17 +25,40 @@ use super::lane::LaneEvent;
 const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest key accepted back from the file (guards against a damaged file).
 const MAX_KEY: usize = 512 * 1024 * 1024;
+/// Most dirty keys held in memory when the file fails.
+const MEMORY_KEYS: usize = 100_000;
+/// Shortest time between two log lines about the file failing.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The dirty-key file and its progress.
 pub struct DirtyKeys {
-    /// The file, opened for reading and appending.
+    /// The file, opened for reading and appending (`None` when it could not be opened).
     file: Mutex<Option<std::fs::File>>,
     /// Where it is.
     pub path: PathBuf,
     /// Bytes of the file already copied again.
     read_offset: AtomicU64,
-    /// Keys written and not yet copied again.
+    /// Keys written and not yet copied again (file and memory).
     pub pending: AtomicU64,
+    /// Dirty keys the file could not take, copied again from memory.
+    memory: Mutex<VecDeque<Bytes>>,
+    /// Keys that could not be written to the file, ever (each raises the need for a
+    /// verify pass).
+    pub unpersisted: AtomicU64,
+    /// Keys that could be neither written nor kept (memory full): only a verify finds them.
+    pub overflowed: AtomicU64,
+    /// `unpersisted` when the last verify pass that has finished began.
+    verified_through: AtomicU64,
+    /// When the file's failure was last logged.
+    logged: Mutex<Option<Instant>>,
+}
+
+/// Lock `mutex` even when a panic poisoned it: the data (a file handle, a queue of keys)
+/// stays valid, and losing a dirty key to a poisoned lock would break rule 7.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl DirtyKeys {
@@ -40,39 +70,108 @@ impl DirtyKeys {
             .append(true)
             .open(&path);
         if let Err(error) = &file {
-            tracing::error!(path = %path.display(), %error, "cannot open the dirty-key file; dirty keys will only be counted");
+            tracing::error!(path = %path.display(), %error, "cannot open the dirty-key file; dirty keys will be kept in memory (bounded) and a verify pass will be needed before the cutover");
         }
         DirtyKeys {
             file: Mutex::new(file.ok()),
             path,
             read_offset: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            memory: Mutex::new(VecDeque::new()),
+            unpersisted: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+            verified_through: AtomicU64::new(0),
+            logged: Mutex::new(None),
         }
     }
 
-    /// Record `key` as dirty.
+    /// Record `key` as dirty: in the file, or in memory when the file fails.
     pub fn mark(&self, key: &[u8]) {
-        let Ok(mut guard) = self.file.lock() else {
+        let written = {
+            let mut guard = lock(&self.file);
+            match guard.as_mut() {
+                Some(file) => {
+                    let mut record = (key.len() as u32).to_le_bytes().to_vec();
+                    record.extend_from_slice(key);
+                    file.write_all(&record).map_err(|e| e.to_string())
+                }
+                None => Err("the file could not be opened".to_string()),
+            }
+        };
+        let Err(error) = written else {
+            self.pending.fetch_add(1, Relaxed);
             return;
         };
-        let Some(file) = guard.as_mut() else { return };
-        let mut record = (key.len() as u32).to_le_bytes().to_vec();
-        record.extend_from_slice(key);
-        if file.write_all(&record).is_ok() {
+        self.unpersisted.fetch_add(1, Relaxed);
+        let kept = {
+            let mut memory = lock(&self.memory);
+            let room = memory.len() < MEMORY_KEYS;
+            if room {
+                memory.push_back(Bytes::copy_from_slice(key));
+            }
+            room
+        };
+        if kept {
             self.pending.fetch_add(1, Relaxed);
+        } else {
+            self.overflowed.fetch_add(1, Relaxed);
         }
+        let due = {
+            let mut last = lock(&self.logged);
+            let due = last.is_none_or(|at| at.elapsed() >= LOG_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            tracing::error!(
+                path = %self.path.display(),
+                %error,
+                unpersisted = self.unpersisted.load(Relaxed),
+                in_memory = lock(&self.memory).len(),
+                overflowed = self.overflowed.load(Relaxed),
+                "cannot write dirty keys to the dirty-key file: kept in memory; a verify pass is needed before the cutover"
+            );
+        }
+    }
+
+    /// Dirty keys held in memory now.
+    pub fn in_memory(&self) -> usize {
+        lock(&self.memory).len()
+    }
+
+    /// Whether a dirty key could not be written to the file since the last verify pass
+    /// began: the migration needs one (it may have been lost with the process, or to the
+    /// memory bound).
+    pub fn needs_verify(&self) -> bool {
+        self.unpersisted.load(Relaxed) > self.verified_through.load(Relaxed)
+    }
+
+    /// A verify pass is starting: what it will have covered once it finishes.
+    pub fn verify_mark(&self) -> u64 {
+        self.unpersisted.load(Relaxed)
+    }
+
+    /// A verify pass that began at `mark` has finished.
+    pub fn verified(&self, mark: u64) {
+        self.verified_through.fetch_max(mark, Relaxed);
     }
 
     /// Up to `max` dirty keys not yet taken, advancing past them.
     fn take(&self, max: usize) -> Vec<Bytes> {
-        let Ok(mut guard) = self.file.lock() else {
-            return Vec::new();
+        let mut keys: Vec<Bytes> = {
+            let mut memory = lock(&self.memory);
+            let n = memory.len().min(max);
+            memory.drain(..n).collect()
         };
+        self.pending.fetch_sub(keys.len() as u64, Relaxed);
+        let mut guard = lock(&self.file);
         let Some(file) = guard.as_mut() else {
-            return Vec::new();
+            return keys;
         };
+        let from_memory = keys.len();
         let mut offset = self.read_offset.load(Relaxed);
-        let mut keys = Vec::new();
         if file.seek(SeekFrom::Start(offset)).is_err() {
             return keys;
         }
@@ -94,7 +193,8 @@ impl DirtyKeys {
         }
         let _ = file.seek(SeekFrom::End(0));
         self.read_offset.store(offset, Relaxed);
-        self.pending.fetch_sub(keys.len() as u64, Relaxed);
+        self.pending
+            .fetch_sub((keys.len() - from_memory) as u64, Relaxed);
         keys
     }
 }
@@ -113,9 +213,6 @@ pub async fn drain(migration: Arc<Migration>) {
                 })
                 .await;
         }
-        migration
-            .counters
-            .dirty_pending
-            .set(migration.dirty.pending.load(Relaxed) as f64);
+        migration.publish_dirty();
     }
 }

@@ -89,6 +89,14 @@ impl Migration {
                 self.backlog().0
             ));
         }
+        if self.dirty.needs_verify() {
+            reasons.push(format!(
+                "{} dirty keys could not be written to the dirty-key file {} (kept in memory, {} past its bound); fix the disk, then run a verify pass (cutover ctl verify --repair) that starts now",
+                self.dirty.unpersisted.load(Relaxed),
+                self.dirty.path.display(),
+                self.dirty.overflowed.load(Relaxed),
+            ));
+        }
         match self.verify.last() {
             _ if self.verify.running() => {
                 reasons.push("a verify pass is running; wait for its result".into());

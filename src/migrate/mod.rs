@@ -105,7 +105,7 @@ pub struct Migration {
     /// The migration's metrics.
     pub counters: MigrationCounters,
     /// Keys to copy again.
-    dirty: DirtyKeys,
+    pub(crate) dirty: DirtyKeys,
     /// Set when every source server has been scanned.
     pub backfill_done: AtomicBool,
     /// Set when this process's backfill scanned every source server from its start: every
@@ -514,9 +514,23 @@ impl Migration {
         self.counters.dirtied.increment(1);
         self.totals.dirtied.fetch_add(1, Relaxed);
         self.dirty.mark(key);
+        self.publish_dirty();
+    }
+
+    /// Publish the dirty-key gauges.
+    pub fn publish_dirty(&self) {
         self.counters
             .dirty_pending
             .set(self.dirty.pending.load(Relaxed) as f64);
+        self.counters
+            .dirty_unpersisted
+            .set(self.dirty.in_memory() as f64);
+    }
+
+    /// Whether a verify pass is needed before the cutover: the last stop was not clean,
+    /// or dirty keys could not be written to their file since the last verify began.
+    pub fn needs_verify(&self) -> bool {
+        self.progress.needs_verify() || self.dirty.needs_verify()
     }
 
     /// The current phase.
@@ -740,7 +754,7 @@ impl Migration {
             "source": self.source.name(),
             "target": self.target.name(),
             "authority": self.authority().name(),
-            "needs_verify": self.progress.needs_verify(),
+            "needs_verify": self.needs_verify(),
             "backfill": {
                 "state": state,
                 "done": done,
@@ -764,6 +778,8 @@ impl Migration {
                 "replayed": t.replayed.load(Relaxed),
                 "copied": t.write_copies.load(Relaxed),
                 "dirtied": t.dirtied.load(Relaxed),
+                "dirty_unpersisted": self.dirty.unpersisted.load(Relaxed),
+                "dirty_in_memory": self.dirty.in_memory(),
                 "folded": t.folded.load(Relaxed),
             },
             "copies": {

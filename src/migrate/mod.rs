@@ -12,6 +12,7 @@ mod counters;
 mod dirty;
 pub mod engines;
 mod flip;
+pub mod key_type;
 pub mod known;
 mod lag;
 mod lane;

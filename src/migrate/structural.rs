@@ -17,6 +17,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 use super::Migration;
 use super::copy::{Copied, CopyError};
 use super::engines::CopyMethod;
+use super::key_type::KeyType;
 use crate::resp::encode;
 
 /// Elements (or bytes, for strings) read per chunk.
@@ -31,7 +32,7 @@ const GUARD_TTL_MS: &str = "600000";
 pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, CopyError> {
     let kind = source_value(migration, key, &[b"TYPE", key]).await?;
     let kind = match kind {
-        OwnedFrame::SimpleString(s) => String::from_utf8_lossy(&s).into_owned(),
+        OwnedFrame::SimpleString(s) => KeyType::from_reply(&s),
         other => return Err(CopyError::Unexpected(format!("TYPE: {other:?}"))),
     };
     let pool = migration.mirror_to();
@@ -119,7 +120,7 @@ impl Target<'_> {
 async fn copy_into(
     migration: &Migration,
     key: &Bytes,
-    kind: &str,
+    kind: &KeyType,
     mut target: Target<'_>,
     receiver: Option<crate::engine::Engine>,
 ) -> Result<Copied, CopyError> {
@@ -127,8 +128,8 @@ async fn copy_into(
     target.send(&[b"DEL".to_vec(), temp.clone()]).await?;
     let mut exists = false;
     match kind {
-        "none" => {}
-        "string" => {
+        KeyType::None => {}
+        KeyType::String => {
             let mut offset = 0usize;
             loop {
                 let chunk = bulk(ranged(migration, key, b"GETRANGE", offset, STRING_CHUNK).await?);
@@ -146,7 +147,7 @@ async fn copy_into(
                 offset += len;
             }
         }
-        "list" => {
+        KeyType::List => {
             let mut start = 0usize;
             loop {
                 let items = array(ranged(migration, key, b"LRANGE", start, CHUNK).await?);
@@ -164,10 +165,10 @@ async fn copy_into(
                 start += n;
             }
         }
-        "hash" | "set" | "zset" => {
+        KeyType::Hash | KeyType::Set | KeyType::Zset => {
             let (scan, add): (&[u8], &[u8]) = match kind {
-                "hash" => (b"HSCAN", b"HSET"),
-                "set" => (b"SSCAN", b"SADD"),
+                KeyType::Hash => (b"HSCAN", b"HSET"),
+                KeyType::Set => (b"SSCAN", b"SADD"),
                 _ => (b"ZSCAN", b"ZADD"),
             };
             let mut cursor = b"0".to_vec();
@@ -185,7 +186,7 @@ async fn copy_into(
                 let items: Vec<Vec<u8>> = parts.next().map(bulks).unwrap_or_default();
                 if !items.is_empty() {
                     let mut args = vec![add.to_vec(), temp.clone()];
-                    if kind == "zset" {
+                    if *kind == KeyType::Zset {
                         // ZSCAN gives member, score; ZADD takes score, member.
                         for pair in items.chunks(2) {
                             if let [member, score] = pair {
@@ -205,7 +206,7 @@ async fn copy_into(
                 cursor = next;
             }
         }
-        "stream" => {
+        KeyType::Stream => {
             let meta = super::stream::read_meta(migration.copy_from(), key)
                 .await
                 .map_err(|e| CopyError::Unexpected(format!("source: {e}")))?;
@@ -268,7 +269,7 @@ async fn copy_into(
                 exists = true;
             }
         }
-        other => {
+        KeyType::Other(other) => {
             return Err(CopyError::Unexpected(format!(
                 "cannot copy a {other} structurally"
             )));

@@ -16,6 +16,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::Migration;
 use super::counters::DIFFERENCE_KINDS;
+use super::key_type::KeyType;
 use super::lane::LaneEvent;
 use super::shadow::{self, Compare};
 use super::stream;
@@ -512,8 +513,8 @@ async fn extra_batch(
 /// A key's state on one side: type, PTTL and DUMP payload, read atomically.
 #[derive(Debug, PartialEq)]
 struct KeyState {
-    /// `TYPE`'s answer ("none" when absent).
-    kind: String,
+    /// `TYPE`'s answer (`None` when absent).
+    kind: KeyType,
     /// `PTTL`'s answer.
     pttl: i64,
     /// The DUMP payload.
@@ -568,13 +569,13 @@ async fn difference(
         tolerance_ms,
         receiver,
     } = rules;
-    if a.kind == "none" && b.kind == "none" {
+    if a.kind == KeyType::None && b.kind == KeyType::None {
         return Ok(None);
     }
-    if b.kind == "none" {
+    if b.kind == KeyType::None {
         return Ok(Some(Difference::Missing));
     }
-    if a.kind == "none" {
+    if a.kind == KeyType::None {
         return Ok(Some(Difference::Extra));
     }
     if a.kind != b.kind {
@@ -583,7 +584,7 @@ async fn difference(
     if a.payload != b.payload && !same_value(from, to, key, &a.kind).await? {
         return Ok(Some(Difference::Value));
     }
-    if a.payload != b.payload && a.kind == "stream" {
+    if a.payload != b.payload && a.kind == KeyType::Stream {
         let (x, y) = tokio::join!(stream::read_meta(from, key), stream::read_meta(to, key));
         if let (Some(x), Some(y)) = (x?, y?) {
             let (same, more) = stream::compare(&x, &y, receiver);
@@ -623,7 +624,7 @@ async fn key_state(pool: &Pool, key: &[u8]) -> Result<KeyState, String> {
             OwnedFrame::Integer(pttl),
             payload,
         ] => Ok(KeyState {
-            kind: String::from_utf8_lossy(kind).into_owned(),
+            kind: KeyType::from_reply(kind),
             pttl: *pttl,
             payload: match payload {
                 OwnedFrame::BulkString(p) => Some(p.clone()),
@@ -637,18 +638,18 @@ async fn key_state(pool: &Pool, key: &[u8]) -> Result<KeyState, String> {
 /// Whether `key` (of type `kind`) holds the same value on both sides although the DUMP
 /// payloads differ (another encoding of the same elements): compared by reading it whole,
 /// sets and hashes without order.
-async fn same_value(from: &Pool, to: &Pool, key: &[u8], kind: &str) -> Result<bool, String> {
+async fn same_value(from: &Pool, to: &Pool, key: &[u8], kind: &KeyType) -> Result<bool, String> {
     let (words, compare): (Vec<&[u8]>, Compare) = match kind {
-        "string" => (vec![b"GET", key], Compare::Exact),
-        "list" => (vec![b"LRANGE", key, b"0", b"-1"], Compare::Exact),
-        "set" => (vec![b"SMEMBERS", key], Compare::Unordered),
-        "hash" => (vec![b"HGETALL", key], Compare::Pairs),
-        "zset" => (
+        KeyType::String => (vec![b"GET", key], Compare::Exact),
+        KeyType::List => (vec![b"LRANGE", key, b"0", b"-1"], Compare::Exact),
+        KeyType::Set => (vec![b"SMEMBERS", key], Compare::Unordered),
+        KeyType::Hash => (vec![b"HGETALL", key], Compare::Pairs),
+        KeyType::Zset => (
             vec![b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"],
             Compare::Numbers,
         ),
-        "stream" => (vec![b"XRANGE", key, b"-", b"+"], Compare::Exact),
-        _ => return Ok(false),
+        KeyType::Stream => (vec![b"XRANGE", key, b"-", b"+"], Compare::Exact),
+        KeyType::None | KeyType::Other(_) => return Ok(false),
     };
     let mut request = BytesMut::new();
     encode::command(&mut request, &words);

@@ -47,12 +47,13 @@ pub fn describe() -> String {
     out
 }
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
+use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -105,58 +106,106 @@ impl StatsReporter {
             .sum::<u64>()
             + clients.max(0) as u64;
         let listeners = self.pools.len() as i64;
-        let mut out = String::with_capacity(1024);
-        let _ = write!(
-            out,
-            "{{\"service\":\"nutcracker\", \"source\":{}, \"version\":\"{COMPAT_VERSION}\", \"uptime\":{}, \"timestamp\":{now}, \"total_connections\":{}, \"curr_connections\":{}",
-            json_string(&self.source),
-            self.started.elapsed().as_secs(),
-            accepted + listeners as u64,
-            clients + servers + listeners,
+        let mut doc = Map::new();
+        doc.insert("service".into(), "nutcracker".into());
+        doc.insert("source".into(), self.source.clone().into());
+        doc.insert("version".into(), COMPAT_VERSION.into());
+        doc.insert("uptime".into(), self.started.elapsed().as_secs().into());
+        doc.insert("timestamp".into(), now.into());
+        doc.insert(
+            "total_connections".into(),
+            (accepted + listeners as u64).into(),
         );
-        // nutcracker writes ", " before the first pool or server of an object and a bare
-        // "," after a closing brace.
-        for (p, pool) in self.pools.iter().enumerate() {
+        doc.insert(
+            "curr_connections".into(),
+            (clients + servers + listeners).into(),
+        );
+        for pool in &self.pools {
             let c = &pool.counters;
-            let _ = write!(
-                out,
-                "{}{}: {{\"client_eof\":{}, \"client_err\":{}, \"client_connections\":{}, \"server_ejects\":{}, \"forward_error\":{}, \"fragments\":0",
-                if p == 0 { ", " } else { "," },
-                json_string(pool.name()),
-                c.client_eof.load(Relaxed),
-                c.client_err.load(Relaxed),
-                c.client_connections.load(Relaxed),
-                c.server_ejects.load(Relaxed),
-                c.forward_error.load(Relaxed),
+            let mut p = Map::new();
+            p.insert("client_eof".into(), c.client_eof.load(Relaxed).into());
+            p.insert("client_err".into(), c.client_err.load(Relaxed).into());
+            p.insert(
+                "client_connections".into(),
+                c.client_connections.load(Relaxed).into(),
             );
-            for (n, server) in pool.servers.iter().enumerate() {
+            p.insert("server_ejects".into(), c.server_ejects.load(Relaxed).into());
+            p.insert("forward_error".into(), c.forward_error.load(Relaxed).into());
+            p.insert("fragments".into(), 0.into());
+            for server in &pool.servers {
                 let s = &server.counters;
-                let u = |a: &AtomicU64| a.load(Relaxed);
-                let i = |a: &AtomicI64| a.load(Relaxed);
-                let _ = write!(
-                    out,
-                    "{}{}: {{\"server_eof\":{}, \"server_err\":{}, \"server_timedout\":{}, \"server_connections\":{}, \"server_ejected_at\":{}, \"requests\":{}, \"request_bytes\":{}, \"responses\":{}, \"response_bytes\":{}, \"in_queue\":{}, \"in_queue_bytes\":{}, \"out_queue\":{}, \"out_queue_bytes\":{}}}",
-                    if n == 0 { ", " } else { "," },
-                    json_string(&server.name),
-                    u(&s.server_eof),
-                    u(&s.server_err),
-                    u(&s.server_timedout),
-                    i(&s.server_connections),
-                    u(&s.server_ejected_at),
-                    u(&s.requests),
-                    u(&s.request_bytes),
-                    u(&s.responses),
-                    u(&s.response_bytes),
-                    i(&s.in_queue),
-                    i(&s.in_queue_bytes),
-                    i(&s.out_queue),
-                    i(&s.out_queue_bytes),
-                );
+                let u = |a: &AtomicU64| Value::from(a.load(Relaxed));
+                let i = |a: &AtomicI64| Value::from(a.load(Relaxed));
+                let fields = [
+                    ("server_eof", u(&s.server_eof)),
+                    ("server_err", u(&s.server_err)),
+                    ("server_timedout", u(&s.server_timedout)),
+                    ("server_connections", i(&s.server_connections)),
+                    ("server_ejected_at", u(&s.server_ejected_at)),
+                    ("requests", u(&s.requests)),
+                    ("request_bytes", u(&s.request_bytes)),
+                    ("responses", u(&s.responses)),
+                    ("response_bytes", u(&s.response_bytes)),
+                    ("in_queue", i(&s.in_queue)),
+                    ("in_queue_bytes", i(&s.in_queue_bytes)),
+                    ("out_queue", i(&s.out_queue)),
+                    ("out_queue_bytes", i(&s.out_queue_bytes)),
+                ];
+                let server_doc: Map<String, Value> = fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                p.insert(server.name.clone(), Value::Object(server_doc));
             }
-            out.push('}');
+            doc.insert(pool.name().to_string(), Value::Object(p));
         }
-        out.push_str("}\n");
-        out
+        let mut out = Vec::with_capacity(1024);
+        let mut writer =
+            serde_json::Serializer::with_formatter(&mut out, NutcrackerLayout::default());
+        if Value::Object(doc).serialize(&mut writer).is_err() {
+            return "{}\n".to_string();
+        }
+        out.push(b'\n');
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// nutcracker's separators, so the stats JSON is laid out byte for byte as nutcracker
+/// 0.5.0 lays it out: `", "` between two members, but a bare `","` after a member whose
+/// value is an object, and `": {"` before a nested object; no other whitespace.
+/// (serde_json writes the values and escapes the strings.)
+#[derive(Default)]
+struct NutcrackerLayout {
+    /// The member just written was an object.
+    after_object: bool,
+    /// Objects open.
+    depth: usize,
+}
+
+impl serde_json::ser::Formatter for NutcrackerLayout {
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        writer.write_all(if self.depth > 1 { b" {" } else { b"{" })
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        let separator: &[u8] = match (first, self.after_object) {
+            (true, _) => b"",
+            (false, true) => b",",
+            (false, false) => b", ",
+        };
+        self.after_object = false;
+        writer.write_all(separator)
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.depth = self.depth.saturating_sub(1);
+        self.after_object = true;
+        writer.write_all(b"}")
     }
 }
 
@@ -193,11 +242,6 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// A JSON string literal.
-fn json_string(text: &str) -> String {
-    serde_json::Value::from(text).to_string()
-}
-
 /// This machine's host name (nutcracker's `source`).
 fn hostname() -> String {
     let mut buf = [0u8; 256];
@@ -208,4 +252,25 @@ fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn nutcracker_separators_and_json_escaping() {
+        let doc = serde_json::json!({"a": 1, "p\"ö": {"c": "x\u{1}y", "s": {"n": 2}}, "d": 3});
+        let mut out = Vec::new();
+        let mut writer =
+            serde_json::Serializer::with_formatter(&mut out, NutcrackerLayout::default());
+        doc.serialize(&mut writer).expect("serialize");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(
+            text,
+            "{\"a\":1, \"p\\\"ö\": {\"c\":\"x\\u0001y\", \"s\": {\"n\":2}},\"d\":3}"
+        );
+        let back: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(back, doc);
+    }
 }

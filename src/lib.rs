@@ -13,3 +13,4 @@ pub mod migrate;
 pub mod proxy;
 pub mod resp;
 pub mod stats;
+pub mod upstream;

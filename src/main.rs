@@ -485,7 +485,7 @@ async fn serve(
         .map_err(|e| e.to_string())?;
     tokio::spawn(stats::serve(
         stats_listener,
-        stats::StatsReporter::new(proxy.pools.clone()),
+        stats::StatsReporter::new(proxy.pools.iter().map(|s| s.pool.clone()).collect()),
         stats_interval,
     ));
     tokio::spawn(admin::serve(

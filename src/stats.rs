@@ -57,7 +57,7 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use crate::proxy::Pool;
+use crate::upstream::Pool;
 
 /// The nutcracker version the stats JSON claims, so existing dashboards and scripts that
 /// check it keep working.

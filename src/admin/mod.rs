@@ -17,7 +17,7 @@ pub use http::{HttpRequest, HttpResponse};
 use crate::migrate::Migration;
 use crate::migrate::verify::{self, VerifyOptions};
 use crate::migrate::{FlipError, Flipped};
-use crate::proxy::Pool;
+use crate::proxy::Served;
 
 /// Histogram buckets for every `_seconds` histogram: 50 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -47,8 +47,8 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
 pub struct Admin {
     /// The Prometheus handle, when the recorder is installed.
     metrics: Option<PrometheusHandle>,
-    /// The proxy's pools.
-    pools: Vec<Arc<Pool>>,
+    /// The proxy's pools, with their migrations.
+    pools: Vec<Arc<Served>>,
     /// When set, every POST must carry `Authorization: Bearer <token>`.
     token: Option<String>,
 }
@@ -57,7 +57,7 @@ impl Admin {
     /// An admin API over `pools`; mutating calls need `token` when one is given.
     pub fn new(
         metrics: Option<PrometheusHandle>,
-        pools: Vec<Arc<Pool>>,
+        pools: Vec<Arc<Served>>,
         token: Option<String>,
     ) -> Admin {
         Admin {
@@ -168,7 +168,7 @@ impl Admin {
             .pools
             .iter()
             .filter(|p| wanted.is_none_or(|name| name == p.name()))
-            .filter_map(|p| p.migration().cloned());
+            .filter_map(|p| p.migration.clone());
         let first = found.next()?;
         // Several migrations and no pool named: ambiguous.
         found.next().is_none().then_some(first)
@@ -221,7 +221,7 @@ impl Admin {
         let wanted = query_value(query, "pool");
         let mut touched = 0;
         for pool in &self.pools {
-            if let Some(migration) = pool.migration()
+            if let Some(migration) = &pool.migration
                 && wanted.is_none_or(|name| name == pool.name())
             {
                 change(migration);
@@ -241,6 +241,7 @@ impl Admin {
             .iter()
             .map(|p| {
                 let servers: Vec<serde_json::Value> = p
+                    .pool
                     .servers
                     .iter()
                     .map(|s| {
@@ -253,16 +254,16 @@ impl Admin {
                     .collect();
                 json!({
                     "name": p.name(),
-                    "client_connections": p.counters.client_connections.load(Relaxed),
+                    "client_connections": p.pool.counters.client_connections.load(Relaxed),
                     "servers": servers,
-                    "migration": p.migration().map(|m| m.status_json()),
+                    "migration": p.migration.as_ref().map(|m| m.status_json()),
                 })
             })
             .collect();
         let phase = self
             .pools
             .iter()
-            .find_map(|p| p.migration())
+            .find_map(|p| p.migration.as_ref())
             .map(|m| m.phase().name());
         json!({
             "version": env!("CARGO_PKG_VERSION"),

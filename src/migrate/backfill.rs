@@ -16,8 +16,8 @@ use super::CopyReason;
 use super::Migration;
 use super::lag::LagStart;
 use super::lane::LaneEvent;
-use crate::proxy::Pool;
 use crate::resp::encode;
+use crate::upstream::Pool;
 
 /// Longest wait for the engines to be known before the first copy.
 const ENGINES_WAIT: Duration = Duration::from_secs(5);

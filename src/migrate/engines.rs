@@ -22,9 +22,9 @@ use metrics::{Gauge, gauge};
 
 use crate::command::CommandSpec;
 use crate::engine::{Engine, Requirement, Version, payload_rdb_version};
-use crate::proxy::Pool;
 use crate::resp::Request;
 use crate::resp::encode;
+use crate::upstream::Pool;
 
 /// Attempts to read a server's engine at start (one a second) before copies to or from it
 /// go by trying.

@@ -395,7 +395,9 @@ async fn replay_batch(
     }
     for (key, lag, source_reply, reply) in waiting {
         let answer = match reply {
-            Ok(rx) => rx.await.unwrap_or(Err(crate::proxy::BackendError::Reset)),
+            Ok(rx) => rx
+                .await
+                .unwrap_or(Err(crate::upstream::BackendError::Reset)),
             Err(e) => Err(e),
         };
         // Refused, answered differently from the source (the target had diverged), or an
@@ -441,7 +443,9 @@ async fn shadow_check(
         .to_submit(&read.key, request.clone(), read.protocol)
         .await
     {
-        Ok(rx) => rx.await.unwrap_or(Err(crate::proxy::BackendError::Reset)),
+        Ok(rx) => rx
+            .await
+            .unwrap_or(Err(crate::upstream::BackendError::Reset)),
         Err(e) => Err(e),
     };
     let Ok(reply) = reply else {

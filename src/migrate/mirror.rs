@@ -1,10 +1,11 @@
 //! What a proxied write means for the target: the keys it writes, whether it may be
 //! replayed, and the hook that carries it from the source connection into its lanes.
 //!
-//! The hook rides on the request to the source. When the source's reply is read (rule 1),
-//! the backend task calls [`MirrorHook::on_reply`] before the client gets the reply, and
+//! The hook rides on the request to the source (as an upstream [`ReplyHook`]). When the
+//! source's reply is read (rule 1), the connection's task calls its `on_reply` before the
+//! client gets the reply, and
 //! the hook puts the write's events into the lanes of its keys. When the outcome is
-//! unknown (rule 4), [`MirrorHook::on_unknown`] copies every key the write may have written.
+//! unknown (rule 4), `on_unknown` copies every key the write may have written.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use super::lane::LaneEvent;
 use super::shadow::Compare;
 use crate::command::{self, Access, CommandSpec, Mirror, WrittenKeys};
 use crate::resp::{Protocol, Request};
+use crate::upstream::ReplyHook;
 
 /// The keys a write writes and whether it may be replayed as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,12 +148,10 @@ pub struct ShadowRead {
 }
 
 /// A write, a sampled read or a replay on its way to a server, to be mirrored once its
-/// outcome is known. Boxed, so that the requests and in-flight records it rides on stay
-/// small: they move several times between a client's session and its reply.
-pub struct MirrorHook(Box<Hook>);
-
-/// What a [`MirrorHook`] holds.
-struct Hook {
+/// outcome is known. It rides on the request boxed (as a [`ReplyHook`]), so that the
+/// requests and in-flight records it rides on stay small: they move several times
+/// between a client's session and its reply.
+pub struct MirrorHook {
     /// The migration it belongs to.
     migration: Arc<Migration>,
     /// What it mirrors.
@@ -167,79 +167,83 @@ struct Hook {
 
 impl MirrorHook {
     /// A hook for a write with `effect`.
-    pub fn new(migration: Arc<Migration>, effect: WriteEffect) -> MirrorHook {
+    pub fn new(migration: Arc<Migration>, effect: WriteEffect) -> Box<MirrorHook> {
         MirrorHook::with_kind(migration, HookKind::Write(effect))
     }
 
     /// A hook for a sampled read.
-    pub fn shadow(migration: Arc<Migration>, read: ShadowRead) -> MirrorHook {
+    pub fn shadow(migration: Arc<Migration>, read: ShadowRead) -> Box<MirrorHook> {
         MirrorHook::with_kind(migration, HookKind::Shadow(read))
     }
 
     /// Count the hook as live: a flip waits until no hook is.
-    fn with_kind(migration: Arc<Migration>, kind: HookKind) -> MirrorHook {
+    fn with_kind(migration: Arc<Migration>, kind: HookKind) -> Box<MirrorHook> {
         migration.hook_started();
-        MirrorHook(Box::new(Hook {
+        Box::new(MirrorHook {
             migration,
             kind,
             request: Bytes::new(),
             seq: 0,
             settled: false,
-        }))
-    }
-
-    /// Whether the request is numbered when it is sent (a write or read on the
-    /// authoritative pool); a replay keeps its source write's number.
-    pub fn takes_seq(&self) -> bool {
-        !matches!(self.0.kind, HookKind::Replay(_))
-    }
-
-    /// The request goes on the wire: keep its bytes (a write may be replayed, a read is
-    /// sent again to the target). A replay needs them no more.
-    pub fn sending(&mut self, request: Bytes) {
-        if self.takes_seq() {
-            self.0.request = request;
-        }
+        })
     }
 
     /// A replay that could not be queued is handed back to the lane: forget it here, and
     /// give back its key (empty for other hooks).
     pub fn cancel(mut self) -> Bytes {
-        self.0.settled = true;
-        match &mut self.0.kind {
+        self.settled = true;
+        match &mut self.kind {
             HookKind::Replay(check) => std::mem::take(&mut check.key),
             _ => Bytes::new(),
         }
     }
 
-    /// Take the write's sequence number; called as it goes on the wire to the source.
-    pub fn assign_seq(&mut self) -> u64 {
-        self.0.seq = self.0.migration.next_seq();
-        self.0.seq
-    }
-
-    /// The write's sequence number (0 until it is sent).
-    pub fn seq(&self) -> u64 {
-        self.0.seq
-    }
-
     /// The key of a replay (empty for other hooks).
     pub fn replay_key(&self) -> &[u8] {
-        match &self.0.kind {
+        match &self.kind {
             HookKind::Replay(check) => &check.key,
             _ => &[],
         }
     }
 
-    /// The migration this write belongs to.
-    pub fn migration(&self) -> &Arc<Migration> {
-        &self.0.migration
+    /// The write's sequence number (0 until it is sent).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl ReplyHook for MirrorHook {
+    /// A write or read on the authoritative pool is numbered when it is sent; a replay
+    /// keeps its source write's number.
+    fn numbered(&self) -> bool {
+        !matches!(self.kind, HookKind::Replay(_))
+    }
+
+    fn counter_now(&self) -> u64 {
+        self.migration.seq_now()
+    }
+
+    fn assign_number(&mut self) -> u64 {
+        self.seq = self.migration.next_seq();
+        self.seq
+    }
+
+    fn number(&self) -> u64 {
+        self.seq
+    }
+
+    /// Keep the request's bytes (a write may be replayed, a read is sent again to the
+    /// target). A replay needs them no more.
+    fn sending(&mut self, request: Bytes) {
+        if self.numbered() {
+            self.request = request;
+        }
     }
 
     /// The source answered `reply`: queue the write's events (before the client sees it).
     /// For a replay, the target answered: check it.
-    pub fn on_reply(mut self, reply: &Bytes) {
-        let hook = &mut *self.0;
+    fn on_reply(mut self: Box<Self>, reply: &Bytes) {
+        let hook = &mut *self;
         hook.settled = true;
         let failed = reply.first() == Some(&b'-');
         let request = std::mem::take(&mut hook.request);
@@ -284,8 +288,7 @@ impl MirrorHook {
         });
         hook.settled = false;
         let migration = hook.migration.clone();
-        // (Were the hook lost on the way back, its drop would copy the key.)
-        if let Err((Some(hook), request)) = migration.replay_direct(self, request) {
+        if let Err((hook, request)) = migration.replay_direct(self, request) {
             migration.enqueue(LaneEvent::Write {
                 key: hook.cancel(),
                 seq,
@@ -298,8 +301,8 @@ impl MirrorHook {
 
     /// The write's outcome is unknown (timeout, connection lost after sending): copy every
     /// key it may have written. A sampled read is simply not checked.
-    pub fn on_unknown(mut self) {
-        let hook = &mut *self.0;
+    fn on_unknown(mut self: Box<Self>) {
+        let hook = &mut *self;
         hook.settled = true;
         match &mut hook.kind {
             HookKind::Replay(check) => hook.migration.replay_unknown(check),
@@ -318,13 +321,12 @@ impl Drop for MirrorHook {
     fn drop(&mut self) {
         // A replay dropped unanswered (its connection never opened) did not happen: copy
         // the key. A write or read dropped unsent never reached the source: nothing to do.
-        let hook = &*self.0;
-        if !hook.settled
-            && let HookKind::Replay(check) = &hook.kind
+        if !self.settled
+            && let HookKind::Replay(check) = &self.kind
         {
-            hook.migration.replay_unknown(check);
+            self.migration.replay_unknown(check);
         }
-        hook.migration.hook_finished();
+        self.migration.hook_finished();
     }
 }
 

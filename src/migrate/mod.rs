@@ -42,8 +42,8 @@ pub use phase::Phase;
 use retries::RetryReason;
 
 use crate::config::{MigrateSettings, PoolConfig};
-use crate::proxy::{BackendError, Pool};
 use crate::resp::Protocol;
+use crate::upstream::{BackendError, Pool};
 use dirty::DirtyKeys;
 use known::{KnownCopied, Salt};
 use lag::LagStart;
@@ -376,22 +376,21 @@ impl Migration {
     /// connection's queue is full) the hook and request are handed back for the lane.
     pub fn replay_direct(
         &self,
-        hook: MirrorHook,
+        hook: Box<MirrorHook>,
         request: Bytes,
-    ) -> Result<(), (Option<MirrorHook>, Bytes)> {
+    ) -> Result<(), (Box<MirrorHook>, Bytes)> {
         let key = hook.replay_key();
         let lane = self.lane_of(key);
         let known = known::lock(&self.known[lane]);
         if !self.lane_idle(lane) || !lane::replay_allowed(self, &known, key, hook.seq()) {
-            return Err((Some(hook), request));
+            return Err((hook, request));
         }
         let pool = self.mirror_to();
-        let Some(route) = pool.route(key) else {
-            return Err((Some(hook), request));
+        let Some(slot) = pool.route(key).and_then(|route| pool.reserve_now(route)) else {
+            return Err((hook, request));
         };
-        // A request handed back by the pool carries the hook put on it.
-        pool.try_submit_replay(route, request, hook)
-            .map_err(|back| (back.mirror, back.bytes))
+        slot.send(request, hook);
+        Ok(())
     }
 
     /// Where a mirrored event's lag starts: now for one event in [`LAG_SAMPLE`], else
@@ -651,7 +650,7 @@ impl Migration {
         key: &[u8],
         request: Bytes,
         protocol: Protocol,
-    ) -> Result<tokio::sync::oneshot::Receiver<crate::proxy::ReplyResult>, BackendError> {
+    ) -> Result<tokio::sync::oneshot::Receiver<crate::upstream::ReplyResult>, BackendError> {
         let pool = self.mirror_to();
         let route = pool.route(key).ok_or(BackendError::Refused)?;
         pool.submit(route.server, route.connection, request, 1, protocol)

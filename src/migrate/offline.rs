@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Migration;
 use crate::config::{Config, MigrateSettings, Migration as MigrationConfig, PoolConfig};
-use crate::proxy::Pool;
+use crate::upstream::Pool;
 
 /// What `cutover migrate` was asked to do.
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ use bytes::BytesMut;
 use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::engine::{Engine, Version};
-use crate::proxy::Pool;
 use crate::resp::encode;
+use crate::upstream::Pool;
 
 /// Pending entries read per XPENDING call.
 const PENDING_CHUNK: usize = 500;

@@ -66,7 +66,7 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
 /// The temporary key on the target server that owns the key being copied.
 struct Target<'a> {
     /// The mirrored pool.
-    pool: &'a crate::proxy::Pool,
+    pool: &'a crate::upstream::Pool,
     /// The server that owns the key.
     server: usize,
     /// The key's connection to it.
@@ -371,7 +371,7 @@ async fn source_value(
     }
 }
 
-fn unavailable(e: crate::proxy::BackendError) -> CopyError {
+fn unavailable(e: crate::upstream::BackendError) -> CopyError {
     CopyError::Unavailable(e.to_string())
 }
 

@@ -21,8 +21,8 @@ use super::lane::LaneEvent;
 use super::shadow::{self, Compare};
 use super::stream;
 use crate::engine::Engine;
-use crate::proxy::Pool;
 use crate::resp::encode;
+use crate::upstream::Pool;
 
 /// Keys compared at once.
 const CONCURRENCY: usize = 64;

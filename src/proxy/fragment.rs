@@ -4,10 +4,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::backend::ReplyResult;
-use super::pool::{Pool, Route};
 use crate::command::{CommandSpec, Split};
 use crate::resp::{ReplyScanner, Request, encode};
+use crate::upstream::{Pool, ReplyResult, Route};
 
 /// One part of a split command: where it goes and its bytes.
 pub struct Part {
@@ -197,7 +196,7 @@ mod tests {
 
     #[test]
     fn failures() {
-        use super::super::backend::BackendError;
+        use crate::upstream::BackendError;
         let p = plan(Split::Sum, vec![]);
         assert_eq!(
             merge(&p, vec![ok(b":1\r\n"), Err(BackendError::TimedOut)]),

@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::pool::Pool;
+use super::Served;
 use crate::command::{self, Access, ArgClass, CommandSpec};
 use crate::resp::{Protocol, Request, encode};
+use crate::upstream::Pool;
 
 /// When the process started (`uptime_in_seconds`).
 fn started() -> Instant {
@@ -33,7 +34,8 @@ pub fn redis_version(pool: &Pool) -> String {
 }
 
 /// `INFO [section ...]`: Redis's sections that apply to a proxy, plus `# Cutover`.
-pub fn info(pool: &Pool, sections: &[String]) -> String {
+pub fn info(served: &Served, sections: &[String]) -> String {
+    let pool = &served.pool;
     let _ = started();
     let all = sections.is_empty()
         || sections
@@ -89,7 +91,10 @@ pub fn info(pool: &Pool, sections: &[String]) -> String {
             pool.name(),
             pool.servers.len(),
             servers.join(","),
-            pool.migration().map_or("none", |m| m.phase().name())
+            served
+                .migration
+                .as_ref()
+                .map_or("none", |m| m.phase().name())
         ),
     );
     out

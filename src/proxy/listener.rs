@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::{mpsc, watch};
 
-use super::pool::Pool;
+use super::Served;
 use super::session;
 use crate::config::Listen;
 use crate::resp::RequestLimits;
@@ -55,7 +55,7 @@ pub fn bind(listen: &Listen, backlog: u32) -> std::io::Result<Bound> {
 /// Accept clients for `pool` until `shutdown` turns true. Each session holds a clone of
 /// `alive`; the proxy knows every session ended when all clones are dropped.
 pub async fn serve(
-    pool: Arc<Pool>,
+    served: Arc<Served>,
     bound: Bound,
     limits: RequestLimits,
     mut shutdown: watch::Receiver<bool>,
@@ -79,13 +79,13 @@ pub async fn serve(
                     .map(|a| a.to_string())
                     .unwrap_or_default();
                 let _ = stream.set_nodelay(true);
-                if pool.config.tcpkeepalive {
+                if served.pool.config.tcpkeepalive {
                     set_keepalive(&stream);
                 }
                 let (rd, wr) = stream.into_split();
-                let (pool, shutdown, alive) = (pool.clone(), shutdown.clone(), alive.clone());
+                let (served, shutdown, alive) = (served.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
-                    session::run(pool, rd, wr, limits, shutdown, peer, local).await;
+                    session::run(served, rd, wr, limits, shutdown, peer, local).await;
                     drop(alive);
                 });
             }
@@ -98,14 +98,14 @@ pub async fn serve(
                     .unwrap_or_default();
                 let peer = local.clone();
                 let (rd, wr) = stream.into_split();
-                let (pool, shutdown, alive) = (pool.clone(), shutdown.clone(), alive.clone());
+                let (served, shutdown, alive) = (served.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
-                    session::run(pool, rd, wr, limits, shutdown, peer, local).await;
+                    session::run(served, rd, wr, limits, shutdown, peer, local).await;
                     drop(alive);
                 });
             }
             Err(error) => {
-                tracing::warn!(pool = pool.name(), %error, "accept failed");
+                tracing::warn!(pool = served.name(), %error, "accept failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
-use super::counters::ErrorKind;
+use super::Served;
 use super::introspection;
-use super::pool::Pool;
 use crate::command::LocalCommand;
 use crate::resp::{Protocol, Request, encode};
+use crate::upstream::{ErrorKind, Pool};
 
 /// Client ids, unique within this process (`CLIENT ID`, `HELLO`).
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
@@ -98,11 +98,12 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 
 /// Answer `command`.
 pub fn answer(
-    pool: &Pool,
+    served: &Served,
     state: &mut ClientState,
     command: LocalCommand,
     request: &Request,
 ) -> Answer {
+    let pool = &served.pool;
     match command {
         LocalCommand::Ping => Answer::fixed(b"+PONG\r\n"),
         LocalCommand::Quit => Answer {
@@ -138,7 +139,7 @@ pub fn answer(
             let mut out = BytesMut::new();
             encode::verbatim(
                 &mut out,
-                &introspection::info(pool, &sections),
+                &introspection::info(served, &sections),
                 state.protocol,
             );
             Answer::reply(out)

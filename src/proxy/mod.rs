@@ -1,13 +1,13 @@
-//! The proxy data path: listeners, client sessions, server pools and their pipelined
-//! connections, splitting of multi-key commands, ejection.
+//! The proxy: listeners and client sessions, nutcracker's replies, splitting of
+//! multi-key commands, the proxy's own commands. Requests go to the upstream pools; a pool
+//! that names a migration target hands its writes to the migration engine's hooks.
+//!
+//! May import: `config`, `hash`, `resp`, `command`, `upstream`, `migrate`.
 
-mod backend;
-mod counters;
 mod fragment;
 mod introspection;
 mod listener;
 mod local;
-mod pool;
 mod session;
 
 use std::sync::Arc;
@@ -15,12 +15,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-pub use backend::{BackendError, ReplyResult};
-pub use counters::{ErrorKind, PoolCounters, ServerCounters};
-pub use pool::{Pool, Route, Server};
-
 use crate::config::Config;
+use crate::migrate::Migration;
 use crate::resp::RequestLimits;
+use crate::upstream::Pool;
 
 /// How long shutdown waits for clients to receive their pending replies.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,10 +40,38 @@ pub enum StartError {
     },
 }
 
+/// A pool clients connect to: its servers and, when it names a migration target, the
+/// migration it is the source of.
+pub struct Served {
+    /// The pool (the migration's source, when there is one).
+    pub pool: Arc<Pool>,
+    /// The migration, started before the listener accepts anyone, so no write reaches the
+    /// source without being mirrored.
+    pub migration: Option<Arc<Migration>>,
+}
+
+impl Served {
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        self.pool.name()
+    }
+
+    /// Bring the Prometheus counters kept as atomics up to date (before a scrape), for
+    /// the pool's servers and its migration's other pools.
+    pub fn publish_metrics(&self) {
+        self.pool.publish_metrics();
+        if let Some(m) = &self.migration {
+            for pool in [&m.target, &m.copy_source, &m.copy_target] {
+                pool.publish_metrics();
+            }
+        }
+    }
+}
+
 /// The running pools of a proxy.
 pub struct Proxy {
     /// Every pool with a listener, in config (name-sorted) order.
-    pub pools: Vec<Arc<Pool>>,
+    pub pools: Vec<Arc<Served>>,
     /// Turns true to begin a graceful shutdown.
     shutdown: watch::Sender<bool>,
     /// Every session holds a clone of its sender; `recv` returns `None` when all ended.
@@ -77,8 +103,7 @@ impl Proxy {
                 .map(ToString::to_string)
                 .unwrap_or_default();
             let pool = Pool::start(pool_config.clone());
-            // The migration is attached before the listener accepts anyone, so no write
-            // reaches the source without being mirrored.
+            let mut migration = None;
             if let Some(target) = config.migration_target(&pool_config) {
                 if pool_config
                     .migration
@@ -90,21 +115,19 @@ impl Proxy {
                         "no migrate.state_file: the backfill's progress and the phase will not survive a restart"
                     );
                 }
-                pool.attach_migration(crate::migrate::Migration::start(
-                    pool.clone(),
-                    &pool_config,
-                    target,
-                ));
+                migration = Some(Migration::start(pool.clone(), &pool_config, target));
             }
+            let served = Arc::new(Served { pool, migration });
+            let pool = &served.pool;
             tracing::info!(pool = pool.name(), %listen, servers = pool.servers.len(), "serving");
             tokio::spawn(listener::serve(
-                pool.clone(),
+                served.clone(),
                 socket,
                 limits,
                 shutdown_rx.clone(),
                 alive_tx.clone(),
             ));
-            pools.push(pool);
+            pools.push(served.clone());
         }
         Ok(Proxy {
             pools,
@@ -126,8 +149,8 @@ impl Proxy {
         }
         // Mirror events of the last writes reach the target, and the state file records
         // a clean stop.
-        for pool in &self.pools {
-            if let Some(migration) = pool.migration() {
+        for served in &self.pools {
+            if let Some(migration) = &served.migration {
                 migration.stop(MIGRATION_STOP_TIMEOUT).await;
             }
         }

@@ -17,16 +17,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use super::backend::{BackendError, BackendRequest, ReplyResult};
-use super::counters::ErrorKind;
-use super::counters::PoolCounters;
+use super::Served;
 use super::fragment::{self, MergeError, MergePlan};
 use super::local::{self, ClientState};
-use super::pool::{Pool, Route};
 use crate::command::{self, Access, ArgClass, CommandClass, CommandSpec, LocalCommand};
 use crate::migrate::mirror::{self, MirrorHook, ShadowRead, WriteEffect};
 use crate::migrate::{Migration, Phase, shadow};
 use crate::resp::{Parsed, Protocol, Request, RequestLimits, RequestParser, encode};
+use crate::upstream::{BackendError, ErrorKind, Pool, PoolCounters, ReplyHook, ReplyResult, Route};
 
 /// Replies a client may have outstanding before the proxy stops reading from it.
 const MAX_PENDING: usize = 1024;
@@ -71,8 +69,8 @@ enum PartState {
 
 /// Session state that outlives one request.
 struct Session {
-    /// The pool this client is connected to.
-    pool: Arc<Pool>,
+    /// The pool this client is connected to, and its migration.
+    served: Arc<Served>,
     /// Replies owed, in request order.
     pending: VecDeque<Pending>,
     /// The client's protocol, name, authentication and other connection state.
@@ -87,7 +85,7 @@ struct Session {
 
 /// Serve one client connection until it closes, QUITs, errs, or the proxy shuts down.
 pub async fn run<R, W>(
-    pool: Arc<Pool>,
+    served: Arc<Served>,
     mut rd: R,
     mut wr: W,
     limits: RequestLimits,
@@ -98,10 +96,10 @@ pub async fn run<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    pool.counters.client_connected();
+    served.pool.counters.client_connected();
     let mut session = Session {
-        state: ClientState::new(&pool, peer, local_addr),
-        pool,
+        state: ClientState::new(&served.pool, peer, local_addr),
+        served,
         pending: VecDeque::new(),
         done_reading: false,
         client_error: false,
@@ -145,7 +143,7 @@ pub async fn run<R, W>(
         tokio::select! {
             biased;
             reply = poll_fn(|cx| match session.pending.front_mut() {
-                Some(front) => poll_reply(&session.pool, front, cx),
+                Some(front) => poll_reply(&session.served.pool, front, cx),
                 None => Poll::Pending,
             }), if !session.pending.is_empty() => {
                 session.pending.pop_front();
@@ -160,7 +158,11 @@ pub async fn run<R, W>(
             _ = &mut shutdown_signal, if !session.done_reading => session.done_reading = true,
         }
     }
-    session.pool.counters.client_closed(session.client_error);
+    session
+        .served
+        .pool
+        .counters
+        .client_closed(session.client_error);
 }
 
 /// Move every ready reply at the front of the queue into `out`, without waiting.
@@ -171,7 +173,7 @@ fn drain_ready(session: &mut Session, out: &mut BytesMut) -> (bool, Option<Bytes
         if matches!(front, Pending::Close) {
             return (true, None);
         }
-        match poll_reply(&session.pool, front, &mut cx) {
+        match poll_reply(&session.served.pool, front, &mut cx) {
             Poll::Ready(reply) => {
                 session.pending.pop_front();
                 if reply.len() >= LARGE_REPLY {
@@ -225,8 +227,8 @@ impl Session {
 
     /// Queue an error reply of the proxy's own.
     fn error(&mut self, kind: ErrorKind, class: CommandClass, text: &str) {
-        self.pool.counters.request(class);
-        self.pool.counters.error(kind);
+        self.served.pool.counters.request(class);
+        self.served.pool.counters.error(kind);
         let mut out = BytesMut::with_capacity(text.len() + 3);
         encode::error(&mut out, text);
         self.pending.push_back(Pending::Ready(out.freeze()));
@@ -273,17 +275,18 @@ impl Session {
             return self.local(local, &request);
         }
         let started = Instant::now();
-        self.pool.counters.request(spec.class_label());
+        self.served.pool.counters.request(spec.class_label());
         // During a migration every request passes the gate (held while authority flips)
         // and goes to the pool that is authoritative once it is through.
         let Session {
-            pool: listen,
+            served,
             pending,
             state,
             sample_state,
             ..
         } = self;
-        let migration = listen.migration();
+        let listen = &served.pool;
+        let migration = served.migration.as_ref();
         let gate = match migration {
             Some(m) if m.phase() != Phase::Finalized => {
                 m.gate.enter().await;
@@ -311,10 +314,10 @@ impl Session {
 
     /// Answer a command the proxy handles itself.
     fn local(&mut self, command: LocalCommand, request: &Request) {
-        self.pool.counters.request(CommandClass::Local);
-        let answer = local::answer(&self.pool, &mut self.state, command, request);
+        self.served.pool.counters.request(CommandClass::Local);
+        let answer = local::answer(&self.served, &mut self.state, command, request);
         if let Some(kind) = answer.error {
-            self.pool.counters.error(kind);
+            self.served.pool.counters.error(kind);
         }
         if !answer.reply.is_empty() {
             self.pending.push_back(Pending::Ready(answer.reply));
@@ -374,7 +377,7 @@ impl Forwarding<'_> {
         route: Route,
         bytes: Bytes,
         started: Instant,
-        mirror: Option<MirrorHook>,
+        mirror: Option<Box<MirrorHook>>,
         class: CommandClass,
     ) {
         let rx = send(pool, self.protocol, route, bytes, started, mirror).await;
@@ -433,7 +436,7 @@ impl Forwarding<'_> {
         migration: &Arc<Migration>,
         spec: &CommandSpec,
         request: &Request,
-    ) -> Option<MirrorHook> {
+    ) -> Option<Box<MirrorHook>> {
         if let Some(need) = migration
             .engines
             .receiver_lacks(migration.direction(), spec, request)
@@ -489,7 +492,7 @@ fn mirror_hook(
     migration: &Arc<Migration>,
     spec: &CommandSpec,
     request: &Request,
-) -> Option<MirrorHook> {
+) -> Option<Box<MirrorHook>> {
     let mut effect = mirror::effect(spec, request)?;
     if let Some(need) = migration
         .engines
@@ -511,29 +514,11 @@ async fn send(
     route: Route,
     bytes: Bytes,
     started: Instant,
-    mirror: Option<MirrorHook>,
+    mirror: Option<Box<MirrorHook>>,
 ) -> oneshot::Receiver<ReplyResult> {
-    let (tx, rx) = oneshot::channel();
-    let server = &pool.servers[route.server];
-    server.counters.queued(bytes.len());
-    let mut request = BackendRequest::new(bytes, tx, pool.timeout().map(|t| started + t));
-    request.mirror = mirror;
-    let connection = server.connection(protocol, route.connection);
-    let request = match connection.try_send(request) {
-        Ok(()) => return rx,
-        Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => request,
-        Err(tokio::sync::mpsc::error::TrySendError::Closed(request)) => {
-            server.counters.unqueued(request.bytes.len());
-            request.fail(BackendError::Refused);
-            return rx;
-        }
-    };
-    // The connection's queue is full: wait for room (this client waits, others go on).
-    if let Err(failed) = connection.send(request).await {
-        server.counters.unqueued(failed.0.bytes.len());
-        failed.0.fail(BackendError::Refused);
-    }
-    rx
+    let deadline = pool.timeout().map(|t| started + t);
+    let hook = mirror.map(|h| h as Box<dyn ReplyHook>);
+    pool.forward(route, protocol, bytes, deadline, hook).await
 }
 
 /// Poll the reply at the front of the queue.

@@ -13,9 +13,9 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::hook::ReplyHook;
 use super::pool::Pool;
 use crate::config::ServerAddr;
-use crate::migrate::mirror::MirrorHook;
 use crate::resp::{Protocol, ReplyScanner, encode};
 
 /// Bytes gathered before a write is issued.
@@ -60,8 +60,8 @@ pub struct BackendRequest {
     /// How many replies the bytes produce (several commands sent as one unit, such as a
     /// copy's MULTI/PTTL/DUMP/EXEC, so nothing interleaves); the last one is returned.
     pub replies: u8,
-    /// The write's mirror hook, during a migration.
-    pub mirror: Option<MirrorHook>,
+    /// Told of the request's outcome (a migration's mirror hook).
+    pub mirror: Option<Box<dyn ReplyHook>>,
 }
 
 impl BackendRequest {
@@ -96,7 +96,7 @@ struct InFlight {
     /// Replies still to read for it (the last is delivered).
     replies_left: u8,
     /// The write's mirror hook, called when its reply is read.
-    mirror: Option<MirrorHook>,
+    mirror: Option<Box<dyn ReplyHook>>,
     /// Request size, for the out-queue gauges.
     bytes: usize,
     /// When it times out.
@@ -270,15 +270,15 @@ where
             wbuf.extend_from_slice(&request.bytes);
             let mut mirror = request.mirror;
             if let Some(hook) = mirror.as_mut() {
-                if hook.takes_seq() {
+                if hook.numbered() {
                     writes_in_flight.fetch_add(1, Relaxed);
                     // Publish a mark no higher than this write's number before taking it,
                     // so the migration's low-water mark never passes a write still in flight.
                     let marks = &s.write_marks[mark];
                     if marks.load(SeqCst) == u64::MAX {
-                        marks.store(hook.migration().seq_now(), SeqCst);
+                        marks.store(hook.counter_now(), SeqCst);
                     }
-                    hook.assign_seq();
+                    hook.assign_number();
                 }
                 hook.sending(request.bytes);
             }
@@ -561,7 +561,7 @@ fn deliver(
         if let Some(hook) = f.mirror {
             // Rule 1: the mirror event is queued the moment the source's reply is read,
             // before the client sees the reply.
-            let seq = hook.takes_seq().then(|| hook.seq());
+            let seq = hook.numbered().then(|| hook.number());
             hook.on_reply(&reply);
             if let Some(seq) = seq {
                 // Writes still in flight here were numbered after this one (numbers are

@@ -11,10 +11,9 @@ use tokio::sync::mpsc;
 
 use super::backend::{self, BackendError, BackendRequest, ReplyResult};
 use super::counters::{PoolCounters, ServerCounters};
+use super::hook::ReplyHook;
 use crate::config::{PoolConfig, ServerAddr};
 use crate::hash::Placement;
-use crate::migrate::Migration;
-use crate::migrate::mirror::MirrorHook;
 use crate::resp::Protocol;
 
 /// Requests that may wait for one backend connection before senders have to wait.
@@ -64,8 +63,6 @@ pub struct Pool {
     next_return_ms: AtomicU64,
     /// Serializes placement rebuilds.
     rebuild: std::sync::Mutex<()>,
-    /// The migration this pool is the source of, once started.
-    migration: std::sync::OnceLock<Arc<Migration>>,
 }
 
 /// Where one key goes: the server and which of its connections.
@@ -127,7 +124,6 @@ impl Pool {
             clock: Instant::now(),
             next_return_ms: AtomicU64::new(u64::MAX),
             rebuild: std::sync::Mutex::new(()),
-            migration: std::sync::OnceLock::new(),
             config,
         });
         for (index, mark, rx, protocol) in receivers {
@@ -233,31 +229,15 @@ impl Pool {
         self.next_return_ms.store(next, Relaxed);
     }
 
-    /// Bring the Prometheus counters kept as atomics up to date (before a scrape), for this
-    /// pool's servers and, when it is a migration's source, the migration's other pools.
+    /// Bring the Prometheus counters kept as atomics up to date (before a scrape).
     pub fn publish_metrics(&self) {
-        let migration_pools = self
-            .migration()
-            .into_iter()
-            .flat_map(|m| [&m.target, &m.copy_source, &m.copy_target].map(|pool| pool.as_ref()));
-        for pool in std::iter::once(self).chain(migration_pools) {
-            for server in &pool.servers {
-                server.counters.publish();
-            }
+        for server in &self.servers {
+            server.counters.publish();
         }
     }
 
-    /// The migration this pool is the source of, if any.
-    pub fn migration(&self) -> Option<&Arc<Migration>> {
-        self.migration.get()
-    }
-
-    /// Make this pool the source of `migration`.
-    pub fn attach_migration(&self, migration: Arc<Migration>) {
-        let _ = self.migration.set(migration);
-    }
-
-    /// The lowest sequence number of a mirrored write in flight on any connection.
+    /// The lowest number of a numbered request (see [`ReplyHook`]) in flight on any
+    /// connection (`u64::MAX`: none).
     pub fn oldest_write_in_flight(&self) -> u64 {
         self.servers
             .iter()
@@ -297,14 +277,14 @@ impl Pool {
             .await
     }
 
-    /// [`Pool::submit`] with a mirror hook riding on the request (a confirming shadow read).
+    /// [`Pool::submit`] with a hook riding on the request, told of its outcome.
     pub async fn submit_hooked(
         &self,
         route: Route,
         protocol: Protocol,
         bytes: Bytes,
         replies: u8,
-        mirror: Option<MirrorHook>,
+        mirror: Option<Box<dyn ReplyHook>>,
     ) -> Result<tokio::sync::oneshot::Receiver<ReplyResult>, BackendError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let s = &self.servers[route.server];
@@ -323,42 +303,82 @@ impl Pool {
         Ok(rx)
     }
 
-    /// Queue `bytes` on `route`'s connection without waiting, with only `hook` to take its
-    /// reply (a replayed write, checked when the target answers). A full or closed queue
-    /// hands the request back.
-    pub fn try_submit_replay(
+    /// Queue a client's request on `route`'s connection speaking `protocol`, with `hook`
+    /// told of its outcome: at once when the queue has room (the common case), else
+    /// waiting for room (this client waits, others go on). A request that cannot be queued
+    /// is answered `Refused` through the receiver.
+    pub async fn forward(
         &self,
         route: Route,
+        protocol: Protocol,
         bytes: Bytes,
-        hook: MirrorHook,
-    ) -> Result<(), BackendRequest> {
-        let s = &self.servers[route.server];
-        s.counters.queued(bytes.len());
-        let request = BackendRequest {
-            bytes,
-            reply: None,
-            deadline: self.timeout().map(|t| tokio::time::Instant::now() + t),
-            replies: 1,
-            mirror: Some(hook),
-        };
-        match s
-            .connection(Protocol::Resp2, route.connection)
-            .try_send(request)
-        {
-            Ok(()) => Ok(()),
-            Err(
-                tokio::sync::mpsc::error::TrySendError::Full(request)
-                | tokio::sync::mpsc::error::TrySendError::Closed(request),
-            ) => {
-                s.counters.unqueued(request.bytes.len());
-                Err(request)
+        deadline: Option<tokio::time::Instant>,
+        hook: Option<Box<dyn ReplyHook>>,
+    ) -> tokio::sync::oneshot::Receiver<ReplyResult> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = &self.servers[route.server];
+        server.counters.queued(bytes.len());
+        let mut request = BackendRequest::new(bytes, tx, deadline);
+        request.mirror = hook;
+        let connection = server.connection(protocol, route.connection);
+        let request = match connection.try_send(request) {
+            Ok(()) => return rx,
+            Err(mpsc::error::TrySendError::Full(request)) => request,
+            Err(mpsc::error::TrySendError::Closed(request)) => {
+                server.counters.unqueued(request.bytes.len());
+                request.fail(BackendError::Refused);
+                return rx;
             }
+        };
+        if let Err(failed) = connection.send(request).await {
+            server.counters.unqueued(failed.0.bytes.len());
+            failed.0.fail(BackendError::Refused);
         }
+        rx
+    }
+
+    /// Room on `route`'s RESP2 connection for one request now, without waiting (`None`
+    /// when its queue is full or closed): a request whose only listener is its hook (a
+    /// replayed write) is sent through it, or not at all.
+    pub fn reserve_now(&self, route: Route) -> Option<ReplaySlot<'_>> {
+        let permit = self.servers[route.server]
+            .connection(Protocol::Resp2, route.connection)
+            .try_reserve()
+            .ok()?;
+        Some(ReplaySlot {
+            pool: self,
+            server: route.server,
+            permit,
+        })
     }
 
     /// The per-request timeout, if the pool has one.
     pub fn timeout(&self) -> Option<Duration> {
         self.config.timeout
+    }
+}
+
+/// Room for one request on a connection, reserved by [`Pool::reserve_now`].
+pub struct ReplaySlot<'a> {
+    /// The pool.
+    pool: &'a Pool,
+    /// The server.
+    server: usize,
+    /// The connection queue's room.
+    permit: mpsc::Permit<'a, BackendRequest>,
+}
+
+impl ReplaySlot<'_> {
+    /// Send `bytes` with only `hook` to take its reply.
+    pub fn send(self, bytes: Bytes, hook: Box<dyn ReplyHook>) {
+        self.pool.servers[self.server].counters.queued(bytes.len());
+        self.permit.send(BackendRequest {
+            bytes,
+            reply: None,
+            deadline: self.pool.timeout().map(|t| tokio::time::Instant::now() + t),
+            replies: 1,
+            mirror: Some(hook),
+        });
     }
 }
 

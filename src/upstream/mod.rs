@@ -1,0 +1,17 @@
+//! Upstream: the server pools both the proxy and the migration engine talk to. A pool's
+//! servers, their pipelined connections (RESP2 and RESP3), routing by nutcracker's
+//! placement, ejection and return of failing servers, and their counters.
+//!
+//! May import: `config`, `hash`, `resp`, `command` (for counter labels). Never `migrate`
+//! or `proxy`: what rides on a request to be told of its outcome (a migration's mirror
+//! hook) is a [`ReplyHook`], defined here and implemented above.
+
+mod backend;
+mod counters;
+mod hook;
+mod pool;
+
+pub use backend::{BackendError, ReplyResult};
+pub use counters::{ErrorKind, PoolCounters, ServerCounters};
+pub use hook::ReplyHook;
+pub use pool::{Pool, ReplaySlot, Route, Server};

@@ -4,6 +4,8 @@
 //!
 //! Names are matched case-insensitively. Anything not here is refused with a clear
 //! `-ERR unsupported command` (nutcracker closes the connection instead).
+//!
+//! May import: `resp`.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;

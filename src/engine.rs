@@ -4,6 +4,8 @@
 //!
 //! Pure: no I/O. The migration engine asks each server for `INFO server` at start and
 //! keeps an [`Engine`] per side.
+//!
+//! May import: `command`, `resp`.
 
 use std::fmt;
 

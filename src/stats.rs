@@ -1,5 +1,7 @@
 //! nutcracker-compatible stats: the names and descriptions of nutcracker 0.5.0's pool and
 //! server counters, as `-D` prints them and as the stats port's JSON uses them.
+//!
+//! May import: `upstream` (the pools' counters).
 
 /// Pool-level stats: `(name, description)`, in nutcracker's order.
 pub const POOL_STATS: [(&str, &str); 6] = [

@@ -1,5 +1,8 @@
 //! The admin API on `--admin` (default 127.0.0.1:22223): `GET /metrics` (Prometheus text)
 //! and `GET /status` (JSON). The migration controls join it with the migration engine.
+//!
+//! May import: everything below it (`proxy`, `migrate`, `upstream`, ...); nothing
+//! imports it but `main.rs`.
 
 pub mod ctl;
 mod http;

@@ -1,5 +1,7 @@
 //! The configuration: a nutcracker 0.5.0 YAML file, read exactly as nutcracker reads it,
 //! plus cutover's migration keys. Every problem is reported with its line, pool and key.
+//!
+//! May import: `hash` (a pool's placement). Nothing else of the crate.
 
 mod error;
 mod listen;

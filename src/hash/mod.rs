@@ -2,7 +2,9 @@
 //! functions, hash-tag extraction, and the ketama / modula / random continuum.
 //!
 //! Everything here is checked against placements captured from the real nutcracker
-//! (`shared/vectors/twemproxy`) and against a live nutcracker in the integration tests.
+//! (`tests/data/twemproxy`) and against a live nutcracker in the integration tests.
+//!
+//! May import: nothing of the crate (the bottom layer).
 
 mod continuum;
 mod crc;

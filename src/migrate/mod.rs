@@ -3,8 +3,13 @@
 //! of live writes and copies.
 //!
 //! One [`Migration`] serves one source pool (the pool clients use) and its `migrate_to`
-//! target. Writes through the proxy carry a [`MirrorHook`](mirror::MirrorHook); the
-//! backfill scans the source; both feed the lanes, and only lanes write to the target.
+//! target. Writes through the proxy carry a [`MirrorHook`](mirror::MirrorHook) (an
+//! upstream reply hook); the backfill scans the source; both feed the lanes, and only
+//! lanes write to the target. The offline jobs (`cutover migrate`, `cutover verify`) run
+//! the same engine with no client session at all.
+//!
+//! May import: `config`, `hash`, `resp`, `command`, `engine`, `upstream`. Never `proxy`
+//! or `admin`.
 
 mod backfill;
 mod copy;

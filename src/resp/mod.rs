@@ -1,5 +1,7 @@
 //! RESP: our own client request parser (with limits), the backend reply scanner, and a
 //! small encoder for replies the proxy makes itself.
+//!
+//! May import: nothing of the crate (the bottom layer).
 
 pub mod encode;
 mod reply;

@@ -300,3 +300,42 @@ fn dirty_keys_survive_a_dirty_file_that_cannot_be_written() {
         http(proxy.admin_port, "POST", "/cutover").0 == 200
     });
 }
+
+/// The admin API's limits: a body over 64 KiB is refused (413) without being buffered,
+/// a garbled request gets 400, and clients that connect and send nothing do not hold the
+/// API for anyone else.
+#[test]
+fn the_admin_api_keeps_its_limits() {
+    use std::io::{Read, Write};
+    let source = RedisServer::start();
+    let targets = redis_servers(1);
+    let cutover = Proxy::cutover(&migration_config(&source, &targets, ""));
+    let idle: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", cutover.admin_port)).expect("connect"))
+        .collect();
+    assert_eq!(
+        cutover.admin_get("/status").0,
+        200,
+        "served beside idle clients"
+    );
+    let exchange = |bytes: &[u8]| -> String {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", cutover.admin_port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = stream.write_all(bytes);
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    let big = format!(
+        "POST /verify HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n{}",
+        "x".repeat(200_000)
+    );
+    let answer = exchange(big.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = exchange(b"NONSENSE\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    drop(idle);
+}

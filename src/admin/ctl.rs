@@ -2,8 +2,6 @@
 //! a readable summary (a bar for the backfill, the phase, lag, mismatches, what blocks a
 //! cutover); errors say what to do next.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -178,33 +176,33 @@ fn call(options: &CtlOptions, method: &str, path: &str) -> Result<Value, CtlErro
         admin: options.admin.clone(),
         reason,
     };
-    let mut stream = TcpStream::connect(&options.admin).map_err(|e| unreachable(e.to_string()))?;
-    let _ = stream.set_read_timeout(Some(CALL_TIMEOUT));
-    let auth = options
-        .token
-        .as_deref()
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
-        options.admin
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| unreachable(e.to_string()))?;
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .map_err(|e| unreachable(e.to_string()))?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| CtlError::Garbled(text.chars().take(200).collect()))?;
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| CtlError::Garbled(head.chars().take(200).collect()))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(CALL_TIMEOUT))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{}{path}", options.admin);
+    let auth = options.token.as_deref().map(|t| format!("Bearer {t}"));
+    let sent = if method == "POST" {
+        let mut request = agent.post(&url);
+        if let Some(auth) = &auth {
+            request = request.header("Authorization", auth);
+        }
+        request.send_empty()
+    } else {
+        let mut request = agent.get(&url);
+        if let Some(auth) = &auth {
+            request = request.header("Authorization", auth);
+        }
+        request.call()
+    };
+    let mut answer = sent.map_err(|e| unreachable(e.to_string()))?;
+    let status = answer.status().as_u16();
+    let body = answer
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| CtlError::Garbled(e.to_string()))?;
+    let body = body.as_str();
     let json: Value = serde_json::from_str(body).map_err(|e| {
         CtlError::Garbled(format!(
             "{e}: {}",

@@ -1,17 +1,26 @@
-//! A minimal HTTP/1.1 server for the admin API: one request per connection, bounded
-//! sizes, `Connection: close`. The admin API is a handful of small endpoints; a full
-//! HTTP stack would add far more than it serves.
+//! The admin API's HTTP transport, on hyper (HTTP/1.1) with an axum router: bounded
+//! header and body sizes, and a time limit for a client to send its request, so a stuck
+//! or hostile local client cannot hold the admin API. [`Admin::handle`](super::Admin)
+//! sees a plain [`HttpRequest`] and answers an [`HttpResponse`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use super::Admin;
 
 /// Largest request head (request line and headers).
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
-/// How long a client has to send its request.
+/// How long a client has to send its request head, and then its body.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A parsed admin request.
@@ -67,82 +76,60 @@ impl HttpResponse {
     }
 }
 
-/// Read one request from `stream`; `Err` holds the response to send instead.
-pub async fn read_request(stream: &mut TcpStream) -> Result<HttpRequest, HttpResponse> {
-    let bad = |text: &str| HttpResponse::error(400, text);
-    let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(bad("request head too large"));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = match tokio::time::timeout(READ_TIMEOUT, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return Err(bad("incomplete request")),
-        };
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
-    let method = first.next().unwrap_or_default().to_string();
-    let target = first.next().unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut content_length = 0usize;
-    let mut authorization = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
+/// Serve `admin` on `listener` until the task is dropped: one hyper HTTP/1.1 connection
+/// task per client.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let app = Router::new().fallback(handle).with_state(admin);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = value.parse().map_err(|_| bad("bad Content-Length"))?;
-        } else if name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(value.to_string());
-        }
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // One request per connection, as scrapers and `cutover ctl` expect.
+            http.timer(TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .keep_alive(false);
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+        });
     }
-    if content_length > MAX_BODY {
-        return Err(bad("body too large"));
-    }
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < content_length {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(READ_TIMEOUT, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => body.extend_from_slice(&chunk[..n]),
-            _ => return Err(bad("incomplete body")),
-        }
-    }
-    body.truncate(content_length);
-    Ok(HttpRequest {
-        method,
-        path: path.to_string(),
-        query: query.to_string(),
-        authorization,
-        body,
-    })
 }
 
-/// Write `response` and close.
-pub async fn write_response(stream: &mut TcpStream, response: &HttpResponse) {
-    let reason = match response.status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        _ => "Error",
+/// Turn an HTTP request into an [`HttpRequest`] (the body read within the limits), let
+/// the admin answer it, and turn the answer into an HTTP response.
+async fn handle(State(admin): State<Arc<Admin>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
+        Ok(Ok(body)) => body.to_vec(),
+        Ok(Err(_)) => return to_http(HttpResponse::error(413, "body too large")),
+        Err(_) => return to_http(HttpResponse::error(408, "the body did not arrive in time")),
     };
-    let head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        response.content_type,
-        response.body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(&response.body).await;
-    let _ = stream.shutdown().await;
+    let request = HttpRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        authorization: parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body,
+    };
+    to_http(admin.handle(&request).await)
+}
+
+/// An [`HttpResponse`] as an HTTP response.
+fn to_http(response: HttpResponse) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = HeaderValue::from_static(response.content_type);
+    (
+        status,
+        [(header::CONTENT_TYPE, content_type)],
+        response.body,
+    )
+        .into_response()
 }

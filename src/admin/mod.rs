@@ -317,18 +317,5 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
             }
         });
     }
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let response = match http::read_request(&mut stream).await {
-                Ok(request) => admin.handle(&request).await,
-                Err(response) => response,
-            };
-            http::write_response(&mut stream, &response).await;
-        });
-    }
+    http::serve(listener, admin).await;
 }

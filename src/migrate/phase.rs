@@ -65,13 +65,28 @@ pub struct Gate {
     opened: Notify,
 }
 
+/// A request inside the gate; dropping it leaves.
+#[must_use = "the request leaves the gate when the pass is dropped"]
+pub struct GatePass<'a> {
+    /// The gate passed.
+    gate: &'a Gate,
+}
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        self.gate.inside.fetch_sub(1, SeqCst);
+    }
+}
+
 impl Gate {
-    /// Enter, waiting while the gate is closed. Pair with [`Gate::leave`].
-    pub async fn enter(&self) {
+    /// Enter, waiting while the gate is closed. The request is inside until the pass is
+    /// dropped: when it is queued on its connection, or when its client goes away first
+    /// (so a request that leaves early can never keep a flip waiting).
+    pub async fn enter(&self) -> GatePass<'_> {
         loop {
             self.inside.fetch_add(1, SeqCst);
             if !self.holding.load(SeqCst) {
-                return;
+                return GatePass { gate: self };
             }
             self.inside.fetch_sub(1, SeqCst);
             let opened = self.opened.notified();
@@ -83,10 +98,6 @@ impl Gate {
         }
     }
 
-    /// Leave: the request is queued on its connection.
-    pub fn leave(&self) {
-        self.inside.fetch_sub(1, SeqCst);
-    }
 
     /// Close the gate: requests arriving from now on wait.
     pub fn close(&self) {
@@ -128,9 +139,8 @@ mod tests {
         let task = {
             let (gate, passed) = (gate.clone(), passed.clone());
             tokio::spawn(async move {
-                gate.enter().await;
+                let _pass = gate.enter().await;
                 passed.store(true, SeqCst);
-                gate.leave();
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -140,5 +150,24 @@ mod tests {
         task.await.expect("task");
         assert!(passed.load(SeqCst));
         assert!(gate.empty());
+    }
+
+    /// A request that leaves early (its client gone, its future dropped) while inside the
+    /// gate leaves the gate: a flip never waits for it.
+    #[tokio::test]
+    async fn a_request_dropped_inside_the_gate_leaves_it() {
+        let gate = Arc::new(Gate::default());
+        let inside = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _pass = gate.enter().await;
+                std::future::pending::<()>().await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!gate.empty(), "the request is inside");
+        inside.abort();
+        let _ = inside.await;
+        assert!(gate.empty(), "dropped, it left");
     }
 }

@@ -287,15 +287,14 @@ impl Session {
         } = self;
         let listen = &served.pool;
         let migration = served.migration.as_ref();
-        let gate = match migration {
-            Some(m) if m.phase() != Phase::Finalized => {
-                m.gate.enter().await;
-                Some(m)
-            }
-            _ => None,
+        // Inside the gate until `_pass` drops: after the request is queued, or when this
+        // future is dropped first.
+        let (gated, _pass) = match migration {
+            Some(m) if m.phase() != Phase::Finalized => (Some(m), Some(m.gate.enter().await)),
+            _ => (None, None),
         };
         let pool: &Pool = migration.map_or(listen, |m| m.authority());
-        let live = gate.filter(|m| m.phase() != Phase::Finalized);
+        let live = gated.filter(|m| m.phase() != Phase::Finalized);
         let mut out = Forwarding {
             pending,
             protocol: state.protocol,
@@ -306,9 +305,6 @@ impl Session {
             out.split(pool, live, spec, &request, started).await;
         } else {
             out.one(pool, live, spec, request, started).await;
-        }
-        if let Some(m) = gate {
-            m.gate.leave();
         }
     }
 

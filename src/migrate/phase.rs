@@ -98,7 +98,6 @@ impl Gate {
         }
     }
 
-
     /// Close the gate: requests arriving from now on wait.
     pub fn close(&self) {
         self.holding.store(true, SeqCst);

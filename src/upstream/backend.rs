@@ -137,11 +137,13 @@ pub async fn run(
             Ok(Stream::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let (rd, wr) = stream.into_split();
-                serve(&pool, server, mark, protocol, rd, wr, first.take(), &mut rx).await
+                let conn = Connection::new(&pool, server, mark);
+                serve(conn, protocol, (rd, wr), first.take(), &mut rx).await
             }
             Ok(Stream::Unix(stream)) => {
                 let (rd, wr) = stream.into_split();
-                serve(&pool, server, mark, protocol, rd, wr, first.take(), &mut rx).await
+                let conn = Connection::new(&pool, server, mark);
+                serve(conn, protocol, (rd, wr), first.take(), &mut rx).await
             }
             Err(error) => {
                 s.counters.server_err.fetch_add(1, Relaxed);
@@ -204,15 +206,254 @@ fn is_failure_reply(reply: &[u8]) -> bool {
     reply.starts_with(b"-OOM") || reply.starts_with(b"-BUSY") || reply.starts_with(b"-LOADING")
 }
 
-/// Serve one open connection until it fails or the pool shuts down.
-#[allow(clippy::too_many_arguments)]
-async fn serve<R, W>(
-    pool: &Pool,
+/// One open connection to a server: the requests in flight on it (in the order they were
+/// written, which is the order their replies come back), its buffers, and what it
+/// publishes for the migration's low-water mark.
+struct Connection<'a> {
+    /// The pool.
+    pool: &'a Pool,
+    /// The server's index.
     server: usize,
+    /// This connection's slot in the server's `write_marks`.
     mark: usize,
+    /// Requests written (or about to be), oldest first.
+    inflight: VecDeque<InFlight>,
+    /// Bytes to write.
+    wbuf: BytesMut,
+    /// Bytes read and not yet delivered.
+    rbuf: BytesMut,
+    /// Finds where each reply ends.
+    scanner: ReplyScanner,
+    /// Numbered requests (see [`ReplyHook`]) in flight.
+    numbered_in_flight: usize,
+}
+
+impl<'a> Connection<'a> {
+    /// A fresh connection of `pool`'s `server`, publishing in `write_marks[mark]`.
+    fn new(pool: &'a Pool, server: usize, mark: usize) -> Connection<'a> {
+        pool.servers[server].counters.connection(1);
+        Connection {
+            pool,
+            server,
+            mark,
+            inflight: VecDeque::new(),
+            wbuf: BytesMut::with_capacity(WRITE_BATCH),
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            scanner: ReplyScanner::default(),
+            numbered_in_flight: 0,
+        }
+    }
+
+    /// The server this connection talks to.
+    fn server(&self) -> &'a super::pool::Server {
+        &self.pool.servers[self.server]
+    }
+
+    /// The connection's own setup, ahead of any request: HELLO 3 (with AUTH) or AUTH,
+    /// then SELECT, then INFO once per server to learn its version. Setup commands time
+    /// out like requests: a server that never answers them must not hold the requests
+    /// queued behind them past their timeout.
+    fn setup(&mut self, protocol: Protocol) {
+        let deadline = self.pool.timeout().map(|t| Instant::now() + t);
+        let config = &self.pool.config;
+        match (protocol, config.redis_auth.as_deref()) {
+            (Protocol::Resp3, Some(pw)) => self.queue_setup(
+                "HELLO",
+                &[b"HELLO", b"3", b"AUTH", b"default", pw.as_bytes()],
+                deadline,
+            ),
+            (Protocol::Resp3, None) => self.queue_setup("HELLO", &[b"HELLO", b"3"], deadline),
+            (Protocol::Resp2, Some(pw)) => {
+                self.queue_setup("AUTH", &[b"AUTH", pw.as_bytes()], deadline);
+            }
+            (Protocol::Resp2, None) => {}
+        }
+        if config.redis_db > 0 {
+            let db = config.redis_db.to_string();
+            self.queue_setup("SELECT", &[b"SELECT", db.as_bytes()], deadline);
+        }
+        if self.server().redis_version().is_none() {
+            self.queue_setup("INFO", &[b"INFO", b"server"], deadline);
+        }
+    }
+
+    /// Queue one setup command, whose reply is read and dropped.
+    fn queue_setup(&mut self, command: &'static str, args: &[&[u8]], deadline: Option<Instant>) {
+        encode::command(&mut self.wbuf, args);
+        self.inflight.push_back(InFlight {
+            reply: None,
+            replies_left: 1,
+            mirror: None,
+            bytes: 0,
+            deadline,
+            setup: Some(command),
+        });
+    }
+
+    /// Move a request into the write buffer and return its size; the caller counts it (a
+    /// drained batch is counted at once). A numbered request takes its number here, as it
+    /// goes on the wire.
+    fn enqueue(&mut self, request: BackendRequest) -> usize {
+        let bytes = request.bytes.len();
+        self.wbuf.extend_from_slice(&request.bytes);
+        let mut mirror = request.mirror;
+        if let Some(hook) = mirror.as_mut() {
+            if hook.numbered() {
+                self.numbered_in_flight += 1;
+                // Publish a mark no higher than this request's number before taking it, so
+                // the migration's low-water mark never passes a write still in flight.
+                let marks = &self.server().write_marks[self.mark];
+                if marks.load(SeqCst) == u64::MAX {
+                    marks.store(hook.counter_now(), SeqCst);
+                }
+                hook.assign_number();
+            }
+            hook.sending(request.bytes);
+        }
+        self.inflight.push_back(InFlight {
+            reply: request.reply,
+            replies_left: request.replies.max(1),
+            mirror,
+            bytes,
+            deadline: request.deadline,
+            setup: None,
+        });
+        bytes
+    }
+
+    /// Take every request already waiting (up to a write batch) into the write buffer;
+    /// `senders_gone` turns true when no sender is left.
+    fn drain(&mut self, rx: &mut mpsc::Receiver<BackendRequest>, senders_gone: &mut bool) {
+        let (mut count, mut bytes) = (0, 0);
+        while self.wbuf.len() < WRITE_BATCH && !*senders_gone {
+            match rx.try_recv() {
+                Ok(request) => {
+                    bytes += self.enqueue(request);
+                    count += 1;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => *senders_gone = true,
+            }
+        }
+        self.server().counters.written(count, bytes);
+    }
+
+    /// Hand every complete reply in the read buffer to its request. A `-OOM`/`-BUSY`/
+    /// `-LOADING` reply counts as a server failure (toward ejection) but, unlike
+    /// nutcracker, is passed to the client as it is and does not close the connection.
+    fn deliver(&mut self) -> Result<(), BackendError> {
+        let (pool, server) = (self.pool, self.server);
+        let s = self.server();
+        let mut failure = false;
+        let mut answered = false;
+        let mut tally = Answered {
+            counters: &s.counters,
+            count: 0,
+            request_bytes: 0,
+            reply_bytes: 0,
+        };
+        loop {
+            if let Some(front) = self.inflight.front_mut()
+                && front.replies_left > 1
+            {
+                // An earlier reply of a multi-reply request (MULTI ... EXEC): read and drop it.
+                match self.scanner.scan(&self.rbuf) {
+                    Ok(Some(len)) => {
+                        let _ = self.rbuf.split_to(len);
+                        front.replies_left -= 1;
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(_) => return Err(BackendError::BadReply),
+                }
+            }
+            let len = match self.scanner.scan(&self.rbuf) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(pool = pool.name(), server = %s.name, %error, "backend sent a malformed reply");
+                    s.counters.server_err.fetch_add(1, Relaxed);
+                    return Err(BackendError::BadReply);
+                }
+            };
+            let reply = self.rbuf.split_to(len).freeze();
+            let Some(f) = self.inflight.pop_front() else {
+                tracing::warn!(pool = pool.name(), server = %s.name, "backend sent a reply nobody asked for");
+                return Err(BackendError::BadReply);
+            };
+            if let Some(command) = f.setup {
+                if command == "INFO" {
+                    learn_version(s, &reply);
+                } else if reply.first() == Some(&b'-') {
+                    tracing::warn!(pool = pool.name(), server = %s.name, command, reply = %String::from_utf8_lossy(&reply).trim_end(), "backend refused connection setup");
+                }
+                continue;
+            }
+            tally.count += 1;
+            tally.request_bytes += f.bytes;
+            tally.reply_bytes += len;
+            if let Some(hook) = f.mirror {
+                // Rule 1: the mirror event is queued the moment the source's reply is read,
+                // before the client sees the reply.
+                let number = hook.numbered().then(|| hook.number());
+                hook.on_reply(&reply);
+                if let Some(number) = number {
+                    // Numbered requests still in flight here were numbered after this one
+                    // (numbers are taken in send order and replies come back in that
+                    // order): `number + 1` bounds them.
+                    self.numbered_in_flight -= 1;
+                    let mark = if self.numbered_in_flight == 0 {
+                        u64::MAX
+                    } else {
+                        number + 1
+                    };
+                    s.write_marks[self.mark].store(mark, SeqCst);
+                }
+            }
+            if is_failure_reply(&reply) {
+                failure = true;
+                pool.server_failed(server);
+            } else {
+                answered = true;
+            }
+            if let Some(tx) = f.reply {
+                let _ = tx.send(Ok(reply));
+            }
+        }
+        if answered && !failure {
+            pool.server_ok(server);
+        }
+        Ok(())
+    }
+
+    /// The connection ended with `error`: every request still in flight gets it (a
+    /// hooked one is told its outcome is unknown, rule 4).
+    fn fail_in_flight(&mut self, error: BackendError) {
+        let s = self.server();
+        for f in self.inflight.drain(..) {
+            if let Some(hook) = f.mirror {
+                // Sent, outcome unknown: the lanes copy what it may have written (rule 4).
+                hook.on_unknown();
+            }
+            if f.setup.is_none() {
+                s.counters.finished(1, f.bytes, None);
+            }
+            if let Some(reply) = f.reply {
+                let _ = reply.send(Err(error));
+            }
+        }
+        self.numbered_in_flight = 0;
+        s.write_marks[self.mark].store(u64::MAX, SeqCst);
+        s.counters.connection(-1);
+    }
+}
+
+/// Serve one open connection until it fails or the pool shuts down: write what clients
+/// queued (in batches), read and deliver replies, time out the oldest request.
+async fn serve<R, W>(
+    mut conn: Connection<'_>,
     protocol: Protocol,
-    mut rd: R,
-    mut wr: W,
+    (mut rd, mut wr): (R, W),
     first: Option<BackendRequest>,
     rx: &mut mpsc::Receiver<BackendRequest>,
 ) -> End
@@ -220,131 +461,44 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let s = &pool.servers[server];
-    s.counters.connection(1);
-    let mut inflight: VecDeque<InFlight> = VecDeque::new();
-    let mut wbuf = BytesMut::with_capacity(WRITE_BATCH);
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut scanner = ReplyScanner::default();
-
-    // The connection's own setup, ahead of any request: HELLO 3 (with AUTH) or AUTH, then
-    // SELECT, then INFO once per server to learn its version.
-    // Setup commands time out like requests: a server that never answers them must not
-    // hold the requests queued behind them past their timeout.
-    let setup_deadline = pool.timeout().map(|t| Instant::now() + t);
-    let mut setup = |command: &'static str, args: &[&[u8]], wbuf: &mut BytesMut| {
-        encode::command(wbuf, args);
-        inflight.push_back(InFlight {
-            reply: None,
-            replies_left: 1,
-            mirror: None,
-            bytes: 0,
-            deadline: setup_deadline,
-            setup: Some(command),
-        });
-    };
-    let db = pool.config.redis_db.to_string();
-    match (protocol, pool.config.redis_auth.as_deref()) {
-        (Protocol::Resp3, Some(pw)) => setup(
-            "HELLO",
-            &[b"HELLO", b"3", b"AUTH", b"default", pw.as_bytes()],
-            &mut wbuf,
-        ),
-        (Protocol::Resp3, None) => setup("HELLO", &[b"HELLO", b"3"], &mut wbuf),
-        (Protocol::Resp2, Some(pw)) => setup("AUTH", &[b"AUTH", pw.as_bytes()], &mut wbuf),
-        (Protocol::Resp2, None) => {}
-    }
-    if pool.config.redis_db > 0 {
-        setup("SELECT", &[b"SELECT", db.as_bytes()], &mut wbuf);
-    }
-    if s.redis_version().is_none() {
-        setup("INFO", &[b"INFO", b"server"], &mut wbuf);
-    }
-    // Mirrored writes in flight on this connection (for the low-water mark).
-    let writes_in_flight = std::sync::atomic::AtomicUsize::new(0);
-    // Moves a request into the write buffer and returns its size; the caller counts it
-    // (a drained batch is counted at once).
-    let enqueue =
-        |request: BackendRequest, wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>| {
-            let bytes = request.bytes.len();
-            wbuf.extend_from_slice(&request.bytes);
-            let mut mirror = request.mirror;
-            if let Some(hook) = mirror.as_mut() {
-                if hook.numbered() {
-                    writes_in_flight.fetch_add(1, Relaxed);
-                    // Publish a mark no higher than this write's number before taking it,
-                    // so the migration's low-water mark never passes a write still in flight.
-                    let marks = &s.write_marks[mark];
-                    if marks.load(SeqCst) == u64::MAX {
-                        marks.store(hook.counter_now(), SeqCst);
-                    }
-                    hook.assign_number();
-                }
-                hook.sending(request.bytes);
-            }
-            inflight.push_back(InFlight {
-                reply: request.reply,
-                replies_left: request.replies.max(1),
-                mirror,
-                bytes,
-                deadline: request.deadline,
-                setup: None,
-            });
-            bytes
-        };
+    let s = conn.server();
+    conn.setup(protocol);
     if let Some(request) = first {
-        let bytes = enqueue(request, &mut wbuf, &mut inflight);
+        let bytes = conn.enqueue(request);
         s.counters.written(1, bytes);
     }
-
     let mut senders_gone = false;
     let timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(timer);
     let mut timer_at: Option<Instant> = None;
-
     // Whether the task already stepped aside once since its last write.
     let mut yielded = false;
     let end = loop {
-        let mut drain =
-            |wbuf: &mut BytesMut, inflight: &mut VecDeque<InFlight>, senders_gone: &mut bool| {
-                let (mut count, mut bytes) = (0, 0);
-                while wbuf.len() < WRITE_BATCH && !*senders_gone {
-                    match rx.try_recv() {
-                        Ok(request) => {
-                            bytes += enqueue(request, wbuf, inflight);
-                            count += 1;
-                        }
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => *senders_gone = true,
-                    }
-                }
-                s.counters.written(count, bytes);
-            };
-        drain(&mut wbuf, &mut inflight, &mut senders_gone);
-        if !wbuf.is_empty() && !yielded && wbuf.len() < WRITE_BATCH {
+        conn.drain(rx, &mut senders_gone);
+        if !conn.wbuf.is_empty() && !yielded && conn.wbuf.len() < WRITE_BATCH {
             // Step aside once before writing, so client sessions that are already runnable
             // can add their requests to this write: one write (one packet, one wakeup of
             // the server) for many clients, as nutcracker's event loop does.
             yielded = true;
             tokio::task::yield_now().await;
-            drain(&mut wbuf, &mut inflight, &mut senders_gone);
+            conn.drain(rx, &mut senders_gone);
         }
-        if senders_gone && inflight.is_empty() && wbuf.is_empty() {
+        if senders_gone && conn.inflight.is_empty() && conn.wbuf.is_empty() {
             break End::Shutdown;
         }
-        let deadline = inflight.front().and_then(|f| f.deadline);
+        let deadline = conn.inflight.front().and_then(|f| f.deadline);
         if deadline != timer_at {
             if let Some(at) = deadline {
                 timer.as_mut().reset(at);
             }
             timer_at = deadline;
         }
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
+        if conn.rbuf.capacity() - conn.rbuf.len() < READ_CHUNK / 4 {
+            conn.rbuf.reserve(READ_CHUNK);
         }
         tokio::select! {
             biased;
-            read = rd.read_buf(&mut rbuf) => {
+            read = rd.read_buf(&mut conn.rbuf) => {
                 match read {
                     Ok(0) => {
                         s.counters.server_eof.fetch_add(1, Relaxed);
@@ -356,20 +510,20 @@ where
                         break End::Failed(BackendError::Reset);
                     }
                 }
-                if let Err(error) = deliver(pool, server, mark, &writes_in_flight, &mut rbuf, &mut scanner, &mut inflight) {
+                if let Err(error) = conn.deliver() {
                     break End::Failed(error);
                 }
             }
-            written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
+            written = wr.write_buf(&mut conn.wbuf), if !conn.wbuf.is_empty() => {
                 yielded = false;
                 if written.is_err() {
                     s.counters.server_err.fetch_add(1, Relaxed);
                     break End::Failed(BackendError::Reset);
                 }
             }
-            request = rx.recv(), if wbuf.is_empty() && !senders_gone => match request {
+            request = rx.recv(), if conn.wbuf.is_empty() && !senders_gone => match request {
                 Some(request) => {
-                    let bytes = enqueue(request, &mut wbuf, &mut inflight);
+                    let bytes = conn.enqueue(request);
                     s.counters.written(1, bytes);
                 }
                 None => senders_gone = true,
@@ -381,37 +535,21 @@ where
             }
         }
     };
-
-    if let End::Failed(error) = end {
-        if error != BackendError::TimedOut {
-            s.counters.errors_metric.increment(1);
-        }
-        tracing::debug!(pool = pool.name(), server = %s.name, %error, inflight = inflight.len(), "backend connection closed");
-    }
-    // Every request still in flight gets the connection's error.
     let error = match end {
-        End::Failed(e) => e,
+        End::Failed(error) => {
+            if error != BackendError::TimedOut {
+                s.counters.errors_metric.increment(1);
+            }
+            tracing::debug!(pool = conn.pool.name(), server = %s.name, %error, inflight = conn.inflight.len(), "backend connection closed");
+            error
+        }
         End::Shutdown => BackendError::Reset,
     };
-    for f in inflight.drain(..) {
-        if let Some(hook) = f.mirror {
-            // Sent, outcome unknown: the lanes copy what it may have written (rule 4).
-            hook.on_unknown();
-        }
-        if f.setup.is_none() {
-            s.counters.finished(1, f.bytes, None);
-        }
-        if let Some(reply) = f.reply {
-            let _ = reply.send(Err(error));
-        }
-    }
-    writes_in_flight.store(0, Relaxed);
-    s.write_marks[mark].store(u64::MAX, SeqCst);
-    s.counters.connection(-1);
+    conn.fail_in_flight(error);
     end
 }
 
-/// Replies read by one [`deliver`] call, counted into the server's counters once, when it
+/// Replies read by one [`Connection::deliver`] call, counted into the server's counters once, when it
 /// returns (whichever way).
 struct Answered<'a> {
     /// Where they are counted.
@@ -494,95 +632,4 @@ fn learn_version(server: &super::pool::Server, reply: &[u8]) {
     {
         *slot = Some(version.to_string());
     }
-}
-
-/// Hand every complete reply in `rbuf` to its request. A `-OOM`/`-BUSY`/`-LOADING`
-/// reply counts as a server failure (toward ejection) but, unlike nutcracker, is passed
-/// to the client as it is and does not close the connection.
-#[allow(clippy::too_many_arguments)]
-fn deliver(
-    pool: &Pool,
-    server: usize,
-    mark: usize,
-    writes_in_flight: &std::sync::atomic::AtomicUsize,
-    rbuf: &mut BytesMut,
-    scanner: &mut ReplyScanner,
-    inflight: &mut VecDeque<InFlight>,
-) -> Result<(), BackendError> {
-    let s = &pool.servers[server];
-    let mut failure = false;
-    let mut answered = false;
-    let mut tally = Answered {
-        counters: &s.counters,
-        count: 0,
-        request_bytes: 0,
-        reply_bytes: 0,
-    };
-    loop {
-        if let Some(front) = inflight.front_mut()
-            && front.replies_left > 1
-        {
-            // An earlier reply of a multi-reply request (MULTI ... EXEC): read and drop it.
-            match scanner.scan(rbuf) {
-                Ok(Some(len)) => {
-                    let _ = rbuf.split_to(len);
-                    front.replies_left -= 1;
-                    continue;
-                }
-                Ok(None) => break,
-                Err(_) => return Err(BackendError::BadReply),
-            }
-        }
-        let len = match scanner.scan(rbuf) {
-            Ok(Some(len)) => len,
-            Ok(None) => break,
-            Err(error) => {
-                tracing::warn!(pool = pool.name(), server = %s.name, %error, "backend sent a malformed reply");
-                s.counters.server_err.fetch_add(1, Relaxed);
-                return Err(BackendError::BadReply);
-            }
-        };
-        let reply = rbuf.split_to(len).freeze();
-        let Some(f) = inflight.pop_front() else {
-            tracing::warn!(pool = pool.name(), server = %s.name, "backend sent a reply nobody asked for");
-            return Err(BackendError::BadReply);
-        };
-        if let Some(command) = f.setup {
-            if command == "INFO" {
-                learn_version(s, &reply);
-            } else if reply.first() == Some(&b'-') {
-                tracing::warn!(pool = pool.name(), server = %s.name, command, reply = %String::from_utf8_lossy(&reply).trim_end(), "backend refused connection setup");
-            }
-            continue;
-        }
-        tally.count += 1;
-        tally.request_bytes += f.bytes;
-        tally.reply_bytes += len;
-        if let Some(hook) = f.mirror {
-            // Rule 1: the mirror event is queued the moment the source's reply is read,
-            // before the client sees the reply.
-            let seq = hook.numbered().then(|| hook.number());
-            hook.on_reply(&reply);
-            if let Some(seq) = seq {
-                // Writes still in flight here were numbered after this one (numbers are
-                // taken in send order and replies come back in that order): `seq + 1`
-                // bounds them.
-                let left = writes_in_flight.fetch_sub(1, Relaxed) - 1;
-                s.write_marks[mark].store(if left == 0 { u64::MAX } else { seq + 1 }, SeqCst);
-            }
-        }
-        if is_failure_reply(&reply) {
-            failure = true;
-            pool.server_failed(server);
-        } else {
-            answered = true;
-        }
-        if let Some(tx) = f.reply {
-            let _ = tx.send(Ok(reply));
-        }
-    }
-    if answered && !failure {
-        pool.server_ok(server);
-    }
-    Ok(())
 }

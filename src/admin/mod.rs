@@ -93,10 +93,10 @@ impl Admin {
             },
             ("GET", "/status") => HttpResponse::json(200, &self.status()),
             ("POST", "/backfill/pause") => {
-                self.each_migration(&request.query, |m| m.set_paused(true))
+                self.each_migration(&request.query, |m| m.backfill.set_paused(true))
             }
             ("POST", "/backfill/resume") => {
-                self.each_migration(&request.query, |m| m.set_paused(false))
+                self.each_migration(&request.query, |m| m.backfill.set_paused(false))
             }
             ("POST", "/backfill/rate") => {
                 let keys = query_number(&request.query, "keys_per_second");
@@ -112,7 +112,7 @@ impl Admin {
                         m.set_rate_limit(k);
                     }
                     if let Some(b) = bytes {
-                        m.set_byte_limit(b);
+                        m.backfill.set_byte_limit(b);
                     }
                 })
             }

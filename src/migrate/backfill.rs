@@ -5,12 +5,13 @@
 //! (rule 8). A resumed backfill does not: keys copied before the restart were never seen by
 //! these lanes, which therefore do not know which of them have TTLs.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;
+use tokio::sync::{Semaphore, watch};
 
 use super::CopyReason;
 use super::Migration;
@@ -18,6 +19,109 @@ use super::lag::LagStart;
 use super::lane::LaneEvent;
 use crate::resp::encode;
 use crate::upstream::Pool;
+
+/// The backfill's controls and progress: pause, the rate limits (changeable at run time),
+/// the bound on copies in flight, whether it is done, and how fast it scans.
+pub struct BackfillControl {
+    /// True while the backfill is paused.
+    paused: watch::Sender<bool>,
+    /// Limit in keys per second (0: unlimited).
+    rate_limit: AtomicU64,
+    /// Limit in payload bytes per second (0: unlimited).
+    byte_limit: AtomicU64,
+    /// Bounds the copies in flight at once (`copies_in_flight`).
+    pub copy_slots: Semaphore,
+    /// Set when every source server has been scanned.
+    pub done: AtomicBool,
+    /// Set when this process's backfill scanned every source server from its start: every
+    /// key then passed through these lanes, which know which keys have TTLs and may drop
+    /// the rest of their known-copied sets (rule 8), now and at a flip.
+    pub lanes_know_every_key: AtomicBool,
+    /// Keys on the source servers when the backfill started (DBSIZE), for progress.
+    pub total_keys: AtomicU64,
+    /// The recent scan rate: when it was last sampled, keys scanned then, and the
+    /// smoothed rate in keys per second.
+    scan_rate: Mutex<(std::time::Instant, u64, f64)>,
+}
+
+impl BackfillControl {
+    /// Controls from the `migrate:` settings; `scanned` keys were scanned before a restart.
+    pub fn new(settings: &crate::config::MigrateSettings, scanned: u64) -> BackfillControl {
+        BackfillControl {
+            paused: watch::channel(false).0,
+            rate_limit: AtomicU64::new(settings.backfill_keys_per_second),
+            byte_limit: AtomicU64::new(settings.backfill_bytes_per_second),
+            copy_slots: Semaphore::new(settings.copies_in_flight.max(1) as usize),
+            done: AtomicBool::new(false),
+            lanes_know_every_key: AtomicBool::new(false),
+            total_keys: AtomicU64::new(0),
+            scan_rate: Mutex::new((std::time::Instant::now(), scanned, 0.0)),
+        }
+    }
+
+    /// Pause or resume.
+    pub fn set_paused(&self, paused: bool) {
+        let _ = self.paused.send(paused);
+    }
+
+    /// Whether it is paused now.
+    pub fn paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// The keys-per-second limit (0: unlimited).
+    pub fn rate_limit(&self) -> u64 {
+        self.rate_limit.load(Relaxed)
+    }
+
+    /// Change the keys-per-second limit.
+    pub fn set_rate_limit(&self, keys_per_second: u64) {
+        self.rate_limit.store(keys_per_second, Relaxed);
+    }
+
+    /// The bytes-per-second limit (0: unlimited).
+    pub fn byte_limit(&self) -> u64 {
+        self.byte_limit.load(Relaxed)
+    }
+
+    /// Change the bytes-per-second limit.
+    pub fn set_byte_limit(&self, bytes_per_second: u64) {
+        self.byte_limit.store(bytes_per_second, Relaxed);
+    }
+
+    /// Progress (0 to 1) after `scanned` keys, and the ETA in seconds (`None`: unknown,
+    /// paused or not yet moving).
+    pub fn progress(&self, scanned: u64) -> (f64, Option<f64>) {
+        if self.done.load(Relaxed) {
+            return (1.0, Some(0.0));
+        }
+        let total = self.total_keys.load(Relaxed);
+        let ratio = if total == 0 {
+            0.0
+        } else {
+            (scanned as f64 / total as f64).min(0.999)
+        };
+        let rate = self.scan_rate.lock().map_or(0.0, |r| r.2);
+        let eta = (rate > 0.0).then(|| total.saturating_sub(scanned) as f64 / rate);
+        (ratio, eta)
+    }
+
+    /// Sample the scan rate now that `scanned` keys are scanned (smoothed).
+    pub fn sample_rate(&self, scanned: u64) {
+        if let Ok(mut rate) = self.scan_rate.lock() {
+            let seconds = rate.0.elapsed().as_secs_f64();
+            if seconds > 0.0 {
+                let now = scanned.saturating_sub(rate.1) as f64 / seconds;
+                rate.2 = if rate.2 == 0.0 {
+                    now
+                } else {
+                    0.7 * rate.2 + 0.3 * now
+                };
+                *rate = (std::time::Instant::now(), scanned, rate.2);
+            }
+        }
+    }
+}
 
 /// Longest wait for the engines to be known before the first copy.
 const ENGINES_WAIT: Duration = Duration::from_secs(5);
@@ -33,7 +137,7 @@ pub async fn run(migration: Arc<Migration>) {
     for server in 0..migration.copy_source.servers.len() {
         total += dbsize(&migration.copy_source, server).await.unwrap_or(0);
     }
-    migration.total_keys.store(total, Relaxed);
+    migration.backfill.total_keys.store(total, Relaxed);
     let scans: Vec<_> = (0..migration.copy_source.servers.len())
         .map(|server| tokio::spawn(scan_server(migration.clone(), server)))
         .collect();
@@ -42,9 +146,9 @@ pub async fn run(migration: Arc<Migration>) {
         whole &= matches!(scan.await, Ok(Scanned::Whole));
     }
     if whole {
-        migration.lanes_know_every_key.store(true, Relaxed);
-        for lane in 0..migration.lane_count() {
-            migration.send_to_lane(lane, LaneEvent::DropKnown).await;
+        migration.backfill.lanes_know_every_key.store(true, Relaxed);
+        for lane in 0..migration.lanes.count() {
+            migration.lanes.queue(lane, LaneEvent::DropKnown).await;
         }
     } else {
         tracing::info!(
@@ -52,7 +156,7 @@ pub async fn run(migration: Arc<Migration>) {
             "backfill resumed or stopped early: lanes keep their known-copied sets, and the first write to a key copied before the restart is copied again"
         );
     }
-    migration.backfill_done.store(true, Relaxed);
+    migration.backfill.done.store(true, Relaxed);
     migration.counters.set_state("done");
     tracing::info!(
         pool = migration.source.name(),
@@ -82,7 +186,7 @@ async fn scan_server(migration: Arc<Migration>, server: usize) -> Scanned {
     let started = Instant::now();
     let bytes_at_start = migration.totals.bytes.load(Relaxed);
     let mut queued: u64 = 0;
-    let mut pause = migration.paused.subscribe();
+    let mut pause = migration.backfill.paused.subscribe();
     loop {
         if migration.phase() != super::Phase::Migrating {
             // A forced cutover: the source is no longer authoritative.
@@ -133,11 +237,7 @@ async fn scan_server(migration: Arc<Migration>, server: usize) -> Scanned {
             pace(&migration, started, queued, bytes_at_start).await;
         }
         // Resumable from `next` once every lane has processed what was queued so far.
-        let snapshot = migration
-            .lane_enqueued
-            .iter()
-            .map(|e| e.load(std::sync::atomic::Ordering::SeqCst))
-            .collect();
+        let snapshot = migration.lanes.enqueued_now();
         migration
             .progress
             .batch_queued(server, &next, next == b"0", snapshot);
@@ -169,8 +269,8 @@ pub(super) async fn dbsize(pool: &Pool, server: usize) -> Result<u64, String> {
 /// Sleep as long as needed to keep under the keys-per-second and bytes-per-second limits
 /// (0: unlimited). The limits are read each time, so changes take effect at once.
 async fn pace(migration: &Migration, started: Instant, queued: u64, bytes_at_start: u64) {
-    let keys_limit = migration.rate_limit.load(Relaxed);
-    let bytes_limit = migration.byte_limit.load(Relaxed);
+    let keys_limit = migration.backfill.rate_limit();
+    let bytes_limit = migration.backfill.byte_limit();
     let mut due = Duration::ZERO;
     if keys_limit > 0 {
         due = due.max(Duration::from_secs_f64(queued as f64 / keys_limit as f64));

@@ -5,7 +5,7 @@
 //! both sides are equal, and opens the gate. The time the gate was closed is the pause
 //! clients saw; it is measured and exported.
 
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -70,11 +70,11 @@ impl Migration {
     /// whether the lanes were found empty.
     pub fn readiness(&self, lanes_idle: bool) -> Vec<String> {
         let mut reasons = Vec::new();
-        if !self.backfill_done.load(Relaxed) {
+        if !self.backfill.done.load(Relaxed) {
             reasons.push(format!(
                 "the backfill is not complete ({} of about {} keys scanned); wait for it (cutover ctl status)",
                 self.totals.scanned.load(Relaxed),
-                self.total_keys.load(Relaxed)
+                self.backfill.total_keys.load(Relaxed)
             ));
         }
         let (_, dirty) = self.backlog();
@@ -115,7 +115,7 @@ impl Migration {
 
     /// Make the target authoritative. Refused unless ready, or `force`.
     pub async fn cutover(&self, force: bool) -> Result<Flipped, FlipError> {
-        let _flipping = self.flip_lock.lock().await;
+        let _flipping = self.flips.lock.lock().await;
         let phase = self.phase();
         if phase != Phase::Migrating {
             return Err(self.wrong_phase("cut over", phase, " (rollback returns to 'migrating')"));
@@ -134,7 +134,7 @@ impl Migration {
     /// Make the source authoritative again. Refused while dirty keys wait (the source would
     /// miss them), unless `force`.
     pub async fn rollback(&self, force: bool) -> Result<Flipped, FlipError> {
-        let _flipping = self.flip_lock.lock().await;
+        let _flipping = self.flips.lock.lock().await;
         let phase = self.phase();
         if phase != Phase::Cutover {
             return Err(self.wrong_phase(
@@ -155,7 +155,7 @@ impl Migration {
 
     /// Stop mirroring to the source: the proxy serves the target pool alone from now on.
     pub async fn finalize(&self) -> Result<Flipped, FlipError> {
-        let _flipping = self.flip_lock.lock().await;
+        let _flipping = self.flips.lock.lock().await;
         let phase = self.phase();
         if phase != Phase::Cutover {
             return Err(self.wrong_phase("finalize", phase, " (cut over first)"));
@@ -176,18 +176,20 @@ impl Migration {
     /// Hold new requests, wait for everything in flight, move authority, release.
     async fn flip(&self, from: Phase, to: Phase, forced: bool) -> Result<Flipped, FlipError> {
         let started = Instant::now();
-        self.gate.close();
+        self.flips.gate.close();
         if !self.wait_quiet(started + DRAIN_LIMIT).await {
-            self.gate.open();
+            self.flips.gate.open();
             self.counters.refusals.increment(1);
             return Err(FlipError::Busy(DRAIN_LIMIT));
         }
-        self.phase.store(to.to_u8(), SeqCst);
+        self.flips.set_phase(to);
         // Both sides are equal now. The lanes' known-copied sets stay valid whichever side
         // is authoritative: a key they know (and its TTL flag) is equal on both sides.
-        self.gate.open();
+        self.flips.gate.open();
         let pause = started.elapsed();
-        self.last_pause_us.store(pause.as_micros() as u64, Relaxed);
+        self.flips
+            .last_pause_us
+            .store(pause.as_micros() as u64, Relaxed);
         self.counters.pause.record(pause.as_secs_f64());
         self.counters.flips[Phase::ALL.iter().position(|p| *p == to).unwrap_or(0)].increment(1);
         self.counters.set_phase(to);
@@ -213,10 +215,10 @@ impl Migration {
     async fn wait_quiet(&self, deadline: Instant) -> bool {
         let started = Instant::now();
         loop {
-            if self.lanes_idle()
-                && self.gate.empty()
-                && self.hooks_live.load(SeqCst) == 0
-                && self.lanes_idle()
+            if self.lanes.all_idle()
+                && self.flips.gate.empty()
+                && self.flips.no_hooks()
+                && self.lanes.all_idle()
             {
                 return true;
             }
@@ -230,7 +232,7 @@ impl Migration {
     /// Wait (at most `limit`) for a moment when every lane is empty.
     async fn wait_lanes_idle(&self, limit: Duration) -> bool {
         let started = Instant::now();
-        while !self.lanes_idle() {
+        while !self.lanes.all_idle() {
             if started.elapsed() >= limit {
                 return false;
             }

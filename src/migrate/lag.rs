@@ -25,6 +25,8 @@ pub struct LagWindow {
     counts: [[AtomicU64; BUCKETS]; 2],
     /// The set being filled.
     current: AtomicUsize,
+    /// Mirrored events seen by [`LagWindow::start`] (which measures one in a sample).
+    tick: AtomicU64,
 }
 
 impl Default for LagWindow {
@@ -32,11 +34,19 @@ impl Default for LagWindow {
         LagWindow {
             counts: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             current: AtomicUsize::new(0),
+            tick: AtomicU64::new(0),
         }
     }
 }
 
 impl LagWindow {
+    /// Where a mirrored event's lag starts: now for one event in `sample`, else
+    /// unmeasured.
+    pub fn start(&self, sample: u64) -> LagStart {
+        let due = self.tick.fetch_add(1, Relaxed).is_multiple_of(sample);
+        LagStart(due.then(Instant::now))
+    }
+
     /// Count one lag of `seconds`.
     pub fn record(&self, seconds: f64) {
         let us = (seconds * 1e6) as u64;

@@ -150,7 +150,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
     // side) before later ones are replayed. Membership is dropped only by a backfill this
     // process ran from the start (rule 8). The set is shared with direct replays
     // (`Migration::replay_direct`); it is never locked across an await.
-    let known = &migration.known[index];
+    let known = &migration.lanes.known[index];
     let mut processed: u64 = 0;
     let mut checkpoint = Checkpoint {
         low_water: 0,
@@ -181,11 +181,10 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
             },
         };
         processed += 1;
-        migration.counters.lane_depth.decrement(1.0);
-        let processed_slot = &migration.lane_processed[index];
+        let processed_slot = &migration.lanes.processed[index];
         // Taking the lock before acting on the event orders it after any direct replay
         // that found this lane idle: that replay is already queued on the target.
-        let bytes_before = lock(known).bytes();
+        drop(lock(known));
         // Consecutive writes that may all be replayed go to the target pipelined: each key
         // keeps its order (one target connection per key), and the lane does not wait a
         // round trip per write.
@@ -202,7 +201,6 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     Ok(next) => {
                         if replayable(&next) {
                             processed += 1;
-                            migration.counters.lane_depth.decrement(1.0);
                             batch.push(next.event);
                         } else {
                             held = Some(next);
@@ -218,7 +216,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                 LaneEvent::Write { key, lag, .. } => {
                     // Writes that may be replayed were batched above; this one may not:
                     // copy the key (rule 3, or its last copy carried a TTL).
-                    if lock(known).expires(migration.salt.fingerprint(&key)) {
+                    if lock(known).expires(migration.lanes.salt.fingerprint(&key)) {
                         migration.counters.ttl_copies.increment(1);
                     }
                     copy_with_retries(&migration, known, &mut covers, &key, CopyReason::Write)
@@ -231,7 +229,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     reason,
                     lag,
                 } => {
-                    let fp = migration.salt.fingerprint(&key);
+                    let fp = migration.lanes.salt.fingerprint(&key);
                     if unless_known && lock(known).is_copied(fp) {
                         migration.counters.backfill_skipped.increment(1);
                         migration.totals.skipped.fetch_add(1, Relaxed);
@@ -246,7 +244,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     request,
                     source_reply,
                 } => {
-                    let fp = migration.salt.fingerprint(&read.key);
+                    let fp = migration.lanes.salt.fingerprint(&read.key);
                     let (copied, copy_pending) = {
                         let k = lock(known);
                         (k.is_copied(fp), k.copied_at(fp).is_some_and(|at| at >= seq))
@@ -262,19 +260,11 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                             .await;
                     }
                 }
-                LaneEvent::DropKnown => {
-                    let mut k = lock(known);
-                    let before = k.len();
-                    k.drop_membership();
-                    migration
-                        .counters
-                        .known_keys
-                        .decrement(before as f64 - k.len() as f64);
-                }
+                LaneEvent::DropKnown => lock(known).drop_membership(),
             }
         }
-        // Every event, batched or not: forget old `copied_at`, track the set's size, and
-        // publish progress for safe checkpoints.
+        // Every event, batched or not: forget old `copied_at`, and publish progress for
+        // safe checkpoints (the set's size and the lane's depth are read at scrape time).
         collect(
             &migration,
             index,
@@ -283,11 +273,6 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
             processed,
             rx.is_empty(),
         );
-        let bytes_after = lock(known).bytes();
-        migration
-            .counters
-            .known_bytes
-            .increment(bytes_after as f64 - bytes_before as f64);
         processed_slot.store(processed, SeqCst);
     }
 }
@@ -327,7 +312,7 @@ fn collect(
         lock(known).collect(checkpoint.low_water);
         *checkpoint = Checkpoint {
             low_water: migration.low_water(),
-            enqueued: migration.lane_enqueued[index].load(SeqCst),
+            enqueued: migration.lanes.enqueued[index].load(SeqCst),
             taken_at: processed,
         };
     }
@@ -347,7 +332,7 @@ pub(super) fn replay_allowed(
     if known.allows_every_key() {
         return true;
     }
-    let fp = migration.salt.fingerprint(key);
+    let fp = migration.lanes.salt.fingerprint(key);
     *BREAK_RULES
         || (known.is_copied(fp)
             && !known.expires(fp)
@@ -533,20 +518,18 @@ async fn copy_with_retries(
     reason: CopyReason,
 ) {
     let mut backoff = FIRST_BACKOFF;
-    let Ok(_slot) = migration.copy_slots.acquire().await else {
+    let Ok(_slot) = migration.backfill.copy_slots.acquire().await else {
         return;
     };
     for attempt in 1..=ATTEMPTS {
         // Read before the snapshot is requested: every foldable event stamped below it was
         // applied on the authoritative side before the snapshot (rule 9).
-        let stamp = migration.stamp_now();
+        let stamp = migration.lanes.stamp_now();
         match copy::copy_key(migration, key).await {
             Ok(copied) => {
                 covers.record(key, stamp);
-                let fp = migration.salt.fingerprint(key);
-                if lock(known).insert(fp, copied.copied_at, copied.expires) {
-                    migration.counters.known_keys.increment(1.0);
-                }
+                let fp = migration.lanes.salt.fingerprint(key);
+                lock(known).insert(fp, copied.copied_at, copied.expires);
                 migration.count_copy(reason, &copied);
                 return;
             }

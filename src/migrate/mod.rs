@@ -21,6 +21,7 @@ pub mod key_type;
 pub mod known;
 mod lag;
 mod lane;
+mod lanes;
 pub mod mirror;
 pub mod offline;
 pub mod phase;
@@ -32,17 +33,15 @@ mod structural;
 pub mod verify;
 
 use std::sync::Arc;
-use std::sync::atomic::{
-    AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
-};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
 
 pub use copy::CopyReason;
 pub use counters::MigrationCounters;
 pub use flip::{FlipError, Flipped};
 pub use lane::{LaneEvent, Queued};
+pub use lanes::Lanes;
 pub use phase::Phase;
 use retries::RetryReason;
 
@@ -50,7 +49,6 @@ use crate::config::{MigrateSettings, PoolConfig};
 use crate::resp::Protocol;
 use crate::upstream::{BackendError, Pool};
 use dirty::DirtyKeys;
-use known::{KnownCopied, Salt};
 use lag::LagStart;
 use mirror::{MirrorHook, ReplayCheck, ShadowRead};
 
@@ -59,7 +57,9 @@ const STATUS_BACKLOG: u64 = 1000;
 /// Smallest queue a lane gets, whatever `mirror_queue_limit` says.
 const MIN_LANE_QUEUE: usize = 16;
 
-/// A running migration from one source pool to its target.
+/// A running migration from one source pool to its target: its pools, and its concerns,
+/// each in its own part (the lanes; the backfill's controls; the phase and the gate; the
+/// counters; verify; dirty keys; the state file; the engines).
 pub struct Migration {
     /// The pool clients use: the source, authoritative until cutover.
     pub source: Arc<Pool>,
@@ -71,65 +71,24 @@ pub struct Migration {
     /// Separate connections to the target servers, for copies back to the source after
     /// cutover (the mirror image of `copy_source`).
     pub copy_target: Arc<Pool>,
-    /// The phase (a [`Phase`] as a byte).
-    phase: AtomicU8,
-    /// Holds new requests while authority flips.
-    pub gate: phase::Gate,
-    /// Mirror hooks alive: writes (and sampled reads) sent whose events are not queued yet.
-    hooks_live: AtomicUsize,
-    /// Serializes flips.
-    flip_lock: tokio::sync::Mutex<()>,
-    /// How long the last flip held requests, in microseconds.
-    pub last_pause_us: AtomicU64,
-    /// Recent mirror lags, for `/status`.
-    pub lag: lag::LagWindow,
-    /// Keys on the source servers when the backfill started (DBSIZE), for progress.
-    pub total_keys: AtomicU64,
-    /// The last verify pass's result, and whether one is running.
-    pub verify: verify::VerifyState,
-    /// The backfill's recent scan rate: when it was last sampled, keys scanned then, and
-    /// the smoothed rate in keys per second.
-    scan_rate: std::sync::Mutex<(std::time::Instant, u64, f64)>,
     /// The `migrate:` settings.
     pub settings: MigrateSettings,
-    /// Fingerprint salts of the known-copied sets.
-    pub salt: Salt,
-    /// The sequence counter every mirrored write takes a number from (rule 2).
-    seq: AtomicU64,
-    /// Senders to the lanes.
-    lanes: Vec<mpsc::Sender<Queued>>,
-    /// Stamps events as they are queued (rule 9: a copy covers every foldable event
-    /// stamped before it began).
-    stamps: AtomicU64,
-    /// Events ever queued to each lane (for forgetting `copied_at` safely).
-    pub lane_enqueued: Vec<AtomicU64>,
-    /// Mirrored events seen by [`Migration::lag_start`] (which measures one in
-    /// [`LAG_SAMPLE`]).
-    lag_tick: AtomicU64,
-    /// Each lane's known-copied set, shared with direct replays.
-    pub known: Vec<std::sync::Mutex<KnownCopied>>,
+    /// The lanes, their known-copied sets, and the sequence and stamp counters.
+    pub lanes: Lanes,
+    /// The backfill's controls and progress.
+    pub backfill: backfill::BackfillControl,
+    /// The phase, the gate and what a flip waits for.
+    pub flips: phase::Flips,
+    /// Recent mirror lags, for `/status`, and which mirrored event is measured next.
+    pub lag: lag::LagWindow,
     /// The migration's metrics.
     pub counters: MigrationCounters,
-    /// Keys to copy again.
-    pub(crate) dirty: DirtyKeys,
-    /// Set when every source server has been scanned.
-    pub backfill_done: AtomicBool,
-    /// Set when this process's backfill scanned every source server from its start: every
-    /// key then passed through these lanes, which know which keys have TTLs and may drop
-    /// the rest of their known-copied sets (rule 8), now and at a flip.
-    pub lanes_know_every_key: AtomicBool,
-    /// True while the backfill is paused.
-    paused: watch::Sender<bool>,
-    /// Backfill limit in keys per second (0: unlimited), changeable at run time.
-    rate_limit: AtomicU64,
-    /// Backfill limit in payload bytes per second (0: unlimited), changeable at run time.
-    byte_limit: AtomicU64,
-    /// Bounds the copies in flight at once (`copies_in_flight`).
-    pub copy_slots: tokio::sync::Semaphore,
     /// Running totals (readable, for progress, `/status` and summaries).
     pub totals: Totals,
-    /// Events each lane has processed (for safe checkpoints).
-    pub lane_processed: Vec<AtomicU64>,
+    /// The last verify pass's result, and whether one is running.
+    pub verify: verify::VerifyState,
+    /// Keys to copy again.
+    pub(crate) dirty: DirtyKeys,
     /// Backfill progress per source server, saved to the state file.
     pub progress: state::Progress,
     /// Both sides' engines (read at start), which decide how keys are copied each way.
@@ -213,16 +172,8 @@ impl Migration {
         copy_target_config.name = format!("{}.copy", target_config.name);
         copy_target_config.preconnect = false;
         let copy_target = Pool::start(copy_target_config);
-        let lanes = settings.lanes.max(1) as usize;
-        let per_lane = (settings.mirror_queue_limit as usize / lanes).max(MIN_LANE_QUEUE);
-        let mut receivers = Vec::with_capacity(lanes);
-        let senders = (0..lanes)
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(per_lane);
-                receivers.push(rx);
-                tx
-            })
-            .collect();
+        let lane_count = settings.lanes.max(1) as usize;
+        let per_lane = (settings.mirror_queue_limit as usize / lane_count).max(MIN_LANE_QUEUE);
         let dirty_path = settings.state_file.as_ref().map_or_else(
             || {
                 std::env::temp_dir().join(format!(
@@ -247,42 +198,25 @@ impl Migration {
             copy_source.servers.len(),
             copy_target.servers.len(),
         );
+        let (lanes, receivers) = Lanes::new(lane_count, per_lane, progress.salt());
         let migration = Arc::new(Migration {
             source,
             copy_source,
             target,
             copy_target,
-            phase: AtomicU8::new(phase.to_u8()),
-            gate: phase::Gate::default(),
-            hooks_live: AtomicUsize::new(0),
-            flip_lock: tokio::sync::Mutex::new(()),
-            last_pause_us: AtomicU64::new(0),
+            lanes,
+            backfill: backfill::BackfillControl::new(&settings, progress.loaded[0]),
+            flips: phase::Flips::new(phase),
             lag: lag::LagWindow::default(),
-            total_keys: AtomicU64::new(0),
             verify: verify::VerifyState::default(),
-            scan_rate: std::sync::Mutex::new((std::time::Instant::now(), progress.loaded[0], 0.0)),
-            salt: progress.salt(),
-            seq: AtomicU64::new(1),
-            lanes: senders,
-            stamps: AtomicU64::new(0),
-            lane_enqueued: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
-            known: (0..lanes).map(|_| Default::default()).collect(),
-            lag_tick: AtomicU64::new(0),
             counters,
             dirty: DirtyKeys::open(dirty_path),
-            backfill_done: AtomicBool::new(false),
-            lanes_know_every_key: AtomicBool::new(false),
-            paused: watch::channel(false).0,
-            rate_limit: AtomicU64::new(settings.backfill_keys_per_second),
-            byte_limit: AtomicU64::new(settings.backfill_bytes_per_second),
-            copy_slots: tokio::sync::Semaphore::new(settings.copies_in_flight.max(1) as usize),
             totals: Totals {
                 scanned: AtomicU64::new(progress.loaded[0]),
                 backfill_copied: AtomicU64::new(progress.loaded[1]),
                 bytes: AtomicU64::new(progress.loaded[2]),
                 ..Totals::default()
             },
-            lane_processed: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
             engines,
             progress,
             settings,
@@ -299,7 +233,7 @@ impl Migration {
         tracing::info!(
             source = migration.source.name(),
             target = migration.target.name(),
-            lanes,
+            lanes = lane_count,
             phase = phase.name(),
             dirty_file = %migration.dirty.path.display(),
             "migration started"
@@ -307,39 +241,24 @@ impl Migration {
         migration
     }
 
-    /// Take the next sequence number: the counter's value after this write, so a write
-    /// numbered after a copy's snapshot (`copied_at` = the counter then) gets a larger
-    /// number, and one numbered before gets one no larger (rule 3's `copied_at < seq`).
+    /// Take the next sequence number (rule 2; see [`Lanes::next_seq`]).
     pub fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, SeqCst) + 1
+        self.lanes.next_seq()
     }
 
-    /// The counter's current value (a copy's `copied_at`).
+    /// The sequence counter's value now (a copy's `copied_at`).
     pub fn seq_now(&self) -> u64 {
-        self.seq.load(SeqCst)
+        self.lanes.seq_now()
     }
 
     /// A sequence number below which every mirrored write has had its events queued: the
     /// counter, or the oldest write still in flight on any source connection if lower.
     pub fn low_water(&self) -> u64 {
-        let counter = self.seq.load(SeqCst);
+        let counter = self.lanes.seq_now();
         self.source
             .oldest_write_in_flight()
             .min(self.target.oldest_write_in_flight())
             .min(counter)
-    }
-
-    /// Number of lanes.
-    pub fn lane_count(&self) -> usize {
-        self.lanes.len()
-    }
-
-    /// The lane of `key` (FNV-1a, so a key always takes the same lane).
-    fn lane_of(&self, key: &[u8]) -> usize {
-        let h = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        (h % self.lanes.len() as u64) as usize
     }
 
     /// Queue a mirror event without waiting (the client's reply must not wait): a full
@@ -356,19 +275,9 @@ impl Migration {
         let Some(key) = event_key(&event).cloned() else {
             return;
         };
-        let lane = self.lane_of(&key);
-        self.lane_enqueued[lane].fetch_add(1, SeqCst);
-        let queued = Queued {
-            stamp: self.stamps.fetch_add(1, SeqCst),
-            foldable,
-            event,
-        };
-        match self.lanes[lane].try_send(queued) {
-            Ok(()) => self.counters.lane_depth.increment(1.0),
-            Err(_) => {
-                self.lane_enqueued[lane].fetch_sub(1, SeqCst);
-                self.mark_dirty(&key);
-            }
+        let lane = self.lanes.of(&key);
+        if !self.lanes.try_queue(lane, event, foldable) {
+            self.mark_dirty(&key);
         }
     }
 
@@ -385,9 +294,9 @@ impl Migration {
         request: Bytes,
     ) -> Result<(), (Box<MirrorHook>, Bytes)> {
         let key = hook.replay_key();
-        let lane = self.lane_of(key);
-        let known = known::lock(&self.known[lane]);
-        if !self.lane_idle(lane) || !lane::replay_allowed(self, &known, key, hook.seq()) {
+        let lane = self.lanes.of(key);
+        let known = known::lock(&self.lanes.known[lane]);
+        if !self.lanes.idle(lane) || !lane::replay_allowed(self, &known, key, hook.seq()) {
             return Err((hook, request));
         }
         let pool = self.mirror_to();
@@ -401,11 +310,7 @@ impl Migration {
     /// Where a mirrored event's lag starts: now for one event in [`LAG_SAMPLE`], else
     /// unmeasured.
     pub fn lag_start(&self) -> LagStart {
-        let due = self
-            .lag_tick
-            .fetch_add(1, Relaxed)
-            .is_multiple_of(LAG_SAMPLE);
-        LagStart(due.then(tokio::time::Instant::now))
+        self.lag.start(LAG_SAMPLE)
     }
 
     /// The target answered a direct replay: the same as the source, or the key is copied
@@ -486,32 +391,11 @@ impl Migration {
         self.enqueue_stamped(event, false);
     }
 
-    /// The next stamp: a copy that reads it before its snapshot covers every foldable
-    /// event stamped below it (rule 9).
-    pub fn stamp_now(&self) -> u64 {
-        self.stamps.load(SeqCst)
-    }
-
     /// Queue an event, waiting for room (the backfill and the dirty drainer).
     pub async fn send(&self, event: LaneEvent) {
         let Some(key) = event_key(&event) else { return };
-        let lane = self.lane_of(key);
-        self.send_to_lane(lane, event).await;
-    }
-
-    /// Queue an event on lane `lane`, waiting for room.
-    pub async fn send_to_lane(&self, lane: usize, event: LaneEvent) {
-        self.lane_enqueued[lane].fetch_add(1, SeqCst);
-        self.counters.lane_depth.increment(1.0);
-        let queued = Queued {
-            stamp: self.stamps.fetch_add(1, SeqCst),
-            foldable: true,
-            event,
-        };
-        if self.lanes[lane].send(queued).await.is_err() {
-            self.lane_enqueued[lane].fetch_sub(1, SeqCst);
-            self.counters.lane_depth.decrement(1.0);
-        }
+        let lane = self.lanes.of(key);
+        self.lanes.queue(lane, event).await;
     }
 
     /// Mark `key` dirty: it will be copied again later.
@@ -540,7 +424,7 @@ impl Migration {
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(SeqCst))
+        self.flips.phase()
     }
 
     /// The pool clients' requests go to now: the source while migrating, the target after.
@@ -608,22 +492,12 @@ impl Migration {
 
     /// A mirror hook was made (a flip waits until none is alive).
     pub fn hook_started(&self) {
-        self.hooks_live.fetch_add(1, SeqCst);
+        self.flips.hook_started();
     }
 
     /// A mirror hook is gone (its events, if any, are queued).
     pub fn hook_finished(&self) {
-        self.hooks_live.fetch_sub(1, SeqCst);
-    }
-
-    /// Whether every lane has processed every event queued to it.
-    pub fn lanes_idle(&self) -> bool {
-        (0..self.lane_count()).all(|lane| self.lane_idle(lane))
-    }
-
-    /// Whether lane `lane` has processed every event queued to it (none waits or runs).
-    fn lane_idle(&self, lane: usize) -> bool {
-        self.lane_processed[lane].load(SeqCst) >= self.lane_enqueued[lane].load(SeqCst)
+        self.flips.hook_finished();
     }
 
     /// Send `request` (expecting `replies` replies, the last returned) to the authoritative
@@ -673,26 +547,16 @@ impl Migration {
         self.lag.record(seconds);
     }
 
-    /// Pause or resume the backfill.
-    pub fn set_paused(&self, paused: bool) {
-        let _ = self.paused.send(paused);
-    }
-
     /// Change the backfill's keys-per-second limit (0: unlimited).
     pub fn set_rate_limit(&self, keys_per_second: u64) {
-        self.rate_limit.store(keys_per_second, Relaxed);
+        self.backfill.set_rate_limit(keys_per_second);
         self.counters.rate_limit.set(keys_per_second as f64);
-    }
-
-    /// Change the backfill's bytes-per-second limit (0: unlimited).
-    pub fn set_byte_limit(&self, bytes_per_second: u64) {
-        self.byte_limit.store(bytes_per_second, Relaxed);
     }
 
     /// Whether the backfill is complete, every lane is empty and no dirty key waits.
     pub fn drained(&self) -> bool {
         let (queued, dirty) = self.backlog();
-        self.backfill_done.load(Relaxed) && queued == 0 && dirty == 0
+        self.backfill.done.load(Relaxed) && queued == 0 && dirty == 0
     }
 
     /// A clean stop: wait (at most `limit`) for the lanes to empty, then save the state
@@ -702,8 +566,7 @@ impl Migration {
         while self.backlog().0 > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let processed: Vec<u64> = self.lane_processed.iter().map(|p| p.load(SeqCst)).collect();
-        self.progress.advance_to(&processed);
+        self.progress.advance_to(&self.lanes.processed_now());
         let clean = self.backlog().0 == 0;
         self.save_state(clean);
     }
@@ -715,12 +578,21 @@ impl Migration {
 
     /// Mirror events waiting in lanes, and dirty keys waiting to be copied again.
     pub fn backlog(&self) -> (u64, u64) {
-        let queued: usize = self
-            .lanes
-            .iter()
-            .map(|l| l.max_capacity() - l.capacity())
-            .sum();
-        (queued as u64, self.dirty.pending.load(Relaxed))
+        (self.lanes.queued(), self.dirty.pending.load(Relaxed))
+    }
+
+    /// Bring the gauges read from the migration's state up to date (before a scrape):
+    /// lane depth, known-copied size, dirty keys, backfill progress.
+    pub fn publish_metrics(&self) {
+        let c = &self.counters;
+        c.lane_depth.set(self.lanes.queued() as f64);
+        let (keys, bytes) = self.lanes.known_size();
+        c.known_keys.set(keys as f64);
+        c.known_bytes.set(bytes as f64);
+        self.publish_dirty();
+        let (ratio, eta) = self.backfill_progress();
+        c.progress.set(ratio);
+        c.eta.set(eta.unwrap_or(-1.0));
     }
 }
 
@@ -729,8 +601,8 @@ impl Migration {
     pub fn status_json(&self) -> serde_json::Value {
         use serde_json::json;
         let (queued, dirty) = self.backlog();
-        let done = self.backfill_done.load(Relaxed);
-        let paused = *self.paused.borrow();
+        let done = self.backfill.done.load(Relaxed);
+        let paused = self.backfill.paused();
         let state = if done {
             "done"
         } else if paused {
@@ -765,13 +637,13 @@ impl Migration {
                 "done": done,
                 "progress": (progress * 10_000.0).round() / 10_000.0,
                 "eta_seconds": eta.map(f64::round),
-                "keys_total": self.total_keys.load(Relaxed).max(scanned),
+                "keys_total": self.backfill.total_keys.load(Relaxed).max(scanned),
                 "keys_scanned": scanned,
                 "keys_copied": t.backfill_copied.load(Relaxed),
                 "keys_skipped": t.skipped.load(Relaxed),
                 "bytes_copied": t.bytes.load(Relaxed),
-                "rate_limit_keys_per_second": self.rate_limit.load(Relaxed),
-                "rate_limit_bytes_per_second": self.byte_limit.load(Relaxed),
+                "rate_limit_keys_per_second": self.backfill.rate_limit(),
+                "rate_limit_bytes_per_second": self.backfill.byte_limit(),
             },
             "engines": self.engines.status_json(),
             "readiness": self.engines.readiness_json(),
@@ -817,7 +689,7 @@ impl Migration {
             "cutover": {
                 "ready": self.phase() == Phase::Migrating && blockers.is_empty(),
                 "blockers": blockers,
-                "last_pause_ms": self.last_pause_us.load(Relaxed) as f64 / 1000.0,
+                "last_pause_ms": self.flips.last_pause_us.load(Relaxed) as f64 / 1000.0,
             },
         })
     }
@@ -827,36 +699,12 @@ impl Migration {
     /// The backfill's progress (0 to 1) and its ETA in seconds (`None`: unknown, the
     /// backfill being paused or not yet moving).
     pub fn backfill_progress(&self) -> (f64, Option<f64>) {
-        if self.backfill_done.load(Relaxed) {
-            return (1.0, Some(0.0));
-        }
-        let scanned = self.totals.scanned.load(Relaxed);
-        let total = self.total_keys.load(Relaxed);
-        let ratio = if total == 0 {
-            0.0
-        } else {
-            (scanned as f64 / total as f64).min(0.999)
-        };
-        let rate = self.scan_rate.lock().map_or(0.0, |r| r.2);
-        let eta = (rate > 0.0).then(|| total.saturating_sub(scanned) as f64 / rate);
-        (ratio, eta)
+        self.backfill.progress(self.totals.scanned.load(Relaxed))
     }
 
     /// Sample the scan rate and publish progress and ETA (every checkpoint).
     pub fn publish_progress(&self) {
-        let scanned = self.totals.scanned.load(Relaxed);
-        if let Ok(mut rate) = self.scan_rate.lock() {
-            let seconds = rate.0.elapsed().as_secs_f64();
-            if seconds > 0.0 {
-                let now = scanned.saturating_sub(rate.1) as f64 / seconds;
-                rate.2 = if rate.2 == 0.0 {
-                    now
-                } else {
-                    0.7 * rate.2 + 0.3 * now
-                };
-                *rate = (std::time::Instant::now(), scanned, rate.2);
-            }
-        }
+        self.backfill.sample_rate(self.totals.scanned.load(Relaxed));
         let (ratio, eta) = self.backfill_progress();
         self.counters.progress.set(ratio);
         self.counters.eta.set(eta.unwrap_or(-1.0));

@@ -4,7 +4,7 @@
 //! `cutover` (the target is authoritative, writes are mirrored back to the source so a
 //! rollback loses nothing) → `finalized` (the target only, a plain proxy).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 use tokio::sync::Notify;
 
@@ -63,6 +63,60 @@ pub struct Gate {
     inside: AtomicUsize,
     /// Wakes held requests when the gate opens.
     opened: Notify,
+}
+
+/// Where the migration stands in its phases, and what a flip between them needs: the
+/// gate that holds requests, the hooks still alive, the lock that serializes flips, and
+/// how long the last flip held requests.
+pub struct Flips {
+    /// The phase (a [`Phase`] as a byte).
+    phase: AtomicU8,
+    /// Holds new requests while authority flips.
+    pub gate: Gate,
+    /// Mirror hooks alive: writes (and sampled reads) sent whose events are not queued yet.
+    hooks_live: AtomicUsize,
+    /// Serializes flips.
+    pub lock: tokio::sync::Mutex<()>,
+    /// How long the last flip held requests, in microseconds.
+    pub last_pause_us: AtomicU64,
+}
+
+impl Flips {
+    /// Start in `phase`.
+    pub fn new(phase: Phase) -> Flips {
+        Flips {
+            phase: AtomicU8::new(phase.to_u8()),
+            gate: Gate::default(),
+            hooks_live: AtomicUsize::new(0),
+            lock: tokio::sync::Mutex::new(()),
+            last_pause_us: AtomicU64::new(0),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(SeqCst))
+    }
+
+    /// Move to `phase` (a flip, with the gate closed).
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase.to_u8(), SeqCst);
+    }
+
+    /// A mirror hook was made (a flip waits until none is alive).
+    pub fn hook_started(&self) {
+        self.hooks_live.fetch_add(1, SeqCst);
+    }
+
+    /// A mirror hook is gone (its events, if any, are queued).
+    pub fn hook_finished(&self) {
+        self.hooks_live.fetch_sub(1, SeqCst);
+    }
+
+    /// Whether no mirror hook is alive.
+    pub fn no_hooks(&self) -> bool {
+        self.hooks_live.load(SeqCst) == 0
+    }
 }
 
 /// A request inside the gate; dropping it leaves.

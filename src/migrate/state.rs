@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -210,12 +210,7 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 pub async fn checkpoints(migration: Arc<Migration>) {
     let mut ticks: u64 = 0;
     loop {
-        let processed: Vec<u64> = migration
-            .lane_processed
-            .iter()
-            .map(|p| p.load(SeqCst))
-            .collect();
-        migration.progress.advance(&processed);
+        migration.progress.advance(&migration.lanes.processed_now());
         save(&migration, false);
         migration.publish_progress();
         ticks += 1;

@@ -370,7 +370,7 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
             .increment(report.repaired);
         // Wait for the repairs to land before reporting.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !migration.lanes_idle() && Instant::now() < deadline {
+        while !migration.lanes.all_idle() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

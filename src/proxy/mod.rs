@@ -64,6 +64,7 @@ impl Served {
             for pool in [&m.target, &m.copy_source, &m.copy_target] {
                 pool.publish_metrics();
             }
+            m.publish_metrics();
         }
     }
 }

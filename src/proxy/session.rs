@@ -290,7 +290,7 @@ impl Session {
         // Inside the gate until `_pass` drops: after the request is queued, or when this
         // future is dropped first.
         let (gated, _pass) = match migration {
-            Some(m) if m.phase() != Phase::Finalized => (Some(m), Some(m.gate.enter().await)),
+            Some(m) if m.phase() != Phase::Finalized => (Some(m), Some(m.flips.gate.enter().await)),
             _ => (None, None),
         };
         let pool: &Pool = migration.map_or(listen, |m| m.authority());

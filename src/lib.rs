@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod engine;
 pub mod hash;
+pub mod logging;
 pub mod migrate;
 pub mod proxy;
 pub mod resp;

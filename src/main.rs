@@ -20,8 +20,14 @@ const MBUF_MAX: u64 = 16 * 1024 * 1024;
 /// A twemproxy-compatible Redis proxy that migrates a pool to new servers with no
 /// downtime and no lost write.
 #[derive(Debug, Parser)]
-#[command(name = "cutover", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(name = "cutover", about, long_about = None, args_conflicts_with_subcommands = true,
+          disable_version_flag = true)]
 struct Cli {
+    /// Print the version (`This is cutover-VERSION`, the line nutcracker prints as `This is
+    /// nutcracker-0.5.0`) and exit.
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+
     /// A job other than running the proxy.
     #[command(subcommand)]
     command: Option<Job>,
@@ -102,13 +108,32 @@ struct Cli {
     admin: String,
 
     /// Token that admin calls which change anything (POST) must carry as
-    /// `Authorization: Bearer TOKEN`; also read from CUTOVER_ADMIN_TOKEN.
+    /// `Authorization: Bearer TOKEN`; also read from CUTOVER_ADMIN_TOKEN. Without it, a
+    /// random token is made at start and written to --admin-token-file.
     #[arg(
         long = "admin-token",
         value_name = "TOKEN",
         env = "CUTOVER_ADMIN_TOKEN"
     )]
     admin_token: Option<String>,
+
+    /// Where the token made at start is written, readable by this user only, and where
+    /// `cutover ctl` looks for it (default: the temporary directory's
+    /// cutover-admin-PORT.token, PORT being --admin's).
+    #[arg(long = "admin-token-file", value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+
+    /// Let any local process call the admin API's controls without a token (no token is
+    /// made or required).
+    #[arg(long = "no-admin-token", conflicts_with = "admin_token")]
+    no_admin_token: bool,
+
+    /// Most client connections open at once, across every pool; a client over it gets
+    /// `-ERR max number of clients reached` and is closed (default: the process's
+    /// open-file limit less 256, kept for server connections, listeners, logs and the
+    /// admin API).
+    #[arg(long = "max-clients", value_name = "N")]
+    max_clients: Option<usize>,
 
     /// Worker threads serving clients (default: half the cores, at least 1; measured on a
     /// 2-core host shared with its Redis servers, one thread beat two).
@@ -171,9 +196,14 @@ struct CtlArgs {
     /// The admin API of the running cutover.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:22223")]
     admin: String,
-    /// Token for calls that change anything (the proxy's --admin-token).
+    /// Token for calls that change anything (the proxy's --admin-token). Without it, the
+    /// token the proxy made is read from --token-file.
     #[arg(long, value_name = "TOKEN", env = "CUTOVER_ADMIN_TOKEN")]
     token: Option<String>,
+    /// Where the proxy wrote the token it made (default: the temporary directory's
+    /// cutover-admin-PORT.token, PORT being --admin's; the proxy's --admin-token-file).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// The migrating pool, when the proxy has several.
     #[arg(long, value_name = "POOL")]
     pool: Option<String>,
@@ -231,9 +261,16 @@ fn run_ctl(args: CtlArgs) -> ExitCode {
         CtlAction::Pause => CtlCommand::Pause,
         CtlAction::Resume => CtlCommand::Resume,
     };
+    let token = args.token.or_else(|| {
+        let path = args
+            .token_file
+            .clone()
+            .unwrap_or_else(|| cutover::admin::token::default_path(&args.admin));
+        cutover::admin::token::read(&path)
+    });
     let options = CtlOptions {
         admin: args.admin,
-        token: args.token,
+        token,
         pool: args.pool,
     };
     match ctl::run(&options, &command) {
@@ -386,6 +423,11 @@ fn main() -> ExitCode {
         Some(Job::Ctl(args)) => return run_ctl(args),
         None => {}
     }
+    if cli.version {
+        // Scripts written for nutcracker read `This is NAME-VERSION` from -V.
+        println!("This is cutover-{}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     if cli.describe_stats {
         print!("{}", stats::describe());
         return ExitCode::SUCCESS;
@@ -401,10 +443,16 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Err(message) = init_logging(&cli) {
-        eprintln!("cutover: {message}");
-        return ExitCode::FAILURE;
-    }
+    // The log file's path is made absolute: a daemon's working directory is `/`, and
+    // SIGHUP reopens it by path.
+    let output = cli
+        .output
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    let logging = match cutover::logging::Logging::init(output.as_deref(), cli.verbose) {
+        Ok(logging) => logging,
+        Err(message) => return fail(&message),
+    };
     let stats_addr = match resolve(&format!("{}:{}", cli.stats_addr, cli.stats_port)) {
         Ok(addr) => addr,
         Err(message) => return fail(&format!("stats address: {message}")),
@@ -446,14 +494,20 @@ fn main() -> ExitCode {
         max_request: cli.max_request_bytes,
         ..RequestLimits::default()
     };
-    let served = runtime.block_on(serve(
+    let token = match admin_token(&cli) {
+        Ok(token) => token,
+        Err(message) => return fail(&message),
+    };
+    let served = runtime.block_on(serve(Serving {
         config,
         limits,
+        max_clients: cli.max_clients.unwrap_or_else(default_max_clients),
         stats_addr,
-        Duration::from_millis(cli.stats_interval),
+        stats_interval: Duration::from_millis(cli.stats_interval),
         admin_addr,
-        cli.admin_token.clone(),
-    ));
+        token,
+        logging,
+    }));
     if let Some(path) = &pid_file {
         let _ = std::fs::remove_file(path);
     }
@@ -463,16 +517,81 @@ fn main() -> ExitCode {
     }
 }
 
-/// Run the proxy until SIGTERM or SIGINT, then shut down gracefully.
-async fn serve(
+/// What running the proxy needs.
+struct Serving {
+    /// The configuration.
     config: Config,
+    /// Client request limits.
     limits: RequestLimits,
+    /// Most client connections at once.
+    max_clients: usize,
+    /// The stats port's address.
     stats_addr: SocketAddr,
+    /// How often the stats JSON is rebuilt.
     stats_interval: Duration,
+    /// The admin API's address.
     admin_addr: SocketAddr,
-    admin_token: Option<String>,
-) -> Result<(), String> {
+    /// The admin API's token, and the file it was written to (to remove at the end).
+    token: AdminToken,
+    /// The log, for SIGHUP, SIGTTIN and SIGTTOU.
+    logging: cutover::logging::Logging,
+}
+
+/// The admin API's token.
+enum AdminToken {
+    /// None required (`--no-admin-token`).
+    Off,
+    /// Given with --admin-token.
+    Given(String),
+    /// Made at start and written to this file.
+    Made(String, PathBuf),
+}
+
+/// The admin token as the command line asks: given, off, or made now and written to its
+/// file (the path said in the log).
+fn admin_token(cli: &Cli) -> Result<AdminToken, String> {
+    if cli.no_admin_token {
+        return Ok(AdminToken::Off);
+    }
+    if let Some(token) = &cli.admin_token {
+        return Ok(AdminToken::Given(token.clone()));
+    }
+    let path = cli
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| admin::token::default_path(&cli.admin));
+    let token = admin::token::generate()?;
+    admin::token::write(&path, &token)?;
+    Ok(AdminToken::Made(token, path))
+}
+
+/// The default for --max-clients: the open-file limit less 256, at least 16.
+fn default_max_clients() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other effect.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let files = if ok { limit.rlim_cur as usize } else { 1024 };
+    files.saturating_sub(256).max(16)
+}
+
+/// Run the proxy until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reopens the
+/// log file, SIGTTIN and SIGTTOU raise and lower the log level, SIGUSR1 and SIGUSR2 are
+/// logged and otherwise ignored (as nutcracker does).
+async fn serve(serving: Serving) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
+    let Serving {
+        config,
+        limits,
+        max_clients,
+        stats_addr,
+        stats_interval,
+        admin_addr,
+        token,
+        logging,
+    } = serving;
     let metrics = admin::install_metrics();
     let stats_listener = stats::bind(stats_addr)
         .await
@@ -480,7 +599,7 @@ async fn serve(
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .map_err(|e| format!("cannot listen on admin address {admin_addr}: {e}"))?;
-    let proxy = Proxy::start(&config, limits)
+    let proxy = Proxy::start(&config, limits, max_clients)
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(stats::serve(
@@ -488,30 +607,48 @@ async fn serve(
         stats::StatsReporter::new(proxy.pools.iter().map(|s| s.pool.clone()).collect()),
         stats_interval,
     ));
+    let required = match &token {
+        AdminToken::Off => {
+            tracing::warn!("--no-admin-token: any local process may call the admin API's controls");
+            None
+        }
+        AdminToken::Given(token) => Some(token.clone()),
+        AdminToken::Made(token, path) => {
+            tracing::info!(file = %path.display(), "admin token made; cutover ctl reads it from this file");
+            Some(token.clone())
+        }
+    };
     tokio::spawn(admin::serve(
         admin_listener,
-        admin::Admin::new(metrics, proxy.pools.clone(), admin_token),
+        admin::Admin::new(metrics, proxy.pools.clone(), required),
     ));
-    tracing::info!(%stats_addr, %admin_addr, "cutover {} started", env!("CARGO_PKG_VERSION"));
+    tracing::info!(%stats_addr, %admin_addr, max_clients, "cutover {} started", env!("CARGO_PKG_VERSION"));
 
-    let signals = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    );
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
-        return Err("cannot install signal handlers".to_string());
-    };
+    let install =
+        |kind: SignalKind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
+    let mut term = install(SignalKind::terminate())?;
+    let mut int = install(SignalKind::interrupt())?;
+    let mut hup = install(SignalKind::hangup())?;
+    let mut ttin = install(SignalKind::from_raw(libc::SIGTTIN))?;
+    let mut ttou = install(SignalKind::from_raw(libc::SIGTTOU))?;
+    let mut usr1 = install(SignalKind::user_defined1())?;
+    let mut usr2 = install(SignalKind::user_defined2())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            // nutcracker reopens its log on SIGHUP; cutover's log needs no reopening.
-            _ = hup.recv() => tracing::info!("SIGHUP ignored"),
+            _ = hup.recv() => logging.reopen(),
+            _ = ttin.recv() => logging.step(true),
+            _ = ttou.recv() => logging.step(false),
+            _ = usr1.recv() => tracing::info!("SIGUSR1 ignored"),
+            _ = usr2.recv() => tracing::info!("SIGUSR2 ignored"),
         }
     }
     tracing::info!("shutting down: no new clients; finishing requests in flight");
     proxy.shutdown().await;
+    if let AdminToken::Made(_, path) = &token {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -582,33 +719,4 @@ fn report_config_error(path: &Path, error: &ConfigError) -> ExitCode {
         path.display()
     );
     ExitCode::FAILURE
-}
-
-/// Route tracing to standard error or `-o FILE`, at the level `-v` asks for.
-fn init_logging(cli: &Cli) -> Result<(), String> {
-    let level = match cli.verbose {
-        0..=3 => tracing::Level::ERROR,
-        4 => tracing::Level::WARN,
-        5 | 6 => tracing::Level::INFO,
-        7 | 8 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false);
-    match &cli.output {
-        None => builder.with_writer(std::io::stderr).init(),
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("cannot open log file '{}': {e}", path.display()))?;
-            builder
-                .with_writer(std::sync::Mutex::new(file))
-                .with_ansi(false)
-                .init();
-        }
-    }
-    Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 /// Each top-level module and the modules it may import.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("hash", &[]),
+    ("logging", &[]),
     ("resp", &[]),
     ("config", &["hash"]),
     ("command", &["resp"]),

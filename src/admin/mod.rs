@@ -6,6 +6,7 @@
 
 pub mod ctl;
 mod http;
+pub mod token;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

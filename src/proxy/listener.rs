@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Served;
 use super::session;
@@ -52,21 +52,52 @@ pub fn bind(listen: &Listen, backlog: u32) -> std::io::Result<Bound> {
     }
 }
 
-/// Accept clients for `pool` until `shutdown` turns true. Each session holds a clone of
-/// `alive`; the proxy knows every session ended when all clones are dropped.
-pub async fn serve(
-    served: Arc<Served>,
-    bound: Bound,
-    limits: RequestLimits,
-    mut shutdown: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
-) {
+/// What a listener shares with the proxy: the client limit, the shutdown signal, and the
+/// sender every session holds a clone of (the proxy knows every session ended when all
+/// clones are dropped).
+#[derive(Clone)]
+pub struct Shared {
+    /// Request limits of every client.
+    pub limits: RequestLimits,
+    /// One permit per client connection, across every pool (`--max-clients`).
+    pub clients: Arc<Semaphore>,
+    /// Turns true to begin a graceful shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// Held by every session.
+    pub alive: mpsc::Sender<()>,
+}
+
+/// The reply of a client over `--max-clients` (Redis's words), before it is closed.
+const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// Accept clients for `pool` until shutdown. A client over the limit is told so and
+/// closed at once, so a connection flood cannot run the process out of file descriptors
+/// (the admin API and the clients already connected keep working).
+pub async fn serve(served: Arc<Served>, bound: Bound, shared: Shared) {
+    let Shared {
+        limits,
+        clients,
+        mut shutdown,
+        alive,
+    } = shared;
     let mut backoff = ACCEPT_BACKOFF;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => return,
             accepted = accept(&bound) => accepted,
         };
+        let permit = match (&accepted, clients.clone().try_acquire_owned()) {
+            (Ok(_), Ok(permit)) => Some(permit),
+            (Ok(_), Err(_)) => None,
+            (Err(_), _) => None,
+        };
+        if accepted.is_ok() && permit.is_none() {
+            served.pool.counters.rejected.increment(1);
+            if let Ok(stream) = accepted {
+                tokio::spawn(refuse(stream));
+            }
+            continue;
+        }
         match accepted {
             Ok(Accepted::Tcp(stream)) => {
                 backoff = ACCEPT_BACKOFF;
@@ -86,7 +117,7 @@ pub async fn serve(
                 let (served, shutdown, alive) = (served.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
                     session::run(served, rd, wr, limits, shutdown, peer, local).await;
-                    drop(alive);
+                    drop((alive, permit));
                 });
             }
             Ok(Accepted::Unix(stream)) => {
@@ -101,10 +132,11 @@ pub async fn serve(
                 let (served, shutdown, alive) = (served.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
                     session::run(served, rd, wr, limits, shutdown, peer, local).await;
-                    drop(alive);
+                    drop((alive, permit));
                 });
             }
             Err(error) => {
+                // Out of file descriptors (or another accept error): back off.
                 tracing::warn!(pool = served.name(), %error, "accept failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -145,4 +177,22 @@ fn set_keepalive(stream: &tokio::net::TcpStream) {
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "SO_KEEPALIVE failed");
     }
+}
+
+/// Tell a client over the limit why, and close it (at most a second spent on it).
+async fn refuse(stream: Accepted) {
+    use tokio::io::AsyncWriteExt;
+    let write = async {
+        match stream {
+            Accepted::Tcp(mut s) => {
+                let _ = s.write_all(MAX_CLIENTS_REPLY).await;
+                let _ = s.shutdown().await;
+            }
+            Accepted::Unix(mut s) => {
+                let _ = s.write_all(MAX_CLIENTS_REPLY).await;
+                let _ = s.shutdown().await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }

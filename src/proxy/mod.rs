@@ -82,7 +82,12 @@ pub struct Proxy {
 impl Proxy {
     /// Bind every pool's listener and start serving. Binding happens first, for every
     /// pool, so a taken port fails start-up before any client is served.
-    pub async fn start(config: &Config, limits: RequestLimits) -> Result<Proxy, StartError> {
+    /// At most `max_clients` client connections are open at once, across every pool.
+    pub async fn start(
+        config: &Config,
+        limits: RequestLimits,
+        max_clients: usize,
+    ) -> Result<Proxy, StartError> {
         let mut bound = Vec::new();
         for pool in config.listening_pools() {
             let Some(listen) = &pool.listen else { continue };
@@ -96,6 +101,12 @@ impl Proxy {
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
+        let shared = listener::Shared {
+            limits,
+            clients: Arc::new(tokio::sync::Semaphore::new(max_clients.max(1))),
+            shutdown: shutdown_rx,
+            alive: alive_tx,
+        };
         let mut pools = Vec::new();
         for (pool_config, socket) in bound {
             let listen = pool_config
@@ -121,13 +132,7 @@ impl Proxy {
             let served = Arc::new(Served { pool, migration });
             let pool = &served.pool;
             tracing::info!(pool = pool.name(), %listen, servers = pool.servers.len(), "serving");
-            tokio::spawn(listener::serve(
-                served.clone(),
-                socket,
-                limits,
-                shutdown_rx.clone(),
-                alive_tx.clone(),
-            ));
+            tokio::spawn(listener::serve(served.clone(), socket, shared.clone()));
             pools.push(served.clone());
         }
         Ok(Proxy {

@@ -61,6 +61,8 @@ pub struct PoolCounters {
     pub connections_gauge: Gauge,
     /// `cutover_client_connections_accepted_total`.
     pub accepted: Counter,
+    /// `cutover_client_rejected_total`: clients turned away over `--max-clients`.
+    pub rejected: Counter,
     /// `cutover_requests_total` by command class.
     requests: [Counter; 4],
     /// `cutover_request_duration_seconds` by command class (time to the reply being ready).
@@ -81,6 +83,7 @@ impl PoolCounters {
             forward_error: AtomicU64::new(0),
             connections_gauge: gauge!("cutover_client_connections", "pool" => pool.clone()),
             accepted: counter!("cutover_client_connections_accepted_total", "pool" => pool.clone()),
+            rejected: counter!("cutover_client_rejected_total", "pool" => pool.clone()),
             requests: CommandClass::ALL.map(|c| counter!("cutover_requests_total", "pool" => pool.clone(), "class" => c.label())),
             latency: CommandClass::ALL
                 .map(|c| histogram!("cutover_request_duration_seconds", "pool" => pool.clone(), "class" => c.label())),

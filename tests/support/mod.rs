@@ -384,6 +384,21 @@ impl Proxy {
         );
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send `signal` (`HUP`, `TTIN`, ...) with `kill`, as an operator would.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// A `redis` client connection to the proxy's client port.
     pub fn client(&self) -> redis::Connection {
         connect_to(self.port)
@@ -483,6 +498,14 @@ pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
 
 /// One HTTP/1.1 request with extra header lines (each ending in CRLF).
 pub fn http_with(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
+    // The token a cutover made at start (safe by default), as `cutover ctl` reads it,
+    // unless the caller sends its own.
+    let token = std::fs::read_to_string(admin_token_file(port))
+        .ok()
+        .filter(|_| !headers.to_ascii_lowercase().contains("authorization"))
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        .unwrap_or_default();
+    let headers = format!("{token}{headers}");
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to admin");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -504,6 +527,11 @@ pub fn http_with(port: u16, method: &str, path: &str, headers: &str) -> (u16, St
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Where a cutover whose admin API is on `port` writes the token it makes at start.
+pub fn admin_token_file(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("cutover-admin-{port}.token"))
 }
 
 /// The cutover binary built for these tests.

@@ -1,0 +1,212 @@
+//! Operating cutover where nutcracker ran: signals as nutcracker handles them (log reopen
+//! with a real logrotate, log level steps, SIGUSR1/2 harmless), the client limit, the
+//! admin API safe by default, and `-V` for scripts.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Proxy, RedisServer, cutover_bin, http, http_with, pool_config, wait_for};
+
+/// A plain one-pool proxy over `backend`, with `extra` arguments.
+fn proxy(backend: &RedisServer, extra: &[&str]) -> Proxy {
+    Proxy::cutover_with(&pool_config(&[], &[format!("{}:1", backend.addr())]), extra)
+}
+
+/// The shipped logrotate config, rotating the test's own files: a real `logrotate -f`
+/// moves the log aside and sends SIGHUP through the pid file; cutover writes to a new
+/// file, and the rotated one gets nothing more.
+#[test]
+fn logrotate_with_the_shipped_config_moves_the_log_and_sighup_reopens_it() {
+    let backend = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let pid_file = dir.path().join("cutover.pid");
+    let cutover = proxy(&backend, &["-p", &pid_file.display().to_string()]);
+    wait_for("the pid file", Duration::from_secs(5), || pid_file.exists());
+    let log = cutover.dir.path().join("proxy.log");
+    wait_for("a first log line", Duration::from_secs(5), || {
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 0)
+    });
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/logrotate.d/cutover"
+    ))
+    .expect("conf/logrotate.d/cutover");
+    let config = shipped
+        .replace("/var/log/cutover/cutover.log", &log.display().to_string())
+        .replace("/run/cutover/cutover.pid", &pid_file.display().to_string())
+        .replace("create 640 cutover adm", "create 640")
+        .replace("    compress\n", "");
+    let conf_path = dir.path().join("logrotate.conf");
+    std::fs::write(&conf_path, config).expect("write logrotate config");
+    let status = Command::new("logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(dir.path().join("logrotate.state"))
+        .arg(&conf_path)
+        .status()
+        .expect("logrotate (apt-get install logrotate)");
+    assert!(status.success(), "logrotate -f");
+    let rotated = cutover.dir.path().join("proxy.log.1");
+    assert!(rotated.exists(), "the log was moved aside");
+    wait_for("the reopened log", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("log file reopened"))
+    });
+    // Later lines go to the new file only.
+    cutover.signal("TTIN");
+    wait_for("a line in the new file", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("log level raised"))
+    });
+    let old = std::fs::read_to_string(&rotated).expect("rotated log");
+    assert!(
+        !old.contains("log level raised"),
+        "nothing more in the rotated file"
+    );
+    assert!(
+        old.contains("started"),
+        "the rotated file kept the old lines"
+    );
+}
+
+/// SIGTTIN and SIGTTOU step the log level with a line saying the new level (they stop a
+/// process that does not handle them); SIGUSR1 and SIGUSR2 do not kill it (their default
+/// action); clients are served throughout.
+#[test]
+fn level_signals_and_user_signals_keep_serving() {
+    let backend = RedisServer::start();
+    let mut cutover = proxy(&backend, &[]);
+    // One at a time: a signal that arrives twice before it is handled is handled once.
+    for (signal, line) in [
+        ("TTIN", "log level raised to 6"),
+        ("TTIN", "log level raised to 7"),
+        ("TTOU", "log level lowered to 6"),
+        ("USR1", "SIGUSR1 ignored"),
+        ("USR2", "SIGUSR2 ignored"),
+    ] {
+        cutover.signal(signal);
+        wait_for(line, Duration::from_secs(5), || {
+            cutover.log().contains(line)
+        });
+    }
+    assert!(
+        cutover.is_running(),
+        "still running after SIGUSR1 and SIGUSR2"
+    );
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut cutover.client())
+        .expect("served");
+}
+
+/// More clients than `--max-clients`: the extra ones get Redis's error and are closed,
+/// counted; the clients already connected and the admin API keep working.
+#[test]
+fn clients_over_the_limit_are_told_and_closed() {
+    let backend = RedisServer::start();
+    let cutover = proxy(&backend, &["--max-clients", "5"]);
+    let mut held: Vec<support::RespConn> = (0..5).map(|_| cutover.connect()).collect();
+    for conn in &mut held {
+        assert_eq!(conn.call(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    }
+    for _ in 0..20 {
+        let mut extra = cutover.connect();
+        assert_eq!(extra.reply(), b"-ERR max number of clients reached\r\n");
+        assert!(extra.closed_within(Duration::from_secs(2)));
+    }
+    for conn in &mut held {
+        assert_eq!(conn.call(&[b"GET", b"k"]), b"$1\r\nv\r\n");
+    }
+    let metrics = cutover.admin_get("/metrics").1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cutover_client_rejected_total{") && l.ends_with(" 20")),
+        "{metrics}"
+    );
+    // A slot freed is a slot to take.
+    drop(held.pop());
+    wait_for("a free slot", Duration::from_secs(5), || {
+        let mut conn = cutover.connect();
+        conn.call(&[b"PING"]) == b"+PONG\r\n"
+    });
+}
+
+/// With no token configured, the admin API is safe by default: a token is made at start,
+/// written to a file only this user can read, a POST without it gets 401, `cutover ctl`
+/// works with no flags (it reads the file), and `/metrics` stays open for scrapers.
+#[test]
+fn the_admin_api_is_safe_by_default() {
+    let backend = RedisServer::start();
+    let cutover = proxy(&backend, &[]);
+    let file = support::admin_token_file(cutover.admin_port);
+    wait_for("the token file", Duration::from_secs(5), || file.exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "readable by this user only");
+    let (code, body) = http_with(
+        cutover.admin_port,
+        "POST",
+        "/verify",
+        "Authorization: Bearer guess\r\n",
+    );
+    assert_eq!(code, 401, "{body}");
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", cutover.admin_port)).expect("connect");
+    use std::io::{Read, Write};
+    raw.write_all(b"POST /backfill/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    let _ = raw.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert_eq!(
+        cutover.admin_get("/metrics").0,
+        200,
+        "scrapers need no token"
+    );
+    let ctl = Command::new(cutover_bin())
+        .args([
+            "ctl",
+            "--admin",
+            &format!("127.0.0.1:{}", cutover.admin_port),
+            "pause",
+        ])
+        .output()
+        .expect("cutover ctl");
+    let text =
+        String::from_utf8_lossy(&ctl.stdout).into_owned() + &String::from_utf8_lossy(&ctl.stderr);
+    // No migration here: the token was accepted and the call answered on its merits.
+    assert!(text.contains("no migration is running"), "{text}");
+    // An explicit opt-out keeps the old behaviour.
+    let open = proxy(&backend, &["--no-admin-token"]);
+    assert_eq!(
+        http(open.admin_port, "POST", "/backfill/pause").0,
+        409,
+        "no migration, but no 401"
+    );
+}
+
+/// `-V` prints one line scripts can read, in nutcracker's form (`This is
+/// nutcracker-0.5.0`): `This is cutover-VERSION`.
+#[test]
+fn version_line_in_nutcrackers_form() {
+    let ours = Command::new(cutover_bin())
+        .arg("-V")
+        .output()
+        .expect("cutover -V");
+    let text = String::from_utf8_lossy(&ours.stdout);
+    assert!(ours.status.success());
+    assert_eq!(
+        text.trim(),
+        format!("This is cutover-{}", env!("CARGO_PKG_VERSION"))
+    );
+    let theirs = Command::new("nutcracker")
+        .arg("-V")
+        .output()
+        .expect("nutcracker -V");
+    let line = String::from_utf8_lossy(&theirs.stdout) + String::from_utf8_lossy(&theirs.stderr);
+    assert!(line.starts_with("This is nutcracker-"), "{line}");
+}

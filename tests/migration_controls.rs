@@ -303,7 +303,8 @@ fn dirty_keys_survive_a_dirty_file_that_cannot_be_written() {
 
 /// The admin API's limits: a body over 64 KiB is refused (413) without being buffered,
 /// a garbled request gets 400, and clients that connect and send nothing do not hold the
-/// API for anyone else.
+/// API for anyone else; past 64 open connections a new one gets 503 at once, and is
+/// served again once they go.
 #[test]
 fn the_admin_api_keeps_its_limits() {
     use std::io::{Read, Write};
@@ -338,4 +339,14 @@ fn the_admin_api_keeps_its_limits() {
     let answer = exchange(b"NONSENSE\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     drop(idle);
+    let crowd: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", cutover.admin_port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let answer = exchange(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(crowd);
+    wait_for("the admin API again", Duration::from_secs(5), || {
+        cutover.admin_get("/status").0 == 200
+    });
 }

@@ -22,6 +22,11 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 /// How long a client has to send its request head, and then its body.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most admin connections open at once: a flood of them cannot take the file descriptors
+/// the proxy's clients need (and clients over `--max-clients` cannot take the admin's).
+const MAX_CONNECTIONS: usize = 64;
+/// The answer of a connection over [`MAX_CONNECTIONS`], before it is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 49\r\nConnection: close\r\n\r\n{\"error\":\"too many admin connections; try again\"}";
 
 /// A parsed admin request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,13 +85,26 @@ impl HttpResponse {
 /// task per client.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let app = Router::new().fallback(handle).with_state(admin);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let busy = async {
+                    let _ = stream.write_all(BUSY).await;
+                    let _ = stream.shutdown().await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), busy).await;
+            });
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
             // One request per connection, as scrapers and `cutover ctl` expect.
             http.timer(TokioTimer::new())

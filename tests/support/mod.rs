@@ -512,7 +512,7 @@ pub fn http_with(port: u16, method: &str, path: &str, headers: &str) -> (u16, St
         .expect("timeout");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Content-Length: 0\r\n\r\n"
     )
     .expect("send");
     let mut text = String::new();
@@ -755,5 +755,82 @@ pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Debian's `prometheus` on a free loopback port, scraping `targets` (`HOST:PORT` of
+/// cutover admin APIs) every second, with its own data directory; stopped on drop.
+pub struct Prometheus {
+    /// The running process.
+    child: Child,
+    /// Its HTTP API port.
+    pub port: u16,
+    /// Its config and data (removed on drop).
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Start it, scraping `targets`.
+    pub fn start(targets: &[String]) -> Prometheus {
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            let config = format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: cutover\n    static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            );
+            let conf = dir.path().join("prometheus.yml");
+            std::fs::write(&conf, config).expect("write prometheus config");
+            let mut child = Command::new("prometheus")
+                .arg(format!("--config.file={}", conf.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("prometheus on PATH (apt-get install prometheus)");
+            if wait_for_port(&mut child, port) {
+                return Prometheus {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            stop(&mut child);
+        }
+        panic!("prometheus did not start after {START_ATTEMPTS} attempts");
+    }
+
+    /// Evaluate `query` now through the HTTP API; the `data.result` array.
+    pub fn query(&self, query: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
+        let body = ureq::get(&url)
+            .query("query", query)
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{query}: {e}: {body}"));
+        assert_eq!(answer["status"], "success", "{query}: {body}");
+        answer["data"]["result"].clone()
+    }
+
+    /// The scrape targets, as the HTTP API lists them.
+    pub fn targets(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/api/v1/targets", self.port);
+        ureq::get(&url)
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        stop(&mut self.child);
     }
 }

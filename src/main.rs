@@ -5,11 +5,13 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use cutover::config::{Config, ConfigError};
 use cutover::proxy::Proxy;
+use cutover::proxy::reload::Reloader;
 use cutover::resp::RequestLimits;
 use cutover::{admin, stats};
 
@@ -498,7 +500,9 @@ fn main() -> ExitCode {
         Ok(token) => token,
         Err(message) => return fail(&message),
     };
+    let conf_file = std::path::absolute(&cli.conf_file).unwrap_or_else(|_| cli.conf_file.clone());
     let served = runtime.block_on(serve(Serving {
+        conf_file,
         config,
         limits,
         max_clients: cli.max_clients.unwrap_or_else(default_max_clients),
@@ -519,6 +523,8 @@ fn main() -> ExitCode {
 
 /// What running the proxy needs.
 struct Serving {
+    /// The configuration file (absolute), read again by a reload.
+    conf_file: PathBuf,
     /// The configuration.
     config: Config,
     /// Client request limits.
@@ -578,11 +584,13 @@ fn default_max_clients() -> usize {
 }
 
 /// Run the proxy until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reopens the
-/// log file, SIGTTIN and SIGTTOU raise and lower the log level, SIGUSR1 and SIGUSR2 are
-/// logged and otherwise ignored (as nutcracker does).
+/// log file, SIGTTIN and SIGTTOU raise and lower the log level, SIGUSR1 reloads the
+/// configuration (what can change on a live pool; see `proxy::reload`), SIGUSR2 is logged
+/// and otherwise ignored (nutcracker ignores both).
 async fn serve(serving: Serving) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let Serving {
+        conf_file,
         config,
         limits,
         max_clients,
@@ -618,9 +626,10 @@ async fn serve(serving: Serving) -> Result<(), String> {
             Some(token.clone())
         }
     };
+    let reloader = Arc::new(Reloader::new(conf_file, config, proxy.pools.clone()));
     tokio::spawn(admin::serve(
         admin_listener,
-        admin::Admin::new(metrics, proxy.pools.clone(), required),
+        admin::Admin::new(metrics, proxy.pools.clone(), required).with_reloader(reloader.clone()),
     ));
     tracing::info!(%stats_addr, %admin_addr, max_clients, "cutover {} started", env!("CARGO_PKG_VERSION"));
 
@@ -640,7 +649,14 @@ async fn serve(serving: Serving) -> Result<(), String> {
             _ = hup.recv() => logging.reopen(),
             _ = ttin.recv() => logging.step(true),
             _ = ttou.recv() => logging.step(false),
-            _ = usr1.recv() => tracing::info!("SIGUSR1 ignored"),
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reloading the configuration");
+                if let Err(error) = reloader.reload().await {
+                    for line in error.to_string().lines() {
+                        tracing::error!("reload refused, nothing changed: {line}");
+                    }
+                }
+            }
             _ = usr2.recv() => tracing::info!("SIGUSR2 ignored"),
         }
     }

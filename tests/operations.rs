@@ -210,3 +210,93 @@ fn version_line_in_nutcrackers_form() {
     let line = String::from_utf8_lossy(&theirs.stdout) + String::from_utf8_lossy(&theirs.stderr);
     assert!(line.starts_with("This is nutcracker-"), "{line}");
 }
+
+/// A reload (SIGUSR1) that adds a migration to a live pool: a client pipelining writes on
+/// one connection throughout keeps its connection and gets every reply, the migration
+/// runs to the end, and the target equals the source. Then a reload that changes a server
+/// line (`POST /reload`) is refused as a whole, with the line, and nothing changes.
+#[test]
+fn a_reload_starts_a_migration_without_dropping_a_client_and_refuses_other_changes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let source = RedisServer::start();
+    let targets = support::redis_servers(2);
+    support::fill_numbered(&source, 2000);
+    let plain = format!(
+        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n",
+        source.addr()
+    );
+    let cutover = Proxy::cutover(&plain);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (port, stop) = (cutover.port, stop.clone());
+        std::thread::spawn(move || {
+            let mut conn = support::connect_to(port);
+            let mut replies = 0u64;
+            let mut round = 0u64;
+            while !stop.load(Relaxed) {
+                let mut pipe = redis::pipe();
+                for i in 0..50 {
+                    pipe.cmd("INCR")
+                        .arg(format!("w:{}", (round * 50 + i) % 300));
+                    pipe.cmd("SET")
+                        .arg(format!("k{}", (round * 7 + i) % 2000))
+                        .arg(round);
+                }
+                let answered: Vec<redis::Value> =
+                    pipe.query(&mut conn).expect("every pipelined reply");
+                replies += answered.len() as u64;
+                round += 1;
+            }
+            replies
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let config_file = cutover.dir.path().join("proxy.yml");
+    let migrating = support::migration_config(&source, &targets, "")
+        .replace("LISTEN", &format!("127.0.0.1:{}", cutover.port));
+    std::fs::write(&config_file, &migrating).expect("write the new config");
+    cutover.signal("USR1");
+    wait_for("the migration to start", Duration::from_secs(10), || {
+        cutover
+            .admin_get("/status")
+            .1
+            .contains("\"phase\":\"migrating\"")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Relaxed);
+    let replies = writer.join().expect("the writer kept its connection");
+    assert!(replies > 0);
+    cutover.wait_migration_drained(Duration::from_secs(30), 3);
+    support::compare::assert_same(&source, &targets);
+    assert!(
+        cutover.log().contains("migration to 'fleet' started"),
+        "{}",
+        cutover.log()
+    );
+
+    let moved = migrating.replace(&format!("{}:1", source.addr()), "127.0.0.1:1:1");
+    std::fs::write(&config_file, moved).expect("write a bad config");
+    let (code, body) = http(cutover.admin_port, "POST", "/reload");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("proxy.yml:1: pool 'legacy': servers: changed"),
+        "{body}"
+    );
+    assert!(
+        cutover
+            .admin_get("/status")
+            .1
+            .contains("\"phase\":\"migrating\"")
+    );
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("1")
+        .query(&mut cutover.client())
+        .expect("still served by the same servers");
+    let value: String = redis::cmd("GET")
+        .arg("after")
+        .query(&mut source.client())
+        .expect("on the source");
+    assert_eq!(value, "1");
+}

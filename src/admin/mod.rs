@@ -22,6 +22,7 @@ use crate::migrate::Migration;
 use crate::migrate::verify::{self, VerifyOptions};
 use crate::migrate::{FlipError, Flipped};
 use crate::proxy::Served;
+use crate::proxy::reload::Reloader;
 
 /// Histogram buckets for every `_seconds` histogram: 50 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -55,6 +56,8 @@ pub struct Admin {
     pools: Vec<Arc<Served>>,
     /// When set, every POST must carry `Authorization: Bearer <token>`.
     token: Option<String>,
+    /// Reloads the config (`POST /reload`).
+    reloader: Option<Arc<Reloader>>,
 }
 
 impl Admin {
@@ -68,7 +71,14 @@ impl Admin {
             metrics,
             pools,
             token,
+            reloader: None,
         }
+    }
+
+    /// Answer `POST /reload` with `reloader`.
+    pub fn with_reloader(mut self, reloader: Arc<Reloader>) -> Admin {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// Answer one request.
@@ -116,6 +126,25 @@ impl Admin {
                         m.backfill.set_byte_limit(b);
                     }
                 })
+            }
+            ("POST", "/reload") => {
+                let Some(reloader) = &self.reloader else {
+                    return HttpResponse::error(404, "reload is not available here");
+                };
+                match reloader.reload().await {
+                    Ok(done) => HttpResponse::json(200, &json!({ "reloaded": true, "done": done })),
+                    Err(error) => {
+                        let reasons: Vec<String> =
+                            error.to_string().lines().map(str::to_string).collect();
+                        HttpResponse::json(
+                            409,
+                            &json!({
+                                "error": "the reload was refused; nothing changed",
+                                "reasons": reasons,
+                            }),
+                        )
+                    }
+                }
             }
             ("POST", "/cutover") => {
                 let force = query_flag(&request.query, "force");
@@ -172,7 +201,7 @@ impl Admin {
             .pools
             .iter()
             .filter(|p| wanted.is_none_or(|name| name == p.name()))
-            .filter_map(|p| p.migration.clone());
+            .filter_map(|p| p.migration().cloned());
         let first = found.next()?;
         // Several migrations and no pool named: ambiguous.
         found.next().is_none().then_some(first)
@@ -225,7 +254,7 @@ impl Admin {
         let wanted = query_value(query, "pool");
         let mut touched = 0;
         for pool in &self.pools {
-            if let Some(migration) = &pool.migration
+            if let Some(migration) = pool.migration()
                 && wanted.is_none_or(|name| name == pool.name())
             {
                 change(migration);
@@ -260,14 +289,14 @@ impl Admin {
                     "name": p.name(),
                     "client_connections": p.pool.counters.client_connections.load(Relaxed),
                     "servers": servers,
-                    "migration": p.migration.as_ref().map(|m| m.status_json()),
+                    "migration": p.migration().map(|m| m.status_json()),
                 })
             })
             .collect();
         let phase = self
             .pools
             .iter()
-            .find_map(|p| p.migration.as_ref())
+            .find_map(|p| p.migration())
             .map(|m| m.phase().name());
         json!({
             "version": env!("CARGO_PKG_VERSION"),

@@ -442,7 +442,7 @@ async fn shadow_check(
         read.compare,
         &source_reply,
         &reply,
-        migration.settings.ttl_tolerance_ms,
+        migration.tunables.ttl_tolerance_ms(),
     );
     if agree {
         if let Some(c) = counters {

@@ -71,8 +71,11 @@ pub struct Migration {
     /// Separate connections to the target servers, for copies back to the source after
     /// cutover (the mirror image of `copy_source`).
     pub copy_target: Arc<Pool>,
-    /// The `migrate:` settings.
+    /// The `migrate:` settings as they were at start (see `tunables` for the ones a reload
+    /// changes).
     pub settings: MigrateSettings,
+    /// The settings a reload may change while the migration runs.
+    pub tunables: Tunables,
     /// The lanes, their known-copied sets, and the sequence and stamp counters.
     pub lanes: Lanes,
     /// The backfill's controls and progress.
@@ -94,6 +97,45 @@ pub struct Migration {
     /// Both sides' engines (read at start), which decide how keys are copied each way.
     pub engines: engines::Engines,
 }
+
+/// The `migrate:` settings a reload changes on a running migration (the backfill's rate
+/// limits live in [`backfill::BackfillControl`]).
+#[derive(Debug)]
+pub struct Tunables {
+    /// `shadow_ratio`, as the bits of an `f64`.
+    shadow_ratio: AtomicU64,
+    /// `ttl_tolerance_ms`.
+    ttl_tolerance_ms: AtomicU64,
+}
+
+impl Tunables {
+    /// From the settings at start.
+    fn new(settings: &MigrateSettings) -> Tunables {
+        Tunables {
+            shadow_ratio: AtomicU64::new(settings.shadow_ratio.to_bits()),
+            ttl_tolerance_ms: AtomicU64::new(settings.ttl_tolerance_ms),
+        }
+    }
+
+    /// The share of reads compared with the target.
+    pub fn shadow_ratio(&self) -> f64 {
+        f64::from_bits(self.shadow_ratio.load(Relaxed))
+    }
+
+    /// TTL difference still counted as equal, in milliseconds.
+    pub fn ttl_tolerance_ms(&self) -> u64 {
+        self.ttl_tolerance_ms.load(Relaxed)
+    }
+}
+
+/// The `migrate:` keys a reload may change on a running migration; a change to any other
+/// is refused (it needs a restart).
+pub const RUNTIME_SETTINGS: [&str; 4] = [
+    "backfill_keys_per_second",
+    "backfill_bytes_per_second",
+    "shadow_ratio",
+    "ttl_tolerance_ms",
+];
 
 /// The mirror lag is measured on one mirrored event in this many (the first included).
 pub const LAG_SAMPLE: u64 = 8;
@@ -219,6 +261,7 @@ impl Migration {
             },
             engines,
             progress,
+            tunables: Tunables::new(&settings),
             settings,
         });
         tokio::spawn(engines::detect(migration.clone()));
@@ -547,6 +590,36 @@ impl Migration {
         self.lag.record(seconds);
     }
 
+    /// Apply the runtime keys of `settings` (a reload): rate limits, shadow ratio, TTL
+    /// tolerance; the other keys must not have changed (the reload checked).
+    pub fn apply_settings(&self, settings: &MigrateSettings) {
+        self.set_rate_limit(settings.backfill_keys_per_second);
+        self.backfill
+            .set_byte_limit(settings.backfill_bytes_per_second);
+        self.tunables
+            .shadow_ratio
+            .store(settings.shadow_ratio.to_bits(), Relaxed);
+        self.tunables
+            .ttl_tolerance_ms
+            .store(settings.ttl_tolerance_ms, Relaxed);
+        tracing::info!(
+            pool = self.source.name(),
+            keys_per_second = settings.backfill_keys_per_second,
+            bytes_per_second = settings.backfill_bytes_per_second,
+            shadow_ratio = settings.shadow_ratio,
+            ttl_tolerance_ms = settings.ttl_tolerance_ms,
+            "migration settings reloaded"
+        );
+    }
+
+    /// Start the backfill (of a migration started without one, by a reload, once every
+    /// write sent before the migration existed has been answered).
+    pub fn spawn_backfill(self: &Arc<Self>) {
+        if self.phase() == Phase::Migrating {
+            tokio::spawn(backfill::run(self.clone()));
+        }
+    }
+
     /// Change the backfill's keys-per-second limit (0: unlimited).
     pub fn set_rate_limit(&self, keys_per_second: u64) {
         self.backfill.set_rate_limit(keys_per_second);
@@ -670,7 +743,7 @@ impl Migration {
                     .collect::<serde_json::Map<_, _>>(),
             },
             "shadow": {
-                "ratio": self.settings.shadow_ratio,
+                "ratio": self.tunables.shadow_ratio(),
                 "checked": t.shadow_checked.load(Relaxed),
                 "mismatches": t.shadow_mismatches.load(Relaxed),
                 "unconfirmed": t.shadow_unconfirmed.load(Relaxed),

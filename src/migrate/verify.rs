@@ -419,7 +419,7 @@ async fn compare_batch(
     differing: &mut HashMap<Bytes, Found>,
     first: bool,
 ) {
-    let tolerance = migration.settings.ttl_tolerance_ms;
+    let tolerance = migration.tunables.ttl_tolerance_ms();
     for chunk in keys.chunks(CONCURRENCY) {
         let mut tasks = tokio::task::JoinSet::new();
         for key in chunk {

@@ -91,10 +91,7 @@ pub fn info(served: &Served, sections: &[String]) -> String {
             pool.name(),
             pool.servers.len(),
             servers.join(","),
-            served
-                .migration
-                .as_ref()
-                .map_or("none", |m| m.phase().name())
+            served.migration().map_or("none", |m| m.phase().name())
         ),
     );
     out

@@ -8,6 +8,7 @@ mod fragment;
 mod introspection;
 mod listener;
 mod local;
+pub mod reload;
 mod session;
 
 use std::sync::Arc;
@@ -45,12 +46,40 @@ pub enum StartError {
 pub struct Served {
     /// The pool (the migration's source, when there is one).
     pub pool: Arc<Pool>,
-    /// The migration, started before the listener accepts anyone, so no write reaches the
-    /// source without being mirrored.
-    pub migration: Option<Arc<Migration>>,
+    /// The migration: started before the listener accepts anyone, so no write reaches the
+    /// source without being mirrored; or by a reload, which waits until every write sent
+    /// before it existed was answered before the backfill starts.
+    migration: std::sync::OnceLock<Arc<Migration>>,
+    /// Every request is inside this gate from before it looks for the migration until it
+    /// is queued on its connection: a reload that starts a migration waits for it to be
+    /// empty, so no request that saw "no migration" is still on its way to the source.
+    pub routing: crate::migrate::phase::Gate,
 }
 
 impl Served {
+    /// A served pool, with its migration if it has one.
+    pub fn new(pool: Arc<Pool>, migration: Option<Arc<Migration>>) -> Served {
+        let served = Served {
+            pool,
+            migration: std::sync::OnceLock::new(),
+            routing: crate::migrate::phase::Gate::default(),
+        };
+        if let Some(m) = migration {
+            let _ = served.migration.set(m);
+        }
+        served
+    }
+
+    /// The migration this pool is the source of, if any.
+    pub fn migration(&self) -> Option<&Arc<Migration>> {
+        self.migration.get()
+    }
+
+    /// Make this pool the source of `migration` (a reload); false when it already is one's.
+    pub fn attach(&self, migration: Arc<Migration>) -> bool {
+        self.migration.set(migration).is_ok()
+    }
+
     /// The pool's name.
     pub fn name(&self) -> &str {
         self.pool.name()
@@ -60,7 +89,7 @@ impl Served {
     /// the pool's servers and its migration's other pools.
     pub fn publish_metrics(&self) {
         self.pool.publish_metrics();
-        if let Some(m) = &self.migration {
+        if let Some(m) = self.migration() {
             for pool in [&m.target, &m.copy_source, &m.copy_target] {
                 pool.publish_metrics();
             }
@@ -129,7 +158,7 @@ impl Proxy {
                 }
                 migration = Some(Migration::start(pool.clone(), &pool_config, target));
             }
-            let served = Arc::new(Served { pool, migration });
+            let served = Arc::new(Served::new(pool, migration));
             let pool = &served.pool;
             tracing::info!(pool = pool.name(), %listen, servers = pool.servers.len(), "serving");
             tokio::spawn(listener::serve(served.clone(), socket, shared.clone()));
@@ -156,7 +185,7 @@ impl Proxy {
         // Mirror events of the last writes reach the target, and the state file records
         // a clean stop.
         for served in &self.pools {
-            if let Some(migration) = &served.migration {
+            if let Some(migration) = served.migration() {
                 migration.stop(MIGRATION_STOP_TIMEOUT).await;
             }
         }

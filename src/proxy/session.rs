@@ -286,7 +286,10 @@ impl Session {
             ..
         } = self;
         let listen = &served.pool;
-        let migration = served.migration.as_ref();
+        // Inside the routing gate until the request is queued (a reload that starts a
+        // migration waits for the requests that saw none).
+        let _routing = served.routing.enter().await;
+        let migration = served.migration();
         // Inside the gate until `_pass` drops: after the request is queued, or when this
         // future is dropped first.
         let (gated, _pass) = match migration {
@@ -445,7 +448,7 @@ impl Forwarding<'_> {
             migration.shadow_skip("target_lacks");
             return None;
         }
-        let ratio = migration.settings.shadow_ratio;
+        let ratio = migration.tunables.shadow_ratio();
         if ratio <= 0.0 || !self.sample(ratio) {
             return None;
         }

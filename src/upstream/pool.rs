@@ -337,6 +337,31 @@ impl Pool {
         rx
     }
 
+    /// Send a `PING` down every connection of every server and wait for each reply: each
+    /// connection is first-in first-out, so once its `PING` is answered, every request
+    /// queued on it before has been answered too. (A connection that fails answers its
+    /// requests with its error.)
+    pub async fn behind_every_request(&self) {
+        let mut waiting = Vec::new();
+        for (server, s) in self.servers.iter().enumerate() {
+            for protocol in [Protocol::Resp2, Protocol::Resp3] {
+                let count = match protocol {
+                    Protocol::Resp2 => s.connections.len(),
+                    Protocol::Resp3 => s.resp3_connections.len(),
+                };
+                for connection in 0..count {
+                    let ping = Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
+                    if let Ok(rx) = self.submit(server, connection, ping, 1, protocol).await {
+                        waiting.push(rx);
+                    }
+                }
+            }
+        }
+        for rx in waiting {
+            let _ = rx.await;
+        }
+    }
+
     /// Room on `route`'s RESP2 connection for one request now, without waiting (`None`
     /// when its queue is full or closed): a request whose only listener is its hook (a
     /// replayed write) is sent through it, or not at all.

@@ -70,8 +70,8 @@ fn logrotate_with_the_shipped_config_moves_the_log_and_sighup_reopens_it() {
 }
 
 /// SIGTTIN and SIGTTOU step the log level with a line saying the new level (they stop a
-/// process that does not handle them); SIGUSR1 and SIGUSR2 do not kill it (their default
-/// action); clients are served throughout.
+/// process that does not handle them); SIGUSR1 (a reload of an unchanged file) and
+/// SIGUSR2 do not kill it (their default action); clients are served throughout.
 #[test]
 fn level_signals_and_user_signals_keep_serving() {
     let backend = RedisServer::start();
@@ -81,7 +81,7 @@ fn level_signals_and_user_signals_keep_serving() {
         ("TTIN", "log level raised to 6"),
         ("TTIN", "log level raised to 7"),
         ("TTOU", "log level lowered to 6"),
-        ("USR1", "SIGUSR1 ignored"),
+        ("USR1", "reload: nothing changed"),
         ("USR2", "SIGUSR2 ignored"),
     ] {
         cutover.signal(signal);

@@ -1,6 +1,7 @@
 //! Upstream: the server pools both the proxy and the migration engine talk to. A pool's
 //! servers, their pipelined connections (RESP2 and RESP3), routing by nutcracker's
-//! placement, ejection and return of failing servers, and their counters.
+//! placement, ejection and return of failing servers, and their counters; and a
+//! replication client of one server (the migration's second feed of writes).
 //!
 //! May import: `config`, `hash`, `resp`, `command` (for counter labels). Never `migrate`
 //! or `proxy`: what rides on a request to be told of its outcome (a migration's mirror
@@ -10,6 +11,7 @@ mod backend;
 mod counters;
 mod hook;
 mod pool;
+pub mod replication;
 
 pub use backend::{BackendError, ReplyResult};
 pub use counters::{ErrorKind, PoolCounters, ServerCounters};

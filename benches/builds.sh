@@ -24,15 +24,8 @@ git -C "$OLD_TREE" checkout --quiet --detach "$REV"
 cargo build --release --quiet
 OLD=$PWD/target/bench-before-target/release/cutover
 NEW=$PWD/target/release/cutover
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+. benches/lib.sh
 redis() { local p; p=$(free_port); redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null & PIDS+=($!); wait_port "$p"; echo "$p"; }
-median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 # Servers: three for plain proxying; one source and three targets for mirroring.
 PLAIN=(); for _ in 1 2 3; do PLAIN+=("$(redis)"); done

@@ -16,13 +16,7 @@ ROUNDS=${2:-3}
 CLIENTS=50
 cargo build --release --quiet
 BIN=target/release/cutover
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+. benches/lib.sh
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 TICKS=$(getconf CLK_TCK)
 
@@ -53,7 +47,6 @@ bench() {
     | awk -F'","' '/^"SET"/{s=$2} /^"GET"/{g=$2} END{printf "%d %d\n", s, g}'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 printf '%-4s %-4s %12s %12s %12s %8s %16s %16s\n' "P" "cmd" "redis" "nutcracker" "cutover" "ratio" "nc cpu s/Mreq" "cut cpu s/Mreq"
 for P in 1 16; do

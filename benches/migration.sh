@@ -19,12 +19,7 @@ MB=${1:-150}
 PARTS=${2:-backfill mirror pause}
 cargo build --release --quiet
 BIN=$PWD/target/release/cutover
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 1 400); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+. benches/lib.sh
 # Start a redis-server; its port is left in $PORT and its pid in $RPID (not a subshell, so
 # cleanup can stop it).
 redis() { PORT=$(free_port); redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null 2>&1 & PIDS+=($!); RPID=$!; wait_port "$PORT"; }
@@ -80,7 +75,6 @@ cpu_snapshot() { echo "$(machine_busy) $(cpu_seconds "$SRC_PID") $(echo "$(cpu_s
 # Medians of ROUNDS rounds (default 11), the two proxies taking turns (a shared 2-core
 # machine is noisy).
 ROUNDS=${ROUNDS:-11}
-median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 if [[ $PARTS == *mirror* ]]; then
 : > "$WORK/mirror_runs"; : > "$WORK/set_cpu"
 cpu_plain0=$(cpu_seconds "$PLAIN_PID"); cpu_mirror0=$(cpu_seconds "$MIRROR_PID")

@@ -50,8 +50,8 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
-#[test]
-fn every_metric_the_dashboard_queries_is_exported() {
+/// Every query of `conf/grafana-dashboard.json`.
+fn dashboard_queries() -> Vec<String> {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/conf/grafana-dashboard.json"
@@ -60,6 +60,12 @@ fn every_metric_the_dashboard_queries_is_exported() {
     let dashboard: Value = serde_json::from_str(&text).expect("valid JSON");
     let mut exprs = Vec::new();
     queries(dashboard["panels"].as_array().expect("panels"), &mut exprs);
+    exprs
+}
+
+#[test]
+fn every_metric_the_dashboard_queries_is_exported() {
+    let exprs = dashboard_queries();
     assert!(exprs.len() >= 20, "{} queries", exprs.len());
     let wanted: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
     for needed in [
@@ -139,14 +145,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
 /// parses and returns series.
 #[test]
 fn every_dashboard_query_returns_series_in_a_real_prometheus() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/conf/grafana-dashboard.json"
-    ))
-    .expect("dashboard");
-    let dashboard: Value = serde_json::from_str(&text).expect("valid JSON");
-    let mut exprs = Vec::new();
-    queries(dashboard["panels"].as_array().expect("panels"), &mut exprs);
+    let exprs = dashboard_queries();
 
     let source = RedisServer::start();
     let targets = redis_servers(2);

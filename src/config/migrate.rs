@@ -17,6 +17,31 @@ pub enum StructuralCopy {
     Always,
 }
 
+/// Where the migration takes the writes it mirrors from (`capture:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// The proxy's own writes, mirrored from their replies (works anywhere, sees only
+    /// what passes through this proxy).
+    Proxy,
+    /// The source servers' replication streams (every write, from any client; needs
+    /// PSYNC). Start fails when a server refuses it.
+    Replication,
+    /// Replication when every source server accepts PSYNC, proxy mirroring otherwise
+    /// (said in the log and in `/status`).
+    Auto,
+}
+
+impl Capture {
+    /// The name in the config and in `/status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capture::Proxy => "proxy",
+            Capture::Replication => "replication",
+            Capture::Auto => "auto",
+        }
+    }
+}
+
 /// Settings of one migration (`migrate:`), with their defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MigrateSettings {
@@ -42,6 +67,8 @@ pub struct MigrateSettings {
     pub mirror_queue_limit: u64,
     /// Where the migration's progress and dirty keys are kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// Where the writes to mirror come from.
+    pub capture: Capture,
 }
 
 impl Default for MigrateSettings {
@@ -58,12 +85,13 @@ impl Default for MigrateSettings {
             structural_copy: StructuralCopy::Auto,
             mirror_queue_limit: 100_000,
             state_file: None,
+            capture: Capture::Proxy,
         }
     }
 }
 
 /// The keys `migrate:` accepts, for messages and suggestions.
-pub const MIGRATE_KEYS: [&str; 11] = [
+pub const MIGRATE_KEYS: [&str; 12] = [
     "lanes",
     "scan_count",
     "backfill_keys_per_second",
@@ -75,6 +103,7 @@ pub const MIGRATE_KEYS: [&str; 11] = [
     "structural_copy",
     "mirror_queue_limit",
     "state_file",
+    "capture",
 ];
 
 /// Read a `migrate:` mapping; problems are attributed to `migrate.<key>`.
@@ -156,6 +185,18 @@ fn apply(s: &mut MigrateSettings, key: &str, text: &str) -> Result<(), String> {
             }
         }
         "mirror_queue_limit" => s.mirror_queue_limit = positive(u64::MAX)?,
+        "capture" => {
+            s.capture = match text {
+                "proxy" => Capture::Proxy,
+                "replication" => Capture::Replication,
+                "auto" => Capture::Auto,
+                _ => {
+                    return Err(format!(
+                        "\"{text}\" is not \"proxy\", \"replication\" or \"auto\""
+                    ));
+                }
+            }
+        }
         "state_file" if text.is_empty() => return Err("must be a file path".to_string()),
         "state_file" => s.state_file = Some(PathBuf::from(text)),
         _ => {

@@ -105,6 +105,12 @@ pub struct MigrationCounters {
     pub verify_repaired: Counter,
     /// `cutover_verify_runs_total`.
     pub verify_runs: Counter,
+    /// `cutover_capture_reconnects_total{outcome="continued"|"full_resync"}`.
+    pub capture_reconnects: [Counter; 2],
+    /// `cutover_capture_offset_bytes{server}`: stream offset applied, per source server.
+    pub capture_offset: Vec<Gauge>,
+    /// `cutover_capture_commands_total{server}`: commands taken from the stream.
+    pub capture_commands: Vec<Counter>,
     /// `cutover_copies_total{reason, method}`: every copy, by why (in
     /// [`CopyReason::ALL`]'s order) and how (`restore`, `by_type`).
     pub copies: [[Counter; 2]; 5],
@@ -183,12 +189,30 @@ impl MigrationCounters {
                 .map(|k| gauge!("cutover_verify_last_differences", "pool" => p.clone(), "kind" => k)),
             verify_repaired: counter!("cutover_verify_repaired_total", "pool" => p.clone()),
             verify_runs: counter!("cutover_verify_runs_total", "pool" => p.clone()),
+            capture_reconnects: ["continued", "full_resync"].map(|o| {
+                counter!("cutover_capture_reconnects_total", "pool" => p.clone(), "outcome" => o)
+            }),
+            capture_offset: Vec::new(),
+            capture_commands: Vec::new(),
             copies: CopyReason::ALL.map(|r| {
                 ["restore", "by_type"].map(|m| {
                     counter!("cutover_copies_total", "pool" => p.clone(), "reason" => r.label(), "method" => m)
                 })
             }),
         }
+    }
+
+    /// Resolve the capture's per-server handles, for `servers` of the source pool.
+    pub fn with_capture(mut self, pool: &str, servers: &[String]) -> MigrationCounters {
+        self.capture_offset = servers
+            .iter()
+            .map(|s| gauge!("cutover_capture_offset_bytes", "pool" => pool.to_string(), "server" => s.clone()))
+            .collect();
+        self.capture_commands = servers
+            .iter()
+            .map(|s| counter!("cutover_capture_commands_total", "pool" => pool.to_string(), "server" => s.clone()))
+            .collect();
+        self
     }
 
     /// A key copied, for `reason`.

@@ -47,7 +47,10 @@ pub struct DirtyKeys {
     pub unpersisted: AtomicU64,
     /// Keys that could be neither written nor kept (memory full): only a verify finds them.
     pub overflowed: AtomicU64,
-    /// `unpersisted` when the last verify pass that has finished began.
+    /// Times a verify pass was owed for another reason (a replication stream's gap, a
+    /// replicated command whose keys could not be told).
+    pub owed: AtomicU64,
+    /// `unpersisted + owed` when the last verify pass that has finished began.
     verified_through: AtomicU64,
     /// When the file's failure was last logged.
     logged: Mutex<Option<Instant>>,
@@ -80,6 +83,7 @@ impl DirtyKeys {
             memory: Mutex::new(VecDeque::new()),
             unpersisted: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
+            owed: AtomicU64::new(0),
             verified_through: AtomicU64::new(0),
             logged: Mutex::new(None),
         }
@@ -145,12 +149,18 @@ impl DirtyKeys {
     /// began: the migration needs one (it may have been lost with the process, or to the
     /// memory bound).
     pub fn needs_verify(&self) -> bool {
-        self.unpersisted.load(Relaxed) > self.verified_through.load(Relaxed)
+        self.verify_mark() > self.verified_through.load(Relaxed)
+    }
+
+    /// Something outside the lanes' view may differ (a replication stream's gap): a
+    /// verify pass that begins after now is needed before the cutover.
+    pub fn owe_verify(&self) {
+        self.owed.fetch_add(1, Relaxed);
     }
 
     /// A verify pass is starting: what it will have covered once it finishes.
     pub fn verify_mark(&self) -> u64 {
-        self.unpersisted.load(Relaxed)
+        self.unpersisted.load(Relaxed) + self.owed.load(Relaxed)
     }
 
     /// A verify pass that began at `mark` has finished.

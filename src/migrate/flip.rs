@@ -89,7 +89,15 @@ impl Migration {
                 self.backlog().0
             ));
         }
-        if self.dirty.needs_verify() {
+        if self.capturing() {
+            reasons.push(
+                "the cutover under replication capture is not built yet: the target is kept equal and verify proves it, but to flip, restart with capture: proxy".to_string(),
+            );
+        }
+        if self.dirty.needs_verify() && self.dirty.owed.load(Relaxed) > 0 {
+            reasons.push("part of a source's replication stream was lost (or a replicated command's keys could not be told); run a verify pass with repair (cutover ctl verify --repair) that starts now".to_string());
+        }
+        if self.dirty.needs_verify() && self.dirty.unpersisted.load(Relaxed) > 0 {
             reasons.push(format!(
                 "{} dirty keys could not be written to the dirty-key file {} (kept in memory, {} past its bound); fix the disk, then run a verify pass (cutover ctl verify --repair) that starts now",
                 self.dirty.unpersisted.load(Relaxed),

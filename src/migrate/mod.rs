@@ -12,6 +12,7 @@
 //! or `admin`.
 
 mod backfill;
+pub mod capture;
 mod copy;
 mod counters;
 mod dirty;
@@ -96,6 +97,11 @@ pub struct Migration {
     pub progress: state::Progress,
     /// Both sides' engines (read at start), which decide how keys are copied each way.
     pub engines: engines::Engines,
+    /// Each source server's replication capture, when it runs.
+    pub capture: Vec<capture::CaptureState>,
+    /// Set while the source servers' replication streams feed the lanes: the proxy then
+    /// only forwards (no mirror hooks).
+    capturing: std::sync::atomic::AtomicBool,
 }
 
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
@@ -228,7 +234,10 @@ impl Migration {
         );
         let progress =
             state::Progress::load_or_new(settings.state_file.clone(), copy_source.servers.len());
-        let counters = MigrationCounters::new(&source_config.name);
+        let server_names: Vec<String> =
+            copy_source.servers.iter().map(|s| s.name.clone()).collect();
+        let counters = MigrationCounters::new(&source_config.name)
+            .with_capture(&source_config.name, &server_names);
         counters.set_state("idle");
         counters
             .rate_limit
@@ -260,6 +269,10 @@ impl Migration {
                 ..Totals::default()
             },
             engines,
+            capture: (0..server_names.len())
+                .map(|_| Default::default())
+                .collect(),
+            capturing: std::sync::atomic::AtomicBool::new(false),
             progress,
             tunables: Tunables::new(&settings),
             settings,
@@ -612,6 +625,27 @@ impl Migration {
         );
     }
 
+    /// Take the source servers' writes from their replication `streams` (one per source
+    /// server, in order) from now on: the proxy stops mirroring (rule 10).
+    pub fn start_capture(
+        self: &Arc<Self>,
+        streams: Vec<crate::upstream::replication::ReplicationStream>,
+    ) {
+        self.capturing.store(true, Relaxed);
+        for (server, stream) in streams.into_iter().enumerate() {
+            tokio::spawn(capture::run(self.clone(), server, stream));
+        }
+        tracing::info!(
+            pool = self.source.name(),
+            "capture: the source servers' replication streams feed the migration; the proxy only forwards"
+        );
+    }
+
+    /// Whether replication capture feeds the lanes (the proxy mirrors nothing).
+    pub fn capturing(&self) -> bool {
+        self.capturing.load(Relaxed)
+    }
+
     /// Start the backfill (of a migration started without one, by a reload, once every
     /// write sent before the migration existed has been answered).
     pub fn spawn_backfill(self: &Arc<Self>) {
@@ -666,6 +700,14 @@ impl Migration {
         let (ratio, eta) = self.backfill_progress();
         c.progress.set(ratio);
         c.eta.set(eta.unwrap_or(-1.0));
+        for (i, state) in self.capture.iter().enumerate() {
+            if let (Some(offset), Some(commands)) =
+                (c.capture_offset.get(i), c.capture_commands.get(i))
+            {
+                offset.set(state.offset.load(Relaxed) as f64);
+                commands.absolute(state.commands.load(Relaxed));
+            }
+        }
     }
 }
 
@@ -717,6 +759,16 @@ impl Migration {
                 "bytes_copied": t.bytes.load(Relaxed),
                 "rate_limit_keys_per_second": self.backfill.rate_limit(),
                 "rate_limit_bytes_per_second": self.backfill.byte_limit(),
+            },
+            "capture": {
+                "mode": if self.capturing() { "replication" } else { "proxy" },
+                "servers": self.capture.iter().zip(&self.source.servers).map(|(c, s)| serde_json::json!({
+                    "server": s.name,
+                    "offset": c.offset.load(Relaxed),
+                    "commands": c.commands.load(Relaxed),
+                    "continued": c.continued.load(Relaxed),
+                    "full_resyncs": c.full_resyncs.load(Relaxed),
+                })).collect::<Vec<_>>(),
             },
             "engines": self.engines.status_json(),
             "readiness": self.engines.readiness_json(),

@@ -29,6 +29,14 @@ const MIGRATION_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `capture: replication` was asked for and a source server refused it.
+    #[error("pool '{pool}': capture: replication: {reason}")]
+    Capture {
+        /// The pool.
+        pool: String,
+        /// Which server refused, and what it said.
+        reason: String,
+    },
     /// A pool's listen address could not be bound.
     #[error("pool '{pool}': cannot listen on {listen}: {source}")]
     Listen {
@@ -98,6 +106,41 @@ impl Served {
     }
 }
 
+/// The source servers' replication streams, when the pool's `capture:` asks for them and
+/// every server gives one; `capture: replication` fails the start when one refuses, and
+/// `capture: auto` falls back to proxy mirroring, saying why.
+async fn capture_streams(
+    pool: &Pool,
+    config: &crate::config::PoolConfig,
+) -> Result<Option<Vec<crate::upstream::replication::ReplicationStream>>, StartError> {
+    use crate::config::Capture;
+    let capture = config
+        .migration
+        .as_ref()
+        .map_or(Capture::Proxy, |m| m.settings.capture);
+    if capture == Capture::Proxy {
+        return Ok(None);
+    }
+    match crate::migrate::capture::open_all(pool).await {
+        Ok(streams) => {
+            tracing::info!(
+                pool = pool.name(),
+                capture = capture.name(),
+                "capture: replication (every source server accepted PSYNC)"
+            );
+            Ok(Some(streams))
+        }
+        Err(reason) if capture == Capture::Replication => Err(StartError::Capture {
+            pool: pool.name().to_string(),
+            reason,
+        }),
+        Err(reason) => {
+            tracing::warn!(pool = pool.name(), %reason, "capture: auto falls back to proxy mirroring");
+            Ok(None)
+        }
+    }
+}
+
 /// The running pools of a proxy.
 pub struct Proxy {
     /// Every pool with a listener, in config (name-sorted) order.
@@ -156,7 +199,12 @@ impl Proxy {
                         "no migrate.state_file: the backfill's progress and the phase will not survive a restart"
                     );
                 }
-                migration = Some(Migration::start(pool.clone(), &pool_config, target));
+                let streams = capture_streams(&pool, &pool_config).await?;
+                let started = Migration::start(pool.clone(), &pool_config, target);
+                if let Some(streams) = streams {
+                    started.start_capture(streams);
+                }
+                migration = Some(started);
             }
             let served = Arc::new(Served::new(pool, migration));
             let pool = &served.pool;

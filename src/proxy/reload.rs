@@ -291,6 +291,7 @@ fn fixed_settings_changed(old: &MigrateSettings, new: &MigrateSettings) -> Vec<&
         old.mirror_queue_limit == new.mirror_queue_limit,
     );
     check("state_file", old.state_file == new.state_file);
+    check("capture", old.capture == new.capture);
     keys
 }
 

@@ -297,7 +297,9 @@ impl Session {
             _ => (None, None),
         };
         let pool: &Pool = migration.map_or(listen, |m| m.authority());
-        let live = gated.filter(|m| m.phase() != Phase::Finalized);
+        // Under replication capture the source's stream carries every write: the proxy
+        // only forwards (no mirror hooks, no shadow reads).
+        let live = gated.filter(|m| m.phase() != Phase::Finalized && !m.capturing());
         let mut out = Forwarding {
             pending,
             protocol: state.protocol,

@@ -1,0 +1,293 @@
+//! Replication capture: the migration's second feed of writes. One replication client per
+//! source server (`upstream::replication`) receives every write that server applied, from
+//! any client (this proxy, other proxies, scripts, cron jobs) and its own expiry and
+//! eviction deletes, in the order it applied them; each written key goes into its lane as
+//! a copy.
+//!
+//! The capture rule (rule 10): a write's stream event reaches its lane after the source
+//! applied the write, and the copy it asks for reads the source after that, so the
+//! copy's snapshot holds the write; every write to a key asks for a copy, so the last
+//! copy of a key is taken after its last write, and the target ends equal to the source
+//! (copies already in flight stand for the events stamped before them, rule 9, which
+//! bounds the copies of hot keys). No write is replayed in this feed: replays need each
+//! copy's snapshot placed in the stream (a marker in the copy's `MULTI`), the next step.
+//!
+//! Back-pressure: a command is taken from the stream only once its events are queued
+//! (waiting for room in the lanes), so a slow target slows the stream's socket, never this
+//! process's memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::OwnedFrame;
+
+use super::lag::LagStart;
+use super::lane::LaneEvent;
+use super::{CopyReason, Migration};
+use crate::command::{self, Access};
+use crate::config::ServerAddr;
+use crate::resp::{Request, encode};
+use crate::upstream::Pool;
+use crate::upstream::replication::{Position, ReplicationStream, Sync};
+
+/// How often the capture tells the master how far it got (`REPLCONF ACK`).
+const ACK_EVERY: Duration = Duration::from_secs(1);
+/// Wait before reconnecting a dropped stream.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+/// Commands the proxy's table does not know that name their key first (streams, mostly);
+/// for any other unknown command the source is asked (`COMMAND GETKEYS`).
+const FIRST_KEY: &[&str] = &[
+    "XADD",
+    "XDEL",
+    "XTRIM",
+    "XSETID",
+    "XACK",
+    "XCLAIM",
+    "XAUTOCLAIM",
+    "HSETEX",
+    "HEXPIRE",
+    "HPEXPIRE",
+    "HEXPIREAT",
+    "HPEXPIREAT",
+    "HPERSIST",
+    "SETRANGE",
+    "PEXPIREAT",
+];
+
+/// A capture's counters, per source server.
+#[derive(Debug, Default)]
+pub struct CaptureState {
+    /// Stream offset applied so far (the lanes have its events).
+    pub offset: AtomicU64,
+    /// Commands taken from the stream.
+    pub commands: AtomicU64,
+    /// Reconnects that continued (`+CONTINUE`).
+    pub continued: AtomicU64,
+    /// Reconnects that needed a full sync: writes in the gap are unknown.
+    pub full_resyncs: AtomicU64,
+}
+
+/// Open a replication stream to every server of `pool`; the first refusal, naming the
+/// server and what it said, if any.
+pub async fn open_all(pool: &Pool) -> Result<Vec<ReplicationStream>, String> {
+    let mut streams = Vec::new();
+    for server in &pool.servers {
+        let ServerAddr::Tcp { host, port } = &server.addr else {
+            return Err(format!(
+                "{}: replication capture needs a TCP server (a unix socket was given)",
+                server.name
+            ));
+        };
+        let addr = format!("{host}:{port}");
+        let password = pool.config.redis_auth.as_deref();
+        match ReplicationStream::open(&addr, &server.name, password, None).await {
+            Ok((stream, _)) => streams.push(stream),
+            Err(error) => {
+                return Err(format!(
+                    "{error} (replication capture needs PSYNC and REPLCONF on every source server: an ACL user with +psync +replconf, commands not renamed)"
+                ));
+            }
+        }
+    }
+    Ok(streams)
+}
+
+/// Follow source server `server`'s stream (already open) for as long as the migration
+/// runs, reconnecting with `PSYNC` from the last position after a drop.
+pub async fn run(migration: Arc<Migration>, server: usize, mut stream: ReplicationStream) {
+    let state = &migration.capture[server];
+    let pool_db = migration.source.config.redis_db;
+    let mut db: u32 = 0;
+    loop {
+        let mut last_ack = tokio::time::Instant::now();
+        loop {
+            let wait = ACK_EVERY.saturating_sub(last_ack.elapsed());
+            match tokio::time::timeout(wait, stream.next()).await {
+                Err(_) => {
+                    last_ack = tokio::time::Instant::now();
+                    if stream.ack().await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Ok(command)) => {
+                    state.commands.fetch_add(1, Relaxed);
+                    apply(&migration, server, &mut db, pool_db, &command.request).await;
+                    state.offset.store(command.offset, Relaxed);
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(pool = migration.source.name(), server = %migration.source.servers[server].name, %error, "replication stream dropped; reconnecting");
+                    break;
+                }
+            }
+        }
+        let position: Position = stream.position().clone();
+        stream = reconnect(&migration, server, &position).await;
+    }
+}
+
+/// Reconnect to source server `server` from `position`, until it answers.
+async fn reconnect(migration: &Migration, server: usize, position: &Position) -> ReplicationStream {
+    let state = &migration.capture[server];
+    let s = &migration.source.servers[server];
+    loop {
+        tokio::time::sleep(RECONNECT).await;
+        let ServerAddr::Tcp { host, port } = &s.addr else {
+            continue;
+        };
+        let addr = format!("{host}:{port}");
+        let password = migration.source.config.redis_auth.as_deref();
+        match ReplicationStream::open(&addr, &s.name, password, Some(position)).await {
+            Ok((stream, Sync::Continued)) => {
+                state.continued.fetch_add(1, Relaxed);
+                migration.counters.capture_reconnects[0].increment(1);
+                tracing::info!(pool = migration.source.name(), server = %s.name, offset = position.offset, "replication stream continued");
+                return stream;
+            }
+            Ok((stream, Sync::Full)) => {
+                state.full_resyncs.fetch_add(1, Relaxed);
+                migration.counters.capture_reconnects[1].increment(1);
+                migration.dirty.owe_verify();
+                tracing::error!(pool = migration.source.name(), server = %s.name, "the master could not continue the stream (its backlog was overrun): the writes in the gap are unknown; a verify pass with repair is needed before the cutover");
+                return stream;
+            }
+            Err(error) => {
+                tracing::warn!(pool = migration.source.name(), server = %s.name, %error, "cannot reconnect the replication stream; retrying");
+            }
+        }
+    }
+}
+
+/// One command of the stream: the copies it asks for.
+async fn apply(
+    migration: &Migration,
+    server: usize,
+    db: &mut u32,
+    pool_db: u32,
+    request: &Request,
+) {
+    let name = request.name();
+    if name.eq_ignore_ascii_case(b"SELECT") {
+        *db = std::str::from_utf8(request.arg(1))
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(*db);
+        return;
+    }
+    if *db != pool_db {
+        return;
+    }
+    for skipped in [&b"PING"[..], b"REPLCONF", b"PUBLISH", b"MULTI", b"EXEC"] {
+        if name.eq_ignore_ascii_case(skipped) {
+            return;
+        }
+    }
+    if name.eq_ignore_ascii_case(b"FLUSHDB") || name.eq_ignore_ascii_case(b"FLUSHALL") {
+        flush_owned(migration, server).await;
+        return;
+    }
+    for key in keys_of(migration, server, request).await {
+        migration
+            .send(LaneEvent::Copy {
+                key,
+                unless_known: false,
+                reason: CopyReason::Write,
+                lag: LagStart(None),
+            })
+            .await;
+    }
+}
+
+/// The keys a propagated command writes.
+async fn keys_of(migration: &Migration, server: usize, request: &Request) -> Vec<Bytes> {
+    if let Some(spec) = command::lookup(request.name())
+        && let Access::Write(_) = spec.access
+        && let Some(mut effect) = super::mirror::effect(spec, request)
+    {
+        return effect.take_keys().collect();
+    }
+    let name = String::from_utf8_lossy(request.name()).to_ascii_uppercase();
+    if request.argc() >= 2 && FIRST_KEY.contains(&name.as_str()) {
+        return vec![request.arg_bytes(1)];
+    }
+    if name == "XGROUP" && request.argc() >= 3 {
+        return vec![request.arg_bytes(2)];
+    }
+    if (name == "RENAME" || name == "RENAMENX") && request.argc() >= 3 {
+        return vec![request.arg_bytes(1), request.arg_bytes(2)];
+    }
+    getkeys(migration, server, request).await
+}
+
+/// Ask source server `server` which keys `request` names (`COMMAND GETKEYS`).
+async fn getkeys(migration: &Migration, server: usize, request: &Request) -> Vec<Bytes> {
+    let mut words: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
+    words.extend(request.args());
+    let mut ask = BytesMut::new();
+    encode::command(&mut ask, &words);
+    let Ok(reply) = migration
+        .copy_source
+        .request(server, 0, ask.freeze(), 1)
+        .await
+    else {
+        return Vec::new();
+    };
+    match redis_protocol::resp2::decode::decode(&reply) {
+        Ok(Some((OwnedFrame::Array(items), _))) => items
+            .into_iter()
+            .filter_map(|f| match f {
+                OwnedFrame::BulkString(b) => Some(Bytes::from(b)),
+                _ => None,
+            })
+            .collect(),
+        _ => {
+            tracing::warn!(pool = migration.source.name(), command = %String::from_utf8_lossy(request.name()), reply = %String::from_utf8_lossy(&reply).trim_end(), "cannot tell which keys a replicated command writes; a verify pass will find them");
+            migration.dirty.owe_verify();
+            Vec::new()
+        }
+    }
+}
+
+/// `FLUSHDB`/`FLUSHALL` on source server `server`: delete on the target every key that
+/// server owns.
+async fn flush_owned(migration: &Migration, server: usize) {
+    let target = migration.mirror_to();
+    let mut deleted = 0u64;
+    for t in 0..target.servers.len() {
+        let mut cursor = b"0".to_vec();
+        loop {
+            let mut scan = BytesMut::new();
+            encode::command(&mut scan, &[b"SCAN".as_slice(), &cursor, b"COUNT", b"1000"]);
+            let Ok(reply) = target.request(t, 0, scan.freeze(), 1).await else {
+                break;
+            };
+            let Some((next, keys)) = super::backfill::parse_scan(&reply) else {
+                break;
+            };
+            for key in keys {
+                if migration
+                    .source
+                    .route(&key)
+                    .is_some_and(|r| r.server == server)
+                {
+                    migration
+                        .send(LaneEvent::Copy {
+                            key,
+                            unless_known: false,
+                            reason: CopyReason::Write,
+                            lag: LagStart(None),
+                        })
+                        .await;
+                    deleted += 1;
+                }
+            }
+            if next == b"0" {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    tracing::info!(pool = migration.source.name(), server = %migration.source.servers[server].name, keys = deleted, "FLUSHDB on a source server: its keys are copied (deleted) on the target");
+}

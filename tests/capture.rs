@@ -1,0 +1,168 @@
+//! Replication capture (`migrate: capture: replication`): every write reaches the target,
+//! also those that never pass through cutover — writers connected straight to the source,
+//! its own expiry and eviction deletes, a script writing several keys, a FLUSHDB — and
+//! the target ends equal to the source with no verify repair. A source that refuses PSYNC
+//! fails `replication` at start with the server's name and what it said; `auto` falls back
+//! to proxy mirroring and says so.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use support::{Proxy, RedisServer, cutover_bin, migration_config, redis_servers, wait_for};
+
+/// `master_repl_offset` of `server`.
+fn master_offset(server: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut server.client())
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("master_repl_offset")
+}
+
+/// The capture's applied offset of the first source server, from `/status`.
+fn captured(proxy: &Proxy) -> u64 {
+    let status: serde_json::Value =
+        serde_json::from_str(&proxy.admin_get("/status").1).expect("/status");
+    status["pools"][0]["migration"]["capture"]["servers"][0]["offset"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A writer loop on `conn` until `stop`: sets with 1 KB values (memory pressure), INCRs,
+/// short TTLs that expire during the run, deletes.
+fn write_until(mut conn: redis::Connection, stop: Arc<AtomicBool>, tag: &str) {
+    let value = "v".repeat(1024);
+    let mut i: u64 = 0;
+    while !stop.load(Relaxed) {
+        let mut pipe = redis::pipe();
+        for j in 0..20 {
+            let n = i * 20 + j;
+            pipe.cmd("SET")
+                .arg(format!("{tag}:big:{}", n % 5000))
+                .arg(&value)
+                .ignore();
+            pipe.cmd("INCR").arg(format!("{tag}:n:{}", n % 50)).ignore();
+            pipe.cmd("SET")
+                .arg(format!("{tag}:t:{}", n % 200))
+                .arg(n)
+                .arg("PX")
+                .arg(50 + n % 400)
+                .ignore();
+            if n.is_multiple_of(7) {
+                pipe.cmd("DEL")
+                    .arg(format!("{tag}:n:{}", (n / 7) % 50))
+                    .ignore();
+            }
+        }
+        pipe.query::<()>(&mut conn).expect("writes");
+        i += 1;
+    }
+}
+
+#[test]
+fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
+    let source =
+        RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-random"]);
+    support::fill_numbered(&source, 2000);
+    let targets = redis_servers(2);
+    let proxy = Proxy::cutover(&migration_config(
+        &source,
+        &targets,
+        "    capture: replication\n",
+    ));
+    let status = proxy.admin_get("/status").1;
+    assert!(status.contains("\"mode\":\"replication\""), "{status}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [("proxy", proxy.port), ("direct", source.port)]
+        .into_iter()
+        .map(|(tag, port)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || write_until(support::connect_to(port), stop, tag))
+        })
+        .collect();
+    // A script writing several keys, straight to the source (replicated as its effects).
+    let mut direct = source.client();
+    let _: () = redis::cmd("EVAL")
+        .arg("redis.call('SET', KEYS[1], 'a'); redis.call('SET', KEYS[2], 'b'); redis.call('LPUSH', KEYS[3], 'c')")
+        .arg(3)
+        .arg("s:1")
+        .arg("s:2")
+        .arg("s:3")
+        .query(&mut direct)
+        .expect("EVAL");
+    std::thread::sleep(Duration::from_millis(1500));
+    // A FLUSHDB between phases, straight to the source.
+    let _: () = redis::cmd("FLUSHDB").query(&mut direct).expect("FLUSHDB");
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Relaxed);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut direct)
+        .expect("INFO");
+    let evicted: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(evicted > 0, "the source evicted keys during the run");
+    proxy.wait_migration_drained(Duration::from_secs(60), 3);
+    wait_for(
+        "the capture to apply the whole stream",
+        Duration::from_secs(30),
+        || captured(&proxy) >= master_offset(&source),
+    );
+    proxy.wait_migration_drained(Duration::from_secs(60), 3);
+    // Keys expire on both sides on their own clocks; let the short TTLs run out.
+    std::thread::sleep(Duration::from_millis(600));
+    support::compare::assert_same(&source, &targets);
+}
+
+#[test]
+fn a_source_refusing_psync_fails_replication_and_auto_falls_back() {
+    let source = RedisServer::start_with(&["--rename-command", "PSYNC", ""]);
+    let targets = redis_servers(1);
+    let dir = tempfile::tempdir().expect("dir");
+    let conf = dir.path().join("c.yml");
+    let port = support::free_port();
+    let text = migration_config(&source, &targets, "    capture: replication\n")
+        .replace("LISTEN", &format!("127.0.0.1:{port}"));
+    std::fs::write(&conf, &text).expect("config");
+    let admin = support::free_port();
+    let out = Command::new(cutover_bin())
+        .args([
+            "-c",
+            &conf.display().to_string(),
+            "-s",
+            &support::free_port().to_string(),
+            "-a",
+            "127.0.0.1",
+        ])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .output()
+        .expect("cutover");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused at start");
+    assert!(
+        stderr.contains(&format!(
+            "pool 'legacy': capture: replication: {}: refused PSYNC",
+            source.addr()
+        )),
+        "{stderr}"
+    );
+    let auto = Proxy::cutover(&migration_config(&source, &targets, "    capture: auto\n"));
+    wait_for("the fallback line", Duration::from_secs(5), || {
+        auto.log()
+            .contains("capture: auto falls back to proxy mirroring")
+    });
+    assert!(auto.admin_get("/status").1.contains("\"mode\":\"proxy\""));
+}

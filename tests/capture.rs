@@ -35,17 +35,17 @@ fn captured(proxy: &Proxy) -> u64 {
         .unwrap_or(0)
 }
 
-/// A writer loop on `conn` until `stop`: sets with 1 KB values (memory pressure), INCRs,
+/// A writer loop on `conn` until `stop`: sets with 512-byte values (memory pressure), INCRs,
 /// short TTLs that expire during the run, deletes.
 fn write_until(mut conn: redis::Connection, stop: Arc<AtomicBool>, tag: &str) {
-    let value = "v".repeat(1024);
+    let value = "v".repeat(512);
     let mut i: u64 = 0;
     while !stop.load(Relaxed) {
         let mut pipe = redis::pipe();
         for j in 0..20 {
             let n = i * 20 + j;
             pipe.cmd("SET")
-                .arg(format!("{tag}:big:{}", n % 5000))
+                .arg(format!("{tag}:big:{}", n % 100_000))
                 .arg(&value)
                 .ignore();
             pipe.cmd("INCR").arg(format!("{tag}:n:{}", n % 50)).ignore();
@@ -62,14 +62,23 @@ fn write_until(mut conn: redis::Connection, stop: Arc<AtomicBool>, tag: &str) {
             }
         }
         pipe.query::<()>(&mut conn).expect("writes");
+        // A steady load, not a flood: a copy per write keeps up with it (replays, the
+        // step after this one, are what keeps up with a flood).
+        std::thread::sleep(Duration::from_millis(2));
         i += 1;
     }
 }
 
 #[test]
 fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
-    let source =
-        RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-random"]);
+    let source = RedisServer::start_with(&[
+        "--maxmemory",
+        "10mb",
+        "--maxmemory-policy",
+        "allkeys-random",
+        "--repl-backlog-size",
+        "4mb",
+    ]);
     support::fill_numbered(&source, 2000);
     let targets = redis_servers(2);
     let proxy = Proxy::cutover(&migration_config(
@@ -97,7 +106,23 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
         .arg("s:3")
         .query(&mut direct)
         .expect("EVAL");
-    std::thread::sleep(Duration::from_millis(1500));
+    // The source drops the capture's connection, twice: it continues with PSYNC.
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(500));
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query(&mut direct)
+            .expect("CLIENT KILL");
+        wait_for("the capture to reconnect", Duration::from_secs(10), || {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut source.client())
+                .is_ok_and(|i| i.contains("connected_slaves:1"))
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
     // A FLUSHDB between phases, straight to the source.
     let _: () = redis::cmd("FLUSHDB").query(&mut direct).expect("FLUSHDB");
     std::thread::sleep(Duration::from_millis(1500));
@@ -124,6 +149,66 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
     proxy.wait_migration_drained(Duration::from_secs(60), 3);
     // Keys expire on both sides on their own clocks; let the short TTLs run out.
     std::thread::sleep(Duration::from_millis(600));
+    support::compare::assert_same(&source, &targets);
+    let status: serde_json::Value =
+        serde_json::from_str(&proxy.admin_get("/status").1).expect("/status");
+    let server = &status["pools"][0]["migration"]["capture"]["servers"][0];
+    assert_eq!(server["continued"], 2, "{server}");
+    assert_eq!(server["full_resyncs"], 0, "{server}");
+}
+
+/// A capture disconnected while a burst overruns the source's tiny backlog: the source
+/// cannot continue the stream, the gap is detected (a full resync, counted), the cutover
+/// then needs a verify pass, and a verify with repair leaves zero differences.
+#[test]
+fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
+    let source = RedisServer::start_with(&["--repl-backlog-size", "16kb"]);
+    support::fill_numbered(&source, 500);
+    let targets = redis_servers(2);
+    let proxy = Proxy::cutover(&migration_config(
+        &source,
+        &targets,
+        "    capture: replication\n",
+    ));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let mut direct = source.client();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut direct)
+        .expect("CLIENT KILL");
+    // A burst far over 16 KB before the capture is back (it waits 100 ms to reconnect).
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET")
+            .arg(format!("burst:{i}"))
+            .arg("x".repeat(100))
+            .ignore();
+    }
+    pipe.query::<()>(&mut direct).expect("burst");
+    wait_for("the full resync", Duration::from_secs(15), || {
+        proxy.admin_get("/status").1.contains("\"full_resyncs\":1")
+    });
+    let status = proxy.admin_get("/status").1;
+    assert!(status.contains("\"needs_verify\":true"), "{status}");
+    assert!(
+        proxy
+            .admin_get("/metrics")
+            .1
+            .contains("cutover_capture_reconnects_total{")
+    );
+    assert_eq!(
+        support::http(proxy.admin_port, "POST", "/verify?repair=true").0,
+        202
+    );
+    wait_for("the repair", Duration::from_secs(30), || {
+        proxy
+            .admin_get("/status")
+            .1
+            .contains("\"needs_verify\":false")
+    });
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
     support::compare::assert_same(&source, &targets);
 }
 

@@ -34,8 +34,9 @@ use crate::upstream::replication::{Position, ReplicationStream, Sync};
 
 /// How often the capture tells the master how far it got (`REPLCONF ACK`).
 const ACK_EVERY: Duration = Duration::from_secs(1);
-/// Wait before reconnecting a dropped stream.
-const RECONNECT: Duration = Duration::from_millis(500);
+/// Wait before reconnecting a dropped stream (short: the source's backlog must still hold
+/// the writes made meanwhile).
+const RECONNECT: Duration = Duration::from_millis(100);
 
 /// Commands the proxy's table does not know that name their key first (streams, mostly);
 /// for any other unknown command the source is asked (`COMMAND GETKEYS`).

@@ -158,8 +158,9 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
 }
 
 /// A capture disconnected while a burst overruns the source's tiny backlog: the source
-/// cannot continue the stream, the gap is detected (a full resync, counted), the cutover
-/// then needs a verify pass, and a verify with repair leaves zero differences.
+/// cannot continue the stream, the gap is detected (a full resync, counted), every key of
+/// that server is copied again (a forced full pass: the target is equal again without a
+/// repair), and the cutover still needs a verify pass, which clears it.
 #[test]
 fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
     let source = RedisServer::start_with(&["--repl-backlog-size", "16kb"]);
@@ -190,6 +191,11 @@ fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
     wait_for("the full resync", Duration::from_secs(15), || {
         proxy.admin_get("/status").1.contains("\"full_resyncs\":1")
     });
+    wait_for("the full pass", Duration::from_secs(15), || {
+        proxy.log().contains("full pass after a stream gap")
+    });
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    support::compare::assert_same(&source, &targets);
     let status = proxy.admin_get("/status").1;
     assert!(status.contains("\"needs_verify\":true"), "{status}");
     assert!(

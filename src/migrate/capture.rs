@@ -63,6 +63,9 @@ const FIRST_KEY: &[&str] = &[
 pub struct CaptureState {
     /// Stream offset applied so far (the lanes have its events).
     pub offset: AtomicU64,
+    /// The server's own `master_repl_offset`, read once a second: the lag is the
+    /// difference.
+    pub master_offset: AtomicU64,
     /// Commands taken from the stream.
     pub commands: AtomicU64,
     /// Reconnects that continued (`+CONTINUE`).
@@ -105,14 +108,20 @@ pub async fn run(migration: Arc<Migration>, server: usize, mut stream: Replicati
     loop {
         let mut last_ack = tokio::time::Instant::now();
         loop {
+            // At least once a second, and whenever the master asks: say how far we got,
+            // and read how far the master is (the lag).
+            if stream.ack_due() || last_ack.elapsed() >= ACK_EVERY {
+                last_ack = tokio::time::Instant::now();
+                if stream.ack().await.is_err() {
+                    break;
+                }
+                if let Some(master) = master_offset(&migration, server).await {
+                    state.master_offset.store(master, Relaxed);
+                }
+            }
             let wait = ACK_EVERY.saturating_sub(last_ack.elapsed());
             match tokio::time::timeout(wait, stream.next()).await {
-                Err(_) => {
-                    last_ack = tokio::time::Instant::now();
-                    if stream.ack().await.is_err() {
-                        break;
-                    }
-                }
+                Err(_) => {}
                 Ok(Ok(command)) => {
                     state.commands.fetch_add(1, Relaxed);
                     apply(&migration, server, &mut db, pool_db, &command.request).await;
@@ -130,7 +139,11 @@ pub async fn run(migration: Arc<Migration>, server: usize, mut stream: Replicati
 }
 
 /// Reconnect to source server `server` from `position`, until it answers.
-async fn reconnect(migration: &Migration, server: usize, position: &Position) -> ReplicationStream {
+async fn reconnect(
+    migration: &Arc<Migration>,
+    server: usize,
+    position: &Position,
+) -> ReplicationStream {
     let state = &migration.capture[server];
     let s = &migration.source.servers[server];
     loop {
@@ -151,7 +164,8 @@ async fn reconnect(migration: &Migration, server: usize, position: &Position) ->
                 state.full_resyncs.fetch_add(1, Relaxed);
                 migration.counters.capture_reconnects[1].increment(1);
                 migration.dirty.owe_verify();
-                tracing::error!(pool = migration.source.name(), server = %s.name, "the master could not continue the stream (its backlog was overrun): the writes in the gap are unknown; a verify pass with repair is needed before the cutover");
+                tracing::error!(pool = migration.source.name(), server = %s.name, "the master could not continue the stream (its backlog was overrun): the writes in the gap are unknown; every key of this server is copied again, and a verify pass is needed before the cutover");
+                tokio::spawn(copy_every_key(migration.clone(), server));
                 return stream;
             }
             Err(error) => {
@@ -291,4 +305,55 @@ async fn flush_owned(migration: &Migration, server: usize) {
         }
     }
     tracing::info!(pool = migration.source.name(), server = %migration.source.servers[server].name, keys = deleted, "FLUSHDB on a source server: its keys are copied (deleted) on the target");
+}
+
+/// Source server `server`'s `master_repl_offset` (`INFO replication`).
+async fn master_offset(migration: &Migration, server: usize) -> Option<u64> {
+    let mut info = BytesMut::new();
+    encode::command(&mut info, &[b"INFO".as_slice(), b"replication"]);
+    let reply = migration
+        .copy_source
+        .request(server, 0, info.freeze(), 1)
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&reply)
+        .lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A full pass over source server `server` after a gap in its stream: every key is
+/// copied again (not "unless copied": what the gap changed is unknown).
+async fn copy_every_key(migration: Arc<Migration>, server: usize) {
+    let pool = &migration.copy_source;
+    let mut cursor = b"0".to_vec();
+    let mut copied = 0u64;
+    loop {
+        let mut scan = BytesMut::new();
+        encode::command(&mut scan, &[b"SCAN".as_slice(), &cursor, b"COUNT", b"1000"]);
+        let Ok(reply) = pool.request(server, 0, scan.freeze(), 1).await else {
+            tokio::time::sleep(RECONNECT).await;
+            continue;
+        };
+        let Some((next, keys)) = super::backfill::parse_scan(&reply) else {
+            tokio::time::sleep(RECONNECT).await;
+            continue;
+        };
+        for key in keys {
+            copied += 1;
+            migration
+                .send(LaneEvent::Copy {
+                    key,
+                    unless_known: false,
+                    reason: CopyReason::Backfill,
+                    lag: LagStart(None),
+                })
+                .await;
+        }
+        if next == b"0" {
+            break;
+        }
+        cursor = next;
+    }
+    tracing::info!(pool = migration.source.name(), server = %migration.source.servers[server].name, keys = copied, "full pass after a stream gap: every key copied again");
 }

@@ -111,6 +111,8 @@ pub struct MigrationCounters {
     pub capture_offset: Vec<Gauge>,
     /// `cutover_capture_commands_total{server}`: commands taken from the stream.
     pub capture_commands: Vec<Counter>,
+    /// `cutover_capture_lag_bytes{server}`: the server's offset less the applied one.
+    pub capture_lag: Vec<Gauge>,
     /// `cutover_copies_total{reason, method}`: every copy, by why (in
     /// [`CopyReason::ALL`]'s order) and how (`restore`, `by_type`).
     pub copies: [[Counter; 2]; 5],
@@ -194,6 +196,7 @@ impl MigrationCounters {
             }),
             capture_offset: Vec::new(),
             capture_commands: Vec::new(),
+            capture_lag: Vec::new(),
             copies: CopyReason::ALL.map(|r| {
                 ["restore", "by_type"].map(|m| {
                     counter!("cutover_copies_total", "pool" => p.clone(), "reason" => r.label(), "method" => m)
@@ -207,6 +210,10 @@ impl MigrationCounters {
         self.capture_offset = servers
             .iter()
             .map(|s| gauge!("cutover_capture_offset_bytes", "pool" => pool.to_string(), "server" => s.clone()))
+            .collect();
+        self.capture_lag = servers
+            .iter()
+            .map(|s| gauge!("cutover_capture_lag_bytes", "pool" => pool.to_string(), "server" => s.clone()))
             .collect();
         self.capture_commands = servers
             .iter()

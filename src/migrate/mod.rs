@@ -701,11 +701,15 @@ impl Migration {
         c.progress.set(ratio);
         c.eta.set(eta.unwrap_or(-1.0));
         for (i, state) in self.capture.iter().enumerate() {
-            if let (Some(offset), Some(commands)) =
-                (c.capture_offset.get(i), c.capture_commands.get(i))
-            {
-                offset.set(state.offset.load(Relaxed) as f64);
+            if let (Some(offset), Some(commands), Some(lag)) = (
+                c.capture_offset.get(i),
+                c.capture_commands.get(i),
+                c.capture_lag.get(i),
+            ) {
+                let applied = state.offset.load(Relaxed);
+                offset.set(applied as f64);
                 commands.absolute(state.commands.load(Relaxed));
+                lag.set(state.master_offset.load(Relaxed).saturating_sub(applied) as f64);
             }
         }
     }
@@ -765,6 +769,7 @@ impl Migration {
                 "servers": self.capture.iter().zip(&self.source.servers).map(|(c, s)| serde_json::json!({
                     "server": s.name,
                     "offset": c.offset.load(Relaxed),
+                    "lag_bytes": c.master_offset.load(Relaxed).saturating_sub(c.offset.load(Relaxed)),
                     "commands": c.commands.load(Relaxed),
                     "continued": c.continued.load(Relaxed),
                     "full_resyncs": c.full_resyncs.load(Relaxed),

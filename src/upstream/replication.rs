@@ -9,8 +9,8 @@
 //! (`$LEN\r\n` + LEN bytes; `capa eof` is not announced, so it is never the EOF-marked
 //! form), read in fixed chunks and discarded: the backfill copies every key anyway. Then
 //! the command stream: RESP arrays, each advancing the replication offset by its length.
-//! `REPLCONF GETACK` is answered at once; the caller sends `REPLCONF ACK` at least once a
-//! second ([`ReplicationStream::ack`]).
+//! The caller sends `REPLCONF ACK` at least once a second and whenever the master asked
+//! (`REPLCONF GETACK`, [`ReplicationStream::ack_due`]).
 //!
 //! Bounded memory whatever the stream's speed: the stream is read only as fast as the
 //! caller takes commands, so a slow caller slows the socket (and the master buffers, up
@@ -106,6 +106,8 @@ pub struct ReplicationStream {
     parser: RequestParser,
     /// Where the stream stands.
     position: Position,
+    /// The master asked for an acknowledgement (`REPLCONF GETACK`).
+    ack_due: bool,
 }
 
 impl ReplicationStream {
@@ -139,6 +141,7 @@ impl ReplicationStream {
                 replid: "?".into(),
                 offset: 0,
             },
+            ack_due: false,
         };
         let handshake = async {
             if let Some(password) = password {
@@ -207,8 +210,8 @@ impl ReplicationStream {
         &self.position
     }
 
-    /// The next command of the stream, waiting for it. `REPLCONF GETACK` is answered
-    /// here and not returned.
+    /// The next command of the stream, waiting for it. `REPLCONF GETACK` is not returned:
+    /// it makes [`ReplicationStream::ack_due`] true. Cancel-safe: it only reads.
     pub async fn next(&mut self) -> Result<StreamCommand, ReplicationError> {
         loop {
             match self.parser.next(&mut self.buf) {
@@ -218,7 +221,7 @@ impl ReplicationStream {
                         && request.name().eq_ignore_ascii_case(b"REPLCONF")
                         && request.arg(1).eq_ignore_ascii_case(b"GETACK")
                     {
-                        self.ack().await?;
+                        self.ack_due = true;
                         continue;
                     }
                     return Ok(StreamCommand {
@@ -239,8 +242,14 @@ impl ReplicationStream {
         }
     }
 
+    /// Whether the master asked for an acknowledgement since the last one.
+    pub fn ack_due(&self) -> bool {
+        self.ack_due
+    }
+
     /// `REPLCONF ACK offset`: what has been taken so far.
     pub async fn ack(&mut self) -> Result<(), ReplicationError> {
+        self.ack_due = false;
         let offset = self.position.offset.to_string();
         self.send(&[b"REPLCONF", b"ACK", offset.as_bytes()]).await
     }

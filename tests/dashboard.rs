@@ -83,6 +83,8 @@ fn every_metric_the_dashboard_queries_is_exported() {
         "cutover_mirror_retries_total",
         "cutover_readiness_commands",
         "cutover_copy_stream_parts_not_carried_total",
+        "cutover_capture_lag_bytes",
+        "cutover_capture_reconnects_total",
     ] {
         assert!(wanted.contains(needed), "the dashboard shows {needed}");
     }

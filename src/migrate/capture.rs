@@ -105,9 +105,9 @@ pub async fn run(migration: Arc<Migration>, server: usize, mut stream: Replicati
     let state = &migration.capture[server];
     let pool_db = migration.source.config.redis_db;
     let mut db: u32 = 0;
-    loop {
+    while migration.capturing() {
         let mut last_ack = tokio::time::Instant::now();
-        loop {
+        while migration.capturing() {
             // At least once a second, and whenever the master asks: say how far we got,
             // and read how far the master is (the lag).
             if stream.ack_due() || last_ack.elapsed() >= ACK_EVERY {
@@ -132,6 +132,9 @@ pub async fn run(migration: Arc<Migration>, server: usize, mut stream: Replicati
                     break;
                 }
             }
+        }
+        if !migration.capturing() {
+            return;
         }
         let position: Position = stream.position().clone();
         stream = reconnect(&migration, server, &position).await;
@@ -308,7 +311,7 @@ async fn flush_owned(migration: &Migration, server: usize) {
 }
 
 /// Source server `server`'s `master_repl_offset` (`INFO replication`).
-async fn master_offset(migration: &Migration, server: usize) -> Option<u64> {
+pub(super) async fn master_offset(migration: &Migration, server: usize) -> Option<u64> {
     let mut info = BytesMut::new();
     encode::command(&mut info, &[b"INFO".as_slice(), b"replication"]);
     let reply = migration

@@ -89,11 +89,6 @@ impl Migration {
                 self.backlog().0
             ));
         }
-        if self.capturing() {
-            reasons.push(
-                "the cutover under replication capture is not built yet: the target is kept equal and verify proves it, but to flip, restart with capture: proxy".to_string(),
-            );
-        }
         if self.dirty.needs_verify() && self.dirty.owed.load(Relaxed) > 0 {
             reasons.push("part of a source's replication stream was lost (or a replicated command's keys could not be told); run a verify pass with repair (cutover ctl verify --repair) that starts now".to_string());
         }
@@ -190,6 +185,11 @@ impl Migration {
             self.counters.refusals.increment(1);
             return Err(FlipError::Busy(DRAIN_LIMIT));
         }
+        if self.capturing() && !self.drain_capture(started + DRAIN_LIMIT).await {
+            self.flips.gate.open();
+            self.counters.refusals.increment(1);
+            return Err(FlipError::Busy(DRAIN_LIMIT));
+        }
         self.flips.set_phase(to);
         // Both sides are equal now. The lanes' known-copied sets stay valid whichever side
         // is authoritative: a key they know (and its TTL flag) is equal on both sides.
@@ -235,6 +235,34 @@ impl Migration {
             }
             pause_briefly(started).await;
         }
+    }
+
+    /// Under replication capture, with the gate closed: wait until the source answered
+    /// every request queued before (so each is applied, and in its stream), until each
+    /// source server's stream is applied up to the offset it has reached, and until the
+    /// lanes are empty; then stop the capture: from the flip on, the proxy mirrors writes
+    /// back to the source itself (writers that bypass cutover must have stopped: they would
+    /// keep writing to the old servers). False if `deadline` passes first.
+    async fn drain_capture(&self, deadline: Instant) -> bool {
+        self.source.behind_every_request().await;
+        let started = Instant::now();
+        for (server, state) in self.capture.iter().enumerate() {
+            let Some(target) = super::capture::master_offset(self, server).await else {
+                return false;
+            };
+            while state.offset.load(Relaxed) < target {
+                if Instant::now() >= deadline {
+                    tracing::warn!(pool = self.source.name(), server = %self.source.servers[server].name, applied = state.offset.load(Relaxed), offset = target, "the capture did not reach the source's offset in time; flip abandoned");
+                    return false;
+                }
+                pause_briefly(started).await;
+            }
+        }
+        if !self.wait_quiet(deadline).await {
+            return false;
+        }
+        self.stop_capture();
+        true
     }
 
     /// Wait (at most `limit`) for a moment when every lane is empty.

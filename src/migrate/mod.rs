@@ -646,6 +646,17 @@ impl Migration {
         self.capturing.load(Relaxed)
     }
 
+    /// Stop the capture (at a flip): the streams close within a second, and the proxy
+    /// mirrors writes from now on.
+    pub fn stop_capture(&self) {
+        if self.capturing.swap(false, Relaxed) {
+            tracing::info!(
+                pool = self.source.name(),
+                "capture stopped at the flip; the proxy mirrors writes from now on"
+            );
+        }
+    }
+
     /// Start the backfill (of a migration started without one, by a reload, once every
     /// write sent before the migration existed has been answered).
     pub fn spawn_backfill(self: &Arc<Self>) {

@@ -371,3 +371,37 @@ fn ctl_prints_status_refusals_and_flips() {
         "{err}"
     );
 }
+
+/// A client connected straight to a source server (not through cutover) blocks the
+/// cutover, named in the refusal and in `/status`: a writer there would keep writing to
+/// the old servers after the flip. cutover's own connections (named `cutover`) do not.
+#[test]
+fn a_client_connected_straight_to_the_source_blocks_the_cutover() {
+    let source = RedisServer::start();
+    let targets = redis_servers(1);
+    support::fill_numbered(&source, 100);
+    let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
+    let mut direct = source.client();
+    let _: () = redis::cmd("SET")
+        .arg("k1")
+        .arg("1")
+        .query(&mut direct)
+        .expect("SET");
+    wait_for("the refusal", Duration::from_secs(30), || {
+        let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+        assert_ne!(code, 200, "the cutover must wait for the direct client");
+        body.contains("connected straight to source server")
+    });
+    wait_for("the blocker in /status", Duration::from_secs(10), || {
+        proxy
+            .admin_get("/status")
+            .1
+            .contains("connected straight to source server")
+    });
+    drop(direct);
+    wait_for("the cutover", Duration::from_secs(30), || {
+        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    });
+}

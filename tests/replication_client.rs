@@ -164,9 +164,9 @@ async fn fake_master(rdb: Vec<u8>, stream: Vec<u8>) -> String {
         };
         let mut seen = Vec::new();
         let mut buf = [0u8; 1024];
-        // REPLCONF, REPLCONF, PSYNC: answer each as it arrives.
+        // REPLCONF, REPLCONF, CLIENT SETNAME, PSYNC: answer each as it arrives.
         let mut answered = 0;
-        while answered < 3 {
+        while answered < 4 {
             let Ok(n) = socket.read(&mut buf).await else {
                 return;
             };
@@ -175,8 +175,8 @@ async fn fake_master(rdb: Vec<u8>, stream: Vec<u8>) -> String {
             }
             seen.extend_from_slice(&buf[..n]);
             let commands = seen.windows(1).filter(|w| w[0] == b'*').count();
-            while answered < commands.min(3) {
-                let answer: Vec<u8> = if answered < 2 {
+            while answered < commands.min(4) {
+                let answer: Vec<u8> = if answered < 3 {
                     b"+OK\r\n".to_vec()
                 } else {
                     let mut a =

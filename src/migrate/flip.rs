@@ -63,13 +63,65 @@ impl Migration {
     /// little for a moment when the lanes are empty.
     pub async fn cutover_blockers(&self) -> Vec<String> {
         let idle = self.wait_lanes_idle(IDLE_WAIT).await;
+        self.refresh_direct_clients().await;
         self.readiness(idle)
+    }
+
+    /// Look again for clients connected straight to a source server (`/status` shows what
+    /// was last found; a cutover looks again first).
+    pub async fn refresh_direct_clients(&self) {
+        let found = self.direct_clients().await;
+        if let Ok(mut seen) = self.direct_seen.lock() {
+            *seen = found;
+        }
+    }
+
+    /// Clients connected straight to a source server that are not cutover's own (every
+    /// connection of cutover's is named `cutover`; replicas are left out): a writer among
+    /// them would keep writing to the old servers after the flip. One reason per server.
+    async fn direct_clients(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        for (server, s) in self.copy_source.servers.iter().enumerate() {
+            let mut list = bytes::BytesMut::new();
+            crate::resp::encode::command(&mut list, &[b"CLIENT".as_slice(), b"LIST"]);
+            let Ok(reply) = self.copy_source.request(server, 0, list.freeze(), 1).await else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&reply);
+            let others: Vec<String> = text
+                .lines()
+                .filter_map(|line| {
+                    let field = |name: &str| {
+                        line.split(' ')
+                            .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                    };
+                    let name = field("name").unwrap_or("");
+                    let flags = field("flags").unwrap_or("");
+                    let addr = field("addr")?;
+                    let mine = name.as_bytes() == crate::upstream::CONNECTION_NAME;
+                    (!mine && !flags.contains('S') && !flags.contains('M')).then(|| {
+                        format!(
+                            "{addr} (name '{name}', last command {})",
+                            field("cmd").unwrap_or("?")
+                        )
+                    })
+                })
+                .collect();
+            if let Some(first) = others.first() {
+                reasons.push(format!(
+                    "{} clients are connected straight to source server {} (e.g. {first}): a writer among them would keep writing to the old servers after the cutover; stop them, or force",
+                    others.len(),
+                    s.name
+                ));
+            }
+        }
+        reasons
     }
 
     /// What stands between the migration and a safe cutover now; `lanes_idle` says
     /// whether the lanes were found empty.
     pub fn readiness(&self, lanes_idle: bool) -> Vec<String> {
-        let mut reasons = Vec::new();
+        let mut reasons = self.direct_seen.lock().map_or(Vec::new(), |s| s.clone());
         if !self.backfill.done.load(Relaxed) {
             reasons.push(format!(
                 "the backfill is not complete ({} of about {} keys scanned); wait for it (cutover ctl status)",

@@ -102,6 +102,8 @@ pub struct Migration {
     /// Set while the source servers' replication streams feed the lanes: the proxy then
     /// only forwards (no mirror hooks).
     capturing: std::sync::atomic::AtomicBool,
+    /// Clients last found connected straight to a source server (cutover blockers).
+    direct_seen: std::sync::Mutex<Vec<String>>,
 }
 
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
@@ -273,6 +275,7 @@ impl Migration {
                 .map(|_| Default::default())
                 .collect(),
             capturing: std::sync::atomic::AtomicBool::new(false),
+            direct_seen: std::sync::Mutex::new(Vec::new()),
             progress,
             tunables: Tunables::new(&settings),
             settings,

@@ -17,6 +17,8 @@ use super::phase::Phase;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Checkpoints per lag window (the recent lag covers one to two windows).
 const LAG_WINDOW_TICKS: u64 = 30;
+/// Checkpoints between two looks for clients connected straight to a source server.
+const DIRECT_CLIENTS_TICKS: u64 = 2;
 /// First line of the file.
 const HEADER: &str = "cutover-migration-state 1";
 
@@ -213,6 +215,9 @@ pub async fn checkpoints(migration: Arc<Migration>) {
         migration.progress.advance(&migration.lanes.processed_now());
         save(&migration, false);
         migration.publish_progress();
+        if migration.phase() == Phase::Migrating && ticks.is_multiple_of(DIRECT_CLIENTS_TICKS) {
+            migration.refresh_direct_clients().await;
+        }
         ticks += 1;
         if ticks.is_multiple_of(LAG_WINDOW_TICKS) {
             migration.lag.rotate();

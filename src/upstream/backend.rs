@@ -105,6 +105,9 @@ struct InFlight {
     setup: Option<&'static str>,
 }
 
+/// The name every connection of cutover's gives itself (`CLIENT SETNAME`).
+pub const CONNECTION_NAME: &[u8] = b"cutover";
+
 /// How a connection ended.
 enum End {
     /// Every sender is gone: the pool is shutting down.
@@ -250,7 +253,9 @@ impl<'a> Connection<'a> {
     }
 
     /// The connection's own setup, ahead of any request: HELLO 3 (with AUTH) or AUTH,
-    /// then SELECT, then INFO once per server to learn its version. Setup commands time
+    /// then SELECT, then `CLIENT SETNAME cutover` (so a migration can tell its own
+    /// connections from clients that write to a source server directly), then INFO once
+    /// per server to learn its version. Setup commands time
     /// out like requests: a server that never answers them must not hold the requests
     /// queued behind them past their timeout.
     fn setup(&mut self, protocol: Protocol) {
@@ -272,6 +277,11 @@ impl<'a> Connection<'a> {
             let db = config.redis_db.to_string();
             self.queue_setup("SELECT", &[b"SELECT", db.as_bytes()], deadline);
         }
+        self.queue_setup(
+            "CLIENT",
+            &[b"CLIENT", b"SETNAME", CONNECTION_NAME],
+            deadline,
+        );
         if self.server().redis_version().is_none() {
             self.queue_setup("INFO", &[b"INFO", b"server"], deadline);
         }

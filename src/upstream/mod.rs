@@ -13,7 +13,7 @@ mod hook;
 mod pool;
 pub mod replication;
 
-pub use backend::{BackendError, ReplyResult};
+pub use backend::{BackendError, CONNECTION_NAME, ReplyResult};
 pub use counters::{ErrorKind, PoolCounters, ServerCounters};
 pub use hook::ReplyHook;
 pub use pool::{Pool, ReplaySlot, Route, Server};

@@ -161,6 +161,11 @@ impl ReplicationStream {
             stream
                 .step("REPLCONF", &[b"REPLCONF", b"capa", b"psync2"])
                 .await?;
+            // Named like every connection of cutover's (a refusal is not fatal here).
+            stream
+                .send(&[b"CLIENT", b"SETNAME", super::CONNECTION_NAME])
+                .await?;
+            let _ = stream.line_skipping_newlines().await?;
             let (replid, offset) = match from {
                 Some(p) => (p.replid.clone(), (p.offset + 1).to_string()),
                 None => ("?".to_string(), "-1".to_string()),

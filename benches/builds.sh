@@ -25,11 +25,10 @@ cargo build --release --quiet
 OLD=$PWD/target/bench-before-target/release/cutover
 NEW=$PWD/target/release/cutover
 . benches/lib.sh
-redis() { local p; p=$(free_port); redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null & PIDS+=($!); wait_port "$p"; echo "$p"; }
 
 # Servers: three for plain proxying; one source and three targets for mirroring.
-PLAIN=(); for _ in 1 2 3; do PLAIN+=("$(redis)"); done
-SRC=$(redis); TARGETS=(); for _ in 1 2 3; do TARGETS+=("$(redis)"); done
+PLAIN=(); for _ in 1 2 3; do redis; PLAIN+=("$PORT"); done
+redis; SRC=$PORT; TARGETS=(); for _ in 1 2 3; do redis; TARGETS+=("$PORT"); done
 servers() { for p in "$@"; do printf '   - 127.0.0.1:%s:1\n' "$p"; done; }
 pool() { printf 'bench:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n' "$1"; servers "${PLAIN[@]}"; }
 source_only() { printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n' "$1"; servers "$SRC"; }

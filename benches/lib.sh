@@ -7,3 +7,6 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { for _ in $(seq 1 400); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+# Start a redis-server on a free port (in this shell, not a subshell, so cleanup stops
+# it): its port is left in $PORT and its pid in $RPID.
+redis() { PORT=$(free_port); redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null 2>&1 & PIDS+=($!); RPID=$!; wait_port "$PORT"; }

@@ -20,9 +20,6 @@ PARTS=${2:-backfill mirror pause}
 cargo build --release --quiet
 BIN=$PWD/target/release/cutover
 . benches/lib.sh
-# Start a redis-server; its port is left in $PORT and its pid in $RPID (not a subshell, so
-# cleanup can stop it).
-redis() { PORT=$(free_port); redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null 2>&1 & PIDS+=($!); RPID=$!; wait_port "$PORT"; }
 
 redis; SRC=$PORT; SRC_PID=$RPID; redis; T1=$PORT; T1_PID=$RPID; redis; T2=$PORT; T2_PID=$RPID; redis; T3=$PORT; T3_PID=$RPID
 pool() { printf '  servers:\n   - 127.0.0.1:%s:1 fleet1\n   - 127.0.0.1:%s:1 fleet2\n   - 127.0.0.1:%s:1 fleet3\n' "$T1" "$T2" "$T3"; }

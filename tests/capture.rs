@@ -14,16 +14,13 @@ use std::time::Duration;
 
 use support::{Proxy, RedisServer, cutover_bin, migration_config, redis_servers, wait_for};
 
-/// `master_repl_offset` of `server`.
-fn master_offset(server: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query(&mut server.client())
-        .expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("master_repl_offset")
+/// cutover migrating `source` into `targets` with `capture: replication`.
+fn capturing(source: &RedisServer, targets: &[RedisServer]) -> Proxy {
+    Proxy::cutover(&migration_config(
+        source,
+        targets,
+        "    capture: replication\n",
+    ))
 }
 
 /// The capture's applied offset of the first source server, from `/status`.
@@ -81,11 +78,7 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
     ]);
     support::fill_numbered(&source, 2000);
     let targets = redis_servers(2);
-    let proxy = Proxy::cutover(&migration_config(
-        &source,
-        &targets,
-        "    capture: replication\n",
-    ));
+    let proxy = capturing(&source, &targets);
     let status = proxy.admin_get("/status").1;
     assert!(status.contains("\"mode\":\"replication\""), "{status}");
     let stop = Arc::new(AtomicBool::new(false));
@@ -144,7 +137,7 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
     wait_for(
         "the capture to apply the whole stream",
         Duration::from_secs(30),
-        || captured(&proxy) >= master_offset(&source),
+        || captured(&proxy) >= source.master_repl_offset(),
     );
     proxy.wait_migration_drained(Duration::from_secs(60), 3);
     // Keys expire on both sides on their own clocks; let the short TTLs run out.
@@ -166,11 +159,7 @@ fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
     let source = RedisServer::start_with(&["--repl-backlog-size", "16kb"]);
     support::fill_numbered(&source, 500);
     let targets = redis_servers(2);
-    let proxy = Proxy::cutover(&migration_config(
-        &source,
-        &targets,
-        "    capture: replication\n",
-    ));
+    let proxy = capturing(&source, &targets);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     let mut direct = source.client();
     let _: redis::Value = redis::cmd("CLIENT")
@@ -267,11 +256,7 @@ fn acknowledged_increments_survive_cutover_rollback_and_cutover_again_under_capt
     let source = RedisServer::start();
     support::fill_numbered(&source, 500);
     let targets = redis_servers(2);
-    let proxy = Proxy::cutover(&migration_config(
-        &source,
-        &targets,
-        "    capture: replication\n",
-    ));
+    let proxy = capturing(&source, &targets);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     let counting = |port: u16, tag: &'static str, stop: Arc<AtomicBool>| {
         std::thread::spawn(move || {

@@ -18,18 +18,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// `master_repl_offset` of `server`.
-fn master_offset(server: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query(&mut server.client())
-        .expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("master_repl_offset")
-}
-
 /// The next `n` commands, as words.
 async fn take(stream: &mut ReplicationStream, n: usize) -> Vec<Vec<String>> {
     let mut out = Vec::new();
@@ -88,7 +76,7 @@ fn full_sync_then_the_write_stream_in_order_and_a_continued_psync() {
     assert_eq!(got[3], ["INCR", "a"]);
     assert_eq!(got[4], ["DEL", "k1"]);
     // Our offset is the master's once we have taken everything it wrote.
-    assert_eq!(stream.position().offset, master_offset(&master));
+    assert_eq!(stream.position().offset, master.master_repl_offset());
     // GETACK is answered: the master sees our offset.
     rt.block_on(stream.ack()).expect("ack");
     wait_for(

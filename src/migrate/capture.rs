@@ -207,15 +207,19 @@ async fn apply(
         return;
     }
     for key in keys_of(migration, server, request).await {
-        migration
-            .send(LaneEvent::Copy {
-                key,
-                unless_known: false,
-                reason: CopyReason::Write,
-                lag: LagStart(None),
-            })
-            .await;
+        copy(migration, key, CopyReason::Write).await;
     }
+}
+
+/// Queue a copy of `key` in its lane, waiting for room (back-pressure to the stream).
+async fn copy(migration: &Migration, key: Bytes, reason: CopyReason) {
+    let event = LaneEvent::Copy {
+        key,
+        unless_known: false,
+        reason,
+        lag: LagStart(None),
+    };
+    migration.send(event).await;
 }
 
 /// The keys a propagated command writes.
@@ -274,35 +278,18 @@ async fn flush_owned(migration: &Migration, server: usize) {
     let target = migration.mirror_to();
     let mut deleted = 0u64;
     for t in 0..target.servers.len() {
-        let mut cursor = b"0".to_vec();
-        loop {
-            let mut scan = BytesMut::new();
-            encode::command(&mut scan, &[b"SCAN".as_slice(), &cursor, b"COUNT", b"1000"]);
-            let Ok(reply) = target.request(t, 0, scan.freeze(), 1).await else {
-                break;
-            };
-            let Some((next, keys)) = super::backfill::parse_scan(&reply) else {
-                break;
-            };
+        let mut cursor = Some(b"0".to_vec());
+        while let Some(at) = cursor {
+            let (next, keys) = super::verify::scan_page(target, t, &at, 1000).await;
             for key in keys {
                 if migration
                     .source
                     .route(&key)
                     .is_some_and(|r| r.server == server)
                 {
-                    migration
-                        .send(LaneEvent::Copy {
-                            key,
-                            unless_known: false,
-                            reason: CopyReason::Write,
-                            lag: LagStart(None),
-                        })
-                        .await;
+                    copy(migration, key, CopyReason::Write).await;
                     deleted += 1;
                 }
-            }
-            if next == b"0" {
-                break;
             }
             cursor = next;
         }
@@ -328,33 +315,14 @@ pub(super) async fn master_offset(migration: &Migration, server: usize) -> Optio
 /// A full pass over source server `server` after a gap in its stream: every key is
 /// copied again (not "unless copied": what the gap changed is unknown).
 async fn copy_every_key(migration: Arc<Migration>, server: usize) {
-    let pool = &migration.copy_source;
-    let mut cursor = b"0".to_vec();
     let mut copied = 0u64;
-    loop {
-        let mut scan = BytesMut::new();
-        encode::command(&mut scan, &[b"SCAN".as_slice(), &cursor, b"COUNT", b"1000"]);
-        let Ok(reply) = pool.request(server, 0, scan.freeze(), 1).await else {
-            tokio::time::sleep(RECONNECT).await;
-            continue;
-        };
-        let Some((next, keys)) = super::backfill::parse_scan(&reply) else {
-            tokio::time::sleep(RECONNECT).await;
-            continue;
-        };
+    let mut cursor = Some(b"0".to_vec());
+    while let Some(at) = cursor {
+        let (next, keys) =
+            super::verify::scan_page(&migration.copy_source, server, &at, 1000).await;
         for key in keys {
             copied += 1;
-            migration
-                .send(LaneEvent::Copy {
-                    key,
-                    unless_known: false,
-                    reason: CopyReason::Backfill,
-                    lag: LagStart(None),
-                })
-                .await;
-        }
-        if next == b"0" {
-            break;
+            copy(&migration, key, CopyReason::Backfill).await;
         }
         cursor = next;
     }

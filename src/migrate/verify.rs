@@ -385,7 +385,7 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
 
 /// One SCAN page of `server` from `cursor`: the next cursor (`None` at the end) and the
 /// keys. A server that keeps failing ends its scan early, logged.
-async fn scan_page(
+pub(super) async fn scan_page(
     pool: &Pool,
     server: usize,
     cursor: &[u8],

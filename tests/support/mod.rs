@@ -251,6 +251,18 @@ impl RedisServer {
         out
     }
 
+    /// Its `master_repl_offset` (`INFO replication`).
+    pub fn master_repl_offset(&self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut self.client())
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("master_repl_offset")
+    }
+
     /// Every key on this server (db 0), by SCAN.
     pub fn keys(&self) -> Vec<Vec<u8>> {
         let mut conn = self.client();

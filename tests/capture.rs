@@ -81,6 +81,17 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
     let proxy = capturing(&source, &targets);
     let status = proxy.admin_get("/status").1;
     assert!(status.contains("\"mode\":\"replication\""), "{status}");
+    let ctl = Command::new(cutover_bin())
+        .args([
+            "ctl",
+            "--admin",
+            &format!("127.0.0.1:{}", proxy.admin_port),
+            "status",
+        ])
+        .output()
+        .expect("cutover ctl");
+    let text = String::from_utf8_lossy(&ctl.stdout);
+    assert!(text.contains("  capture  replication: "), "{text}");
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = [("proxy", proxy.port), ("direct", source.port)]
         .into_iter()

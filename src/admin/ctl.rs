@@ -274,6 +274,32 @@ fn summary(status: &Value) -> String {
     found.into_iter().map(migration_text).collect()
 }
 
+/// The capture line, under replication capture: each source server's applied offset,
+/// lag and reconnects.
+fn capture_text(capture: &Value) -> String {
+    if capture["mode"].as_str() != Some("replication") {
+        return String::new();
+    }
+    let servers: Vec<String> = capture["servers"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|s| {
+                    format!(
+                        "{} at offset {}, lag {} bytes, {} reconnects continued, {} full resyncs",
+                        s["server"].as_str().unwrap_or("?"),
+                        s["offset"].as_u64().unwrap_or(0),
+                        s["lag_bytes"].as_u64().unwrap_or(0),
+                        s["continued"].as_u64().unwrap_or(0),
+                        s["full_resyncs"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("  capture  replication: {}\n", servers.join("; "))
+}
+
 /// The engines line, the copies line and the readiness report of one migration.
 fn engines_text(m: &Value) -> String {
     let engines = &m["engines"];
@@ -393,6 +419,7 @@ fn migration_text(m: &Value) -> String {
         n(&mirror["copied"]),
     ));
     out.push_str(&engines_text(m));
+    out.push_str(&capture_text(&m["capture"]));
     out.push_str(&format!(
         "  shadow   {} reads checked (ratio {}), {} mismatches, {} repaired{}\n",
         n(&shadow["checked"]),

@@ -526,6 +526,24 @@ impl Migration {
         }
     }
 
+    /// What `request` needs that the servers receiving mirrored writes and shadow reads
+    /// lack, if anything. While migrating, such a request is counted for the readiness
+    /// report too: the app uses something the target cannot run.
+    pub fn receiver_lacks(
+        &self,
+        spec: &crate::command::CommandSpec,
+        request: &crate::resp::Request,
+    ) -> Option<crate::engine::Requirement> {
+        let phase = self.phase();
+        let need = self
+            .engines
+            .receiver_lacks(engines::Direction::of(phase), spec, request)?;
+        if phase == Phase::Migrating {
+            self.engines.note_unsupported(need);
+        }
+        Some(need)
+    }
+
     /// Which way copies go now.
     pub fn direction(&self) -> engines::Direction {
         engines::Direction::of(self.phase())

@@ -438,15 +438,8 @@ impl Forwarding<'_> {
         spec: &CommandSpec,
         request: &Request,
     ) -> Option<Box<MirrorHook>> {
-        if let Some(need) = migration
-            .engines
-            .receiver_lacks(migration.direction(), spec, request)
-        {
-            // The mirror cannot answer it: nothing to compare, and the readiness report
-            // says the app uses it.
-            if migration.phase() == crate::migrate::Phase::Migrating {
-                migration.engines.note_unsupported(need);
-            }
+        if migration.receiver_lacks(spec, request).is_some() {
+            // The mirror cannot answer it: nothing to compare.
             migration.shadow_skip("target_lacks");
             return None;
         }
@@ -495,15 +488,9 @@ fn mirror_hook(
     request: &Request,
 ) -> Option<Box<MirrorHook>> {
     let mut effect = mirror::effect(spec, request)?;
-    if let Some(need) = migration
-        .engines
-        .receiver_lacks(migration.direction(), spec, request)
-    {
+    if migration.receiver_lacks(spec, request).is_some() {
         // The mirror cannot run it: copy what it wrote instead of replaying it.
         effect.replay = false;
-        if migration.phase() == crate::migrate::Phase::Migrating {
-            migration.engines.note_unsupported(need);
-        }
     }
     Some(MirrorHook::new(migration.clone(), effect))
 }

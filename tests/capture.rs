@@ -113,12 +113,7 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
     // The source drops the capture's connection, twice: it continues with PSYNC.
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(500));
-        let _: redis::Value = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("replica")
-            .query(&mut direct)
-            .expect("CLIENT KILL");
+        source.drop_replicas();
         wait_for("the capture to reconnect", Duration::from_secs(10), || {
             redis::cmd("INFO")
                 .arg("replication")
@@ -173,12 +168,7 @@ fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
     let proxy = capturing(&source, &targets);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     let mut direct = source.client();
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query(&mut direct)
-        .expect("CLIENT KILL");
+    source.drop_replicas();
     // A burst far over 16 KB before the capture is back (it waits 100 ms to reconnect).
     let mut pipe = redis::pipe();
     for i in 0..2000 {

@@ -92,12 +92,7 @@ fn full_sync_then_the_write_stream_in_order_and_a_continued_psync() {
     );
     let at: Position = stream.position().clone();
     // The master drops us; writes go on meanwhile; PSYNC continues from where we were.
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query(&mut conn)
-        .expect("CLIENT KILL");
+    master.drop_replicas();
     let _: () = redis::cmd("SET")
         .arg("b")
         .arg("2")

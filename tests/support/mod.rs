@@ -263,6 +263,16 @@ impl RedisServer {
             .expect("master_repl_offset")
     }
 
+    /// Drop every replica connection (`CLIENT KILL TYPE replica`), as a network fault would.
+    pub fn drop_replicas(&self) {
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query(&mut self.client())
+            .expect("CLIENT KILL");
+    }
+
     /// Every key on this server (db 0), by SCAN.
     pub fn keys(&self) -> Vec<Vec<u8>> {
         let mut conn = self.client();

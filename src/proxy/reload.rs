@@ -221,78 +221,63 @@ fn plan(running: &Config, new: &Config) -> Result<Vec<Change>, Vec<Problem>> {
     }
 }
 
+/// The names of the fields of `old` and `new` that differ, in the order listed (each
+/// field is named as its config key).
+macro_rules! differing_fields {
+    ($old:expr, $new:expr, [$($field:ident),+ $(,)?]) => {{
+        let mut keys: Vec<&'static str> = Vec::new();
+        $(
+            if $old.$field != $new.$field {
+                keys.push(stringify!($field));
+            }
+        )+
+        keys
+    }};
+}
+
 /// The keys of `new` that differ from `old`, but for the migration's.
 fn changed_keys(old: &PoolConfig, new: &PoolConfig) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut check = |key: &'static str, same: bool| {
-        if !same {
-            keys.push(key);
-        }
-    };
-    check("listen", old.listen == new.listen);
-    check("hash", old.hash == new.hash);
-    check("hash_tag", old.hash_tag == new.hash_tag);
-    check("distribution", old.distribution == new.distribution);
-    check("timeout", old.timeout == new.timeout);
-    check("backlog", old.backlog == new.backlog);
-    check(
-        "client_connections",
-        old.client_connections == new.client_connections,
-    );
-    check("redis", old.redis == new.redis);
-    check("redis_auth", old.redis_auth == new.redis_auth);
-    check("redis_db", old.redis_db == new.redis_db);
-    check("preconnect", old.preconnect == new.preconnect);
-    check(
-        "auto_eject_hosts",
-        old.auto_eject_hosts == new.auto_eject_hosts,
-    );
-    check(
-        "server_connections",
-        old.server_connections == new.server_connections,
-    );
-    check(
-        "server_retry_timeout",
-        old.server_retry_timeout == new.server_retry_timeout,
-    );
-    check(
-        "server_failure_limit",
-        old.server_failure_limit == new.server_failure_limit,
-    );
-    check("tcpkeepalive", old.tcpkeepalive == new.tcpkeepalive);
-    check("servers", old.servers == new.servers);
-    keys
+    differing_fields!(
+        old,
+        new,
+        [
+            listen,
+            hash,
+            hash_tag,
+            distribution,
+            timeout,
+            backlog,
+            client_connections,
+            redis,
+            redis_auth,
+            redis_db,
+            preconnect,
+            auto_eject_hosts,
+            server_connections,
+            server_retry_timeout,
+            server_failure_limit,
+            tcpkeepalive,
+            servers
+        ]
+    )
 }
 
 /// The `migrate:` keys without runtime meaning that differ.
 fn fixed_settings_changed(old: &MigrateSettings, new: &MigrateSettings) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut check = |key: &'static str, same: bool| {
-        if !same {
-            keys.push(key);
-        }
-    };
-    check("lanes", old.lanes == new.lanes);
-    check("scan_count", old.scan_count == new.scan_count);
-    check(
-        "copies_in_flight",
-        old.copies_in_flight == new.copies_in_flight,
-    );
-    check(
-        "copy_limit_bytes",
-        old.copy_limit_bytes == new.copy_limit_bytes,
-    );
-    check(
-        "structural_copy",
-        old.structural_copy == new.structural_copy,
-    );
-    check(
-        "mirror_queue_limit",
-        old.mirror_queue_limit == new.mirror_queue_limit,
-    );
-    check("state_file", old.state_file == new.state_file);
-    check("capture", old.capture == new.capture);
-    keys
+    differing_fields!(
+        old,
+        new,
+        [
+            lanes,
+            scan_count,
+            copies_in_flight,
+            copy_limit_bytes,
+            structural_copy,
+            mirror_queue_limit,
+            state_file,
+            capture
+        ]
+    )
 }
 
 #[cfg(test)]

@@ -29,8 +29,7 @@ NEW=$PWD/target/release/cutover
 # Servers: three for plain proxying; one source and three targets for mirroring.
 PLAIN=(); for _ in 1 2 3; do redis; PLAIN+=("$PORT"); done
 redis; SRC=$PORT; TARGETS=(); for _ in 1 2 3; do redis; TARGETS+=("$PORT"); done
-servers() { for p in "$@"; do printf '   - 127.0.0.1:%s:1\n' "$p"; done; }
-pool() { printf 'bench:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n' "$1"; servers "${PLAIN[@]}"; }
+pool() { bench_pool "$1" "${PLAIN[@]}"; }
 source_only() { printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n' "$1"; servers "$SRC"; }
 migrating() { source_only "$1"; printf '  migrate_to: fleet\nfleet:\n  redis: true\n  hash: fnv1a_64\n  servers:\n'; servers "${TARGETS[@]}"; }
 

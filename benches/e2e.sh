@@ -20,21 +20,12 @@ BIN=target/release/cutover
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 TICKS=$(getconf CLK_TCK)
 
-BACKENDS=()
-for i in 1 2 3 4; do
-  p=$(free_port)
-  redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null &
-  PIDS+=($!); BACKENDS+=("$p"); wait_port "$p"
-done
-DIRECT=${BACKENDS[3]}
+BACKENDS=(); for _ in 1 2 3; do redis; BACKENDS+=("$PORT"); done
+redis; DIRECT=$PORT
 
 NC_PORT=$(free_port); CUT_PORT=$(free_port)
-conf() {
-  printf 'bench:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n' "$1"
-  for p in "${BACKENDS[@]:0:3}"; do printf '   - 127.0.0.1:%s:1\n' "$p"; done
-}
-conf "$NC_PORT" > "$WORK/nc.yml"
-conf "$CUT_PORT" > "$WORK/cut.yml"
+bench_pool "$NC_PORT" "${BACKENDS[@]}" > "$WORK/nc.yml"
+bench_pool "$CUT_PORT" "${BACKENDS[@]}" > "$WORK/cut.yml"
 nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 &
 NC_PID=$!; PIDS+=($NC_PID)
 "$BIN" -c "$WORK/cut.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$(free_port)" -o "$WORK/cut.log" &

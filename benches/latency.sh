@@ -18,19 +18,10 @@ cargo build --release --quiet
 BIN=target/release/cutover
 . benches/lib.sh
 
-BACKENDS=()
-for _ in 1 2 3 4; do
-  p=$(free_port)
-  redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null & PIDS+=($!)
-  BACKENDS+=("$p"); wait_port "$p"
-done
-DIRECT=${BACKENDS[3]}
+BACKENDS=(); for _ in 1 2 3; do redis; BACKENDS+=("$PORT"); done
+redis; DIRECT=$PORT
 NC=$(free_port); CUT=$(free_port)
-conf() {
-  printf 'bench:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n' "$1"
-  for p in "${BACKENDS[@]:0:3}"; do printf '   - 127.0.0.1:%s:1\n' "$p"; done
-}
-conf "$NC" > "$WORK/nc.yml"; conf "$CUT" > "$WORK/cut.yml"
+bench_pool "$NC" "${BACKENDS[@]}" > "$WORK/nc.yml"; bench_pool "$CUT" "${BACKENDS[@]}" > "$WORK/cut.yml"
 nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!)
 "$BIN" -c "$WORK/cut.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/cut.log" & PIDS+=($!)
 wait_port "$NC"; wait_port "$CUT"

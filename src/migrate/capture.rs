@@ -25,6 +25,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::lag::LagStart;
 use super::lane::LaneEvent;
+use super::scan::KeyScan;
 use super::{CopyReason, Migration};
 use crate::command::{self, Access};
 use crate::config::ServerAddr;
@@ -37,6 +38,9 @@ const ACK_EVERY: Duration = Duration::from_secs(1);
 /// Wait before reconnecting a dropped stream (short: the source's backlog must still hold
 /// the writes made meanwhile).
 const RECONNECT: Duration = Duration::from_millis(100);
+
+/// Keys a SCAN page asks for in the capture's full passes.
+const SCAN_COUNT: u32 = 1000;
 
 /// Commands the proxy's table does not know that name their key first (streams, mostly);
 /// for any other unknown command the source is asked (`COMMAND GETKEYS`).
@@ -278,9 +282,8 @@ async fn flush_owned(migration: &Migration, server: usize) {
     let target = migration.mirror_to();
     let mut deleted = 0u64;
     for t in 0..target.servers.len() {
-        let mut cursor = Some(b"0".to_vec());
-        while let Some(at) = cursor {
-            let (next, keys) = super::verify::scan_page(target, t, &at, 1000).await;
+        let mut scan = KeyScan::new(target, t, SCAN_COUNT, "capture (FLUSHDB)");
+        while let Some(keys) = scan.next_page().await {
             for key in keys {
                 if migration
                     .source
@@ -291,7 +294,6 @@ async fn flush_owned(migration: &Migration, server: usize) {
                     deleted += 1;
                 }
             }
-            cursor = next;
         }
     }
     tracing::info!(pool = migration.source.name(), server = %migration.source.servers[server].name, keys = deleted, "FLUSHDB on a source server: its keys are copied (deleted) on the target");
@@ -316,15 +318,17 @@ pub(super) async fn master_offset(migration: &Migration, server: usize) -> Optio
 /// copied again (not "unless copied": what the gap changed is unknown).
 async fn copy_every_key(migration: Arc<Migration>, server: usize) {
     let mut copied = 0u64;
-    let mut cursor = Some(b"0".to_vec());
-    while let Some(at) = cursor {
-        let (next, keys) =
-            super::verify::scan_page(&migration.copy_source, server, &at, 1000).await;
+    let mut scan = KeyScan::new(
+        &migration.copy_source,
+        server,
+        SCAN_COUNT,
+        "capture (full pass)",
+    );
+    while let Some(keys) = scan.next_page().await {
         for key in keys {
             copied += 1;
             copy(&migration, key, CopyReason::Backfill).await;
         }
-        cursor = next;
     }
     tracing::info!(pool = migration.source.name(), server = %migration.source.servers[server].name, keys = copied, "full pass after a stream gap: every key copied again");
 }

@@ -27,6 +27,7 @@ pub mod mirror;
 pub mod offline;
 pub mod phase;
 mod retries;
+mod scan;
 pub mod shadow;
 mod state;
 mod stream;

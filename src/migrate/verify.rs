@@ -18,6 +18,7 @@ use super::Migration;
 use super::counters::DIFFERENCE_KINDS;
 use super::key_type::KeyType;
 use super::lane::LaneEvent;
+use super::scan::KeyScan;
 use super::shadow::{self, Compare};
 use super::stream;
 use crate::engine::Engine;
@@ -273,24 +274,20 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
     // Round 1: every key of the authoritative side, then every key of the mirror that the
     // authoritative side does not have.
     for server in 0..from.servers.len() {
-        let mut cursor = Some(b"0".to_vec());
-        while let Some(at) = cursor {
-            let (next, keys) = scan_page(&from, server, &at, options.scan_count).await;
+        let mut scan = KeyScan::new(&from, server, options.scan_count, "verify");
+        while let Some(keys) = scan.next_page().await {
             compare_batch(migration, &from, &to, keys, &mut differing, true).await;
-            cursor = next;
         }
     }
     let checked = migration.verify.checked.load(Relaxed);
     for server in 0..to.servers.len() {
-        let mut cursor = Some(b"0".to_vec());
-        while let Some(at) = cursor {
-            let (next, keys) = scan_page(&to, server, &at, options.scan_count).await;
+        let mut scan = KeyScan::new(&to, server, options.scan_count, "verify");
+        while let Some(keys) = scan.next_page().await {
             let (placed, wrong): (Vec<Bytes>, Vec<Bytes>) = keys
                 .into_iter()
                 .partition(|key| to.route(key).is_none_or(|r| r.server == server));
             misplaced.extend(wrong.into_iter().map(|key| (key, server)));
             extra_batch(migration, &from, &to, placed, &mut differing).await;
-            cursor = next;
         }
     }
     let first_round = differing.len() as u64;
@@ -381,31 +378,6 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
     migration.dirty.verified(dirty_mark);
     migration.verify.finish(report.clone());
     report
-}
-
-/// One SCAN page of `server` from `cursor`: the next cursor (`None` at the end) and the
-/// keys. A server that keeps failing ends its scan early, logged.
-pub(super) async fn scan_page(
-    pool: &Pool,
-    server: usize,
-    cursor: &[u8],
-    count: u32,
-) -> (Option<Vec<u8>>, Vec<Bytes>) {
-    let count = count.max(1).to_string();
-    for _ in 0..20 {
-        let mut scan = BytesMut::new();
-        encode::command(
-            &mut scan,
-            &[b"SCAN".as_slice(), cursor, b"COUNT", count.as_bytes()],
-        );
-        let reply = pool.request(server, 0, scan.freeze(), 1).await;
-        if let Some((next, keys)) = reply.ok().as_deref().and_then(super::backfill::parse_scan) {
-            return ((next != b"0").then_some(next), keys);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    tracing::error!(pool = pool.name(), server = %pool.servers[server].name, "verify: cannot SCAN this server; the rest of its keys are not compared");
-    (None, Vec::new())
 }
 
 /// Compare `keys` (authoritative side first), recording what differs. Only the first

@@ -1,0 +1,67 @@
+//! Every key of one server, a `SCAN` page at a time: what verify and the capture's full
+//! passes walk. (The backfill has its own loop: it resumes from a saved cursor and paces
+//! itself.)
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::resp::encode;
+use crate::upstream::Pool;
+
+/// Tries of one page before the rest of the server is given up (logged).
+const PAGE_TRIES: usize = 20;
+/// Wait between tries of one page.
+const PAGE_RETRY: Duration = Duration::from_millis(250);
+
+/// A walk over the keys of server `server` of a pool.
+pub(super) struct KeyScan<'a> {
+    pool: &'a Pool,
+    server: usize,
+    /// `COUNT`, as the argument.
+    count: String,
+    /// Where the next page starts; `None` once the scan is over.
+    cursor: Option<Vec<u8>>,
+    /// What the walk is for, in the log line when it is cut short.
+    purpose: &'static str,
+}
+
+impl<'a> KeyScan<'a> {
+    /// From the start of server `server`, `count` keys a page (a hint to the server).
+    pub(super) fn new(
+        pool: &'a Pool,
+        server: usize,
+        count: u32,
+        purpose: &'static str,
+    ) -> KeyScan<'a> {
+        KeyScan {
+            pool,
+            server,
+            count: count.max(1).to_string(),
+            cursor: Some(b"0".to_vec()),
+            purpose,
+        }
+    }
+
+    /// The next page of keys (maybe empty), or `None` at the end. A server that keeps
+    /// failing ends its scan early, logged.
+    pub(super) async fn next_page(&mut self) -> Option<Vec<Bytes>> {
+        let cursor = self.cursor.take()?;
+        for _ in 0..PAGE_TRIES {
+            let mut scan = BytesMut::new();
+            encode::command(
+                &mut scan,
+                &[b"SCAN".as_slice(), &cursor, b"COUNT", self.count.as_bytes()],
+            );
+            let reply = self.pool.request(self.server, 0, scan.freeze(), 1).await;
+            if let Some((next, keys)) = reply.ok().as_deref().and_then(super::backfill::parse_scan)
+            {
+                self.cursor = (next != b"0").then_some(next);
+                return Some(keys);
+            }
+            tokio::time::sleep(PAGE_RETRY).await;
+        }
+        tracing::error!(pool = self.pool.name(), server = %self.pool.servers[self.server].name, "{}: cannot SCAN this server; the rest of its keys are skipped", self.purpose);
+        None
+    }
+}

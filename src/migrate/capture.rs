@@ -82,25 +82,35 @@ pub struct CaptureState {
 /// server and what it said, if any.
 pub async fn open_all(pool: &Pool) -> Result<Vec<ReplicationStream>, String> {
     let mut streams = Vec::new();
-    for server in &pool.servers {
-        let ServerAddr::Tcp { host, port } = &server.addr else {
-            return Err(format!(
-                "{}: replication capture needs a TCP server (a unix socket was given)",
-                server.name
-            ));
-        };
-        let addr = format!("{host}:{port}");
-        let password = pool.config.redis_auth.as_deref();
-        match ReplicationStream::open(&addr, &server.name, password, None).await {
-            Ok((stream, _)) => streams.push(stream),
-            Err(error) => {
-                return Err(format!(
-                    "{error} (replication capture needs PSYNC and REPLCONF on every source server: an ACL user with +psync +replconf, commands not renamed)"
-                ));
-            }
-        }
+    for server in 0..pool.servers.len() {
+        let (stream, _) = open(pool, server, None).await?;
+        streams.push(stream);
     }
     Ok(streams)
+}
+
+/// Open a replication stream to server `server` of `pool`, continuing from `from` if the
+/// server can; a refusal says what the capture needs.
+async fn open(
+    pool: &Pool,
+    server: usize,
+    from: Option<&Position>,
+) -> Result<(ReplicationStream, Sync), String> {
+    let s = &pool.servers[server];
+    let ServerAddr::Tcp { host, port } = &s.addr else {
+        return Err(format!(
+            "{}: replication capture needs a TCP server (a unix socket was given)",
+            s.name
+        ));
+    };
+    let password = pool.config.redis_auth.as_deref();
+    ReplicationStream::open(&format!("{host}:{port}"), &s.name, password, from)
+        .await
+        .map_err(|error| {
+            format!(
+                "{error} (replication capture needs PSYNC and REPLCONF on every source server: an ACL user with +psync +replconf, commands not renamed)"
+            )
+        })
 }
 
 /// Follow source server `server`'s stream (already open) for as long as the migration
@@ -155,12 +165,7 @@ async fn reconnect(
     let s = &migration.source.servers[server];
     loop {
         tokio::time::sleep(RECONNECT).await;
-        let ServerAddr::Tcp { host, port } = &s.addr else {
-            continue;
-        };
-        let addr = format!("{host}:{port}");
-        let password = migration.source.config.redis_auth.as_deref();
-        match ReplicationStream::open(&addr, &s.name, password, Some(position)).await {
+        match open(&migration.source, server, Some(position)).await {
             Ok((stream, Sync::Continued)) => {
                 state.continued.fetch_add(1, Relaxed);
                 migration.counters.capture_reconnects[0].increment(1);

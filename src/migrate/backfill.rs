@@ -255,10 +255,8 @@ async fn scan_server(migration: Arc<Migration>, server: usize) -> Scanned {
 
 /// The number of keys on server `server` of `pool` (for progress and ETA), or why not.
 pub(super) async fn dbsize(pool: &Pool, server: usize) -> Result<u64, String> {
-    let mut request = BytesMut::new();
-    encode::command(&mut request, &[b"DBSIZE".as_slice()]);
     let reply = pool
-        .request(server, 0, request.freeze(), 1)
+        .call(server, 0, &[b"DBSIZE"])
         .await
         .map_err(|e| e.to_string())?;
     crate::resp::integer(&reply)

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use redis_protocol::resp2::types::OwnedFrame;
 
 use super::lag::LagStart;
@@ -29,7 +29,7 @@ use super::scan::KeyScan;
 use super::{CopyReason, Migration};
 use crate::command::{self, Access};
 use crate::config::ServerAddr;
-use crate::resp::{Request, encode};
+use crate::resp::Request;
 use crate::upstream::Pool;
 use crate::upstream::replication::{Position, ReplicationStream, Sync};
 
@@ -256,13 +256,7 @@ async fn keys_of(migration: &Migration, server: usize, request: &Request) -> Vec
 async fn getkeys(migration: &Migration, server: usize, request: &Request) -> Vec<Bytes> {
     let mut words: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
     words.extend(request.args());
-    let mut ask = BytesMut::new();
-    encode::command(&mut ask, &words);
-    let Ok(reply) = migration
-        .copy_source
-        .request(server, 0, ask.freeze(), 1)
-        .await
-    else {
+    let Ok(reply) = migration.copy_source.call(server, 0, &words).await else {
         return Vec::new();
     };
     match redis_protocol::resp2::decode::decode(&reply) {
@@ -306,11 +300,9 @@ async fn flush_owned(migration: &Migration, server: usize) {
 
 /// Source server `server`'s `master_repl_offset` (`INFO replication`).
 pub(super) async fn master_offset(migration: &Migration, server: usize) -> Option<u64> {
-    let mut info = BytesMut::new();
-    encode::command(&mut info, &[b"INFO".as_slice(), b"replication"]);
     let reply = migration
         .copy_source
-        .request(server, 0, info.freeze(), 1)
+        .call(server, 0, &[b"INFO".as_slice(), b"replication"])
         .await
         .ok()?;
     String::from_utf8_lossy(&reply)

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU16, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use redis_protocol::resp2::types::OwnedFrame;
 use serde_json::json;
 
@@ -23,7 +22,6 @@ use metrics::{Gauge, gauge};
 use crate::command::CommandSpec;
 use crate::engine::{Engine, Requirement, Version, payload_rdb_version};
 use crate::resp::Request;
-use crate::resp::encode;
 use crate::upstream::Pool;
 
 /// Attempts to read a server's engine at start (one a second) before copies to or from it
@@ -374,9 +372,10 @@ pub async fn detect(migration: Arc<Migration>) {
 
 /// One server's engine from `INFO server`, or `None` when it does not answer.
 async fn read_engine(pool: &Pool, server: usize) -> Option<Engine> {
-    let mut info = BytesMut::new();
-    encode::command(&mut info, &[b"INFO".as_slice(), b"server"]);
-    let reply = pool.request(server, 0, info.freeze(), 1).await.ok()?;
+    let reply = pool
+        .call(server, 0, &[b"INFO".as_slice(), b"server"])
+        .await
+        .ok()?;
     match redis_protocol::resp2::decode::decode(&reply) {
         Ok(Some((OwnedFrame::BulkString(text), _))) => {
             Engine::from_info(&String::from_utf8_lossy(&text))

@@ -82,9 +82,11 @@ impl Migration {
     async fn direct_clients(&self) -> Vec<String> {
         let mut reasons = Vec::new();
         for (server, s) in self.copy_source.servers.iter().enumerate() {
-            let mut list = bytes::BytesMut::new();
-            crate::resp::encode::command(&mut list, &[b"CLIENT".as_slice(), b"LIST"]);
-            let Ok(reply) = self.copy_source.request(server, 0, list.freeze(), 1).await else {
+            let Ok(reply) = self
+                .copy_source
+                .call(server, 0, &[b"CLIENT".as_slice(), b"LIST"])
+                .await
+            else {
                 continue;
             };
             let text = String::from_utf8_lossy(&reply);

@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::resp::encode;
 use crate::upstream::Pool;
 
 /// Tries of one page before the rest of the server is given up (logged).
@@ -48,12 +47,8 @@ impl<'a> KeyScan<'a> {
     pub(super) async fn next_page(&mut self) -> Option<Vec<Bytes>> {
         let cursor = self.cursor.take()?;
         for _ in 0..PAGE_TRIES {
-            let mut scan = BytesMut::new();
-            encode::command(
-                &mut scan,
-                &[b"SCAN".as_slice(), &cursor, b"COUNT", self.count.as_bytes()],
-            );
-            let reply = self.pool.request(self.server, 0, scan.freeze(), 1).await;
+            let scan = [b"SCAN".as_slice(), &cursor, b"COUNT", self.count.as_bytes()];
+            let reply = self.pool.call(self.server, 0, &scan).await;
             if let Some((next, keys)) = reply.ok().as_deref().and_then(super::backfill::parse_scan)
             {
                 self.cursor = (next != b"0").then_some(next);

@@ -9,11 +9,9 @@
 //! (`XSETID`, `XGROUP CREATE`, `XGROUP CREATECONSUMER`, `XCLAIM ... FORCE JUSTID`) as far
 //! as the receiving engine's commands allow, and names what could not be carried.
 
-use bytes::BytesMut;
 use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::engine::{Engine, Version};
-use crate::resp::encode;
 use crate::upstream::Pool;
 
 /// Pending entries read per XPENDING call.
@@ -63,10 +61,8 @@ pub struct Pending {
 /// One request to the server of `pool` that owns `key`, decoded.
 async fn call(pool: &Pool, key: &[u8], args: &[&[u8]]) -> Result<OwnedFrame, String> {
     let route = pool.route(key).ok_or("no live server")?;
-    let mut request = BytesMut::new();
-    encode::command(&mut request, args);
     let reply = pool
-        .request(route.server, route.connection, request.freeze(), 1)
+        .call(route.server, route.connection, args)
         .await
         .map_err(|e| e.to_string())?;
     match redis_protocol::resp2::decode::decode(&reply) {

@@ -54,10 +54,8 @@ pub async fn copy_key(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
     let copied = copy_into(migration, key, &kind, target, receiver).await;
     if copied.is_err() {
         // Best effort: a temporary key left behind also expires by its guard TTL.
-        let mut del = BytesMut::new();
-        encode::command(&mut del, &[b"DEL".as_slice(), &temp]);
         let _ = pool
-            .request(route.server, route.connection, del.freeze(), 1)
+            .call(route.server, route.connection, &[b"DEL".as_slice(), &temp])
             .await;
     }
     copied
@@ -82,11 +80,9 @@ struct Target<'a> {
 impl Target<'_> {
     /// Send one command; an error reply is an error.
     async fn send(&self, args: &[Vec<u8>]) -> Result<Bytes, CopyError> {
-        let mut request = BytesMut::new();
-        encode::command(&mut request, args);
         let reply = self
             .pool
-            .request(self.server, self.connection, request.freeze(), 1)
+            .call(self.server, self.connection, args)
             .await
             .map_err(unavailable)?;
         if reply.first() == Some(&b'-') {

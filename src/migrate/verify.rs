@@ -354,9 +354,7 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
                 .await;
         }
         for (key, server) in &misplaced {
-            let mut del = BytesMut::new();
-            encode::command(&mut del, &[b"DEL".as_slice(), key]);
-            if to.request(*server, 0, del.freeze(), 1).await.is_ok() {
+            if to.call(*server, 0, &[b"DEL".as_slice(), key]).await.is_ok() {
                 report.repaired += 1;
             }
         }
@@ -464,13 +462,15 @@ async fn extra_batch(
         if differing.contains_key(&key) {
             continue;
         }
-        let mut exists = BytesMut::new();
-        encode::command(&mut exists, &[b"EXISTS".as_slice(), &key]);
         let Some(route) = from.route(&key) else {
             continue;
         };
         if let Ok(reply) = from
-            .request(route.server, route.connection, exists.freeze(), 1)
+            .call(
+                route.server,
+                route.connection,
+                &[b"EXISTS".as_slice(), &key],
+            )
             .await
             && reply.as_ref() == b":0\r\n"
         {

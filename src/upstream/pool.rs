@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::backend::{self, BackendError, BackendRequest, ReplyResult};
@@ -260,6 +260,19 @@ impl Pool {
             .await?
             .await
             .unwrap_or(Err(BackendError::Reset))
+    }
+
+    /// Send the command `args` on connection `connection` of `server` and wait for its
+    /// reply: [`Pool::request`] for one command of cutover's own.
+    pub async fn call<A: AsRef<[u8]>>(
+        &self,
+        server: usize,
+        connection: usize,
+        args: &[A],
+    ) -> ReplyResult {
+        let mut bytes = BytesMut::new();
+        crate::resp::encode::command(&mut bytes, args);
+        self.request(server, connection, bytes.freeze(), 1).await
     }
 
     /// Queue `bytes` on connection `connection` (of those speaking `protocol`) of `server`,

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
-use support::{Proxy, RedisServer, cutover_bin, migration_config, redis_servers, wait_for};
+use support::{
+    Proxy, RedisServer, cutover_bin, fill_numbered, migration_config, owner, redis_servers,
+    wait_for,
+};
 
 /// cutover migrating `source` into `targets` with `capture: replication`.
 fn capturing(source: &RedisServer, targets: &[RedisServer]) -> Proxy {
@@ -76,7 +79,7 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
         "--repl-backlog-size",
         "4mb",
     ]);
-    support::fill_numbered(&source, 2000);
+    fill_numbered(&source, 2000);
     let targets = redis_servers(2);
     let proxy = capturing(&source, &targets);
     let status = proxy.admin_get("/status").1;
@@ -151,9 +154,18 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
     support::compare::assert_same(&source, &targets);
     let status: serde_json::Value =
         serde_json::from_str(&proxy.admin_get("/status").1).expect("/status");
-    let server = &status["pools"][0]["migration"]["capture"]["servers"][0];
+    let capture = &status["pools"][0]["migration"]["capture"];
+    let server = &capture["servers"][0];
     assert_eq!(server["continued"], 2, "{server}");
     assert_eq!(server["full_resyncs"], 0, "{server}");
+    // Rule 12: stream writes after their key's marker are replayed, those before it are
+    // dropped (the copy holds them); every copy's marker came back.
+    let events = &capture["events"];
+    eprintln!("capture events: {events}");
+    for action in ["replayed", "in_copy", "marker"] {
+        assert!(events[action].as_u64() > Some(0), "{action}: {events}");
+    }
+    assert_eq!(capture["pending_markers"], 0, "{capture}");
 }
 
 /// A capture disconnected while a burst overruns the source's tiny backlog: the source
@@ -163,7 +175,7 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
 #[test]
 fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
     let source = RedisServer::start_with(&["--repl-backlog-size", "16kb"]);
-    support::fill_numbered(&source, 500);
+    fill_numbered(&source, 500);
     let targets = redis_servers(2);
     let proxy = capturing(&source, &targets);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
@@ -255,7 +267,7 @@ fn a_source_refusing_psync_fails_replication_and_auto_falls_back() {
 fn acknowledged_increments_survive_cutover_rollback_and_cutover_again_under_capture() {
     use std::collections::HashMap;
     let source = RedisServer::start();
-    support::fill_numbered(&source, 500);
+    fill_numbered(&source, 500);
     let targets = redis_servers(2);
     let proxy = capturing(&source, &targets);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
@@ -318,4 +330,110 @@ fn acknowledged_increments_survive_cutover_rollback_and_cutover_again_under_capt
         }
     }
     support::compare::assert_same(&source, &targets);
+}
+
+/// Writes to hot keys, straight to the source or through `proxy_port`'s cutover, each
+/// followed by reads of the same keys through cutover, until `stop`.
+fn write_and_read(port: u16, reader: Option<u16>, stop: Arc<AtomicBool>, tag: &str) {
+    let mut conn = support::connect_to(port);
+    let mut reads = reader.map(support::connect_to);
+    let mut i: u64 = 0;
+    while !stop.load(Relaxed) {
+        let k = i % 20;
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCR").arg(format!("c:{k}")).ignore();
+        pipe.cmd("HSET")
+            .arg(format!("h:{k}"))
+            .arg(format!("{tag}{}", i % 5))
+            .arg(i)
+            .ignore();
+        pipe.cmd("LPUSH").arg(format!("l:{k}")).arg(i).ignore();
+        pipe.cmd("LTRIM")
+            .arg(format!("l:{k}"))
+            .arg(0)
+            .arg(9)
+            .ignore();
+        pipe.query::<()>(&mut conn).expect("writes");
+        if let Some(reads) = reads.as_mut() {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(format!("c:{k}")).ignore();
+            pipe.cmd("HGETALL").arg(format!("h:{k}")).ignore();
+            pipe.cmd("LRANGE")
+                .arg(format!("l:{k}"))
+                .arg(0)
+                .arg(-1)
+                .ignore();
+            pipe.cmd("GET").arg(format!("k{}", i % 300)).ignore();
+            pipe.query::<()>(reads).expect("reads");
+        }
+        i += 1;
+    }
+}
+
+/// Shadow reads under capture are placed in the source's stream (read again inside a
+/// `MULTI` with a marker) and compared in their key's lane at that point: with every read
+/// sampled and hot keys written straight to the source and through cutover, no comparison
+/// disagrees. A key changed behind cutover's back on its target is then caught, confirmed
+/// and repaired.
+#[test]
+fn shadow_reads_placed_in_the_stream_find_no_false_mismatch_and_catch_a_real_one() {
+    let source = RedisServer::start();
+    fill_numbered(&source, 300);
+    let targets = redis_servers(2);
+    let proxy = Proxy::cutover(&migration_config(
+        &source,
+        &targets,
+        "    capture: replication\n    shadow_ratio: 1.0\n",
+    ));
+    proxy.wait_migration_drained(Duration::from_secs(30), 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = [
+        (source.port, Some(proxy.port), "direct"),
+        (proxy.port, Some(proxy.port), "proxy"),
+    ]
+    .into_iter()
+    .map(|(port, reader, tag)| {
+        let stop = stop.clone();
+        std::thread::spawn(move || write_and_read(port, reader, stop, tag))
+    })
+    .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Relaxed);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    proxy.wait_migration_drained(Duration::from_secs(30), 3);
+    let shadow = proxy.migration()["shadow"].clone();
+    eprintln!("shadow reads under capture: {shadow}");
+    assert!(shadow["checked"].as_u64() > Some(1000), "{shadow}");
+    assert_eq!(shadow["mismatches"], 0, "{shadow}");
+    support::compare::assert_same(&source, &targets);
+
+    // Behind cutover's back: the target's copy of k7 changes.
+    let victim = owner(&targets, "k7");
+    let _: () = redis::cmd("SET")
+        .arg("k7")
+        .arg("wrong")
+        .query(&mut victim.client())
+        .expect("diverge");
+    let value: String = redis::cmd("GET")
+        .arg("k7")
+        .query(&mut proxy.client())
+        .expect("GET");
+    assert_eq!(value, "7", "clients are served by the source");
+    wait_for(
+        "the mismatch and its repair",
+        Duration::from_secs(10),
+        || {
+            let shadow = &proxy.migration()["shadow"];
+            shadow["mismatches"] == 1
+                && shadow["repaired"] == 1
+                && redis::cmd("GET")
+                    .arg("k7")
+                    .query::<String>(&mut victim.client())
+                    .ok()
+                    .as_deref()
+                    == Some("7")
+        },
+    );
 }

@@ -12,23 +12,13 @@ use std::time::Duration;
 use redis::Commands;
 use serde_json::Value;
 use support::{
-    Proxy, RedisServer, cutover_bin, fill_numbered, http, migration_config, redis_servers, wait_for,
+    Proxy, RedisServer, cutover_bin, fill_numbered, http, migration_config, owner, redis_servers,
+    wait_for,
 };
 
 /// The migration object of the first pool in `/status`.
 fn migration(proxy: &Proxy) -> Value {
-    let (code, body) = proxy.admin_get("/status");
-    assert_eq!(code, 200, "{body}");
-    let status: Value = serde_json::from_str(&body).expect("status JSON");
-    status["pools"][0]["migration"].clone()
-}
-
-/// The target server holding `key` (each key lives on exactly one).
-fn owner<'a>(targets: &'a [RedisServer], key: &str) -> &'a RedisServer {
-    targets
-        .iter()
-        .find(|t| t.client().exists::<_, bool>(key).unwrap_or(false))
-        .unwrap_or_else(|| panic!("no target holds {key}"))
+    proxy.migration()
 }
 
 /// Run a verify pass through the admin API and return its report.

@@ -286,10 +286,11 @@ fn capture_text(capture: &Value) -> String {
             list.iter()
                 .map(|s| {
                     format!(
-                        "{} at offset {}, lag {} bytes, {} reconnects continued, {} full resyncs",
+                        "{} at offset {}, lag {} bytes / {:.3} s, {} reconnects continued, {} full resyncs",
                         s["server"].as_str().unwrap_or("?"),
                         s["offset"].as_u64().unwrap_or(0),
                         s["lag_bytes"].as_u64().unwrap_or(0),
+                        s["lag_seconds"].as_f64().unwrap_or(0.0),
                         s["continued"].as_u64().unwrap_or(0),
                         s["full_resyncs"].as_u64().unwrap_or(0),
                     )
@@ -297,7 +298,18 @@ fn capture_text(capture: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    format!("  capture  replication: {}\n", servers.join("; "))
+    let events = &capture["events"];
+    let count = |action: &str| events[action].as_u64().unwrap_or(0);
+    format!(
+        "  capture  replication: {}\n           stream commands: {} replayed, {} copied, {} in a copy, {} ignored, {} markers; {} copies await their marker\n",
+        servers.join("; "),
+        count("replayed"),
+        count("copied"),
+        count("in_copy"),
+        count("ignored"),
+        count("marker"),
+        capture["pending_markers"].as_u64().unwrap_or(0),
+    )
 }
 
 /// The engines line, the copies line and the readiness report of one migration.

@@ -236,6 +236,14 @@ async fn scan_server(migration: Arc<Migration>, server: usize) -> Scanned {
             queued += 1;
             pace(&migration, started, queued, bytes_at_start).await;
         }
+        // Under capture, copies whose marker has not come back are remembered until it
+        // does: let the stream catch up before queuing more (for a while at most).
+        for _ in 0..1000 {
+            if migration.markers.pending.load(Relaxed) <= super::marker::PENDING_LIMIT {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         // Resumable from `next` once every lane has processed what was queued so far.
         let snapshot = migration.lanes.enqueued_now();
         migration

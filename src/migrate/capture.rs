@@ -25,6 +25,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::lag::LagStart;
 use super::lane::LaneEvent;
+use super::marker::{LagClock, Marked, Markers};
 use super::scan::KeyScan;
 use super::{CopyReason, Migration};
 use crate::command::{self, Access};
@@ -62,6 +63,22 @@ const FIRST_KEY: &[&str] = &[
     "PEXPIREAT",
 ];
 
+/// What became of a command of the stream (the index of its counter in
+/// [`super::counters::CAPTURE_ACTIONS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureAction {
+    /// Replayed on the target as the master propagated it.
+    Replayed = 0,
+    /// Its keys copied.
+    Copied = 1,
+    /// Dropped: a copy's snapshot holds it.
+    InCopy = 2,
+    /// Not a write of the pool's database.
+    Ignored = 3,
+    /// One of this migration's markers.
+    Marker = 4,
+}
+
 /// A capture's counters, per source server.
 #[derive(Debug, Default)]
 pub struct CaptureState {
@@ -76,6 +93,11 @@ pub struct CaptureState {
     pub continued: AtomicU64,
     /// Reconnects that needed a full sync: writes in the gap are unknown.
     pub full_resyncs: AtomicU64,
+    /// Grows with every full sync after the first: copies made in an earlier generation
+    /// may have lost their marker in the gap (rule 12).
+    pub generation: AtomicU64,
+    /// The stream's delay, from heartbeat markers.
+    pub lag: LagClock,
 }
 
 /// Open a replication stream to every server of `pool`; the first refusal, naming the
@@ -132,6 +154,7 @@ pub async fn run(migration: Arc<Migration>, server: usize, mut stream: Replicati
                 if let Some(master) = master_offset(&migration, server).await {
                     state.master_offset.store(master, Relaxed);
                 }
+                heartbeat(&migration, server).await;
             }
             let wait = ACK_EVERY.saturating_sub(last_ack.elapsed());
             match tokio::time::timeout(wait, stream.next()).await {
@@ -176,6 +199,7 @@ async fn reconnect(
                 state.full_resyncs.fetch_add(1, Relaxed);
                 migration.counters.capture_reconnects[1].increment(1);
                 migration.dirty.owe_verify();
+                state.generation.fetch_add(1, Relaxed);
                 tracing::error!(pool = migration.source.name(), server = %s.name, "the master could not continue the stream (its backlog was overrun): the writes in the gap are unknown; every key of this server is copied again, and a verify pass is needed before the cutover");
                 tokio::spawn(copy_every_key(migration.clone(), server));
                 return stream;
@@ -187,7 +211,26 @@ async fn reconnect(
     }
 }
 
-/// One command of the stream: the copies it asks for.
+/// Publish a heartbeat marker on source server `server`: the time it takes to come out of
+/// the stream is the stream's delay.
+async fn heartbeat(migration: &Migration, server: usize) {
+    let sent = super::marker::now_ms();
+    let message = Markers::heartbeat_message(sent);
+    let publish = [b"PUBLISH".as_slice(), migration.markers.channel(), &message];
+    if migration
+        .copy_source
+        .call(server, 0, &publish)
+        .await
+        .is_ok()
+    {
+        migration.capture[server].lag.sent(sent);
+    }
+}
+
+/// One command of the stream, into the lanes of the keys it writes (rule 12): a
+/// deterministic write of one key, in a form the target has, to be replayed as the master
+/// propagated it (absolute expiry times, `SREM` for `SPOP`, scripts as their effects);
+/// any other write as copies of its keys; a marker to its key's lane.
 async fn apply(
     migration: &Migration,
     server: usize,
@@ -196,28 +239,73 @@ async fn apply(
     request: &Request,
 ) {
     let name = request.name();
+    if name.eq_ignore_ascii_case(b"PUBLISH") && request.argc() == 3 {
+        // Markers are not tied to a database.
+        match migration.markers.parse(request.arg(1), request.arg(2)) {
+            Some(Marked::Copy { token, key }) => {
+                migration.count_capture(CaptureAction::Marker);
+                migration.send(LaneEvent::Marker { key, token }).await;
+            }
+            Some(Marked::Read { token }) => {
+                migration.count_capture(CaptureAction::Marker);
+                let generation = migration.capture[server].generation.load(Relaxed);
+                super::placed_read::marker_met(migration, token, generation).await;
+            }
+            Some(Marked::Heartbeat { sent_ms }) => {
+                migration.count_capture(CaptureAction::Marker);
+                let now = super::marker::now_ms();
+                migration.capture[server].lag.seen(sent_ms, now);
+            }
+            None => migration.count_capture(CaptureAction::Ignored),
+        }
+        return;
+    }
     if name.eq_ignore_ascii_case(b"SELECT") {
         *db = std::str::from_utf8(request.arg(1))
             .ok()
             .and_then(|t| t.parse().ok())
             .unwrap_or(*db);
+        migration.count_capture(CaptureAction::Ignored);
         return;
     }
-    if *db != pool_db {
+    let skipped = [&b"PING"[..], b"REPLCONF", b"MULTI", b"EXEC"];
+    if *db != pool_db || skipped.iter().any(|s| name.eq_ignore_ascii_case(s)) {
+        migration.count_capture(CaptureAction::Ignored);
         return;
-    }
-    for skipped in [&b"PING"[..], b"REPLCONF", b"PUBLISH", b"MULTI", b"EXEC"] {
-        if name.eq_ignore_ascii_case(skipped) {
-            return;
-        }
     }
     if name.eq_ignore_ascii_case(b"FLUSHDB") || name.eq_ignore_ascii_case(b"FLUSHALL") {
+        migration.count_capture(CaptureAction::Copied);
         flush_owned(migration, server).await;
         return;
     }
-    for key in keys_of(migration, server, request).await {
-        copy(migration, key, CopyReason::Write).await;
+    let generation = migration.capture[server].generation.load(Relaxed);
+    if let Some(key) = replayable(migration, request) {
+        let request = Some(request.bytes().clone());
+        let event = LaneEvent::Replicated {
+            key,
+            request,
+            generation,
+        };
+        migration.send(event).await;
+        return;
     }
+    for key in keys_of(migration, server, request).await {
+        let event = LaneEvent::Replicated {
+            key,
+            request: None,
+            generation,
+        };
+        migration.send(event).await;
+    }
+}
+
+/// The key of a stream command that may be replayed as it is: a deterministic write of
+/// one key (the proxy's rule 3 classes; a write that gives a TTL is copied, so its key is
+/// flagged) in a form the target has.
+fn replayable(migration: &Migration, request: &Request) -> Option<Bytes> {
+    let spec = command::lookup(request.name())?;
+    let effect = super::mirror::effect(spec, request)?;
+    (effect.replay && migration.receiver_lacks(spec, request).is_none()).then_some(effect.key)
 }
 
 /// Queue a copy of `key` in its lane, waiting for room (back-pressure to the stream).
@@ -278,6 +366,9 @@ async fn getkeys(migration: &Migration, server: usize, request: &Request) -> Vec
 /// `FLUSHDB`/`FLUSHALL` on source server `server`: delete on the target every key that
 /// server owns.
 async fn flush_owned(migration: &Migration, server: usize) {
+    // Every stream write before the FLUSHDB lands first: a replay still queued would
+    // otherwise write a key after the scan below looked for it.
+    migration.lanes.barrier().await;
     let target = migration.mirror_to();
     let mut deleted = 0u64;
     for t in 0..target.servers.len() {

@@ -7,6 +7,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::Migration;
 use super::engines::CopyMethod;
+use super::marker::Markers;
 use crate::resp::encode;
 
 /// Why a key is copied: every copy is counted under exactly one of these.
@@ -56,6 +57,9 @@ pub struct Copied {
     pub expires: bool,
     /// How it was made (`Restore` or `ByType`).
     pub method: CopyMethod,
+    /// The token of the marker its snapshot published into the source's stream (rule 12);
+    /// `None` without capture, and for copies by type, which are not one snapshot.
+    pub marker: Option<u64>,
 }
 
 /// Why a copy did not happen.
@@ -104,9 +108,18 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
     encode::command(&mut snapshot, &[b"MULTI".as_slice()]);
     encode::command(&mut snapshot, &[b"PTTL".as_slice(), key]);
     encode::command(&mut snapshot, &[b"DUMP".as_slice(), key]);
+    // Under capture the snapshot is placed in the source's stream (rule 12).
+    let marker = migration.capturing().then(|| {
+        let token = migration.markers.next_token();
+        let message = Markers::copy_message(token, key);
+        let channel = migration.markers.channel();
+        encode::command(&mut snapshot, &[b"PUBLISH".as_slice(), channel, &message]);
+        token
+    });
     encode::command(&mut snapshot, &[b"EXEC".as_slice()]);
+    let replies = if marker.is_some() { 5 } else { 4 };
     let exec = migration
-        .from_call(key, snapshot.freeze(), 4)
+        .from_call(key, snapshot.freeze(), replies)
         .await
         .map_err(|e| CopyError::Unavailable(format!("source: {e}")))?;
     let copied_at = migration.seq_now();
@@ -162,6 +175,7 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         bytes,
         expires: payload.is_some() && restore_ttl(pttl).is_some(),
         method: CopyMethod::Restore,
+        marker,
     })
 }
 
@@ -172,8 +186,8 @@ pub(super) fn restore_ttl(pttl: i64) -> Option<i64> {
     (pttl >= 0).then_some(pttl.max(1))
 }
 
-/// `(pttl, payload)` from the EXEC reply `*2 :pttl $payload` (payload `None` when the key
-/// does not exist).
+/// `(pttl, payload)` from the EXEC reply `*2 :pttl $payload`, or `*3` with the marker's
+/// `PUBLISH` reply last (payload `None` when the key does not exist).
 fn parse_snapshot(exec: &[u8]) -> Result<(i64, Option<Vec<u8>>), CopyError> {
     let unexpected = || {
         CopyError::Unexpected(format!(
@@ -187,11 +201,15 @@ fn parse_snapshot(exec: &[u8]) -> Result<(i64, Option<Vec<u8>>), CopyError> {
     let OwnedFrame::Array(items) = frame else {
         return Err(unexpected());
     };
-    match items.as_slice() {
-        [OwnedFrame::Integer(pttl), OwnedFrame::BulkString(payload)] => {
+    let snapshot = match items.as_slice() {
+        [pttl, payload] | [pttl, payload, OwnedFrame::Integer(_)] => (pttl, payload),
+        _ => return Err(unexpected()),
+    };
+    match snapshot {
+        (OwnedFrame::Integer(pttl), OwnedFrame::BulkString(payload)) => {
             Ok((*pttl, Some(payload.clone())))
         }
-        [OwnedFrame::Integer(pttl), OwnedFrame::Null] => Ok((*pttl, None)),
+        (OwnedFrame::Integer(pttl), OwnedFrame::Null) => Ok((*pttl, None)),
         _ => Err(unexpected()),
     }
 }
@@ -221,6 +239,12 @@ mod tests {
             parse_snapshot(b"*2\r\n:-2\r\n$-1\r\n").ok(),
             Some((-2, None))
         );
+        assert_eq!(
+            parse_snapshot(b"*3\r\n:5\r\n$1\r\nx\r\n:0\r\n").ok(),
+            Some((5, Some(b"x".to_vec()))),
+            "with the marker's PUBLISH"
+        );
+        assert!(parse_snapshot(b"*3\r\n:5\r\n$1\r\nx\r\n$1\r\ny\r\n").is_err());
         assert!(parse_snapshot(b"-EXECABORT x\r\n").is_err());
         assert!(parse_snapshot(b"*1\r\n:1\r\n").is_err());
     }

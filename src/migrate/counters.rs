@@ -113,10 +113,24 @@ pub struct MigrationCounters {
     pub capture_commands: Vec<Counter>,
     /// `cutover_capture_lag_bytes{server}`: the server's offset less the applied one.
     pub capture_lag: Vec<Gauge>,
+    /// `cutover_capture_lag_seconds{server}`: how long the stream takes to bring a write
+    /// (a heartbeat marker's way through it).
+    pub capture_lag_seconds: Vec<Gauge>,
+    /// `cutover_capture_events_total{action}`: what became of the stream's commands (in
+    /// [`CAPTURE_ACTIONS`]'s order).
+    pub capture_actions: [Counter; 5],
+    /// `cutover_capture_pending_markers`: copies whose marker has not come back yet.
+    pub capture_pending: Gauge,
     /// `cutover_copies_total{reason, method}`: every copy, by why (in
     /// [`CopyReason::ALL`]'s order) and how (`restore`, `by_type`).
     pub copies: [[Counter; 2]; 5],
 }
+
+/// What became of a command of a source server's replication stream, in the order of
+/// `capture_actions`: replayed on the target; its keys copied; dropped because a copy's
+/// snapshot already holds it (rule 12, or folded by rule 9); ignored (another database,
+/// `PING`, `MULTI`, other channels' `PUBLISH`); a marker of this migration's.
+pub const CAPTURE_ACTIONS: [&str; 5] = ["replayed", "copied", "in_copy", "ignored", "marker"];
 
 /// Why a sampled read was not compared, in the order of `shadow_skipped`.
 pub const SHADOW_SKIPS: [&str; 5] = [
@@ -197,6 +211,10 @@ impl MigrationCounters {
             capture_offset: Vec::new(),
             capture_commands: Vec::new(),
             capture_lag: Vec::new(),
+            capture_lag_seconds: Vec::new(),
+            capture_actions: CAPTURE_ACTIONS
+                .map(|a| counter!("cutover_capture_events_total", "pool" => p.clone(), "action" => a)),
+            capture_pending: gauge!("cutover_capture_pending_markers", "pool" => p.clone()),
             copies: CopyReason::ALL.map(|r| {
                 ["restore", "by_type"].map(|m| {
                     counter!("cutover_copies_total", "pool" => p.clone(), "reason" => r.label(), "method" => m)
@@ -214,6 +232,10 @@ impl MigrationCounters {
         self.capture_lag = servers
             .iter()
             .map(|s| gauge!("cutover_capture_lag_bytes", "pool" => pool.to_string(), "server" => s.clone()))
+            .collect();
+        self.capture_lag_seconds = servers
+            .iter()
+            .map(|s| gauge!("cutover_capture_lag_seconds", "pool" => pool.to_string(), "server" => s.clone()))
             .collect();
         self.capture_commands = servers
             .iter()

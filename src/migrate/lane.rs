@@ -11,9 +11,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Migration;
+use super::capture::CaptureAction;
 use super::copy::{self, CopyError, CopyReason};
 use super::known::{KnownCopied, lock};
 use super::lag::LagStart;
+use super::marker::{Anchor, Anchors};
 use super::mirror::{MirrorHook, ShadowRead};
 use super::retries::RetryReason;
 use super::shadow;
@@ -36,6 +38,13 @@ const IDLE_COLLECT: Duration = Duration::from_secs(1);
 /// consistency test can show it detects the race the rules prevent.
 static BREAK_RULES: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     std::env::var("CUTOVER_TEST_BREAK_LANE_RULES").is_ok_and(|v| v == "1")
+});
+
+/// For tests only: `CUTOVER_TEST_BREAK_MARKERS=1` makes lanes replay a stream write even
+/// when it lies before its key's last copy's marker (breaking rule 12), so the capture test
+/// can show that such writes are then applied twice.
+static BREAK_MARKERS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var("CUTOVER_TEST_BREAK_MARKERS").is_ok_and(|v| v == "1")
 });
 
 /// Work for a lane.
@@ -79,6 +88,28 @@ pub enum LaneEvent {
         request: Bytes,
         /// The source's reply.
         source_reply: Bytes,
+        /// Under capture, the read was placed in its source server's stream (this is that
+        /// stream's capture generation) and comes here at that point of it.
+        placed: Option<u64>,
+    },
+    /// A write taken from a source server's replication stream (rule 12): dropped while
+    /// its key's last copy's marker has not come (the copy's snapshot holds it), replayed
+    /// when the key is settled and may be replayed, else copied.
+    Replicated {
+        /// The key.
+        key: Bytes,
+        /// The command as the master propagated it, when it may be replayed as it is
+        /// (deterministic, one key, a form the target has); `None`: copy the key.
+        request: Option<Bytes>,
+        /// The capture generation of the stream it came from.
+        generation: u64,
+    },
+    /// The marker a copy of `key` published came out of the stream (rule 12).
+    Marker {
+        /// The key copied.
+        key: Bytes,
+        /// The copy's token.
+        token: u64,
     },
     /// The backfill has scanned every source server from its start and every copy it
     /// queued is ahead of this event: the known-copied set may go, but for the TTL flags
@@ -125,11 +156,25 @@ impl Covers {
             return false;
         }
         let key = match &queued.event {
-            LaneEvent::Write { key, .. } | LaneEvent::Copy { key, .. } => key,
-            LaneEvent::Shadow { .. } | LaneEvent::DropKnown => return false,
+            LaneEvent::Write { key, .. }
+            | LaneEvent::Copy { key, .. }
+            | LaneEvent::Replicated { key, .. } => key,
+            LaneEvent::Shadow { .. } | LaneEvent::Marker { .. } | LaneEvent::DropKnown => {
+                return false;
+            }
         };
         self.0.get(key).is_some_and(|&copied| queued.stamp < copied)
     }
+}
+
+/// What a lane remembers between events: the copies that may stand for later events
+/// (rule 9), and the copies whose marker has not come out of the stream yet (rule 12).
+#[derive(Default)]
+struct Memory {
+    /// Rule 9.
+    covers: Covers,
+    /// Rule 12.
+    anchors: Anchors,
 }
 
 /// Where a lane is in forgetting `copied_at`: once it has processed `enqueued` events,
@@ -159,7 +204,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
     };
     // An event taken from the queue while gathering a batch of replays, handled next.
     let mut held: Option<Queued> = None;
-    let mut covers = Covers::default();
+    let mut memory = Memory::default();
     loop {
         let queued = match held.take() {
             Some(queued) => queued,
@@ -188,11 +233,29 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
         // Consecutive writes that may all be replayed go to the target pipelined: each key
         // keeps its order (one target connection per key), and the lane does not wait a
         // round trip per write.
+        if !migration.capturing() && !memory.anchors.is_empty() {
+            // The capture stopped (a flip): no marker will come any more.
+            memory.anchors.clear(&migration.markers);
+        }
         let replayable = |queued: &Queued| {
-            !covers.covers(queued)
-                && matches!(&queued.event, LaneEvent::Write { key, seq, .. } if replay_allowed(&migration, &lock(known), key, *seq))
+            !memory.covers.covers(queued)
+                && match &queued.event {
+                    LaneEvent::Write { key, seq, .. } => {
+                        replay_allowed(&migration, &lock(known), key, *seq)
+                    }
+                    LaneEvent::Replicated {
+                        key,
+                        request: Some(_),
+                        generation,
+                    } => {
+                        (*BREAK_MARKERS
+                            || memory.anchors.anchor(key, *generation) == Anchor::Settled)
+                            && stream_replay_allowed(&migration, &lock(known), key)
+                    }
+                    _ => false,
+                }
         };
-        if covers.covers(&queued) {
+        if memory.covers.covers(&queued) {
             fold(&migration, queued.event);
         } else if replayable(&queued) {
             let mut batch = vec![queued.event];
@@ -210,7 +273,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     Err(_) => break,
                 }
             }
-            replay_batch(&migration, known, &mut covers, batch).await;
+            replay_batch(&migration, known, &mut memory, batch).await;
         } else {
             match queued.event {
                 LaneEvent::Write { key, lag, .. } => {
@@ -219,7 +282,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     if lock(known).expires(migration.lanes.salt.fingerprint(&key)) {
                         migration.counters.ttl_copies.increment(1);
                     }
-                    copy_with_retries(&migration, known, &mut covers, &key, CopyReason::Write)
+                    copy_with_retries(&migration, known, &mut memory, &key, CopyReason::Write)
                         .await;
                     migration.record_lag(lag);
                 }
@@ -234,7 +297,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                         migration.counters.backfill_skipped.increment(1);
                         migration.totals.skipped.fetch_add(1, Relaxed);
                     } else {
-                        copy_with_retries(&migration, known, &mut covers, &key, reason).await;
+                        copy_with_retries(&migration, known, &mut memory, &key, reason).await;
                         migration.record_lag(lag);
                     }
                 }
@@ -243,11 +306,20 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     seq,
                     request,
                     source_reply,
+                    placed,
                 } => {
                     let fp = migration.lanes.salt.fingerprint(&read.key);
                     let (copied, copy_pending) = {
                         let k = lock(known);
-                        (k.is_copied(fp), k.copied_at(fp).is_some_and(|at| at >= seq))
+                        let pending = match placed {
+                            // The target holds a later point than the read's while the
+                            // key's last copy waits for its marker (rule 12).
+                            Some(generation) => {
+                                memory.anchors.anchor(&read.key, generation) != Anchor::Settled
+                            }
+                            None => k.copied_at(fp).is_some_and(|at| at >= seq),
+                        };
+                        (k.is_copied(fp), pending)
                     };
                     if !copied {
                         migration.shadow_skip("not_copied");
@@ -256,9 +328,27 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     } else if migration.backlog().1 > 0 {
                         migration.shadow_skip("dirty");
                     } else {
-                        shadow_check(&migration, known, &mut covers, read, request, source_reply)
+                        shadow_check(&migration, known, &mut memory, read, request, source_reply)
                             .await;
                     }
+                }
+                LaneEvent::Replicated {
+                    key, generation, ..
+                } => match memory.anchors.anchor(&key, generation) {
+                    Anchor::InCopy if !*BREAK_MARKERS => {
+                        migration.count_capture(CaptureAction::InCopy);
+                    }
+                    _ => {
+                        // Not replayable (batched above otherwise), or its key's last copy
+                        // may have lost its marker in a full sync's gap: copy the key.
+                        memory.anchors.forget(&migration.markers, &key);
+                        migration.count_capture(CaptureAction::Copied);
+                        copy_with_retries(&migration, known, &mut memory, &key, CopyReason::Write)
+                            .await;
+                    }
+                },
+                LaneEvent::Marker { key, token } => {
+                    memory.anchors.marker(&migration.markers, &key, token);
                 }
                 LaneEvent::DropKnown => lock(known).drop_membership(),
             }
@@ -292,7 +382,12 @@ fn fold(migration: &Migration, event: LaneEvent) {
             migration.totals.folded.fetch_add(1, Relaxed);
             migration.record_lag(lag);
         }
-        LaneEvent::Shadow { .. } | LaneEvent::DropKnown => {}
+        LaneEvent::Replicated { .. } => {
+            migration.counters.folded.increment(1);
+            migration.totals.folded.fetch_add(1, Relaxed);
+            migration.count_capture(CaptureAction::InCopy);
+        }
+        LaneEvent::Shadow { .. } | LaneEvent::Marker { .. } | LaneEvent::DropKnown => {}
     }
 }
 
@@ -339,6 +434,18 @@ pub(super) fn replay_allowed(
             && known.copied_at(fp).is_none_or(|at| at < seq))
 }
 
+/// Whether a stream write of `key` that no copy's snapshot holds may be replayed (rule 12):
+/// the key was copied (so the target holds its state at the copy's marker, and every
+/// stream write after it was replayed or copied in order), and that copy carried no TTL
+/// and was one snapshot (the TTL clause of rule 3; a copy by type has no marker).
+fn stream_replay_allowed(migration: &Migration, known: &KnownCopied, key: &[u8]) -> bool {
+    if known.allows_every_key() {
+        return true;
+    }
+    let fp = migration.lanes.salt.fingerprint(key);
+    known.is_copied(fp) && !known.expires(fp)
+}
+
 /// Whether a replay's target reply shows the target applied the write as the source did:
 /// the same reply (any non-error one with the rules broken for tests).
 pub(super) fn replay_agrees(source_reply: &[u8], reply: &[u8]) -> bool {
@@ -360,20 +467,27 @@ pub(super) fn reply_pair(source: &[u8], target: &[u8]) -> String {
 async fn replay_batch(
     migration: &Migration,
     known: &Mutex<KnownCopied>,
-    covers: &mut Covers,
+    memory: &mut Memory,
     batch: Vec<LaneEvent>,
 ) {
     let mut waiting = Vec::with_capacity(batch.len());
     for event in batch {
-        let LaneEvent::Write {
-            key,
-            request,
-            lag,
-            source_reply,
-            ..
-        } = event
-        else {
-            continue;
+        // A stream write has no source reply to compare with: any answer but an error
+        // is the target applying it as the source did.
+        let (key, request, lag, source_reply) = match event {
+            LaneEvent::Write {
+                key,
+                request,
+                lag,
+                source_reply,
+                ..
+            } => (key, request, lag, Some(source_reply)),
+            LaneEvent::Replicated {
+                key,
+                request: Some(request),
+                ..
+            } => (key, request, LagStart(None), None),
+            _ => continue,
         };
         let reply = migration.to_submit(&key, request, Protocol::Resp2).await;
         waiting.push((key, lag, source_reply, reply));
@@ -387,18 +501,28 @@ async fn replay_batch(
         };
         // Refused, answered differently from the source (the target had diverged), or an
         // unknown outcome: copy the key (never replay twice).
+        let streamed = source_reply.is_none();
+        let agrees = |reply: &[u8]| match &source_reply {
+            Some(source_reply) => replay_agrees(source_reply, reply),
+            None => reply.first() != Some(&b'-'),
+        };
         match answer {
-            Ok(reply) if replay_agrees(&source_reply, &reply) => migration.count_replayed(),
+            Ok(reply) if agrees(&reply) => {
+                migration.count_replayed();
+                if streamed {
+                    migration.count_capture(CaptureAction::Replayed);
+                }
+            }
             Ok(reply) => {
-                let detail = reply_pair(&source_reply, &reply);
+                let detail = reply_pair(source_reply.as_deref().unwrap_or(b"+(stream)"), &reply);
                 let reason = RetryReason::ReplayDiffered;
                 migration.counters.retries.record(reason, &key, &detail);
-                copy_with_retries(migration, known, covers, &key, CopyReason::Write).await;
+                copy_with_retries(migration, known, memory, &key, CopyReason::Write).await;
             }
             Err(error) => {
                 let reason = RetryReason::ReplayUnanswered;
                 migration.counters.retries.record(reason, &key, &error);
-                copy_with_retries(migration, known, covers, &key, CopyReason::Write).await;
+                copy_with_retries(migration, known, memory, &key, CopyReason::Write).await;
             }
         }
         migration.record_lag(lag);
@@ -419,7 +543,7 @@ static LAST_MISMATCH_LOG: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::
 async fn shadow_check(
     migration: &Arc<Migration>,
     known: &Mutex<KnownCopied>,
-    covers: &mut Covers,
+    memory: &mut Memory,
     read: ShadowRead,
     request: Bytes,
     source_reply: Bytes,
@@ -456,7 +580,15 @@ async fn shadow_check(
         return;
     }
     if !read.confirm {
-        confirm_read(migration, read, request).await;
+        let confirming = ShadowRead {
+            confirm: true,
+            ..read
+        };
+        if migration.capturing() {
+            super::placed_read::place(migration, confirming, request);
+        } else {
+            confirm_read(migration, confirming, request).await;
+        }
         return;
     }
     if let Some(c) = counters {
@@ -482,7 +614,7 @@ async fn shadow_check(
             "shadow read mismatch; copying the key again"
         );
     }
-    copy_with_retries(migration, known, covers, &read.key, CopyReason::Shadow).await;
+    copy_with_retries(migration, known, memory, &read.key, CopyReason::Shadow).await;
 }
 
 /// Send the same read again through the authoritative pool with a confirming shadow hook;
@@ -494,11 +626,7 @@ async fn confirm_read(migration: &Arc<Migration>, read: ShadowRead, request: Byt
         return;
     };
     let protocol = read.protocol;
-    let confirming = ShadowRead {
-        confirm: true,
-        ..read
-    };
-    let hook = MirrorHook::shadow(migration.clone(), confirming);
+    let hook = MirrorHook::shadow(migration.clone(), read);
     if pool
         .submit_hooked(route, protocol, request, 1, Some(hook))
         .await
@@ -513,7 +641,7 @@ async fn confirm_read(migration: &Arc<Migration>, read: ShadowRead, request: Byt
 async fn copy_with_retries(
     migration: &Migration,
     known: &Mutex<KnownCopied>,
-    covers: &mut Covers,
+    memory: &mut Memory,
     key: &Bytes,
     reason: CopyReason,
 ) {
@@ -525,11 +653,24 @@ async fn copy_with_retries(
         // Read before the snapshot is requested: every foldable event stamped below it was
         // applied on the authoritative side before the snapshot (rule 9).
         let stamp = migration.lanes.stamp_now();
+        // Read before the snapshot too: a full sync after it makes the copy stale.
+        let generation = migration.capture_generation(key);
         match copy::copy_key(migration, key).await {
             Ok(copied) => {
-                covers.record(key, stamp);
+                memory.covers.record(key, stamp);
                 let fp = migration.lanes.salt.fingerprint(key);
-                lock(known).insert(fp, copied.copied_at, copied.expires);
+                // Under capture a copy with no marker (by type: not one snapshot) leaves
+                // its key copied at every write, like a key with a TTL (rule 12).
+                let unplaced = migration.capturing() && copied.marker.is_none();
+                lock(known).insert(fp, copied.copied_at, copied.expires || unplaced);
+                match copied.marker {
+                    Some(token) => {
+                        memory
+                            .anchors
+                            .copied(&migration.markers, key, token, generation);
+                    }
+                    None => memory.anchors.forget(&migration.markers, key),
+                }
                 migration.count_copy(reason, &copied);
                 return;
             }

@@ -111,6 +111,20 @@ impl Lanes {
         self.processed[lane].load(SeqCst) >= self.enqueued[lane].load(SeqCst)
     }
 
+    /// Wait until every lane has processed every event queued to it before this call
+    /// (events queued later, by other feeds, do not delay it).
+    pub async fn barrier(&self) {
+        let queued = self.enqueued_now();
+        while self
+            .processed_now()
+            .iter()
+            .zip(&queued)
+            .any(|(done, queued)| done < queued)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     /// Whether every lane has processed every event queued to it.
     pub fn all_idle(&self) -> bool {
         (0..self.count()).all(|lane| self.idle(lane))

@@ -259,6 +259,7 @@ impl ReplyHook for MirrorHook {
                         seq: hook.seq,
                         request,
                         source_reply: reply.clone(),
+                        placed: None,
                     });
                 }
                 return;

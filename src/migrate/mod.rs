@@ -23,9 +23,11 @@ pub mod known;
 mod lag;
 mod lane;
 mod lanes;
+mod marker;
 pub mod mirror;
 pub mod offline;
 pub mod phase;
+pub mod placed_read;
 mod retries;
 mod scan;
 pub mod shadow;
@@ -103,6 +105,10 @@ pub struct Migration {
     /// Set while the source servers' replication streams feed the lanes: the proxy then
     /// only forwards (no mirror hooks).
     capturing: std::sync::atomic::AtomicBool,
+    /// Where copies are placed in the source servers' streams (rule 12).
+    pub markers: marker::Markers,
+    /// Sampled reads placed in the source servers' streams, under capture.
+    pub placed_reads: placed_read::PlacedReads,
     /// Clients last found connected straight to a source server (cutover blockers).
     direct_seen: std::sync::Mutex<Vec<String>>,
 }
@@ -188,6 +194,8 @@ pub struct Totals {
     pub shadow_unconfirmed: AtomicU64,
     /// Reads not compared, by reason (in [`counters::SHADOW_SKIPS`]'s order).
     pub shadow_skipped: [AtomicU64; 5],
+    /// Stream commands by what became of them (in [`counters::CAPTURE_ACTIONS`]' order).
+    pub capture_actions: [AtomicU64; 5],
 }
 
 impl Migration {
@@ -201,6 +209,18 @@ impl Migration {
         Migration::start_with(source, source_config, target_config, true)
     }
 
+    /// [`Migration::start`], fed by the source servers' replication `streams` (one per
+    /// source server, in order, opened before this) when given: capture is on before the
+    /// backfill's first copy, so every copy carries its marker (rule 12).
+    pub fn start_capturing(
+        source: Arc<Pool>,
+        source_config: &PoolConfig,
+        target_config: &PoolConfig,
+        streams: Option<Vec<crate::upstream::replication::ReplicationStream>>,
+    ) -> Arc<Migration> {
+        Migration::start_full(source, source_config, target_config, true, streams)
+    }
+
     /// [`Migration::start`], with or without the backfill (`cutover verify` needs only
     /// the lanes, for repairs).
     pub fn start_with(
@@ -208,6 +228,17 @@ impl Migration {
         source_config: &PoolConfig,
         target_config: &PoolConfig,
         with_backfill: bool,
+    ) -> Arc<Migration> {
+        Migration::start_full(source, source_config, target_config, with_backfill, None)
+    }
+
+    /// Every way to start, in one place.
+    fn start_full(
+        source: Arc<Pool>,
+        source_config: &PoolConfig,
+        target_config: &PoolConfig,
+        with_backfill: bool,
+        streams: Option<Vec<crate::upstream::replication::ReplicationStream>>,
     ) -> Arc<Migration> {
         let settings = source_config
             .migration
@@ -275,13 +306,18 @@ impl Migration {
             capture: (0..server_names.len())
                 .map(|_| Default::default())
                 .collect(),
-            capturing: std::sync::atomic::AtomicBool::new(false),
+            capturing: std::sync::atomic::AtomicBool::new(streams.is_some()),
+            markers: marker::Markers::default(),
+            placed_reads: placed_read::PlacedReads::default(),
             direct_seen: std::sync::Mutex::new(Vec::new()),
             progress,
             tunables: Tunables::new(&settings),
             settings,
         });
         tokio::spawn(engines::detect(migration.clone()));
+        if let Some(streams) = streams {
+            migration.start_capture(streams);
+        }
         for (index, rx) in receivers.into_iter().enumerate() {
             tokio::spawn(lane::run(migration.clone(), index, rx));
         }
@@ -411,6 +447,12 @@ impl Migration {
         if let Some(i) = self.counters.shadow_skip(reason) {
             self.totals.shadow_skipped[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// What became of a command of a source server's stream.
+    pub fn count_capture(&self, action: capture::CaptureAction) {
+        self.counters.capture_actions[action as usize].increment(1);
+        self.totals.capture_actions[action as usize].fetch_add(1, Relaxed);
     }
 
     /// A write was replayed and the target agreed (by a lane or directly).
@@ -649,7 +691,7 @@ impl Migration {
 
     /// Take the source servers' writes from their replication `streams` (one per source
     /// server, in order) from now on: the proxy stops mirroring (rule 10).
-    pub fn start_capture(
+    fn start_capture(
         self: &Arc<Self>,
         streams: Vec<crate::upstream::replication::ReplicationStream>,
     ) {
@@ -661,6 +703,15 @@ impl Migration {
             pool = self.source.name(),
             "capture: the source servers' replication streams feed the migration; the proxy only forwards"
         );
+    }
+
+    /// The capture generation of the source server that owns `key`: it grows each time
+    /// that server's stream is taken up again with a full sync (rule 12's stale copies).
+    pub fn capture_generation(&self, key: &[u8]) -> u64 {
+        self.source
+            .route(key)
+            .and_then(|r| self.capture.get(r.server))
+            .map_or(0, |c| c.generation.load(Relaxed))
     }
 
     /// Whether replication capture feeds the lanes (the proxy mirrors nothing).
@@ -733,18 +784,23 @@ impl Migration {
         let (ratio, eta) = self.backfill_progress();
         c.progress.set(ratio);
         c.eta.set(eta.unwrap_or(-1.0));
+        let now = marker::now_ms();
         for (i, state) in self.capture.iter().enumerate() {
-            if let (Some(offset), Some(commands), Some(lag)) = (
+            if let (Some(offset), Some(commands), Some(lag), Some(lag_seconds)) = (
                 c.capture_offset.get(i),
                 c.capture_commands.get(i),
                 c.capture_lag.get(i),
+                c.capture_lag_seconds.get(i),
             ) {
                 let applied = state.offset.load(Relaxed);
                 offset.set(applied as f64);
                 commands.absolute(state.commands.load(Relaxed));
                 lag.set(state.master_offset.load(Relaxed).saturating_sub(applied) as f64);
+                lag_seconds.set(state.lag.seconds(now));
             }
         }
+        c.capture_pending
+            .set(self.markers.pending.load(Relaxed).max(0) as f64);
     }
 }
 
@@ -799,10 +855,15 @@ impl Migration {
             },
             "capture": {
                 "mode": if self.capturing() { "replication" } else { "proxy" },
+                "events": counters::CAPTURE_ACTIONS.iter().zip(&t.capture_actions)
+                    .map(|(action, n)| (action.to_string(), json!(n.load(Relaxed))))
+                    .collect::<serde_json::Map<_, _>>(),
+                "pending_markers": self.markers.pending.load(Relaxed).max(0),
                 "servers": self.capture.iter().zip(&self.source.servers).map(|(c, s)| serde_json::json!({
                     "server": s.name,
                     "offset": c.offset.load(Relaxed),
                     "lag_bytes": c.master_offset.load(Relaxed).saturating_sub(c.offset.load(Relaxed)),
+                    "lag_seconds": c.lag.seconds(marker::now_ms()),
                     "commands": c.commands.load(Relaxed),
                     "continued": c.continued.load(Relaxed),
                     "full_resyncs": c.full_resyncs.load(Relaxed),
@@ -879,6 +940,8 @@ fn event_key(event: &LaneEvent) -> Option<&Bytes> {
     match event {
         LaneEvent::Write { key, .. }
         | LaneEvent::Copy { key, .. }
+        | LaneEvent::Replicated { key, .. }
+        | LaneEvent::Marker { key, .. }
         | LaneEvent::Shadow {
             read: ShadowRead { key, .. },
             ..

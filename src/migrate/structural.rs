@@ -286,6 +286,7 @@ async fn copy_into(
             bytes: 0,
             expires: false,
             method: CopyMethod::ByType,
+            marker: None,
         });
     }
     if !target.guarded {
@@ -314,6 +315,7 @@ async fn copy_into(
         bytes: target.bytes,
         expires,
         method: CopyMethod::ByType,
+        marker: None,
     })
 }
 

@@ -200,10 +200,8 @@ impl Proxy {
                     );
                 }
                 let streams = capture_streams(&pool, &pool_config).await?;
-                let started = Migration::start(pool.clone(), &pool_config, target);
-                if let Some(streams) = streams {
-                    started.start_capture(streams);
-                }
+                let started =
+                    Migration::start_capturing(pool.clone(), &pool_config, target, streams);
                 migration = Some(started);
             }
             let served = Arc::new(Served::new(pool, migration));

@@ -22,7 +22,7 @@ use super::fragment::{self, MergeError, MergePlan};
 use super::local::{self, ClientState};
 use crate::command::{self, Access, ArgClass, CommandClass, CommandSpec, LocalCommand};
 use crate::migrate::mirror::{self, MirrorHook, ShadowRead, WriteEffect};
-use crate::migrate::{Migration, Phase, shadow};
+use crate::migrate::{Migration, Phase, placed_read, shadow};
 use crate::resp::{Parsed, Protocol, Request, RequestLimits, RequestParser, encode};
 use crate::upstream::{BackendError, ErrorKind, Pool, PoolCounters, ReplyHook, ReplyResult, Route};
 
@@ -298,8 +298,8 @@ impl Session {
         };
         let pool: &Pool = migration.map_or(listen, |m| m.authority());
         // Under replication capture the source's stream carries every write: the proxy
-        // only forwards (no mirror hooks, no shadow reads).
-        let live = gated.filter(|m| m.phase() != Phase::Finalized && !m.capturing());
+        // only forwards (no mirror hooks); sampled reads are placed in the stream.
+        let live = gated.filter(|m| m.phase() != Phase::Finalized);
         let mut out = Forwarding {
             pending,
             protocol: state.protocol,
@@ -307,6 +307,7 @@ impl Session {
             sample_state,
         };
         if spec.split.is_some() && request.argc() > 2 {
+            let live = live.filter(|m| !m.capturing());
             out.split(pool, live, spec, &request, started).await;
         } else {
             out.one(pool, live, spec, request, started).await;
@@ -357,12 +358,24 @@ impl Forwarding<'_> {
         let Some(route) = pool.route(key) else {
             return self.failed(BackendError::Refused);
         };
-        if let Some(m) = migration {
-            m.check_spanning(spec, &request);
-        }
-        let mirror = migration.and_then(|m| {
-            mirror_hook(m, spec, &request).or_else(|| self.shadow_hook(m, spec, &request))
-        });
+        let mirror = match migration {
+            Some(m) if m.capturing() => {
+                if !spec.is_write()
+                    && let Some(read) = self.sampled_read(m, spec, &request)
+                {
+                    placed_read::place(m, read, request.bytes().clone());
+                }
+                None
+            }
+            Some(m) => {
+                m.check_spanning(spec, &request);
+                mirror_hook(m, spec, &request).or_else(|| {
+                    let read = self.sampled_read(m, spec, &request)?;
+                    Some(MirrorHook::shadow(m.clone(), read))
+                })
+            }
+            None => None,
+        };
         let class = match spec.access {
             Access::Write(_) => CommandClass::Write,
             _ => spec.class_label(),
@@ -431,13 +444,13 @@ impl Forwarding<'_> {
         }
     }
 
-    /// A shadow hook for a read picked by the sampling ratio, if it may be checked.
-    fn shadow_hook(
+    /// A read picked by the sampling ratio, if it may be checked against the target.
+    fn sampled_read(
         &mut self,
         migration: &Arc<Migration>,
         spec: &CommandSpec,
         request: &Request,
-    ) -> Option<Box<MirrorHook>> {
+    ) -> Option<ShadowRead> {
         if migration.receiver_lacks(spec, request).is_some() {
             // The mirror cannot answer it: nothing to compare.
             migration.shadow_skip("target_lacks");
@@ -448,16 +461,13 @@ impl Forwarding<'_> {
             return None;
         }
         let compare = shadow::compare_for(spec, request)?;
-        Some(MirrorHook::shadow(
-            migration.clone(),
-            ShadowRead {
-                key: request.arg_bytes(1),
-                compare,
-                protocol: self.protocol,
-                command: spec.name,
-                confirm: false,
-            },
-        ))
+        Some(ShadowRead {
+            key: request.arg_bytes(1),
+            compare,
+            protocol: self.protocol,
+            command: spec.name,
+            confirm: false,
+        })
     }
 
     /// Whether to pick this read, with probability `ratio` (xorshift64: cheap, per session).

@@ -301,6 +301,19 @@ impl Drop for RedisServer {
 }
 
 /// Several redis-servers, for a pool.
+/// The server of `servers` holding `key` (a migrated key lives on exactly one).
+pub fn owner<'a>(servers: &'a [RedisServer], key: &str) -> &'a RedisServer {
+    servers
+        .iter()
+        .find(|t| {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query::<bool>(&mut t.client())
+                .unwrap_or(false)
+        })
+        .unwrap_or_else(|| panic!("no server holds {key}"))
+}
+
 pub fn redis_servers(count: usize) -> Vec<RedisServer> {
     (0..count).map(|_| RedisServer::start()).collect()
 }
@@ -446,6 +459,14 @@ impl Proxy {
     /// `GET path` on cutover's admin API: `(status, body)`.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         http(self.admin_port, "GET", path)
+    }
+
+    /// The migration object of the first pool in `/status`.
+    pub fn migration(&self) -> serde_json::Value {
+        let (code, body) = self.admin_get("/status");
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        status["pools"][0]["migration"].clone()
     }
 
     /// Send SIGTERM and wait for the process to exit; returns whether it exited by itself

@@ -84,7 +84,10 @@ fn every_metric_the_dashboard_queries_is_exported() {
         "cutover_readiness_commands",
         "cutover_copy_stream_parts_not_carried_total",
         "cutover_capture_lag_bytes",
+        "cutover_capture_lag_seconds",
         "cutover_capture_reconnects_total",
+        "cutover_capture_events_total",
+        "cutover_capture_pending_markers",
     ] {
         assert!(wanted.contains(needed), "the dashboard shows {needed}");
     }

@@ -300,20 +300,65 @@ fn acknowledged_increments_survive_cutover_rollback_and_cutover_again_under_capt
     stop_direct.store(true, Relaxed);
     let direct_acked = direct.join().expect("direct writer");
     assert_eq!(support::http(proxy.admin_port, "POST", "/verify").0, 202);
-    for flip in ["/cutover", "/rollback", "/cutover"] {
-        wait_for(flip, Duration::from_secs(30), || {
-            let (code, body) = support::http(proxy.admin_port, "POST", flip);
-            assert!(code == 200 || code == 409, "{flip}: {code} {body}");
+    let flip = |path: &str| {
+        wait_for(path, Duration::from_secs(30), || {
+            let (code, body) = support::http(proxy.admin_port, "POST", path);
+            assert!(code == 200 || code == 409, "{path}: {code} {body}");
             code == 200
         });
-        std::thread::sleep(Duration::from_millis(400));
+    };
+    flip("/cutover");
+    // After the cutover the capture follows the target's servers: a writer straight to one
+    // of them (keys it owns) reaches the source too, until it stops before the rollback.
+    let mut conn = proxy.client();
+    for i in 0..40 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("t:{i}"))
+            .arg(0)
+            .query(&mut conn)
+            .expect("SET");
     }
+    let owned: Vec<String> = (0..40)
+        .map(|i| format!("t:{i}"))
+        .filter(|k| std::ptr::eq(owner(&targets, k), &targets[0]))
+        .collect();
+    assert!(!owned.is_empty());
+    let stop_target = Arc::new(AtomicBool::new(false));
+    let straight_to_target = {
+        let (stop, port, keys) = (stop_target.clone(), targets[0].port, owned.clone());
+        std::thread::spawn(move || {
+            let mut conn = support::connect_to(port);
+            let mut acked: HashMap<String, i64> = keys.iter().map(|k| (k.clone(), 0)).collect();
+            let mut i = 0;
+            while !stop.load(Relaxed) {
+                let key = &keys[i % keys.len()];
+                let _: i64 = redis::cmd("INCR").arg(key).query(&mut conn).expect("INCR");
+                *acked.get_mut(key).expect("key") += 1;
+                i += 1;
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    stop_target.store(true, Relaxed);
+    let target_acked = straight_to_target
+        .join()
+        .expect("writer straight to a target");
+    std::thread::sleep(Duration::from_millis(200));
+    flip("/rollback");
+    std::thread::sleep(Duration::from_millis(400));
+    flip("/cutover");
+    std::thread::sleep(Duration::from_millis(400));
     stop_proxy.store(true, Relaxed);
     let through_acked = through.join().expect("writer through cutover");
     proxy.wait_migration_drained(Duration::from_secs(30), 3);
+    let capture = &proxy.migration()["capture"];
+    assert_eq!(capture["mode"], "replication", "{capture}");
+    assert_eq!(capture["side"], "target", "{capture}");
     for (acked, side) in [
         (&through_acked, "through cutover"),
         (&direct_acked, "direct"),
+        (&target_acked, "straight to a target"),
     ] {
         for (key, n) in acked {
             for (name, server) in

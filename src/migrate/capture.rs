@@ -1,23 +1,20 @@
 //! Replication capture: the migration's second feed of writes. One replication client per
-//! source server (`upstream::replication`) receives every write that server applied, from
-//! any client (this proxy, other proxies, scripts, cron jobs) and its own expiry and
-//! eviction deletes, in the order it applied them; each written key goes into its lane as
-//! a copy.
+//! server of the authoritative side (`upstream::replication`) receives every write that
+//! server applied, from any client (this proxy, other proxies, scripts, cron jobs) and its
+//! own expiry and eviction deletes, in the order it applied them, and puts each into its
+//! key's lane: replayed, or its keys copied (rules 10 and 12).
 //!
-//! The capture rule (rule 10): a write's stream event reaches its lane after the source
-//! applied the write, and the copy it asks for reads the source after that, so the
-//! copy's snapshot holds the write; every write to a key asks for a copy, so the last
-//! copy of a key is taken after its last write, and the target ends equal to the source
-//! (copies already in flight stand for the events stamped before them, rule 9, which
-//! bounds the copies of hot keys). No write is replayed in this feed: replays need each
-//! copy's snapshot placed in the stream (a marker in the copy's `MULTI`), the next step.
+//! The capture follows the authority: the source servers while migrating; after a cutover
+//! the target servers, whose streams are opened before the flip and stand by until the
+//! flip reads each one's offset (the fence): what came before it is cutover's own copying,
+//! what comes after is mirrored back to the source. A rollback swaps them back.
 //!
 //! Back-pressure: a command is taken from the stream only once its events are queued
-//! (waiting for room in the lanes), so a slow target slows the stream's socket, never this
-//! process's memory.
+//! (waiting for room in the lanes), so a slow receiver slows the stream's socket, never
+//! this process's memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -79,9 +76,139 @@ pub enum CaptureAction {
     Marker = 4,
 }
 
-/// A capture's counters, per source server.
+/// Which pool's servers a capture follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The source pool's servers (authoritative while migrating).
+    Source = 0,
+    /// The target pool's servers (authoritative after a cutover).
+    Target = 1,
+}
+
+impl Side {
+    /// The side's name in `/status` and the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        }
+    }
+
+    /// The side's pool (placement, names, database).
+    pub fn pool(self, migration: &Migration) -> &Arc<Pool> {
+        match self {
+            Side::Source => &migration.source,
+            Side::Target => &migration.target,
+        }
+    }
+
+    /// The side's copy connections (offsets, heartbeats, key lookups, full passes).
+    fn copy_pool(self, migration: &Migration) -> &Arc<Pool> {
+        match self {
+            Side::Source => &migration.copy_source,
+            Side::Target => &migration.copy_target,
+        }
+    }
+}
+
+/// The capture of one migration: which side it follows, and each server's state.
+#[derive(Debug)]
+pub struct Capture {
+    /// The source pool's servers first, then the target pool's.
+    states: Vec<CaptureState>,
+    /// Servers in the source pool.
+    sources: usize,
+    /// Set while streams feed the lanes: the proxy then only forwards (no mirror hooks).
+    on: AtomicBool,
+    /// The side followed (a [`Side`] as a number).
+    side: AtomicU8,
+    /// Grows at every full sync and every change of side: a copy made in an earlier
+    /// generation may have lost its marker (rule 12), so its key is copied at its next
+    /// stream write instead of dropped or replayed.
+    generation: AtomicU64,
+}
+
+impl Capture {
+    /// Off, for `sources` source and `targets` target servers.
+    pub fn new(sources: usize, targets: usize) -> Capture {
+        Capture {
+            states: (0..sources + targets).map(|_| Default::default()).collect(),
+            sources,
+            on: AtomicBool::new(false),
+            side: AtomicU8::new(Side::Source as u8),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether streams feed the lanes.
+    pub fn on(&self) -> bool {
+        self.on.load(Relaxed)
+    }
+
+    /// The side followed (or last followed).
+    pub fn side(&self) -> Side {
+        if self.side.load(Relaxed) == Side::Target as u8 {
+            Side::Target
+        } else {
+            Side::Source
+        }
+    }
+
+    /// Every server's state, the source's first (the order of the metric handles).
+    pub fn all(&self) -> &[CaptureState] {
+        &self.states
+    }
+
+    /// The states of `side`'s servers.
+    pub fn states(&self, side: Side) -> &[CaptureState] {
+        match side {
+            Side::Source => &self.states[..self.sources],
+            Side::Target => &self.states[self.sources..],
+        }
+    }
+
+    /// The current generation (rule 12).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    /// Start a new generation: copies made before may have lost their marker.
+    fn new_generation(&self) {
+        self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// Follow `side` from now on (its tasks already run).
+    fn follow(&self, side: Side) {
+        self.side.store(side as u8, Relaxed);
+        self.new_generation();
+        self.on.store(true, Relaxed);
+    }
+
+    /// Stop the tasks of `side`'s streams (they close within a second).
+    fn stop(&self, side: Side) {
+        for state in self.states(side) {
+            state.running.store(false, Relaxed);
+        }
+    }
+
+    /// Stop following any side: the proxy mirrors from now on.
+    pub fn turn_off(&self) {
+        self.on.store(false, Relaxed);
+        self.stop(Side::Source);
+        self.stop(Side::Target);
+    }
+}
+
+/// A capture's state, per server.
 #[derive(Debug, Default)]
 pub struct CaptureState {
+    /// Set while a task follows this server's stream; cleared to stop it.
+    running: AtomicBool,
+    /// Commands whose offset is at most this are skipped: a stream opened before a flip
+    /// stands by (`u64::MAX`) until the flip reads the server's offset.
+    fence: AtomicU64,
+    /// Where the last stream stopped, to continue from if the server can.
+    last: std::sync::Mutex<Option<Position>>,
     /// Stream offset applied so far (the lanes have its events).
     pub offset: AtomicU64,
     /// The server's own `master_repl_offset`, read once a second: the lag is the
@@ -93,9 +220,6 @@ pub struct CaptureState {
     pub continued: AtomicU64,
     /// Reconnects that needed a full sync: writes in the gap are unknown.
     pub full_resyncs: AtomicU64,
-    /// Grows with every full sync after the first: copies made in an earlier generation
-    /// may have lost their marker in the gap (rule 12).
-    pub generation: AtomicU64,
     /// The stream's delay, from heartbeat markers.
     pub lag: LagClock,
 }
@@ -130,20 +254,26 @@ async fn open(
         .await
         .map_err(|error| {
             format!(
-                "{error} (replication capture needs PSYNC and REPLCONF on every source server: an ACL user with +psync +replconf, commands not renamed)"
+                "{error} (replication capture needs PSYNC and REPLCONF on every server it follows: an ACL user with +psync +replconf, commands not renamed)"
             )
         })
 }
 
-/// Follow source server `server`'s stream (already open) for as long as the migration
-/// runs, reconnecting with `PSYNC` from the last position after a drop.
-pub async fn run(migration: Arc<Migration>, server: usize, mut stream: ReplicationStream) {
-    let state = &migration.capture[server];
-    let pool_db = migration.source.config.redis_db;
+/// Follow server `server` of `side` on `stream` (already open) until the capture stops
+/// following it, reconnecting with `PSYNC` from the last position after a drop.
+pub async fn run(
+    migration: Arc<Migration>,
+    side: Side,
+    server: usize,
+    mut stream: ReplicationStream,
+) {
+    let state = &migration.capture.states(side)[server];
+    let pool_db = side.pool(&migration).config.redis_db;
     let mut db: u32 = 0;
-    while migration.capturing() {
+    let running = || state.running.load(Relaxed);
+    while running() {
         let mut last_ack = tokio::time::Instant::now();
-        while migration.capturing() {
+        while running() {
             // At least once a second, and whenever the master asks: say how far we got,
             // and read how far the master is (the lag).
             if stream.ack_due() || last_ack.elapsed() >= ACK_EVERY {
@@ -151,79 +281,181 @@ pub async fn run(migration: Arc<Migration>, server: usize, mut stream: Replicati
                 if stream.ack().await.is_err() {
                     break;
                 }
-                if let Some(master) = master_offset(&migration, server).await {
+                if let Some(master) = master_offset(&migration, side, server).await {
                     state.master_offset.store(master, Relaxed);
                 }
-                heartbeat(&migration, server).await;
+                heartbeat(&migration, side, server).await;
             }
             let wait = ACK_EVERY.saturating_sub(last_ack.elapsed());
             match tokio::time::timeout(wait, stream.next()).await {
                 Err(_) => {}
                 Ok(Ok(command)) => {
+                    if !running() {
+                        // Stopped by a flip while waiting: what comes now is the lanes'
+                        // own writes to this side, never to be fed back.
+                        break;
+                    }
                     state.commands.fetch_add(1, Relaxed);
-                    apply(&migration, server, &mut db, pool_db, &command.request).await;
+                    if command.offset > state.fence.load(Relaxed) {
+                        let here = Here { side, server };
+                        apply(&migration, here, &mut db, pool_db, &command.request).await;
+                    } else if command.request.name().eq_ignore_ascii_case(b"SELECT") {
+                        db = selected(&command.request, db);
+                    }
                     state.offset.store(command.offset, Relaxed);
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(pool = migration.source.name(), server = %migration.source.servers[server].name, %error, "replication stream dropped; reconnecting");
+                    tracing::warn!(pool = migration.source.name(), side = side.name(), server = %side.pool(&migration).servers[server].name, %error, "replication stream dropped; reconnecting");
                     break;
                 }
             }
         }
-        if !migration.capturing() {
+        let position: Position = stream.position().clone();
+        if let Ok(mut last) = state.last.lock() {
+            *last = Some(position.clone());
+        }
+        if !running() {
             return;
         }
-        let position: Position = stream.position().clone();
-        stream = reconnect(&migration, server, &position).await;
+        stream = reconnect(&migration, side, server, &position).await;
     }
 }
 
-/// Reconnect to source server `server` from `position`, until it answers.
+/// Where a stream command came from.
+#[derive(Debug, Clone, Copy)]
+struct Here {
+    /// The side followed.
+    side: Side,
+    /// The server of that side.
+    server: usize,
+}
+
+/// The database a `SELECT` in the stream chose (`db` if it cannot be read).
+fn selected(request: &Request, db: u32) -> u32 {
+    std::str::from_utf8(request.arg(1))
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(db)
+}
+
+/// Reconnect to server `server` of `side` from `position`, until it answers.
 async fn reconnect(
     migration: &Arc<Migration>,
+    side: Side,
     server: usize,
     position: &Position,
 ) -> ReplicationStream {
-    let state = &migration.capture[server];
-    let s = &migration.source.servers[server];
+    let state = &migration.capture.states(side)[server];
+    let pool = side.pool(migration);
+    let s = &pool.servers[server];
     loop {
         tokio::time::sleep(RECONNECT).await;
-        match open(&migration.source, server, Some(position)).await {
+        match open(pool, server, Some(position)).await {
             Ok((stream, Sync::Continued)) => {
                 state.continued.fetch_add(1, Relaxed);
                 migration.counters.capture_reconnects[0].increment(1);
-                tracing::info!(pool = migration.source.name(), server = %s.name, offset = position.offset, "replication stream continued");
+                tracing::info!(pool = migration.source.name(), side = side.name(), server = %s.name, offset = position.offset, "replication stream continued");
                 return stream;
             }
             Ok((stream, Sync::Full)) => {
                 state.full_resyncs.fetch_add(1, Relaxed);
                 migration.counters.capture_reconnects[1].increment(1);
                 migration.dirty.owe_verify();
-                state.generation.fetch_add(1, Relaxed);
-                tracing::error!(pool = migration.source.name(), server = %s.name, "the master could not continue the stream (its backlog was overrun): the writes in the gap are unknown; every key of this server is copied again, and a verify pass is needed before the cutover");
-                tokio::spawn(copy_every_key(migration.clone(), server));
+                migration.capture.new_generation();
+                tracing::error!(pool = migration.source.name(), side = side.name(), server = %s.name, "the master could not continue the stream (its backlog was overrun): the writes in the gap are unknown; every key of this server is copied again, and a verify pass is needed before the next flip");
+                tokio::spawn(copy_every_key(migration.clone(), side, server));
                 return stream;
             }
             Err(error) => {
-                tracing::warn!(pool = migration.source.name(), server = %s.name, %error, "cannot reconnect the replication stream; retrying");
+                tracing::warn!(pool = migration.source.name(), side = side.name(), server = %s.name, %error, "cannot reconnect the replication stream; retrying");
             }
         }
     }
 }
 
-/// Publish a heartbeat marker on source server `server`: the time it takes to come out of
-/// the stream is the stream's delay.
-async fn heartbeat(migration: &Migration, server: usize) {
+/// Open a stream to every server of `side` and follow each, standing by (every command
+/// skipped) until [`arm`] gives the fence; continues from where a previous stream of the
+/// server stopped when the server can. The first refusal, if any.
+pub async fn stand_by(migration: &Arc<Migration>, side: Side) -> Result<(), String> {
+    let pool = side.pool(migration);
+    let mut streams = Vec::new();
+    for (server, state) in migration.capture.states(side).iter().enumerate() {
+        let last = state.last.lock().ok().and_then(|l| l.clone());
+        let (stream, _) = open(pool, server, last.as_ref()).await?;
+        streams.push(stream);
+    }
+    for (server, stream) in streams.into_iter().enumerate() {
+        let state = &migration.capture.states(side)[server];
+        let standing_by = if *BREAK_FENCE { 0 } else { u64::MAX };
+        state.fence.store(standing_by, Relaxed);
+        state.running.store(true, Relaxed);
+        tokio::spawn(run(migration.clone(), side, server, stream));
+    }
+    Ok(())
+}
+
+/// Follow `side`'s `streams` (one per server, in order) from their start.
+pub fn follow(migration: &Arc<Migration>, side: Side, streams: Vec<ReplicationStream>) {
+    for (server, stream) in streams.into_iter().enumerate() {
+        let state = &migration.capture.states(side)[server];
+        state.fence.store(0, Relaxed);
+        state.running.store(true, Relaxed);
+        tokio::spawn(run(migration.clone(), side, server, stream));
+    }
+    migration.capture.follow(side);
+}
+
+/// For tests only: `CUTOVER_TEST_BREAK_FENCE=1` applies a standing-by stream from its
+/// start instead of from the fence (breaking rule 13), so the flip test can show that
+/// cutover's own writes before the flip are then fed back to the other side.
+static BREAK_FENCE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var("CUTOVER_TEST_BREAK_FENCE").is_ok_and(|v| v == "1"));
+
+/// With the gate closed and the other side's stream drained: read each server of the
+/// standing-by `side`'s offset; its stream is applied from there on. False (nothing
+/// changed) if a server does not answer.
+pub async fn arm(migration: &Migration, side: Side) -> bool {
+    let mut fences = Vec::new();
+    for server in 0..migration.capture.states(side).len() {
+        let Some(offset) = master_offset(migration, side, server).await else {
+            return false;
+        };
+        fences.push(offset);
+    }
+    for (state, fence) in migration.capture.states(side).iter().zip(fences) {
+        state.fence.store(fence, Relaxed);
+    }
+    true
+}
+
+/// Move the capture to `side` (armed), stopping the other side's tasks.
+pub fn switch(migration: &Migration, side: Side) {
+    let other = match side {
+        Side::Source => Side::Target,
+        Side::Target => Side::Source,
+    };
+    migration.capture.stop(other);
+    migration.capture.follow(side);
+}
+
+/// Stop the standing-by `side`'s tasks (a flip that did not happen).
+pub fn stand_down(migration: &Migration, side: Side) {
+    migration.capture.stop(side);
+}
+
+/// Publish a heartbeat marker on server `server` of `side`: the time it takes to come out
+/// of the stream is the stream's delay.
+async fn heartbeat(migration: &Migration, side: Side, server: usize) {
     let sent = super::marker::now_ms();
     let message = Markers::heartbeat_message(sent);
     let publish = [b"PUBLISH".as_slice(), migration.markers.channel(), &message];
-    if migration
-        .copy_source
+    if side
+        .copy_pool(migration)
         .call(server, 0, &publish)
         .await
         .is_ok()
     {
-        migration.capture[server].lag.sent(sent);
+        migration.capture.states(side)[server].lag.sent(sent);
     }
 }
 
@@ -231,13 +463,8 @@ async fn heartbeat(migration: &Migration, server: usize) {
 /// deterministic write of one key, in a form the target has, to be replayed as the master
 /// propagated it (absolute expiry times, `SREM` for `SPOP`, scripts as their effects);
 /// any other write as copies of its keys; a marker to its key's lane.
-async fn apply(
-    migration: &Migration,
-    server: usize,
-    db: &mut u32,
-    pool_db: u32,
-    request: &Request,
-) {
+async fn apply(migration: &Migration, here: Here, db: &mut u32, pool_db: u32, request: &Request) {
+    let state = &migration.capture.states(here.side)[here.server];
     let name = request.name();
     if name.eq_ignore_ascii_case(b"PUBLISH") && request.argc() == 3 {
         // Markers are not tied to a database.
@@ -248,23 +475,20 @@ async fn apply(
             }
             Some(Marked::Read { token }) => {
                 migration.count_capture(CaptureAction::Marker);
-                let generation = migration.capture[server].generation.load(Relaxed);
+                let generation = migration.capture.generation();
                 super::placed_read::marker_met(migration, token, generation).await;
             }
             Some(Marked::Heartbeat { sent_ms }) => {
                 migration.count_capture(CaptureAction::Marker);
                 let now = super::marker::now_ms();
-                migration.capture[server].lag.seen(sent_ms, now);
+                state.lag.seen(sent_ms, now);
             }
             None => migration.count_capture(CaptureAction::Ignored),
         }
         return;
     }
     if name.eq_ignore_ascii_case(b"SELECT") {
-        *db = std::str::from_utf8(request.arg(1))
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(*db);
+        *db = selected(request, *db);
         migration.count_capture(CaptureAction::Ignored);
         return;
     }
@@ -275,10 +499,10 @@ async fn apply(
     }
     if name.eq_ignore_ascii_case(b"FLUSHDB") || name.eq_ignore_ascii_case(b"FLUSHALL") {
         migration.count_capture(CaptureAction::Copied);
-        flush_owned(migration, server).await;
+        flush_owned(migration, here).await;
         return;
     }
-    let generation = migration.capture[server].generation.load(Relaxed);
+    let generation = migration.capture.generation();
     if let Some(key) = replayable(migration, request) {
         let request = Some(request.bytes().clone());
         let event = LaneEvent::Replicated {
@@ -289,7 +513,7 @@ async fn apply(
         migration.send(event).await;
         return;
     }
-    for key in keys_of(migration, server, request).await {
+    for key in keys_of(migration, here, request).await {
         let event = LaneEvent::Replicated {
             key,
             request: None,
@@ -320,7 +544,7 @@ async fn copy(migration: &Migration, key: Bytes, reason: CopyReason) {
 }
 
 /// The keys a propagated command writes.
-async fn keys_of(migration: &Migration, server: usize, request: &Request) -> Vec<Bytes> {
+async fn keys_of(migration: &Migration, here: Here, request: &Request) -> Vec<Bytes> {
     if let Some(spec) = command::lookup(request.name())
         && let Access::Write(_) = spec.access
         && let Some(mut effect) = super::mirror::effect(spec, request)
@@ -337,14 +561,15 @@ async fn keys_of(migration: &Migration, server: usize, request: &Request) -> Vec
     if (name == "RENAME" || name == "RENAMENX") && request.argc() >= 3 {
         return vec![request.arg_bytes(1), request.arg_bytes(2)];
     }
-    getkeys(migration, server, request).await
+    getkeys(migration, here, request).await
 }
 
-/// Ask source server `server` which keys `request` names (`COMMAND GETKEYS`).
-async fn getkeys(migration: &Migration, server: usize, request: &Request) -> Vec<Bytes> {
+/// Ask the server the command came from which keys `request` names (`COMMAND GETKEYS`).
+async fn getkeys(migration: &Migration, here: Here, request: &Request) -> Vec<Bytes> {
     let mut words: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
     words.extend(request.args());
-    let Ok(reply) = migration.copy_source.call(server, 0, &words).await else {
+    let pool = here.side.copy_pool(migration);
+    let Ok(reply) = pool.call(here.server, 0, &words).await else {
         return Vec::new();
     };
     match redis_protocol::resp2::decode::decode(&reply) {
@@ -363,9 +588,9 @@ async fn getkeys(migration: &Migration, server: usize, request: &Request) -> Vec
     }
 }
 
-/// `FLUSHDB`/`FLUSHALL` on source server `server`: delete on the target every key that
-/// server owns.
-async fn flush_owned(migration: &Migration, server: usize) {
+/// `FLUSHDB`/`FLUSHALL` on the server the command came from: delete on the other side
+/// every key that server owns.
+async fn flush_owned(migration: &Migration, here: Here) {
     // Every stream write before the FLUSHDB lands first: a replay still queued would
     // otherwise write a key after the scan below looked for it.
     migration.lanes.barrier().await;
@@ -375,10 +600,11 @@ async fn flush_owned(migration: &Migration, server: usize) {
         let mut scan = KeyScan::new(target, t, SCAN_COUNT, "capture (FLUSHDB)");
         while let Some(keys) = scan.next_page().await {
             for key in keys {
-                if migration
-                    .source
+                if here
+                    .side
+                    .pool(migration)
                     .route(&key)
-                    .is_some_and(|r| r.server == server)
+                    .is_some_and(|r| r.server == here.server)
                 {
                     copy(migration, key, CopyReason::Write).await;
                     deleted += 1;
@@ -386,13 +612,14 @@ async fn flush_owned(migration: &Migration, server: usize) {
             }
         }
     }
-    tracing::info!(pool = migration.source.name(), server = %migration.source.servers[server].name, keys = deleted, "FLUSHDB on a source server: its keys are copied (deleted) on the target");
+    let name = &here.side.pool(migration).servers[here.server].name;
+    tracing::info!(pool = migration.source.name(), server = %name, keys = deleted, "FLUSHDB on a server: its keys are copied (deleted) on the other side");
 }
 
-/// Source server `server`'s `master_repl_offset` (`INFO replication`).
-pub(super) async fn master_offset(migration: &Migration, server: usize) -> Option<u64> {
-    let reply = migration
-        .copy_source
+/// Server `server` of `side`: its `master_repl_offset` (`INFO replication`).
+pub(super) async fn master_offset(migration: &Migration, side: Side, server: usize) -> Option<u64> {
+    let reply = side
+        .copy_pool(migration)
         .call(server, 0, &[b"INFO".as_slice(), b"replication"])
         .await
         .ok()?;
@@ -402,21 +629,17 @@ pub(super) async fn master_offset(migration: &Migration, server: usize) -> Optio
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// A full pass over source server `server` after a gap in its stream: every key is
+/// A full pass over server `server` of `side` after a gap in its stream: every key is
 /// copied again (not "unless copied": what the gap changed is unknown).
-async fn copy_every_key(migration: Arc<Migration>, server: usize) {
+async fn copy_every_key(migration: Arc<Migration>, side: Side, server: usize) {
     let mut copied = 0u64;
-    let mut scan = KeyScan::new(
-        &migration.copy_source,
-        server,
-        SCAN_COUNT,
-        "capture (full pass)",
-    );
+    let pool = side.copy_pool(&migration);
+    let mut scan = KeyScan::new(pool, server, SCAN_COUNT, "capture (full pass)");
     while let Some(keys) = scan.next_page().await {
         for key in keys {
             copied += 1;
             copy(&migration, key, CopyReason::Backfill).await;
         }
     }
-    tracing::info!(pool = migration.source.name(), server = %migration.source.servers[server].name, keys = copied, "full pass after a stream gap: every key copied again");
+    tracing::info!(pool = migration.source.name(), server = %pool.servers[server].name, keys = copied, "full pass after a stream gap: every key copied again");
 }

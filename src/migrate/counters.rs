@@ -121,6 +121,11 @@ pub struct MigrationCounters {
     pub capture_actions: [Counter; 5],
     /// `cutover_capture_pending_markers`: copies whose marker has not come back yet.
     pub capture_pending: Gauge,
+    /// `cutover_capture_fences_total{outcome="reached"|"timed_out"}`: flips under capture
+    /// that drained the streams up to the servers' offsets, or gave up (rule 11).
+    pub capture_fences: [Counter; 2],
+    /// `cutover_capture_drain_seconds`: how long a flip waited for the streams.
+    pub capture_drain: Histogram,
     /// `cutover_copies_total{reason, method}`: every copy, by why (in
     /// [`CopyReason::ALL`]'s order) and how (`restore`, `by_type`).
     pub copies: [[Counter; 2]; 5],
@@ -215,6 +220,9 @@ impl MigrationCounters {
             capture_actions: CAPTURE_ACTIONS
                 .map(|a| counter!("cutover_capture_events_total", "pool" => p.clone(), "action" => a)),
             capture_pending: gauge!("cutover_capture_pending_markers", "pool" => p.clone()),
+            capture_fences: ["reached", "timed_out"]
+                .map(|o| counter!("cutover_capture_fences_total", "pool" => p.clone(), "outcome" => o)),
+            capture_drain: histogram!("cutover_capture_drain_seconds", "pool" => p.clone()),
             copies: CopyReason::ALL.map(|r| {
                 ["restore", "by_type"].map(|m| {
                     counter!("cutover_copies_total", "pool" => p.clone(), "reason" => r.label(), "method" => m)

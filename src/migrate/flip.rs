@@ -5,13 +5,16 @@
 //! both sides are equal, and opens the gate. The time the gate was closed is the pause
 //! clients saw; it is measured and exported.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::Migration;
+use super::capture::Side;
 use super::phase::Phase;
+use crate::config::Capture;
 
 /// Longest a flip waits for in-flight requests and lanes before giving up (the gate then
 /// opens again and nothing changes).
@@ -171,7 +174,7 @@ impl Migration {
     }
 
     /// Make the target authoritative. Refused unless ready, or `force`.
-    pub async fn cutover(&self, force: bool) -> Result<Flipped, FlipError> {
+    pub async fn cutover(self: &Arc<Self>, force: bool) -> Result<Flipped, FlipError> {
         let _flipping = self.flips.lock.lock().await;
         let phase = self.phase();
         if phase != Phase::Migrating {
@@ -190,7 +193,7 @@ impl Migration {
 
     /// Make the source authoritative again. Refused while dirty keys wait (the source would
     /// miss them), unless `force`.
-    pub async fn rollback(&self, force: bool) -> Result<Flipped, FlipError> {
+    pub async fn rollback(self: &Arc<Self>, force: bool) -> Result<Flipped, FlipError> {
         let _flipping = self.flips.lock.lock().await;
         let phase = self.phase();
         if phase != Phase::Cutover {
@@ -211,7 +214,7 @@ impl Migration {
     }
 
     /// Stop mirroring to the source: the proxy serves the target pool alone from now on.
-    pub async fn finalize(&self) -> Result<Flipped, FlipError> {
+    pub async fn finalize(self: &Arc<Self>) -> Result<Flipped, FlipError> {
         let _flipping = self.flips.lock.lock().await;
         let phase = self.phase();
         if phase != Phase::Cutover {
@@ -231,18 +234,54 @@ impl Migration {
     }
 
     /// Hold new requests, wait for everything in flight, move authority, release.
-    async fn flip(&self, from: Phase, to: Phase, forced: bool) -> Result<Flipped, FlipError> {
+    ///
+    /// Under capture, the new authority's streams are opened before the gate closes (a
+    /// full sync can take a while) and stand by; with the gate closed, the old side's
+    /// streams are drained (rule 11), then each new authority server's offset is read (the
+    /// fence): what its stream holds before it is cutover's own copying, what comes after
+    /// is mirrored back (rule 13).
+    async fn flip(
+        self: &Arc<Self>,
+        from: Phase,
+        to: Phase,
+        forced: bool,
+    ) -> Result<Flipped, FlipError> {
+        let next = match to {
+            Phase::Migrating => Some(Side::Source),
+            Phase::Cutover => Some(Side::Target),
+            Phase::Finalized => None,
+        };
+        let next = match next {
+            Some(side) if self.settings.capture != Capture::Proxy => {
+                match super::capture::stand_by(self, side).await {
+                    Ok(()) => Some(side),
+                    Err(reason) => {
+                        tracing::warn!(pool = self.source.name(), side = side.name(), %reason, "the new authority's servers refuse replication: after the flip the proxy mirrors writes instead");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let started = Instant::now();
         self.flips.gate.close();
-        if !self.wait_quiet(started + DRAIN_LIMIT).await {
+        let fenced = self.wait_quiet(started + DRAIN_LIMIT).await
+            && (!self.capturing() || self.drain_capture(started + DRAIN_LIMIT).await)
+            && match next {
+                Some(side) => self.fence(side).await,
+                None => true,
+            };
+        if !fenced {
+            if let Some(side) = next {
+                super::capture::stand_down(self, side);
+            }
             self.flips.gate.open();
             self.counters.refusals.increment(1);
             return Err(FlipError::Busy(DRAIN_LIMIT));
         }
-        if self.capturing() && !self.drain_capture(started + DRAIN_LIMIT).await {
-            self.flips.gate.open();
-            self.counters.refusals.increment(1);
-            return Err(FlipError::Busy(DRAIN_LIMIT));
+        match next {
+            Some(side) => super::capture::switch(self, side),
+            None => self.capture.turn_off(),
         }
         self.flips.set_phase(to);
         // Both sides are equal now. The lanes' known-copied sets stay valid whichever side
@@ -298,25 +337,43 @@ impl Migration {
     /// back to the source itself (writers that bypass cutover must have stopped: they would
     /// keep writing to the old servers). False if `deadline` passes first.
     async fn drain_capture(&self, deadline: Instant) -> bool {
-        self.source.behind_every_request().await;
         let started = Instant::now();
-        for (server, state) in self.capture.iter().enumerate() {
-            let Some(target) = super::capture::master_offset(self, server).await else {
+        self.authority().behind_every_request().await;
+        let side = self.capture.side();
+        let pool = side.pool(self);
+        for (server, state) in self.capture.states(side).iter().enumerate() {
+            let Some(target) = super::capture::master_offset(self, side, server).await else {
                 return false;
             };
             while state.offset.load(Relaxed) < target {
                 if Instant::now() >= deadline {
-                    tracing::warn!(pool = self.source.name(), server = %self.source.servers[server].name, applied = state.offset.load(Relaxed), offset = target, "the capture did not reach the source's offset in time; flip abandoned");
+                    tracing::warn!(pool = self.source.name(), server = %pool.servers[server].name, applied = state.offset.load(Relaxed), offset = target, "the capture did not reach the server's offset in time; flip abandoned");
+                    self.counters.capture_fences[1].increment(1);
                     return false;
                 }
                 pause_briefly(started).await;
             }
         }
-        if !self.wait_quiet(deadline).await {
-            return false;
+        let quiet = self.wait_quiet(deadline).await;
+        self.counters.capture_fences[usize::from(!quiet)].increment(1);
+        self.counters
+            .capture_drain
+            .record(started.elapsed().as_secs_f64());
+        quiet
+    }
+
+    /// Read the offset of every server of `side` (standing by) as its fence; false if one
+    /// does not answer.
+    async fn fence(&self, side: Side) -> bool {
+        let armed = super::capture::arm(self, side).await;
+        if !armed {
+            tracing::warn!(
+                pool = self.source.name(),
+                side = side.name(),
+                "cannot read the new authority's replication offsets; flip abandoned"
+            );
         }
-        self.stop_capture();
-        true
+        armed
     }
 
     /// Wait (at most `limit`) for a moment when every lane is empty.

@@ -654,7 +654,7 @@ async fn copy_with_retries(
         // applied on the authoritative side before the snapshot (rule 9).
         let stamp = migration.lanes.stamp_now();
         // Read before the snapshot too: a full sync after it makes the copy stale.
-        let generation = migration.capture_generation(key);
+        let generation = migration.capture_generation();
         match copy::copy_key(migration, key).await {
             Ok(copied) => {
                 memory.covers.record(key, stamp);

@@ -100,11 +100,8 @@ pub struct Migration {
     pub progress: state::Progress,
     /// Both sides' engines (read at start), which decide how keys are copied each way.
     pub engines: engines::Engines,
-    /// Each source server's replication capture, when it runs.
-    pub capture: Vec<capture::CaptureState>,
-    /// Set while the source servers' replication streams feed the lanes: the proxy then
-    /// only forwards (no mirror hooks).
-    capturing: std::sync::atomic::AtomicBool,
+    /// The replication capture: the side it follows and each server's stream.
+    pub capture: capture::Capture,
     /// Where copies are placed in the source servers' streams (rule 12).
     pub markers: marker::Markers,
     /// Sampled reads placed in the source servers' streams, under capture.
@@ -268,8 +265,13 @@ impl Migration {
         );
         let progress =
             state::Progress::load_or_new(settings.state_file.clone(), copy_source.servers.len());
-        let server_names: Vec<String> =
-            copy_source.servers.iter().map(|s| s.name.clone()).collect();
+        // The capture's per-server handles: the source's servers, then the target's.
+        let server_names: Vec<String> = copy_source
+            .servers
+            .iter()
+            .chain(&copy_target.servers)
+            .map(|s| s.name.clone())
+            .collect();
         let counters = MigrationCounters::new(&source_config.name)
             .with_capture(&source_config.name, &server_names);
         counters.set_state("idle");
@@ -284,6 +286,8 @@ impl Migration {
             copy_target.servers.len(),
         );
         let (lanes, receivers) = Lanes::new(lane_count, per_lane, progress.salt());
+        let (source_servers, target_servers) =
+            (copy_source.servers.len(), copy_target.servers.len());
         let migration = Arc::new(Migration {
             source,
             copy_source,
@@ -303,10 +307,7 @@ impl Migration {
                 ..Totals::default()
             },
             engines,
-            capture: (0..server_names.len())
-                .map(|_| Default::default())
-                .collect(),
-            capturing: std::sync::atomic::AtomicBool::new(streams.is_some()),
+            capture: capture::Capture::new(source_servers, target_servers),
             markers: marker::Markers::default(),
             placed_reads: placed_read::PlacedReads::default(),
             direct_seen: std::sync::Mutex::new(Vec::new()),
@@ -691,43 +692,37 @@ impl Migration {
 
     /// Take the source servers' writes from their replication `streams` (one per source
     /// server, in order) from now on: the proxy stops mirroring (rule 10).
+    /// (Not after a cutover: the streams given are the source's.)
     fn start_capture(
         self: &Arc<Self>,
         streams: Vec<crate::upstream::replication::ReplicationStream>,
     ) {
-        self.capturing.store(true, Relaxed);
-        for (server, stream) in streams.into_iter().enumerate() {
-            tokio::spawn(capture::run(self.clone(), server, stream));
+        match self.phase() {
+            Phase::Migrating => {
+                capture::follow(self, capture::Side::Source, streams);
+                tracing::info!(
+                    pool = self.source.name(),
+                    "capture: the source servers' replication streams feed the migration; the proxy only forwards"
+                );
+            }
+            Phase::Cutover | Phase::Finalized => {
+                drop(streams);
+                tracing::info!(
+                    pool = self.source.name(),
+                    "restarted after the cutover: the proxy mirrors writes back to the source; the capture follows the authority again from the next flip"
+                );
+            }
         }
-        tracing::info!(
-            pool = self.source.name(),
-            "capture: the source servers' replication streams feed the migration; the proxy only forwards"
-        );
     }
 
-    /// The capture generation of the source server that owns `key`: it grows each time
-    /// that server's stream is taken up again with a full sync (rule 12's stale copies).
-    pub fn capture_generation(&self, key: &[u8]) -> u64 {
-        self.source
-            .route(key)
-            .and_then(|r| self.capture.get(r.server))
-            .map_or(0, |c| c.generation.load(Relaxed))
+    /// The capture generation now (rule 12's stale copies).
+    pub fn capture_generation(&self) -> u64 {
+        self.capture.generation()
     }
 
     /// Whether replication capture feeds the lanes (the proxy mirrors nothing).
     pub fn capturing(&self) -> bool {
-        self.capturing.load(Relaxed)
-    }
-
-    /// Stop the capture (at a flip): the streams close within a second, and the proxy
-    /// mirrors writes from now on.
-    pub fn stop_capture(&self) {
-        if self.capturing.swap(false, Relaxed) {
-            tracing::info!(
-                pool = self.source.name(),
-                "capture stopped at the flip; the proxy mirrors writes from now on"
-            );
-        }
+        self.capture.on()
     }
 
     /// Start the backfill (of a migration started without one, by a reload, once every
@@ -785,7 +780,7 @@ impl Migration {
         c.progress.set(ratio);
         c.eta.set(eta.unwrap_or(-1.0));
         let now = marker::now_ms();
-        for (i, state) in self.capture.iter().enumerate() {
+        for (i, state) in self.capture.all().iter().enumerate() {
             if let (Some(offset), Some(commands), Some(lag), Some(lag_seconds)) = (
                 c.capture_offset.get(i),
                 c.capture_commands.get(i),
@@ -855,11 +850,12 @@ impl Migration {
             },
             "capture": {
                 "mode": if self.capturing() { "replication" } else { "proxy" },
+                "side": self.capture.side().name(),
                 "events": counters::CAPTURE_ACTIONS.iter().zip(&t.capture_actions)
                     .map(|(action, n)| (action.to_string(), json!(n.load(Relaxed))))
                     .collect::<serde_json::Map<_, _>>(),
                 "pending_markers": self.markers.pending.load(Relaxed).max(0),
-                "servers": self.capture.iter().zip(&self.source.servers).map(|(c, s)| serde_json::json!({
+                "servers": self.capture.states(self.capture.side()).iter().zip(&self.capture.side().pool(self).servers).map(|(c, s)| serde_json::json!({
                     "server": s.name,
                     "offset": c.offset.load(Relaxed),
                     "lag_bytes": c.master_offset.load(Relaxed).saturating_sub(c.offset.load(Relaxed)),

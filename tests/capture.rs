@@ -94,7 +94,10 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
         .output()
         .expect("cutover ctl");
     let text = String::from_utf8_lossy(&ctl.stdout);
-    assert!(text.contains("  capture  replication: "), "{text}");
+    assert!(
+        text.contains("  capture  replication, following the source: "),
+        "{text}"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = [("proxy", proxy.port), ("direct", source.port)]
         .into_iter()
@@ -481,4 +484,119 @@ fn shadow_reads_placed_in_the_stream_find_no_false_mismatch_and_catch_a_real_one
                     == Some("7")
         },
     );
+}
+
+/// The consistency workload under capture, with a third of its clients connected straight
+/// to the source (each write followed by a read, every read through cutover compared with
+/// the target), beside a filler straight to the source that makes it evict; a source with
+/// `maxmemory` and random eviction, pre-filled keys expiring mid-run, the workload's Lua
+/// script, the capture's connection killed twice, and one FLUSHDB between two phases: the
+/// target ends equal with no verify repair, and no shadow read disagrees.
+#[test]
+fn the_consistency_workload_with_a_third_of_its_writers_straight_to_the_source() {
+    let source = RedisServer::start_with(&["--repl-backlog-size", "4mb"]);
+    support::workload::prefill(&source);
+    let used: u64 = redis::cmd("INFO")
+        .arg("memory")
+        .query::<String>(&mut source.client())
+        .expect("INFO")
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    let mut direct = source.client();
+    // Room for the replication backlog as it fills, and 1 MB of keys more.
+    let limit = (used + 5 * 1024 * 1024).to_string();
+    for (name, value) in [
+        ("maxmemory", limit.as_str()),
+        ("maxmemory-policy", "allkeys-random"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query(&mut direct)
+            .expect("CONFIG SET");
+    }
+    let targets = redis_servers(3);
+    let proxy = Proxy::cutover(&migration_config(
+        &source,
+        &targets,
+        "    capture: replication\n    shadow_ratio: 1.0\n",
+    ));
+    let phase = |seed: u64, kill: bool| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let filler = {
+            let (stop, port) = (stop.clone(), source.port);
+            std::thread::spawn(move || {
+                let mut conn = support::connect_to(port);
+                let value = "v".repeat(512);
+                let mut i = 0u64;
+                while !stop.load(Relaxed) {
+                    // At the limit a write may be refused (OOM) while the source evicts.
+                    let _: redis::RedisResult<()> = redis::cmd("SET")
+                        .arg(format!("fill:{seed}:{i}"))
+                        .arg(&value)
+                        .query(&mut conn);
+                    i += 1;
+                    if i.is_multiple_of(10) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            })
+        };
+        let clients: Vec<_> = (0..6u64)
+            .map(|c| {
+                let port = if c % 3 == 0 { source.port } else { proxy.port };
+                std::thread::spawn(move || {
+                    support::workload::client_ops(port, seed * 100 + c, 1500, true)
+                })
+            })
+            .collect();
+        if kill {
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(300));
+                source.drop_replicas();
+            }
+        }
+        for c in clients {
+            c.join().expect("client");
+        }
+        stop.store(true, Relaxed);
+        filler.join().expect("filler");
+    };
+    phase(7, true);
+    let _: () = redis::cmd("FLUSHDB").query(&mut direct).expect("FLUSHDB");
+    phase(8, false);
+    let evicted: u64 = redis::cmd("INFO")
+        .arg("stats")
+        .query::<String>(&mut direct)
+        .expect("INFO")
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(evicted > 0, "the source evicted keys during the run");
+    // Let the short TTLs of the prefill run out, then wait for the stream and the lanes.
+    std::thread::sleep(Duration::from_millis(1600));
+    wait_for(
+        "the capture to apply the whole stream",
+        Duration::from_secs(60),
+        || captured(&proxy) >= source.master_repl_offset(),
+    );
+    proxy.wait_migration_drained(Duration::from_secs(120), 5);
+    support::compare::assert_same(&source, &targets);
+    let migration = proxy.migration();
+    let (capture, shadow) = (&migration["capture"], &migration["shadow"]);
+    eprintln!("evicted {evicted}; capture {capture}; shadow {shadow}");
+    let server = &capture["servers"][0];
+    assert!(server["continued"].as_u64() >= Some(2), "{server}");
+    assert_eq!(server["full_resyncs"], 0, "{server}");
+    assert_eq!(
+        migration["verify"]["last"],
+        serde_json::Value::Null,
+        "no repair ran"
+    );
+    assert!(shadow["checked"].as_u64() > Some(1000), "{shadow}");
+    assert_eq!(shadow["mismatches"], 0, "{shadow}");
 }

@@ -88,6 +88,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
         "cutover_capture_reconnects_total",
         "cutover_capture_events_total",
         "cutover_capture_pending_markers",
+        "cutover_capture_fences_total",
     ] {
         assert!(wanted.contains(needed), "the dashboard shows {needed}");
     }

@@ -301,7 +301,8 @@ fn capture_text(capture: &Value) -> String {
     let events = &capture["events"];
     let count = |action: &str| events[action].as_u64().unwrap_or(0);
     format!(
-        "  capture  replication: {}\n           stream commands: {} replayed, {} copied, {} in a copy, {} ignored, {} markers; {} copies await their marker\n",
+        "  capture  replication, following the {}: {}\n           stream commands: {} replayed, {} copied, {} in a copy, {} ignored, {} markers; {} copies await their marker\n",
+        capture["side"].as_str().unwrap_or("source"),
         servers.join("; "),
         count("replayed"),
         count("copied"),

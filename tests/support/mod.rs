@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod compare;
+pub mod workload;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -613,6 +613,8 @@ async fn flush_owned(migration: &Migration, here: Here) {
         }
     }
     let name = &here.side.pool(migration).servers[here.server].name;
+    migration.counters.capture_flushes.increment(1);
+    migration.counters.capture_flushed_keys.increment(deleted);
     tracing::info!(pool = migration.source.name(), server = %name, keys = deleted, "FLUSHDB on a server: its keys are copied (deleted) on the other side");
 }
 

@@ -126,6 +126,10 @@ pub struct MigrationCounters {
     pub capture_fences: [Counter; 2],
     /// `cutover_capture_drain_seconds`: how long a flip waited for the streams.
     pub capture_drain: Histogram,
+    /// `cutover_capture_flushes_total`: `FLUSHDB`/`FLUSHALL` met in a stream.
+    pub capture_flushes: Counter,
+    /// `cutover_capture_flushed_keys_total`: keys deleted on the other side for them.
+    pub capture_flushed_keys: Counter,
     /// `cutover_copies_total{reason, method}`: every copy, by why (in
     /// [`CopyReason::ALL`]'s order) and how (`restore`, `by_type`).
     pub copies: [[Counter; 2]; 5],
@@ -223,6 +227,8 @@ impl MigrationCounters {
             capture_fences: ["reached", "timed_out"]
                 .map(|o| counter!("cutover_capture_fences_total", "pool" => p.clone(), "outcome" => o)),
             capture_drain: histogram!("cutover_capture_drain_seconds", "pool" => p.clone()),
+            capture_flushes: counter!("cutover_capture_flushes_total", "pool" => p.clone()),
+            capture_flushed_keys: counter!("cutover_capture_flushed_keys_total", "pool" => p.clone()),
             copies: CopyReason::ALL.map(|r| {
                 ["restore", "by_type"].map(|m| {
                     counter!("cutover_copies_total", "pool" => p.clone(), "reason" => r.label(), "method" => m)

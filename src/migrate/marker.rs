@@ -270,6 +270,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The stream's `PUBLISH` messages come from anyone: no bytes make the parser
+        /// panic, and only this migration's channel is read.
+        #[test]
+        fn any_message_parses_or_is_ignored(channel: Vec<u8>, message: Vec<u8>) {
+            let markers = Markers::default();
+            // Another channel is never read (a random one is never this one).
+            proptest::prop_assert_eq!(markers.parse(&channel, &message), None);
+            // This one: parsed or refused, never a panic.
+            let _ = markers.parse(markers.channel(), &message);
+        }
+    }
+
     #[test]
     fn the_lag_is_the_last_trip_or_the_oldest_overdue_heartbeat() {
         let clock = LagClock::default();

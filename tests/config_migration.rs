@@ -156,3 +156,51 @@ fn migrate_block_without_target_is_an_error() {
         "{p:?}"
     );
 }
+
+#[test]
+fn a_fleet_names_its_etcd_and_needs_replication_capture() {
+    let text = source(
+        "  migrate_to: target\n  migrate:\n    capture: replication\n    coordination: etcd://10.0.0.1:2379,etcd-2:2379/cutover/shop\n",
+    ) + TARGET;
+    let config = Config::parse(&text, "m.yml").expect("valid fleet config");
+    let settings = &config
+        .pool("source")
+        .expect("pool")
+        .migration
+        .as_ref()
+        .expect("migration")
+        .settings;
+    let fleet = settings.coordination.as_ref().expect("coordination");
+    assert_eq!(
+        fleet.endpoints,
+        ["http://10.0.0.1:2379", "http://etcd-2:2379"]
+    );
+    assert_eq!(fleet.prefix, "/cutover/shop");
+
+    let p = problems(
+        &(source("  migrate_to: target\n  migrate:\n    coordination: etcd://h:2379/x\n") + TARGET),
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, 9);
+    assert!(
+        p[0].1
+            .contains("migrate.coordination: needs capture: replication (or auto)"),
+        "{p:?}"
+    );
+    for bad in [
+        "http://h:2379/x",
+        "etcd://h:2379",
+        "etcd://h:2379/",
+        "etcd://h/x",
+        "etcd://:2379/x",
+        "etcd://h:0/x",
+    ] {
+        let p = problems(
+            &(source(&format!(
+                "  migrate_to: target\n  migrate:\n    capture: auto\n    coordination: {bad}\n"
+            )) + TARGET),
+        );
+        assert_eq!(p.len(), 1, "{bad}: {p:?}");
+        assert!(p[0].1.contains("migrate.coordination"), "{bad}: {p:?}");
+    }
+}

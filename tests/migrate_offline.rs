@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::compare::assert_same;
-use support::{RedisServer, cutover_bin, redis_servers};
+use support::{RedisServer, cutover_bin, redis_servers, wait_for};
 
 /// Fill `source` with `n` keys of every type, a fifth with TTLs, some binary, one large.
 fn fill(source: &RedisServer, n: u64) {
@@ -143,7 +143,14 @@ fn resumes_from_its_checkpoint_after_being_killed() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start");
-    std::thread::sleep(Duration::from_millis(2500));
+    // Killed once its checkpoint shows a part-way cursor (however slow the machine).
+    wait_for("a part-way checkpoint", Duration::from_secs(60), || {
+        std::fs::read_to_string(&checkpoint).is_ok_and(|state| {
+            state
+                .lines()
+                .any(|l| l.starts_with("server 0 0 ") && l != "server 0 0 0")
+        })
+    });
     let _ = first.kill();
     let _ = first.wait();
     let state = std::fs::read_to_string(&checkpoint).expect("a checkpoint was written");

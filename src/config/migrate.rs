@@ -42,6 +42,48 @@ impl Capture {
     }
 }
 
+/// Where the members of a fleet of cutover proxies meet (`coordination:`): an etcd cluster
+/// and a key prefix, written `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coordination {
+    /// `http://HOST:PORT` of each etcd endpoint.
+    pub endpoints: Vec<String>,
+    /// The key prefix every member of this fleet uses (`/cutover/shop`).
+    pub prefix: String,
+}
+
+impl Coordination {
+    /// Read `etcd://h1:2379,h2:2379/prefix`.
+    pub fn parse(text: &str) -> Result<Coordination, String> {
+        let form = "must be etcd://HOST:PORT[,HOST:PORT...]/PREFIX";
+        let rest = text
+            .strip_prefix("etcd://")
+            .ok_or_else(|| format!("\"{text}\" {form}"))?;
+        let (hosts, prefix) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("\"{text}\" has no /PREFIX; {form}"))?;
+        if prefix.is_empty() || prefix.ends_with('/') {
+            return Err(format!(
+                "\"{text}\": the prefix must be a name, such as /cutover/shop"
+            ));
+        }
+        let mut endpoints = Vec::new();
+        for host in hosts.split(',') {
+            let port = host.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+            match port {
+                Some((h, Ok(p))) if !h.is_empty() && p > 0 => {
+                    endpoints.push(format!("http://{host}"));
+                }
+                _ => return Err(format!("\"{host}\" is not HOST:PORT; {form}")),
+            }
+        }
+        Ok(Coordination {
+            endpoints,
+            prefix: format!("/{prefix}"),
+        })
+    }
+}
+
 /// Settings of one migration (`migrate:`), with their defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MigrateSettings {
@@ -69,6 +111,8 @@ pub struct MigrateSettings {
     pub state_file: Option<PathBuf>,
     /// Where the writes to mirror come from.
     pub capture: Capture,
+    /// The fleet this proxy is a member of, if any.
+    pub coordination: Option<Coordination>,
 }
 
 impl Default for MigrateSettings {
@@ -86,12 +130,13 @@ impl Default for MigrateSettings {
             mirror_queue_limit: 100_000,
             state_file: None,
             capture: Capture::Proxy,
+            coordination: None,
         }
     }
 }
 
 /// The keys `migrate:` accepts, for messages and suggestions.
-pub const MIGRATE_KEYS: [&str; 12] = [
+pub const MIGRATE_KEYS: [&str; 13] = [
     "lanes",
     "scan_count",
     "backfill_keys_per_second",
@@ -104,6 +149,7 @@ pub const MIGRATE_KEYS: [&str; 12] = [
     "mirror_queue_limit",
     "state_file",
     "capture",
+    "coordination",
 ];
 
 /// Read a `migrate:` mapping; problems are attributed to `migrate.<key>`.
@@ -148,6 +194,19 @@ pub fn parse(node: &Node, problems: &mut Vec<Problem>) -> MigrateSettings {
         if let Err(message) = apply(&mut settings, key, text) {
             problems.push(Problem::at(line, message).for_key(&label));
         }
+    }
+    if settings.coordination.is_some() && settings.capture == Capture::Proxy {
+        let line = seen
+            .iter()
+            .find(|(k, _)| *k == "coordination")
+            .map_or(node.line, |(_, l)| *l);
+        problems.push(
+            Problem::at(
+                line,
+                "needs capture: replication (or auto): a fleet takes every write from the source servers' replication streams, since no one proxy sees them all".to_string(),
+            )
+            .for_key("migrate.coordination"),
+        );
     }
     settings
 }
@@ -197,6 +256,7 @@ fn apply(s: &mut MigrateSettings, key: &str, text: &str) -> Result<(), String> {
                 }
             }
         }
+        "coordination" => s.coordination = Some(Coordination::parse(text)?),
         "state_file" if text.is_empty() => return Err("must be a file path".to_string()),
         "state_file" => s.state_file = Some(PathBuf::from(text)),
         _ => {

@@ -15,7 +15,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use listen::Listen;
-pub use migrate::{Capture, MIGRATE_KEYS, MigrateSettings, StructuralCopy};
+pub use migrate::{Capture, Coordination, MIGRATE_KEYS, MigrateSettings, StructuralCopy};
 pub use pool::{Migration, POOL_KEYS, PoolConfig};
 pub use server::{ServerAddr, ServerConfig, parse as parse_server_line};
 

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod command;
 pub mod config;
 pub mod engine;
+pub mod fleet;
 pub mod hash;
 pub mod logging;
 pub mod migrate;

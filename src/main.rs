@@ -607,7 +607,8 @@ async fn serve(serving: Serving) -> Result<(), String> {
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .map_err(|e| format!("cannot listen on admin address {admin_addr}: {e}"))?;
-    let proxy = Proxy::start(&config, limits, max_clients)
+    let admin_at = admin_listener.local_addr().ok().map(|a| a.to_string());
+    let proxy = Proxy::start(&config, limits, max_clients, admin_at)
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(stats::serve(

@@ -18,16 +18,23 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["config", "hash", "resp", "command", "engine", "upstream"],
     ),
     (
-        "proxy",
+        "fleet",
         &[
             "config", "hash", "resp", "command", "engine", "upstream", "migrate",
+        ],
+    ),
+    (
+        "proxy",
+        &[
+            "config", "hash", "resp", "command", "engine", "upstream", "migrate", "fleet",
         ],
     ),
     ("stats", &["upstream"]),
     (
         "admin",
         &[
-            "config", "hash", "resp", "command", "engine", "upstream", "migrate", "proxy", "stats",
+            "config", "hash", "resp", "command", "engine", "upstream", "migrate", "fleet", "proxy",
+            "stats",
         ],
     ),
 ];

@@ -178,6 +178,17 @@ impl Admin {
                 let Some(migration) = self.migration(&request.query) else {
                     return no_migration();
                 };
+                if let Some(fleet) = self.fleet(&request.query).filter(|f| !f.leading()) {
+                    let leader = fleet
+                        .leader_admin()
+                        .unwrap_or_else(|| "none elected yet".into());
+                    return HttpResponse::error(
+                        409,
+                        &format!(
+                            "this member follows; verify runs on the fleet's leader (admin {leader})"
+                        ),
+                    );
+                }
                 if !verify::start(&migration, options) {
                     return HttpResponse::error(
                         409,
@@ -207,6 +218,15 @@ impl Admin {
         found.next().is_none().then_some(first)
     }
 
+    /// The fleet of the pool named by the query (or the only migrating pool), if any.
+    fn fleet(&self, query: &str) -> Option<Arc<crate::fleet::Fleet>> {
+        let wanted = query_value(query, "pool");
+        self.pools
+            .iter()
+            .filter(|p| wanted.is_none_or(|name| name == p.name()))
+            .find_map(|p| p.fleet.get().cloned())
+    }
+
     /// Run a flip (`cutover`, `rollback`, `finalize`) on the migration named by the query.
     async fn flip<F, Fut>(&self, query: &str, action: &str, run: F) -> HttpResponse
     where
@@ -216,6 +236,12 @@ impl Admin {
         let Some(migration) = self.migration(query) else {
             return no_migration();
         };
+        if self.fleet(query).is_some() {
+            return HttpResponse::error(
+                409,
+                "a fleet's members flip together, through a barrier in etcd, which is not built yet; a member cannot flip alone",
+            );
+        }
         match run(migration.clone()).await {
             Ok(flipped) => HttpResponse::json(
                 200,
@@ -290,6 +316,7 @@ impl Admin {
                     "client_connections": p.pool.counters.client_connections.load(Relaxed),
                     "servers": servers,
                     "migration": p.migration().map(|m| m.status_json()),
+                    "fleet": p.fleet.get().map(|f| f.status_json()),
                 })
             })
             .collect();

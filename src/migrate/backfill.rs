@@ -39,6 +39,8 @@ pub struct BackfillControl {
     pub lanes_know_every_key: AtomicBool,
     /// Keys on the source servers when the backfill started (DBSIZE), for progress.
     pub total_keys: AtomicU64,
+    /// Keys a former leader of the fleet had scanned when this member took over.
+    pub taken_over_at: AtomicU64,
     /// The recent scan rate: when it was last sampled, keys scanned then, and the
     /// smoothed rate in keys per second.
     scan_rate: Mutex<(std::time::Instant, u64, f64)>,
@@ -53,6 +55,7 @@ impl BackfillControl {
             byte_limit: AtomicU64::new(settings.backfill_bytes_per_second),
             copy_slots: Semaphore::new(settings.copies_in_flight.max(1) as usize),
             done: AtomicBool::new(false),
+            taken_over_at: AtomicU64::new(0),
             lanes_know_every_key: AtomicBool::new(false),
             total_keys: AtomicU64::new(0),
             scan_rate: Mutex::new((std::time::Instant::now(), scanned, 0.0)),
@@ -188,8 +191,9 @@ async fn scan_server(migration: Arc<Migration>, server: usize) -> Scanned {
     let mut queued: u64 = 0;
     let mut pause = migration.backfill.paused.subscribe();
     loop {
-        if migration.phase() != super::Phase::Migrating {
-            // A forced cutover: the source is no longer authoritative.
+        if migration.phase() != super::Phase::Migrating || !migration.leads() {
+            // A forced cutover (the source is no longer authoritative), or another member
+            // of the fleet leads now.
             return Scanned::Stopped;
         }
         while *pause.borrow() {

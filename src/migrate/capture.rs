@@ -209,6 +209,13 @@ pub struct CaptureState {
     fence: AtomicU64,
     /// Where the last stream stopped, to continue from if the server can.
     last: std::sync::Mutex<Option<Position>>,
+    /// The replication id of the stream followed now.
+    replid: std::sync::Mutex<String>,
+    /// Offsets applied, each with the events queued per lane then: safe once the lanes
+    /// processed those (a leader's checkpoint, which another member continues from).
+    reached: std::sync::Mutex<std::collections::VecDeque<(u64, Vec<u64>)>>,
+    /// The last safe position: every command up to it is on the other side.
+    safe: std::sync::Mutex<Option<Position>>,
     /// Stream offset applied so far (the lanes have its events).
     pub offset: AtomicU64,
     /// The server's own `master_repl_offset`, read once a second: the lag is the
@@ -272,6 +279,9 @@ pub async fn run(
     let mut db: u32 = 0;
     let running = || state.running.load(Relaxed);
     while running() {
+        if let Ok(mut replid) = state.replid.lock() {
+            replid.clone_from(&stream.position().replid);
+        }
         let mut last_ack = tokio::time::Instant::now();
         while running() {
             // At least once a second, and whenever the master asks: say how far we got,
@@ -392,6 +402,72 @@ pub async fn stand_by(migration: &Arc<Migration>, side: Side) -> Result<(), Stri
         tokio::spawn(run(migration.clone(), side, server, stream));
     }
     Ok(())
+}
+
+/// Open a stream to every server of `side`, continuing from `positions` where given (a
+/// former leader's safe checkpoint), and follow them. A server that can no longer continue
+/// leaves a gap: its keys are all copied again and a verify pass is owed. The first
+/// refusal, if any.
+pub async fn follow_from(
+    migration: &Arc<Migration>,
+    side: Side,
+    positions: &[Option<Position>],
+) -> Result<(), String> {
+    let pool = side.pool(migration);
+    let mut streams = Vec::new();
+    for server in 0..pool.servers.len() {
+        let from = positions.get(server).and_then(Option::as_ref);
+        let (stream, sync) = open(pool, server, from).await?;
+        if from.is_some() && sync == Sync::Full {
+            migration.dirty.owe_verify();
+            tracing::warn!(pool = migration.source.name(), server = %pool.servers[server].name, "the checkpoint's stream position is gone from the server's backlog: every key of this server is copied again, and a verify pass is needed before the cutover");
+            tokio::spawn(copy_every_key(migration.clone(), side, server));
+        }
+        streams.push(stream);
+    }
+    follow(migration, side, streams);
+    Ok(())
+}
+
+/// Note where each followed stream of `side` is, and advance each server's safe position
+/// past every noted offset whose events the lanes have processed.
+pub fn note_progress(migration: &Migration, side: Side) {
+    let processed = migration.lanes.processed_now();
+    let queued = migration.lanes.enqueued_now();
+    for state in migration.capture.states(side) {
+        let (Ok(mut reached), Ok(mut safe), Ok(replid)) =
+            (state.reached.lock(), state.safe.lock(), state.replid.lock())
+        else {
+            continue;
+        };
+        if state.running.load(Relaxed) && !replid.is_empty() {
+            reached.push_back((state.offset.load(Relaxed), queued.clone()));
+        }
+        while let Some((offset, snapshot)) = reached.front() {
+            if snapshot
+                .iter()
+                .zip(&processed)
+                .any(|(want, got)| got < want)
+            {
+                break;
+            }
+            *safe = Some(Position {
+                replid: replid.clone(),
+                offset: *offset,
+            });
+            reached.pop_front();
+        }
+    }
+}
+
+/// Each server of `side`: the last safe position, if any.
+pub fn safe_positions(migration: &Migration, side: Side) -> Vec<Option<Position>> {
+    migration
+        .capture
+        .states(side)
+        .iter()
+        .map(|s| s.safe.lock().ok().and_then(|p| p.clone()))
+        .collect()
 }
 
 /// Follow `side`'s `streams` (one per server, in order) from their start.

@@ -106,8 +106,32 @@ pub struct Migration {
     pub markers: marker::Markers,
     /// Sampled reads placed in the source servers' streams, under capture.
     pub placed_reads: placed_read::PlacedReads,
+    /// Its part in a fleet (a [`Role`] as a number).
+    role: std::sync::atomic::AtomicU8,
     /// Clients last found connected straight to a source server (cutover blockers).
     direct_seen: std::sync::Mutex<Vec<String>>,
+}
+
+/// A migration's part in a fleet of proxies (`migrate.coordination`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// No fleet: this proxy does everything.
+    Solo = 0,
+    /// A member that only forwards; the leader migrates.
+    Follower = 1,
+    /// The member that runs the capture, the backfill, verify and the dirty drain.
+    Leader = 2,
+}
+
+impl Role {
+    /// The name in `/status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Solo => "solo",
+            Role::Follower => "follower",
+            Role::Leader => "leader",
+        }
+    }
 }
 
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
@@ -229,6 +253,84 @@ impl Migration {
         Migration::start_full(source, source_config, target_config, with_backfill, None)
     }
 
+    /// A member of a fleet: it only forwards until [`Migration::lead`] makes it the
+    /// leader; its progress lives in etcd (the leader's checkpoint), not in a state file.
+    pub fn start_member(
+        source: Arc<Pool>,
+        source_config: &PoolConfig,
+        target_config: &PoolConfig,
+    ) -> Arc<Migration> {
+        let mut config = source_config.clone();
+        if let Some(m) = config.migration.as_mut() {
+            m.settings.state_file = None;
+        }
+        let migration = Migration::start_full(source, &config, target_config, false, None);
+        migration.role.store(Role::Follower as u8, Relaxed);
+        migration
+    }
+
+    /// Become the fleet's leader: take over the former leader's `checkpoint` (its text, if
+    /// there is one: its safe cursors, totals and stream positions), follow the source
+    /// servers' streams from there, and run the backfill from there. A former leader's
+    /// dirty keys died with it, so a verify pass is owed when taking one over. Fails
+    /// (still a follower) when a source server refuses replication.
+    pub async fn lead(self: &Arc<Self>, checkpoint: Option<&str>) -> Result<(), String> {
+        let positions = checkpoint.and_then(|text| state::adopt(self, text));
+        if positions.is_some() {
+            self.dirty.owe_verify();
+            let scanned = self.totals.scanned.load(Relaxed);
+            self.backfill.taken_over_at.store(scanned, Relaxed);
+        }
+        let positions = positions.unwrap_or_default();
+        capture::follow_from(self, capture::Side::Source, &positions).await?;
+        self.role.store(Role::Leader as u8, Relaxed);
+        if self.phase() == Phase::Migrating {
+            tokio::spawn(backfill::run(self.clone()));
+        }
+        tracing::info!(
+            pool = self.source.name(),
+            taken_over = checkpoint.is_some(),
+            "leading the fleet: capture and backfill run here"
+        );
+        Ok(())
+    }
+
+    /// The checkpoint a fleet's leader keeps in etcd (the state file's text, with the safe
+    /// stream positions).
+    pub fn checkpoint_text(&self) -> String {
+        state::render(self, false)
+    }
+
+    /// Stop leading (the lease was lost): the capture and the backfill stop here.
+    pub fn step_down(&self) {
+        self.role.store(Role::Follower as u8, Relaxed);
+        self.capture.turn_off();
+        tracing::warn!(
+            pool = self.source.name(),
+            "no longer leading the fleet: capture and backfill stopped here"
+        );
+    }
+
+    /// Its part in a fleet.
+    pub fn role(&self) -> Role {
+        match self.role.load(Relaxed) {
+            1 => Role::Follower,
+            2 => Role::Leader,
+            _ => Role::Solo,
+        }
+    }
+
+    /// Whether this proxy migrates (alone, or as the fleet's leader).
+    pub fn leads(&self) -> bool {
+        self.role() != Role::Follower
+    }
+
+    /// Whether the proxy only forwards: the capture feeds the lanes, or another member of
+    /// the fleet migrates.
+    pub fn forwards_only(&self) -> bool {
+        self.capturing() || self.role() == Role::Follower
+    }
+
     /// Every way to start, in one place.
     fn start_full(
         source: Arc<Pool>,
@@ -310,6 +412,7 @@ impl Migration {
             capture: capture::Capture::new(source_servers, target_servers),
             markers: marker::Markers::default(),
             placed_reads: placed_read::PlacedReads::default(),
+            role: std::sync::atomic::AtomicU8::new(Role::Solo as u8),
             direct_seen: std::sync::Mutex::new(Vec::new()),
             progress,
             tunables: Tunables::new(&settings),
@@ -842,6 +945,7 @@ impl Migration {
                 "eta_seconds": eta.map(f64::round),
                 "keys_total": self.backfill.total_keys.load(Relaxed).max(scanned),
                 "keys_scanned": scanned,
+                "taken_over_at_keys": self.backfill.taken_over_at.load(Relaxed),
                 "keys_copied": t.backfill_copied.load(Relaxed),
                 "keys_skipped": t.skipped.load(Relaxed),
                 "bytes_copied": t.bytes.load(Relaxed),
@@ -849,7 +953,7 @@ impl Migration {
                 "rate_limit_bytes_per_second": self.backfill.byte_limit(),
             },
             "capture": {
-                "mode": if self.capturing() { "replication" } else { "proxy" },
+                "mode": if self.capturing() { "replication" } else if self.role() == Role::Follower { "leader's" } else { "proxy" },
                 "side": self.capture.side().name(),
                 "events": counters::CAPTURE_ACTIONS.iter().zip(&t.capture_actions)
                     .map(|(action, n)| (action.to_string(), json!(n.load(Relaxed))))

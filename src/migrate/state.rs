@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::Migration;
 use super::known::Salt;
 use super::phase::Phase;
+use crate::upstream::replication::Position;
 
 /// How often safe cursors advance and the file is written.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
@@ -134,7 +135,8 @@ impl Progress {
     }
 }
 
-/// Parse a state file written by [`save`].
+/// Parse a state file written by [`save`] (capture lines, a fleet leader's, are read by
+/// [`adopt`]).
 fn parse(text: &str, servers: usize) -> Option<Progress> {
     let mut lines = text.lines();
     if lines.next()? != HEADER {
@@ -156,6 +158,7 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
                 let index: usize = index.parse().ok()?;
                 *saved.get_mut(index)? = (cursor.to_string(), *done == "1");
             }
+            ["capture", _, _, _] => {}
             _ => return None,
         }
     }
@@ -177,10 +180,20 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
 
 /// Write the state file (atomically: a temporary file renamed over it).
 pub fn save(migration: &Migration, clean: bool) {
-    let progress = &migration.progress;
-    let Some(path) = progress.path.as_deref() else {
+    let Some(path) = migration.progress.path.as_deref() else {
         return;
     };
+    let text = render(migration, clean);
+    if let Err(error) = write_atomically(path, &text) {
+        tracing::warn!(state = %path.display(), %error, "cannot write the state file");
+    }
+}
+
+/// The migration's state as the state file's text: the phase, the salt, the totals, each
+/// source server's safe cursor and, under capture, each source server's safe stream
+/// position (`capture <server> <replid> <offset>`).
+pub fn render(migration: &Migration, clean: bool) -> String {
+    let progress = &migration.progress;
     let t = &migration.totals;
     let mut text = format!(
         "{HEADER}\nclean {clean}\nphase {}\nsalt {} {}\ntotals {} {} {}\n",
@@ -195,9 +208,41 @@ pub fn save(migration: &Migration, clean: bool) {
         let (cursor, done) = progress.resume_point(i);
         text.push_str(&format!("server {i} {} {cursor}\n", u8::from(done)));
     }
-    if let Err(error) = write_atomically(path, &text) {
-        tracing::warn!(state = %path.display(), %error, "cannot write the state file");
+    let positions = super::capture::safe_positions(migration, super::capture::Side::Source);
+    for (i, position) in positions.iter().enumerate() {
+        if let Some(p) = position {
+            text.push_str(&format!("capture {i} {} {}\n", p.replid, p.offset));
+        }
     }
+    text
+}
+
+/// Take over a former leader's checkpoint (`render`'s text): its safe cursors and totals,
+/// and the stream positions to continue from. `None` when the text is not a checkpoint of
+/// this pool (the caller starts afresh).
+pub fn adopt(migration: &Migration, text: &str) -> Option<Vec<Option<Position>>> {
+    let servers = migration.progress.servers.len();
+    let taken = parse(text, servers)?;
+    let mut positions = vec![None; servers];
+    for line in text.lines() {
+        if let ["capture", index, replid, offset] = line.split(' ').collect::<Vec<_>>()[..] {
+            let index: usize = index.parse().ok()?;
+            *positions.get_mut(index)? = Some(Position {
+                replid: replid.to_string(),
+                offset: offset.parse().ok()?,
+            });
+        }
+    }
+    for (mine, theirs) in migration.progress.servers.iter().zip(taken.servers) {
+        if let (Ok(mut saved), Ok(cursor)) = (mine.saved.lock(), theirs.saved.into_inner()) {
+            *saved = cursor;
+        }
+    }
+    let t = &migration.totals;
+    t.scanned.store(taken.loaded[0], Relaxed);
+    t.backfill_copied.store(taken.loaded[1], Relaxed);
+    t.bytes.store(taken.loaded[2], Relaxed);
+    Some(positions)
 }
 
 /// Write `text` to a temporary file beside `path`, then rename it over `path`.
@@ -213,6 +258,9 @@ pub async fn checkpoints(migration: Arc<Migration>) {
     let mut ticks: u64 = 0;
     loop {
         migration.progress.advance(&migration.lanes.processed_now());
+        if migration.capturing() {
+            super::capture::note_progress(&migration, super::capture::Side::Source);
+        }
         save(&migration, false);
         migration.publish_progress();
         if migration.phase() == Phase::Migrating && ticks.is_multiple_of(DIRECT_CLIENTS_TICKS) {

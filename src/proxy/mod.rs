@@ -29,6 +29,14 @@ const MIGRATION_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The pool's fleet could not be joined.
+    #[error("pool '{pool}': {source}")]
+    Fleet {
+        /// The pool.
+        pool: String,
+        /// Why.
+        source: crate::fleet::FleetError,
+    },
     /// `capture: replication` was asked for and a source server refused it.
     #[error("pool '{pool}': capture: replication: {reason}")]
     Capture {
@@ -58,6 +66,8 @@ pub struct Served {
     /// source without being mirrored; or by a reload, which waits until every write sent
     /// before it existed was answered before the backfill starts.
     migration: std::sync::OnceLock<Arc<Migration>>,
+    /// The fleet this pool migrates with, if `migrate.coordination` names one.
+    pub fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
     /// Every request is inside this gate from before it looks for the migration until it
     /// is queued on its connection: a reload that starts a migration waits for it to be
     /// empty, so no request that saw "no migration" is still on its way to the source.
@@ -70,6 +80,7 @@ impl Served {
         let served = Served {
             pool,
             migration: std::sync::OnceLock::new(),
+            fleet: std::sync::OnceLock::new(),
             routing: crate::migrate::phase::Gate::default(),
         };
         if let Some(m) = migration {
@@ -141,6 +152,19 @@ async fn capture_streams(
     }
 }
 
+/// A fleet member's id: unique across hosts and restarts (host name, pid, start time), and
+/// saying where it listens.
+fn member_id(listen: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let port = listen.rsplit(':').next().unwrap_or(listen);
+    format!("{host}-{port}-{}-{started}", std::process::id())
+}
+
 /// The running pools of a proxy.
 pub struct Proxy {
     /// Every pool with a listener, in config (name-sorted) order.
@@ -155,10 +179,12 @@ impl Proxy {
     /// Bind every pool's listener and start serving. Binding happens first, for every
     /// pool, so a taken port fails start-up before any client is served.
     /// At most `max_clients` client connections are open at once, across every pool.
+    /// `admin` is where the admin API listens (a fleet's members tell each other).
     pub async fn start(
         config: &Config,
         limits: RequestLimits,
         max_clients: usize,
+        admin: Option<String>,
     ) -> Result<Proxy, StartError> {
         let mut bound = Vec::new();
         for pool in config.listening_pools() {
@@ -188,7 +214,30 @@ impl Proxy {
                 .unwrap_or_default();
             let pool = Pool::start(pool_config.clone());
             let mut migration = None;
-            if let Some(target) = config.migration_target(&pool_config) {
+            let mut fleet = None;
+            let coordination = pool_config
+                .migration
+                .as_ref()
+                .and_then(|m| m.settings.coordination.clone());
+            if let (Some(target), Some(coordination)) =
+                (config.migration_target(&pool_config), coordination)
+            {
+                let started = Migration::start_member(pool.clone(), &pool_config, target);
+                let me = crate::fleet::MemberInfo {
+                    id: member_id(&listen),
+                    listen: listen.clone(),
+                    admin: admin.clone(),
+                };
+                let joined =
+                    crate::fleet::Fleet::join(&coordination, pool.name(), me, started.clone())
+                        .await
+                        .map_err(|source| StartError::Fleet {
+                            pool: pool.name().to_string(),
+                            source,
+                        })?;
+                migration = Some(started);
+                fleet = Some(joined);
+            } else if let Some(target) = config.migration_target(&pool_config) {
                 if pool_config
                     .migration
                     .as_ref()
@@ -205,6 +254,9 @@ impl Proxy {
                 migration = Some(started);
             }
             let served = Arc::new(Served::new(pool, migration));
+            if let Some(fleet) = fleet {
+                let _ = served.fleet.set(fleet);
+            }
             let pool = &served.pool;
             tracing::info!(pool = pool.name(), %listen, servers = pool.servers.len(), "serving");
             tokio::spawn(listener::serve(served.clone(), socket, shared.clone()));

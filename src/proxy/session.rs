@@ -307,7 +307,7 @@ impl Session {
             sample_state,
         };
         if spec.split.is_some() && request.argc() > 2 {
-            let live = live.filter(|m| !m.capturing());
+            let live = live.filter(|m| !m.forwards_only());
             out.split(pool, live, spec, &request, started).await;
         } else {
             out.one(pool, live, spec, request, started).await;
@@ -359,8 +359,9 @@ impl Forwarding<'_> {
             return self.failed(BackendError::Refused);
         };
         let mirror = match migration {
-            Some(m) if m.capturing() => {
-                if !spec.is_write()
+            Some(m) if m.forwards_only() => {
+                if m.capturing()
+                    && !spec.is_write()
                     && let Some(read) = self.sampled_read(m, spec, &request)
                 {
                     placed_read::place(m, read, request.bytes().clone());

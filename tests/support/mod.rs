@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod compare;
+pub mod etcd;
 pub mod workload;
 
 use std::collections::BTreeSet;
@@ -49,7 +50,7 @@ pub fn connect_to(port: u16) -> redis::Connection {
 /// Wait until `port` accepts a connection, or the child exits, or time runs out. A child
 /// that lost the port to another process exits soon after it tried to bind; a short settle
 /// after the first connection makes sure the listener found is still the child's.
-fn wait_for_port(child: &mut Child, port: u16) -> bool {
+pub fn wait_for_port(child: &mut Child, port: u16) -> bool {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -301,7 +302,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// Several redis-servers, for a pool.
 /// The server of `servers` holding `key` (a migrated key lives on exactly one).
 pub fn owner<'a>(servers: &'a [RedisServer], key: &str) -> &'a RedisServer {
     servers
@@ -315,6 +315,7 @@ pub fn owner<'a>(servers: &'a [RedisServer], key: &str) -> &'a RedisServer {
         .unwrap_or_else(|| panic!("no server holds {key}"))
 }
 
+/// Several redis-servers, for a pool.
 pub fn redis_servers(count: usize) -> Vec<RedisServer> {
     (0..count).map(|_| RedisServer::start()).collect()
 }

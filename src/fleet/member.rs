@@ -1,0 +1,173 @@
+//! One member's life in the fleet: its lease and record, the campaign for leadership, the
+//! list of members, and, while it leads, its checkpoint.
+//!
+//! A term begins with a lease: the member's record is put under it and it campaigns with
+//! it. The lease is renewed every tick; when renewing has failed for a whole TTL (etcd
+//! lost, the process stalled) the lease is gone, so is any leadership it carried: the
+//! member stops migrating, then registers again once etcd answers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use tokio::time::Instant;
+
+use super::{CALL_TIMEOUT, Fleet, LEASE_TTL, MemberInfo, TICK};
+
+/// Put this member's record under a new lease; the lease's id.
+pub(super) async fn register(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
+    let mut client = fleet.client.clone();
+    let lease = client.lease_grant(LEASE_TTL, None).await?.id();
+    let record = serde_json::to_string(&fleet.me).unwrap_or_default();
+    let key = fleet.key(&format!("members/{}", fleet.me.id));
+    client
+        .put(key, record, Some(PutOptions::new().with_lease(lease)))
+        .await?;
+    Ok(lease)
+}
+
+/// The member's terms, for as long as the process runs.
+pub(super) async fn run(fleet: Arc<Fleet>, mut lease: i64) {
+    loop {
+        let campaign = tokio::spawn(campaign(fleet.clone(), lease));
+        keep(&fleet, lease).await;
+        campaign.abort();
+        if fleet.leading.swap(false, Relaxed) {
+            fleet.counters.leading.set(0.0);
+            fleet.migration.step_down();
+        }
+        tracing::warn!(pool = %fleet.pool, member = %fleet.me.id, "the fleet lease is lost; registering again");
+        lease = loop {
+            tokio::time::sleep(TICK).await;
+            match register(&fleet).await {
+                Ok(lease) => break lease,
+                Err(error) => {
+                    fleet.counters.etcd_errors.increment(1);
+                    tracing::warn!(pool = %fleet.pool, %error, "cannot register in the fleet; retrying");
+                }
+            }
+        };
+    }
+}
+
+/// Renew `lease` every tick, list the members, and write the checkpoint while leading;
+/// return once the lease is gone (expired, or not renewed for a whole TTL).
+async fn keep(fleet: &Fleet, lease: i64) {
+    let mut client = fleet.client.clone();
+    let Ok((mut keeper, mut responses)) = client.lease_keep_alive(lease).await else {
+        fleet.counters.etcd_errors.increment(1);
+        return;
+    };
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(TICK).await;
+        let renewal = tokio::time::timeout(CALL_TIMEOUT, async {
+            keeper.keep_alive().await?;
+            responses.message().await
+        })
+        .await;
+        match renewal {
+            Ok(Ok(Some(response))) if response.ttl() > 0 => renewed = Instant::now(),
+            Ok(Ok(_)) => return,
+            _ => {
+                fleet.counters.etcd_errors.increment(1);
+                if renewed.elapsed() >= Duration::from_secs(LEASE_TTL as u64) {
+                    return;
+                }
+                continue;
+            }
+        }
+        look(fleet).await;
+        if fleet.leading() {
+            write_checkpoint(fleet, lease).await;
+        }
+    }
+}
+
+/// Campaign for leadership with `lease` until elected, then lead: take over the last
+/// checkpoint and start migrating.
+async fn campaign(fleet: Arc<Fleet>, lease: i64) {
+    let mut client = fleet.client.clone();
+    let election = fleet.key("election");
+    loop {
+        match client
+            .campaign(election.as_str(), fleet.me.id.as_str(), lease)
+            .await
+        {
+            Ok(_) => break,
+            Err(error) => {
+                fleet.counters.etcd_errors.increment(1);
+                tracing::warn!(pool = %fleet.pool, %error, "campaign failed; retrying");
+                tokio::time::sleep(TICK).await;
+            }
+        }
+    }
+    let checkpoint = match client.get(fleet.key("checkpoint"), None).await {
+        Ok(reply) => reply
+            .kvs()
+            .first()
+            .and_then(|kv| kv.value_str().ok().map(str::to_string)),
+        Err(_) => None,
+    };
+    match fleet.migration.lead(checkpoint.as_deref()).await {
+        Ok(()) => {
+            fleet.leading.store(true, Relaxed);
+            fleet.counters.leading.set(1.0);
+            tracing::info!(pool = %fleet.pool, member = %fleet.me.id, "elected leader of the fleet");
+        }
+        Err(reason) => {
+            // Another member may fare better: give the election back.
+            tracing::error!(pool = %fleet.pool, %reason, "elected, but cannot capture the source; resigning");
+            let _ = client.lease_revoke(lease).await;
+        }
+    }
+}
+
+/// Read the members and the leader into the fleet's view.
+async fn look(fleet: &Fleet) {
+    let mut client = fleet.client.clone();
+    let members = client
+        .get(
+            fleet.key("members/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await;
+    let leader = client.leader(fleet.key("election")).await;
+    let Ok(mut view) = fleet.view.lock() else {
+        return;
+    };
+    view.reachable = members.is_ok();
+    if let Ok(reply) = members {
+        view.members = reply
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<MemberInfo>(kv.value()).ok())
+            .collect();
+        fleet.counters.members.set(view.members.len() as f64);
+    }
+    let now = leader.ok().and_then(|r| {
+        r.kv()
+            .and_then(|kv| kv.value_str().ok().map(str::to_string))
+    });
+    if now.is_some() && now != view.leader {
+        fleet.counters.leader_changes.increment(1);
+    }
+    if now.is_some() || view.reachable {
+        view.leader = now;
+    }
+}
+
+/// Write the leader's checkpoint, only while its election key (held by `lease`) exists:
+/// a former leader that lost its lease cannot overwrite its successor's.
+async fn write_checkpoint(fleet: &Fleet, lease: i64) {
+    let mut client = fleet.client.clone();
+    let mine = format!("{}/{lease:x}", fleet.key("election"));
+    let text = fleet.migration.checkpoint_text();
+    let txn = Txn::new()
+        .when([Compare::version(mine, CompareOp::Greater, 0)])
+        .and_then([TxnOp::put(fleet.key("checkpoint"), text, None)]);
+    if client.txn(txn).await.is_err() {
+        fleet.counters.etcd_errors.increment(1);
+    }
+}

@@ -1,0 +1,186 @@
+//! Fleets: many cutover proxies migrating one pool together, coordinated through etcd
+//! (`migrate.coordination: etcd://HOST:PORT,.../PREFIX`).
+//!
+//! Every member registers under a lease with a short TTL and campaigns in one etcd
+//! election; the elected member leads: it runs the replication capture, the backfill and
+//! the dirty-key drain, and writes its checkpoint (safe backfill cursors, totals, safe
+//! stream positions) to etcd every second. The others only forward (the source's streams
+//! carry their clients' writes to the leader). When the leader's lease ends (it died, or
+//! lost etcd), another member is elected and continues from the checkpoint: it knows no
+//! key yet, so every key's first stream write is copied, never replayed (rule 12), and
+//! the backfill resumes from the safe cursors.
+//!
+//! Keys under the prefix, per pool: `members/<id>` (leased, JSON), `election` (etcd's
+//! election API), `checkpoint`.
+//!
+//! May import: `config`, `upstream`, `migrate`. Never `proxy` or `admin`.
+
+mod member;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use metrics::{Counter, Gauge, counter, gauge};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Coordination;
+use crate::migrate::Migration;
+
+/// The lease's TTL: a member that stops renewing for this long is out of the fleet.
+pub const LEASE_TTL: i64 = 3;
+/// How often the lease is renewed, the members listed and the checkpoint written.
+const TICK: Duration = Duration::from_millis(500);
+/// How long one etcd call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why joining a fleet failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// etcd could not be reached or refused a call.
+    #[error("coordination {endpoints}: {reason}")]
+    Etcd {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What a member says of itself in etcd (`members/<id>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Unique in the fleet: host, pid and start time.
+    pub id: String,
+    /// Where its clients connect.
+    pub listen: String,
+    /// Its admin API (`/status`, flips), if it has one.
+    pub admin: Option<String>,
+}
+
+/// One member's view of its fleet.
+pub struct Fleet {
+    /// This member.
+    pub me: MemberInfo,
+    /// The pool migrated.
+    pool: String,
+    /// The etcd client (cheap to clone: one shared channel).
+    client: Client,
+    /// `<prefix>/<pool>/`.
+    root: String,
+    /// The migration this member serves.
+    migration: Arc<Migration>,
+    /// Whether this member leads now.
+    leading: AtomicBool,
+    /// The members last listed, and who leads.
+    view: std::sync::Mutex<View>,
+    /// Metrics.
+    counters: FleetCounters,
+}
+
+/// The fleet as last read from etcd.
+#[derive(Debug, Default, Clone)]
+struct View {
+    /// Every registered member.
+    members: Vec<MemberInfo>,
+    /// The leader's id, if one is elected.
+    leader: Option<String>,
+    /// Whether the last look at etcd succeeded.
+    reachable: bool,
+}
+
+/// The fleet's metrics, resolved once.
+struct FleetCounters {
+    /// `cutover_fleet_members{pool}`.
+    members: Gauge,
+    /// `cutover_fleet_leading{pool}`: 1 on the leader.
+    leading: Gauge,
+    /// `cutover_fleet_leader_changes_total{pool}`: leaders this member saw elected.
+    leader_changes: Counter,
+    /// `cutover_fleet_etcd_errors_total{pool}`.
+    etcd_errors: Counter,
+}
+
+impl Fleet {
+    /// Join the fleet of `pool` at `coordination` as `me`, serving `migration` (started
+    /// as a member): register under a lease and campaign for leadership in the
+    /// background.
+    pub async fn join(
+        coordination: &Coordination,
+        pool: &str,
+        me: MemberInfo,
+        migration: Arc<Migration>,
+    ) -> Result<Arc<Fleet>, FleetError> {
+        let endpoints = coordination.endpoints.join(",");
+        let failed = |reason: String| FleetError::Etcd {
+            endpoints: endpoints.clone(),
+            reason,
+        };
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT);
+        let client = Client::connect(&coordination.endpoints, Some(options))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let p = pool.to_string();
+        let fleet = Arc::new(Fleet {
+            me,
+            pool: pool.to_string(),
+            client,
+            root: format!("{}/{pool}/", coordination.prefix),
+            migration,
+            leading: AtomicBool::new(false),
+            view: std::sync::Mutex::new(View::default()),
+            counters: FleetCounters {
+                members: gauge!("cutover_fleet_members", "pool" => p.clone()),
+                leading: gauge!("cutover_fleet_leading", "pool" => p.clone()),
+                leader_changes: counter!("cutover_fleet_leader_changes_total", "pool" => p.clone()),
+                etcd_errors: counter!("cutover_fleet_etcd_errors_total", "pool" => p),
+            },
+        });
+        let lease = member::register(&fleet)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tracing::info!(pool, member = %fleet.me.id, %endpoints, "joined the fleet");
+        tokio::spawn(member::run(fleet.clone(), lease));
+        Ok(fleet)
+    }
+
+    /// The etcd key `name` under this pool's root.
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.root)
+    }
+
+    /// Whether this member leads now.
+    pub fn leading(&self) -> bool {
+        self.leading.load(Relaxed)
+    }
+
+    /// The leader's admin address, if another member leads and has one.
+    pub fn leader_admin(&self) -> Option<String> {
+        let view = self.view.lock().ok()?;
+        let leader = view.leader.as_ref()?;
+        view.members
+            .iter()
+            .find(|m| &m.id == leader)
+            .and_then(|m| m.admin.clone())
+    }
+
+    /// The fleet for `/status`: members, who leads, this member's role.
+    pub fn status_json(&self) -> serde_json::Value {
+        let view = self.view.lock().map(|v| v.clone()).unwrap_or_default();
+        serde_json::json!({
+            "member": self.me.id,
+            "role": self.migration.role().name(),
+            "leader": view.leader,
+            "etcd_reachable": view.reachable,
+            "members": view.members.iter().map(|m| serde_json::json!({
+                "id": m.id,
+                "listen": m.listen,
+                "admin": m.admin,
+                "leader": view.leader.as_deref() == Some(m.id.as_str()),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -1,0 +1,209 @@
+//! Fleets (`migrate.coordination`): several cutover processes migrating one pool through a
+//! real etcd. One member is elected and migrates (capture, backfill); the others only
+//! forward. A leader killed during the backfill is replaced by another member, which
+//! continues from the checkpoint the leader kept in etcd instead of starting again.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::etcd::Etcd;
+use support::{Proxy, RedisServer, fill_numbered, migration_config, redis_servers, wait_for};
+
+/// Three members of one fleet migrating `source` into `targets` (`extra` adds `migrate:`
+/// settings).
+fn fleet(etcd: &Etcd, source: &RedisServer, targets: &[RedisServer], extra: &str) -> Vec<Proxy> {
+    let config = migration_config(
+        source,
+        targets,
+        &format!(
+            "    capture: replication\n    coordination: {}\n{extra}",
+            etcd.coordination("cutover/test")
+        ),
+    );
+    (0..3).map(|_| Proxy::cutover(&config)).collect()
+}
+
+/// The `fleet` object of a member's `/status`.
+fn view(member: &Proxy) -> Value {
+    let status: Value =
+        serde_json::from_str(&member.admin_get("/status").1).expect("/status is JSON");
+    status["pools"][0]["fleet"].clone()
+}
+
+/// The index of the member that leads, once every live member agrees on one.
+fn leader(members: &[&Proxy]) -> usize {
+    let mut found = None;
+    wait_for("one leader", Duration::from_secs(30), || {
+        let views: Vec<Value> = members.iter().map(|m| view(m)).collect();
+        let leaders: Vec<usize> = (0..views.len())
+            .filter(|&i| views[i]["role"] == "leader")
+            .collect();
+        let agreed = views
+            .iter()
+            .all(|v| v["leader"] == views[0]["leader"] && !v["leader"].is_null());
+        found = leaders.first().copied();
+        leaders.len() == 1 && agreed
+    });
+    found.expect("a leader")
+}
+
+/// INCRs of 20 counters through `port` until `stop`; every counter's acknowledged count.
+fn count_through(
+    port: u16,
+    tag: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<i64>> {
+    std::thread::spawn(move || {
+        let mut conn = support::connect_to(port);
+        let mut acked = vec![0i64; 20];
+        let mut i = 0;
+        while !stop.load(Relaxed) {
+            let _: i64 = redis::cmd("INCR")
+                .arg(format!("{tag}:{}", i % 20))
+                .query(&mut conn)
+                .expect("no client error");
+            acked[i % 20] += 1;
+            i += 1;
+        }
+        acked
+    })
+}
+
+#[test]
+fn three_members_elect_one_leader_which_migrates_what_all_three_write() {
+    let etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 3000);
+    let targets = redis_servers(2);
+    let members = fleet(&etcd, &source, &targets, "");
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    let seen = view(&members[(lead + 1) % 3]);
+    assert_eq!(seen["members"].as_array().map(Vec::len), Some(3), "{seen}");
+    assert_eq!(seen["role"], "follower", "{seen}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| count_through(m.port, format!("m{i}"), stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Relaxed);
+    let acked: Vec<Vec<i64>> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    members[lead].wait_migration_drained(Duration::from_secs(60), 3);
+    wait_for("the stream applied", Duration::from_secs(30), || {
+        let status: Value =
+            serde_json::from_str(&members[lead].admin_get("/status").1).expect("status");
+        status["pools"][0]["migration"]["capture"]["servers"][0]["offset"].as_u64()
+            >= Some(source.master_repl_offset())
+    });
+    members[lead].wait_migration_drained(Duration::from_secs(60), 3);
+    support::compare::assert_same(&source, &targets);
+    for (i, counts) in acked.iter().enumerate() {
+        for (k, n) in counts.iter().enumerate() {
+            let on_source: Option<i64> = redis::cmd("GET")
+                .arg(format!("m{i}:{k}"))
+                .query(&mut source.client())
+                .expect("GET");
+            assert_eq!(on_source.unwrap_or(0), *n, "m{i}:{k}");
+        }
+    }
+    // A follower sends controls to the leader.
+    let follower = &members[(lead + 1) % 3];
+    let (code, body) = support::http(follower.admin_port, "POST", "/verify");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("verify runs on the fleet's leader"), "{body}");
+    let metrics = follower.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("cutover_fleet_members{pool=\"legacy\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_leader_killed_during_the_backfill_is_replaced_from_its_checkpoint() {
+    let etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 30_000);
+    let targets = redis_servers(2);
+    let mut members = fleet(
+        &etcd,
+        &source,
+        &targets,
+        "    backfill_keys_per_second: 5000\n",
+    );
+    let all: Vec<&Proxy> = members.iter().collect();
+    let first = leader(&all);
+    let scanned = |member: &Proxy| {
+        let status: Value = serde_json::from_str(&member.admin_get("/status").1).expect("status");
+        status["pools"][0]["migration"]["backfill"]["keys_scanned"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_for("a part of the backfill", Duration::from_secs(30), || {
+        scanned(&members[first]) >= 8000
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let writers: Vec<_> = survivors
+        .iter()
+        .map(|&i| count_through(members[i].port, format!("m{i}"), stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    members[first].signal("KILL");
+    let _ = members[first].terminate(Duration::from_secs(5));
+    let rest: Vec<&Proxy> = survivors.iter().map(|&i| &members[i]).collect();
+    let next = survivors[leader(&rest)];
+    // The new leader took over the checkpoint (at most a second behind the old leader).
+    let backfill = |member: &Proxy| {
+        let status: Value = serde_json::from_str(&member.admin_get("/status").1).expect("status");
+        status["pools"][0]["migration"]["backfill"].clone()
+    };
+    let taken_over_at = backfill(&members[next])["taken_over_at_keys"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(taken_over_at >= 3000, "taken over at {taken_over_at}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Relaxed);
+    let acked: Vec<Vec<i64>> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    members[next].wait_migration_drained(Duration::from_secs(60), 3);
+    wait_for("the stream applied", Duration::from_secs(30), || {
+        let status: Value =
+            serde_json::from_str(&members[next].admin_get("/status").1).expect("status");
+        status["pools"][0]["migration"]["capture"]["servers"][0]["offset"].as_u64()
+            >= Some(source.master_repl_offset())
+    });
+    members[next].wait_migration_drained(Duration::from_secs(60), 3);
+    // It scanned only the rest: not from zero.
+    let own = scanned(&members[next]) - taken_over_at;
+    eprintln!("taken over at {taken_over_at} keys; the new leader scanned {own} more");
+    assert!(
+        own < 29_000,
+        "the backfill started over: {own} keys scanned again"
+    );
+    support::compare::assert_same(&source, &targets);
+    for (counts, i) in acked.iter().zip(&survivors) {
+        for (k, n) in counts.iter().enumerate() {
+            let on_target: Option<i64> = targets.iter().find_map(|t| {
+                redis::cmd("GET")
+                    .arg(format!("m{i}:{k}"))
+                    .query::<Option<i64>>(&mut t.client())
+                    .ok()
+                    .flatten()
+            });
+            assert_eq!(on_target.unwrap_or(0), *n, "m{i}:{k} on the target");
+        }
+    }
+    drop(members.remove(first));
+}

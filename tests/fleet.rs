@@ -207,3 +207,82 @@ fn a_leader_killed_during_the_backfill_is_replaced_from_its_checkpoint() {
     }
     drop(members.remove(first));
 }
+
+/// The top-level phase in a member's `/status`.
+fn phase(member: &Proxy) -> Value {
+    let status: Value =
+        serde_json::from_str(&member.admin_get("/status").1).expect("/status is JSON");
+    status["phase"].clone()
+}
+
+#[test]
+fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutover_again() {
+    let etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 500);
+    let targets = redis_servers(3);
+    let members = fleet(&etcd, &source, &targets, "");
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    let leader_admin = members[lead].admin_port;
+    members[lead].wait_migration_drained(Duration::from_secs(30), 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| count_through(m.port, format!("m{i}"), stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // A follower does not flip alone.
+    let follower = &members[(lead + 1) % 3];
+    let (code, body) = support::http(follower.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("flips run on the fleet's leader"), "{body}");
+    assert_eq!(support::http(leader_admin, "POST", "/verify").0, 202);
+    let mut pauses = Vec::new();
+    for (path, want) in [
+        ("/cutover", "cutover"),
+        ("/rollback", "migrating"),
+        ("/cutover", "cutover"),
+    ] {
+        wait_for(path, Duration::from_secs(30), || {
+            let (code, body) = support::http(leader_admin, "POST", path);
+            assert!(code == 200 || code == 409, "{path}: {code} {body}");
+            code == 200
+        });
+        wait_for(
+            "every member in the new phase",
+            Duration::from_secs(10),
+            || members.iter().all(|m| phase(m) == want),
+        );
+        pauses.push(view(&members[lead])["last_pause_ms"].clone());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    eprintln!("fleet-wide pauses (slowest member), ms: {pauses:?}");
+    stop.store(true, Relaxed);
+    let acked: Vec<Vec<i64>> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    members[lead].wait_migration_drained(Duration::from_secs(30), 3);
+    std::thread::sleep(Duration::from_millis(500));
+    members[lead].wait_migration_drained(Duration::from_secs(30), 3);
+    for (i, counts) in acked.iter().enumerate() {
+        for (k, n) in counts.iter().enumerate() {
+            let key = format!("m{i}:{k}");
+            let on_source: Option<i64> = redis::cmd("GET")
+                .arg(&key)
+                .query(&mut source.client())
+                .expect("GET");
+            let on_target: Option<i64> = targets.iter().find_map(|t| {
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query::<Option<i64>>(&mut t.client())
+                    .ok()
+                    .flatten()
+            });
+            assert_eq!((on_source, on_target), (Some(*n), Some(*n)), "{key}");
+        }
+    }
+    support::compare::assert_same(&source, &targets);
+}

@@ -20,7 +20,7 @@ pub use http::{HttpRequest, HttpResponse};
 
 use crate::migrate::Migration;
 use crate::migrate::verify::{self, VerifyOptions};
-use crate::migrate::{FlipError, Flipped};
+use crate::migrate::{FlipError, Phase};
 use crate::proxy::Served;
 use crate::proxy::reload::Reloader;
 
@@ -148,25 +148,17 @@ impl Admin {
             }
             ("POST", "/cutover") => {
                 let force = query_flag(&request.query, "force");
-                self.flip(&request.query, "cutover", |m| async move {
-                    m.cutover(force).await
-                })
-                .await
+                self.flip(&request.query, "cutover", Phase::Cutover, force)
+                    .await
             }
             ("POST", "/rollback") => {
                 let force = query_flag(&request.query, "force");
-                self.flip(&request.query, "rollback", |m| async move {
-                    m.rollback(force).await
-                })
-                .await
+                self.flip(&request.query, "rollback", Phase::Migrating, force)
+                    .await
             }
             ("POST", "/finalize") => {
-                self.flip(
-                    &request.query,
-                    "finalize",
-                    |m| async move { m.finalize().await },
-                )
-                .await
+                self.flip(&request.query, "finalize", Phase::Finalized, false)
+                    .await
             }
             ("POST", "/verify") => {
                 let options = VerifyOptions {
@@ -227,22 +219,19 @@ impl Admin {
             .find_map(|p| p.fleet.get().cloned())
     }
 
-    /// Run a flip (`cutover`, `rollback`, `finalize`) on the migration named by the query.
-    async fn flip<F, Fut>(&self, query: &str, action: &str, run: F) -> HttpResponse
-    where
-        F: FnOnce(Arc<Migration>) -> Fut,
-        Fut: std::future::Future<Output = Result<Flipped, FlipError>>,
-    {
+    /// Run a flip (`cutover`, `rollback`, `finalize`: to phase `to`) on the migration named
+    /// by the query; in a fleet, the fleet-wide flip (on its leader).
+    async fn flip(&self, query: &str, action: &str, to: Phase, force: bool) -> HttpResponse {
         let Some(migration) = self.migration(query) else {
             return no_migration();
         };
-        if self.fleet(query).is_some() {
-            return HttpResponse::error(
-                409,
-                "a fleet's members flip together, through a barrier in etcd, which is not built yet; a member cannot flip alone",
-            );
-        }
-        match run(migration.clone()).await {
+        let flipped = match (self.fleet(query), to) {
+            (Some(fleet), _) => crate::fleet::flip(&fleet, to, force).await,
+            (None, Phase::Cutover) => migration.cutover(force).await,
+            (None, Phase::Migrating) => migration.rollback(force).await,
+            (None, Phase::Finalized) => migration.finalize().await,
+        };
+        match flipped {
             Ok(flipped) => HttpResponse::json(
                 200,
                 &json!({

@@ -24,6 +24,7 @@ pub(super) async fn register(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
     client
         .put(key, record, Some(PutOptions::new().with_lease(lease)))
         .await?;
+    fleet.lease.store(lease, Relaxed);
     Ok(lease)
 }
 
@@ -103,6 +104,7 @@ async fn campaign(fleet: Arc<Fleet>, lease: i64) {
             }
         }
     }
+    super::barrier::abort_leftover(&fleet).await;
     let checkpoint = match client.get(fleet.key("checkpoint"), None).await {
         Ok(reply) => reply
             .kvs()

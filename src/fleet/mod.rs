@@ -15,14 +15,17 @@
 //!
 //! May import: `config`, `upstream`, `migrate`. Never `proxy` or `admin`.
 
+mod barrier;
 mod member;
 
+pub use barrier::flip;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Coordination;
@@ -73,6 +76,12 @@ pub struct Fleet {
     migration: Arc<Migration>,
     /// Whether this member leads now.
     leading: AtomicBool,
+    /// The lease of this member's current term.
+    lease: AtomicI64,
+    /// The epoch of the flip this member (as leader) is deciding.
+    deciding: AtomicU64,
+    /// The last fleet-wide pause (the slowest member's hold), in microseconds.
+    last_pause_us: AtomicU64,
     /// The members last listed, and who leads.
     view: std::sync::Mutex<View>,
     /// Metrics.
@@ -100,6 +109,12 @@ struct FleetCounters {
     leader_changes: Counter,
     /// `cutover_fleet_etcd_errors_total{pool}`.
     etcd_errors: Counter,
+    /// `cutover_fleet_barrier_aborts_total{pool}`: flips given up.
+    barrier_aborts: Counter,
+    /// `cutover_fleet_barrier_seconds{pool}`: from a hold to the decision, on the leader.
+    barrier_wait: Histogram,
+    /// `cutover_fleet_pause_seconds{pool}`: the slowest member's hold in a flip.
+    pause: Histogram,
 }
 
 impl Fleet {
@@ -131,19 +146,29 @@ impl Fleet {
             root: format!("{}/{pool}/", coordination.prefix),
             migration,
             leading: AtomicBool::new(false),
+            lease: AtomicI64::new(0),
+            deciding: AtomicU64::new(0),
+            last_pause_us: AtomicU64::new(0),
             view: std::sync::Mutex::new(View::default()),
             counters: FleetCounters {
                 members: gauge!("cutover_fleet_members", "pool" => p.clone()),
                 leading: gauge!("cutover_fleet_leading", "pool" => p.clone()),
                 leader_changes: counter!("cutover_fleet_leader_changes_total", "pool" => p.clone()),
-                etcd_errors: counter!("cutover_fleet_etcd_errors_total", "pool" => p),
+                etcd_errors: counter!("cutover_fleet_etcd_errors_total", "pool" => p.clone()),
+                barrier_aborts: counter!("cutover_fleet_barrier_aborts_total", "pool" => p.clone()),
+                barrier_wait: histogram!("cutover_fleet_barrier_seconds", "pool" => p.clone()),
+                pause: histogram!("cutover_fleet_pause_seconds", "pool" => p),
             },
         });
         let lease = member::register(&fleet)
             .await
             .map_err(|e| failed(e.to_string()))?;
+        barrier::init(&fleet)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         tracing::info!(pool, member = %fleet.me.id, %endpoints, "joined the fleet");
         tokio::spawn(member::run(fleet.clone(), lease));
+        tokio::spawn(barrier::follow(fleet.clone()));
         Ok(fleet)
     }
 
@@ -175,6 +200,7 @@ impl Fleet {
             "role": self.migration.role().name(),
             "leader": view.leader,
             "etcd_reachable": view.reachable,
+            "last_pause_ms": self.last_pause_us.load(Relaxed) as f64 / 1000.0,
             "members": view.members.iter().map(|m| serde_json::json!({
                 "id": m.id,
                 "listen": m.listen,

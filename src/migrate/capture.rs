@@ -187,6 +187,7 @@ impl Capture {
     /// Stop the tasks of `side`'s streams (they close within a second).
     fn stop(&self, side: Side) {
         for state in self.states(side) {
+            state.term.fetch_add(1, Relaxed);
             state.running.store(false, Relaxed);
         }
     }
@@ -204,6 +205,10 @@ impl Capture {
 pub struct CaptureState {
     /// Set while a task follows this server's stream; cleared to stop it.
     running: AtomicBool,
+    /// The term of the task that may follow this server: a task whose term is no longer
+    /// this one stops (a stopped side's old task must never wake up again when the side
+    /// is followed anew, or two tasks would apply the same stream).
+    term: AtomicU64,
     /// Commands whose offset is at most this are skipped: a stream opened before a flip
     /// stands by (`u64::MAX`) until the flip reads the server's offset.
     fence: AtomicU64,
@@ -268,16 +273,17 @@ async fn open(
 
 /// Follow server `server` of `side` on `stream` (already open) until the capture stops
 /// following it, reconnecting with `PSYNC` from the last position after a drop.
-pub async fn run(
+async fn run(
     migration: Arc<Migration>,
     side: Side,
     server: usize,
     mut stream: ReplicationStream,
+    term: u64,
 ) {
     let state = &migration.capture.states(side)[server];
     let pool_db = side.pool(&migration).config.redis_db;
     let mut db: u32 = 0;
-    let running = || state.running.load(Relaxed);
+    let running = || state.term.load(Relaxed) == term;
     while running() {
         if let Ok(mut replid) = state.replid.lock() {
             replid.clone_from(&stream.position().replid);
@@ -398,8 +404,7 @@ pub async fn stand_by(migration: &Arc<Migration>, side: Side) -> Result<(), Stri
         let state = &migration.capture.states(side)[server];
         let standing_by = if *BREAK_FENCE { 0 } else { u64::MAX };
         state.fence.store(standing_by, Relaxed);
-        state.running.store(true, Relaxed);
-        tokio::spawn(run(migration.clone(), side, server, stream));
+        spawn(migration, side, server, stream);
     }
     Ok(())
 }
@@ -475,10 +480,17 @@ pub fn follow(migration: &Arc<Migration>, side: Side, streams: Vec<ReplicationSt
     for (server, stream) in streams.into_iter().enumerate() {
         let state = &migration.capture.states(side)[server];
         state.fence.store(0, Relaxed);
-        state.running.store(true, Relaxed);
-        tokio::spawn(run(migration.clone(), side, server, stream));
+        spawn(migration, side, server, stream);
     }
     migration.capture.follow(side);
+}
+
+/// Start the one task that follows server `server` of `side` on `stream`, in a new term.
+fn spawn(migration: &Arc<Migration>, side: Side, server: usize, stream: ReplicationStream) {
+    let state = &migration.capture.states(side)[server];
+    let term = state.term.fetch_add(1, Relaxed) + 1;
+    state.running.store(true, Relaxed);
+    tokio::spawn(run(migration.clone(), side, server, stream, term));
 }
 
 /// For tests only: `CUTOVER_TEST_BREAK_FENCE=1` applies a standing-by stream from its

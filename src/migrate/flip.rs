@@ -175,52 +175,72 @@ impl Migration {
 
     /// Make the target authoritative. Refused unless ready, or `force`.
     pub async fn cutover(self: &Arc<Self>, force: bool) -> Result<Flipped, FlipError> {
-        let _flipping = self.flips.lock.lock().await;
-        let phase = self.phase();
-        if phase != Phase::Migrating {
-            return Err(self.wrong_phase("cut over", phase, " (rollback returns to 'migrating')"));
-        }
-        let blockers = self.cutover_blockers().await;
-        if !blockers.is_empty() {
-            if !force {
-                self.counters.refusals.increment(1);
-                return Err(FlipError::NotReady(blockers));
-            }
-            tracing::warn!(pool = self.source.name(), reasons = %blockers.join("; "), "cutover forced past its readiness checks");
-        }
-        self.flip(phase, Phase::Cutover, force).await
+        self.flip_to(Phase::Cutover, force).await
     }
 
     /// Make the source authoritative again. Refused while dirty keys wait (the source would
     /// miss them), unless `force`.
     pub async fn rollback(self: &Arc<Self>, force: bool) -> Result<Flipped, FlipError> {
-        let _flipping = self.flips.lock.lock().await;
-        let phase = self.phase();
-        if phase != Phase::Cutover {
-            return Err(self.wrong_phase(
-                "roll back",
-                phase,
-                " (only a cutover can be rolled back; after finalize the source is no longer mirrored)",
-            ));
-        }
-        let (_, dirty) = self.backlog();
-        if dirty > 0 && !force {
-            self.counters.refusals.increment(1);
-            return Err(FlipError::NotReady(vec![format!(
-                "{dirty} dirty keys wait to be copied to the source; wait, or force"
-            )]));
-        }
-        self.flip(phase, Phase::Migrating, force).await
+        self.flip_to(Phase::Migrating, force).await
     }
 
     /// Stop mirroring to the source: the proxy serves the target pool alone from now on.
     pub async fn finalize(self: &Arc<Self>) -> Result<Flipped, FlipError> {
+        self.flip_to(Phase::Finalized, false).await
+    }
+
+    /// Check, then flip to `to` (one flip at a time).
+    async fn flip_to(self: &Arc<Self>, to: Phase, force: bool) -> Result<Flipped, FlipError> {
         let _flipping = self.flips.lock.lock().await;
-        let phase = self.phase();
-        if phase != Phase::Cutover {
-            return Err(self.wrong_phase("finalize", phase, " (cut over first)"));
+        let from = self.check_flip(to, force).await?;
+        let next = self.prepare_flip(to).await;
+        let started = Instant::now();
+        if !self.hold(started + DRAIN_LIMIT).await || !self.settle_flip(next, started).await {
+            self.abandon_flip(next);
+            return Err(FlipError::Busy(DRAIN_LIMIT));
         }
-        self.flip(phase, Phase::Finalized, false).await
+        Ok(self.commit_flip(from, to, next, started, force))
+    }
+
+    /// Whether the migration may flip to `to` now (the phase it flips from), with every
+    /// reason it may not; `force` overrides the readiness checks, not the phase.
+    pub async fn check_flip(&self, to: Phase, force: bool) -> Result<Phase, FlipError> {
+        let phase = self.phase();
+        match to {
+            Phase::Cutover if phase != Phase::Migrating => {
+                Err(self.wrong_phase("cut over", phase, " (rollback returns to 'migrating')"))
+            }
+            Phase::Migrating if phase != Phase::Cutover => Err(self.wrong_phase(
+                "roll back",
+                phase,
+                " (only a cutover can be rolled back; after finalize the source is no longer mirrored)",
+            )),
+            Phase::Finalized if phase != Phase::Cutover => {
+                Err(self.wrong_phase("finalize", phase, " (cut over first)"))
+            }
+            Phase::Cutover => {
+                let blockers = self.cutover_blockers().await;
+                if !blockers.is_empty() {
+                    if !force {
+                        self.counters.refusals.increment(1);
+                        return Err(FlipError::NotReady(blockers));
+                    }
+                    tracing::warn!(pool = self.source.name(), reasons = %blockers.join("; "), "cutover forced past its readiness checks");
+                }
+                Ok(phase)
+            }
+            Phase::Migrating => {
+                let (_, dirty) = self.backlog();
+                if dirty > 0 && !force {
+                    self.counters.refusals.increment(1);
+                    return Err(FlipError::NotReady(vec![format!(
+                        "{dirty} dirty keys wait to be copied to the source; wait, or force"
+                    )]));
+                }
+                Ok(phase)
+            }
+            Phase::Finalized => Ok(phase),
+        }
     }
 
     /// A `WrongPhase` error.
@@ -233,68 +253,87 @@ impl Migration {
         }
     }
 
-    /// Hold new requests, wait for everything in flight, move authority, release.
-    ///
-    /// Under capture, the new authority's streams are opened before the gate closes (a
-    /// full sync can take a while) and stand by; with the gate closed, the old side's
-    /// streams are drained (rule 11), then each new authority server's offset is read (the
-    /// fence): what its stream holds before it is cutover's own copying, what comes after
-    /// is mirrored back (rule 13).
-    async fn flip(
-        self: &Arc<Self>,
-        from: Phase,
-        to: Phase,
-        forced: bool,
-    ) -> Result<Flipped, FlipError> {
+    /// Before the gate closes: under capture, open the new authority's streams (a full
+    /// sync can take a while) and let them stand by (rule 13); the side to follow after
+    /// the flip, if any.
+    pub async fn prepare_flip(self: &Arc<Self>, to: Phase) -> Option<Side> {
         let next = match to {
-            Phase::Migrating => Some(Side::Source),
-            Phase::Cutover => Some(Side::Target),
-            Phase::Finalized => None,
+            Phase::Migrating => Side::Source,
+            Phase::Cutover => Side::Target,
+            Phase::Finalized => return None,
         };
-        let next = match next {
-            Some(side) if self.settings.capture != Capture::Proxy => {
-                match super::capture::stand_by(self, side).await {
-                    Ok(()) => Some(side),
-                    Err(reason) => {
-                        tracing::warn!(pool = self.source.name(), side = side.name(), %reason, "the new authority's servers refuse replication: after the flip the proxy mirrors writes instead");
-                        None
-                    }
-                }
+        if self.settings.capture == Capture::Proxy {
+            return None;
+        }
+        match super::capture::stand_by(self, next).await {
+            Ok(()) => Some(next),
+            Err(reason) => {
+                tracing::warn!(pool = self.source.name(), side = next.name(), %reason, "the new authority's servers refuse replication: after the flip the proxy mirrors writes instead");
+                None
             }
-            _ => None,
-        };
-        let started = Instant::now();
+        }
+    }
+
+    /// Close the gate and wait until every request routed before it was answered (so
+    /// every acknowledged write is applied on the authoritative side), no mirror hook is
+    /// alive and the lanes are empty; false (the gate open again) if `deadline` passes.
+    pub async fn hold(&self, deadline: Instant) -> bool {
         self.flips.gate.close();
-        let fenced = self.wait_quiet(started + DRAIN_LIMIT).await
-            && (!self.capturing() || self.drain_capture(started + DRAIN_LIMIT).await)
+        if self.wait_quiet(deadline).await {
+            self.authority().behind_every_request().await;
+            return true;
+        }
+        self.flips.gate.open();
+        false
+    }
+
+    /// Open the gate again without flipping (a flip given up).
+    pub fn release(&self) {
+        self.flips.gate.open();
+    }
+
+    /// With the gate closed (here and, in a fleet, on every member): under capture, drain
+    /// the streams followed now (rule 11), then read the fences of the side to follow
+    /// (rule 13). False if that does not happen within the flip's time limit from
+    /// `started`.
+    pub async fn settle_flip(&self, next: Option<Side>, started: Instant) -> bool {
+        let deadline = started + DRAIN_LIMIT;
+        (!self.capturing() || self.drain_capture(deadline).await)
             && match next {
                 Some(side) => self.fence(side).await,
                 None => true,
-            };
-        if !fenced {
-            if let Some(side) = next {
-                super::capture::stand_down(self, side);
             }
-            self.flips.gate.open();
-            self.counters.refusals.increment(1);
-            return Err(FlipError::Busy(DRAIN_LIMIT));
+    }
+
+    /// Give up a flip: stop the streams that stood by, open the gate.
+    pub fn abandon_flip(&self, next: Option<Side>) {
+        if let Some(side) = next {
+            super::capture::stand_down(self, side);
         }
+        self.flips.gate.open();
+        self.counters.refusals.increment(1);
+    }
+
+    /// Move authority to `to` (the capture follows `next`, or stops), open the gate, and
+    /// count the pause since `started`.
+    pub fn commit_flip(
+        &self,
+        from: Phase,
+        to: Phase,
+        next: Option<Side>,
+        started: Instant,
+        forced: bool,
+    ) -> Flipped {
         match next {
             Some(side) => super::capture::switch(self, side),
             None => self.capture.turn_off(),
         }
-        self.flips.set_phase(to);
-        // Both sides are equal now. The lanes' known-copied sets stay valid whichever side
-        // is authoritative: a key they know (and its TTL flag) is equal on both sides.
-        self.flips.gate.open();
+        self.adopt_phase(to);
         let pause = started.elapsed();
         self.flips
             .last_pause_us
             .store(pause.as_micros() as u64, Relaxed);
         self.counters.pause.record(pause.as_secs_f64());
-        self.counters.flips[Phase::ALL.iter().position(|p| *p == to).unwrap_or(0)].increment(1);
-        self.counters.set_phase(to);
-        self.save_state(false);
         tracing::info!(
             pool = self.source.name(),
             from = from.name(),
@@ -303,12 +342,26 @@ impl Migration {
             forced,
             "authority flipped"
         );
-        Ok(Flipped {
+        Flipped {
             from,
             to,
             pause,
             forced,
-        })
+        }
+    }
+
+    /// Take phase `to` (a fleet member following its leader's flip, or this proxy's own),
+    /// and open the gate. Both sides are equal now; the lanes' known-copied sets stay
+    /// valid whichever side is authoritative: a key they know (and its TTL flag) is equal
+    /// on both sides.
+    pub fn adopt_phase(&self, to: Phase) {
+        if self.phase() != to {
+            self.flips.set_phase(to);
+            self.counters.flips[Phase::ALL.iter().position(|p| *p == to).unwrap_or(0)].increment(1);
+            self.counters.set_phase(to);
+            self.save_state(false);
+        }
+        self.flips.gate.open();
     }
 
     /// Wait until no request is being routed, no mirror hook is alive and every lane is
@@ -338,7 +391,6 @@ impl Migration {
     /// keep writing to the old servers). False if `deadline` passes first.
     async fn drain_capture(&self, deadline: Instant) -> bool {
         let started = Instant::now();
-        self.authority().behind_every_request().await;
         let side = self.capture.side();
         let pool = side.pool(self);
         for (server, state) in self.capture.states(side).iter().enumerate() {

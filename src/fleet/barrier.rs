@@ -1,0 +1,367 @@
+//! Fleet-wide flips. The phase is one record in etcd (`phase`: the phase, an epoch, and a
+//! hold while a flip is under way), changed only by transactions that compare its
+//! revision; every member watches it.
+//!
+//! A flip is a barrier (rule 14): the leader writes a hold for the next epoch; every member
+//! closes its gate, waits until every request it routed was answered, and acknowledges
+//! (`acks/<member>`, under its lease). Once every live member has acknowledged, no member
+//! sends anything to either side, and every acknowledged write is applied on the old
+//! authority: the leader drains the capture up to the old side's offsets, fences the new
+//! side's streams, writes the decision (the new phase), and only then flips itself;
+//! members flip when they read the decision. A member that does not acknowledge in time
+//! aborts the flip (everyone reopens on the old side), unless its lease expired first
+//! (then it is no longer a member, and it has fenced itself, see `member`). The decision
+//! is in etcd before anyone acts on it, so a leader that dies mid-flip leaves either a
+//! hold (its successor aborts it) or a decision (everyone follows it).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::{Fleet, TICK};
+use crate::migrate::{FlipError, Flipped, Phase};
+
+/// How long members get to acknowledge a hold.
+const BARRIER_LIMIT: Duration = Duration::from_secs(5);
+/// How often the leader looks for acknowledgements.
+const ACK_POLL: Duration = Duration::from_millis(2);
+
+/// The phase record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PhaseRecord {
+    /// The phase every member serves in.
+    pub phase: String,
+    /// Grows with every flip, done or given up.
+    pub epoch: u64,
+    /// A flip under way: every member holds its requests until the decision.
+    #[serde(default)]
+    pub hold: Option<Hold>,
+}
+
+/// A flip under way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hold {
+    /// The phase it flips to.
+    pub to: String,
+    /// The epoch it will have.
+    pub epoch: u64,
+}
+
+/// Read the phase record and its revision (`None`: not written yet).
+async fn read(fleet: &Fleet) -> Result<Option<(PhaseRecord, i64)>, etcd_client::Error> {
+    let mut client = fleet.client.clone();
+    let reply = client.get(fleet.key("phase"), None).await?;
+    Ok(reply.kvs().first().and_then(|kv| {
+        serde_json::from_slice(kv.value())
+            .ok()
+            .map(|r| (r, kv.mod_revision()))
+    }))
+}
+
+/// Replace the record read at `revision` with `record`; false if it changed meanwhile.
+async fn replace(
+    fleet: &Fleet,
+    revision: i64,
+    record: &PhaseRecord,
+) -> Result<bool, etcd_client::Error> {
+    let mut client = fleet.client.clone();
+    let key = fleet.key("phase");
+    let compare = if revision == 0 {
+        Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+    } else {
+        Compare::mod_revision(key.clone(), CompareOp::Equal, revision)
+    };
+    let text = serde_json::to_string(record).unwrap_or_default();
+    let txn = Txn::new()
+        .when([compare])
+        .and_then([TxnOp::put(key, text, None)]);
+    Ok(client.txn(txn).await?.succeeded())
+}
+
+/// At join: write the record with this member's phase if there is none yet.
+pub(super) async fn init(fleet: &Fleet) -> Result<(), etcd_client::Error> {
+    if read(fleet).await?.is_none() {
+        let record = PhaseRecord {
+            phase: fleet.migration.phase().name().to_string(),
+            epoch: 0,
+            hold: None,
+        };
+        replace(fleet, 0, &record).await?;
+    }
+    Ok(())
+}
+
+/// A new leader finds a flip its predecessor began and never decided: give it up (the
+/// members release on the old side).
+pub(super) async fn abort_leftover(fleet: &Fleet) {
+    if let Ok(Some((record, revision))) = read(fleet).await
+        && let Some(hold) = &record.hold
+    {
+        let aborted = PhaseRecord {
+            phase: record.phase.clone(),
+            epoch: hold.epoch,
+            hold: None,
+        };
+        if replace(fleet, revision, &aborted).await.unwrap_or(false) {
+            tracing::warn!(pool = %fleet.pool, epoch = hold.epoch, "a flip left undecided by the former leader is given up");
+        }
+    }
+}
+
+/// Every member, for as long as the process runs: follow the phase record.
+pub(super) async fn follow(fleet: Arc<Fleet>) {
+    let mut held: Option<(u64, Instant)> = None;
+    loop {
+        let mut client = fleet.client.clone();
+        let watch = client.watch(fleet.key("phase"), None).await;
+        // The record as it is now, then every change.
+        if let Ok(Some((record, _))) = read(&fleet).await {
+            apply(&fleet, &record, &mut held).await;
+        }
+        let Ok(mut stream) = watch else {
+            tokio::time::sleep(TICK).await;
+            continue;
+        };
+        while let Ok(Some(reply)) = stream.message().await {
+            for event in reply.events() {
+                let Some(record) = event
+                    .kv()
+                    .and_then(|kv| serde_json::from_slice::<PhaseRecord>(kv.value()).ok())
+                else {
+                    continue;
+                };
+                apply(&fleet, &record, &mut held).await;
+            }
+        }
+        fleet.counters.etcd_errors.increment(1);
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Act on the record: hold and acknowledge a new hold; take a decided phase and release.
+/// `held` is the epoch held for and since when.
+async fn apply(fleet: &Fleet, record: &PhaseRecord, held: &mut Option<(u64, Instant)>) {
+    let migration = &fleet.migration;
+    match &record.hold {
+        Some(hold) if held.is_none_or(|(epoch, _)| epoch < hold.epoch) => {
+            let started = Instant::now();
+            if migration.hold(started + BARRIER_LIMIT).await {
+                *held = Some((hold.epoch, started));
+                acknowledge(fleet, hold.epoch).await;
+            }
+        }
+        Some(_) => {}
+        None => {
+            // The leader acts on its own decisions itself (after writing them).
+            let own = fleet.deciding.load(Relaxed) == record.epoch;
+            if let Some(phase) = Phase::parse(&record.phase)
+                && !own
+                && (held.is_some() || migration.phase() != phase)
+            {
+                migration.adopt_phase(phase);
+            }
+            if let Some((epoch, since)) = held.take() {
+                report_pause(fleet, epoch, since.elapsed()).await;
+            }
+        }
+    }
+}
+
+/// Say this member holds for `epoch`.
+async fn acknowledge(fleet: &Fleet, epoch: u64) {
+    let mut client = fleet.client.clone();
+    let lease = fleet.lease.load(Relaxed);
+    let key = fleet.key(&format!("acks/{}", fleet.me.id));
+    if client
+        .put(
+            key,
+            epoch.to_string(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .is_err()
+    {
+        fleet.counters.etcd_errors.increment(1);
+    }
+}
+
+/// Say how long this member held for `epoch` (the leader takes the slowest).
+async fn report_pause(fleet: &Fleet, epoch: u64, pause: Duration) {
+    let mut client = fleet.client.clone();
+    let lease = fleet.lease.load(Relaxed);
+    let key = fleet.key(&format!("pauses/{}", fleet.me.id));
+    let value = format!("{epoch} {}", pause.as_micros());
+    let _ = client
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await;
+}
+
+/// The leader's flip to `to`: the barrier, then the decision. Refused on a follower.
+pub async fn flip(fleet: &Arc<Fleet>, to: Phase, force: bool) -> Result<Flipped, FlipError> {
+    if !fleet.leading() {
+        let leader = fleet
+            .leader_admin()
+            .unwrap_or_else(|| "none elected yet".into());
+        return Err(FlipError::NotReady(vec![format!(
+            "this member follows; flips run on the fleet's leader (admin {leader})"
+        )]));
+    }
+    let migration = &fleet.migration;
+    let _flipping = migration.flips.lock.lock().await;
+    let from = migration.check_flip(to, force).await?;
+    let unreachable = |e: etcd_client::Error| FlipError::NotReady(vec![format!("etcd: {e}")]);
+    let (record, revision) = read(fleet)
+        .await
+        .map_err(unreachable)?
+        .ok_or_else(|| FlipError::NotReady(vec!["no phase record in etcd".into()]))?;
+    if record.hold.is_some() {
+        return Err(FlipError::NotReady(vec![
+            "another flip is under way".into(),
+        ]));
+    }
+    let epoch = record.epoch + 1;
+    let next = migration.prepare_flip(to).await;
+    let held = PhaseRecord {
+        hold: Some(Hold {
+            to: to.name().to_string(),
+            epoch,
+        }),
+        ..record.clone()
+    };
+    let started = Instant::now();
+    if !replace(fleet, revision, &held).await.unwrap_or(false) {
+        migration.abandon_flip(next);
+        return Err(FlipError::NotReady(vec![
+            "the phase record changed under this flip".into(),
+        ]));
+    }
+    let held_revision = read(fleet).await.ok().flatten().map_or(0, |(_, r)| r);
+    let missing = wait_for_acks(fleet, epoch, started + BARRIER_LIMIT).await;
+    let settled = missing.is_empty() && migration.settle_flip(next, started).await;
+    let decision = PhaseRecord {
+        phase: if settled { to.name() } else { from.name() }.to_string(),
+        epoch,
+        hold: None,
+    };
+    fleet.deciding.store(epoch, Relaxed);
+    let written = replace(fleet, held_revision, &decision)
+        .await
+        .unwrap_or(false);
+    if !settled || !written {
+        migration.abandon_flip(next);
+        fleet.counters.barrier_aborts.increment(1);
+        let reason = if missing.is_empty() {
+            "the flip could not settle (streams not drained, or etcd refused the decision)"
+                .to_string()
+        } else {
+            format!("members did not hold in time: {}", missing.join(", "))
+        };
+        tracing::warn!(pool = %fleet.pool, epoch, %reason, "fleet flip given up; every member reopens on the old side");
+        return Err(FlipError::NotReady(vec![reason]));
+    }
+    let flipped = migration.commit_flip(from, to, next, started, force);
+    fleet
+        .counters
+        .barrier_wait
+        .record(started.elapsed().as_secs_f64());
+    if let Some(slowest) = slowest_pause(fleet, epoch).await {
+        fleet.counters.pause.record(slowest.as_secs_f64());
+        fleet
+            .last_pause_us
+            .store(slowest.as_micros() as u64, Relaxed);
+    }
+    Ok(flipped)
+}
+
+/// For tests only: `CUTOVER_TEST_BREAK_BARRIER=1` makes the leader decide without waiting
+/// for the members to hold (breaking rule 14), so the fleet test can show that writes
+/// through the other members are then lost or doubled.
+static BREAK_BARRIER: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var("CUTOVER_TEST_BREAK_BARRIER").is_ok_and(|v| v == "1")
+});
+
+/// Wait until every live member acknowledged `epoch`; the members that did not by
+/// `deadline` (empty: all did).
+async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> Vec<String> {
+    if *BREAK_BARRIER {
+        return Vec::new();
+    }
+    let mut client = fleet.client.clone();
+    let prefix = Some(GetOptions::new().with_prefix());
+    loop {
+        let members = client.get(fleet.key("members/"), prefix.clone()).await;
+        let acks = client.get(fleet.key("acks/"), prefix.clone()).await;
+        let mut missing = Vec::new();
+        if let (Ok(members), Ok(acks)) = (members, acks) {
+            let acked: Vec<String> = acks
+                .kvs()
+                .iter()
+                .filter(|kv| {
+                    kv.value_str()
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .is_some_and(|e| e >= epoch)
+                })
+                .filter_map(|kv| {
+                    kv.key_str()
+                        .ok()
+                        .map(|k| k.rsplit('/').next().unwrap_or(k).to_string())
+                })
+                .collect();
+            for kv in members.kvs() {
+                let id = kv
+                    .key_str()
+                    .ok()
+                    .map(|k| k.rsplit('/').next().unwrap_or(k).to_string())
+                    .unwrap_or_default();
+                if !acked.contains(&id) {
+                    missing.push(id);
+                }
+            }
+            if missing.is_empty() {
+                return missing;
+            }
+        } else {
+            missing.push("(etcd unreachable)".into());
+        }
+        if Instant::now() >= deadline {
+            return missing;
+        }
+        tokio::time::sleep(ACK_POLL).await;
+    }
+}
+
+/// The longest hold any member reported for `epoch` (waiting at most a second for every
+/// live member's report).
+async fn slowest_pause(fleet: &Fleet, epoch: u64) -> Option<Duration> {
+    let mut client = fleet.client.clone();
+    let prefix = Some(GetOptions::new().with_prefix());
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let members = client
+            .get(fleet.key("members/"), prefix.clone())
+            .await
+            .ok()?;
+        let pauses = client
+            .get(fleet.key("pauses/"), prefix.clone())
+            .await
+            .ok()?;
+        let reported: Vec<u64> = pauses
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let text = kv.value_str().ok()?;
+                let (e, us) = text.split_once(' ')?;
+                (e.parse::<u64>().ok()? == epoch).then(|| us.parse().ok())?
+            })
+            .collect();
+        if reported.len() >= members.kvs().len() || Instant::now() >= deadline {
+            return reported.into_iter().max().map(Duration::from_micros);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -286,3 +286,165 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
     }
     support::compare::assert_same(&source, &targets);
 }
+
+/// INCRs of 20 counters through `port` until `stop`, tolerating refusals (a fenced member
+/// answers `-TRYAGAIN`); every counter's acknowledged count, and the refusals seen.
+fn count_tolerant(
+    port: u16,
+    tag: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<i64>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut conn = support::connect_to(port);
+        let mut acked = vec![0i64; 20];
+        let mut refused = Vec::new();
+        let mut i = 0;
+        while !stop.load(Relaxed) {
+            match redis::cmd("INCR")
+                .arg(format!("{tag}:{}", i % 20))
+                .query::<i64>(&mut conn)
+            {
+                Ok(_) => acked[i % 20] += 1,
+                Err(e) => refused.push(e.to_string()),
+            }
+            i += 1;
+        }
+        (acked, refused)
+    })
+}
+
+/// Every counter `tag:k` holds its acknowledged count on the source and on the target.
+fn assert_counted(source: &RedisServer, targets: &[RedisServer], tag: &str, acked: &[i64]) {
+    for (k, n) in acked.iter().enumerate() {
+        let key = format!("{tag}:{k}");
+        let on_source: Option<i64> = redis::cmd("GET")
+            .arg(&key)
+            .query(&mut source.client())
+            .expect("GET");
+        let on_target: Option<i64> = targets.iter().find_map(|t| {
+            redis::cmd("GET")
+                .arg(&key)
+                .query::<Option<i64>>(&mut t.client())
+                .ok()
+                .flatten()
+        });
+        let want = (*n > 0).then_some(*n);
+        assert_eq!((on_source, on_target), (want, want), "{key}");
+    }
+}
+
+#[test]
+fn a_frozen_member_holds_the_flip_until_its_lease_expires_then_fences_itself_and_rejoins() {
+    let etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 500);
+    let targets = redis_servers(2);
+    let members = fleet(&etcd, &source, &targets, "");
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    let frozen = (lead + 1) % 3;
+    members[lead].wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(
+        support::http(members[lead].admin_port, "POST", "/verify").0,
+        202
+    );
+    wait_for("the verify pass", Duration::from_secs(30), || {
+        members[lead].migration()["verify"]["last"]["differences"] == 0
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|i| count_tolerant(members[i].port, format!("m{i}"), stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    members[frozen].signal("STOP");
+    let started = std::time::Instant::now();
+    let (code, body) = support::http(members[lead].admin_port, "POST", "/cutover");
+    let took = started.elapsed();
+    assert_eq!(code, 200, "{body}");
+    // It completed only once the frozen member was out of the fleet: its lease expired
+    // (3 s after its last renewal), so it had fenced itself (1.5 s after it).
+    eprintln!("the flip waited {took:?} for the frozen member's lease");
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    members[frozen].signal("CONT");
+    wait_for(
+        "the frozen member back, in the new phase",
+        Duration::from_secs(15),
+        || {
+            phase(&members[frozen]) == "cutover"
+                && view(&members[frozen])["members"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+                    == 3
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Relaxed);
+    let results: Vec<(Vec<i64>, Vec<String>)> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    members[lead].wait_migration_drained(Duration::from_secs(30), 3);
+    for (i, (acked, refused)) in results.iter().enumerate() {
+        if i != frozen {
+            assert!(refused.is_empty(), "member {i}: {refused:?}");
+        }
+        for e in refused {
+            assert!(e.contains("TRYAGAIN"), "member {i}: {e}");
+        }
+        assert_counted(&source, &targets, &format!("m{i}"), acked);
+    }
+    assert!(results[frozen].0.iter().sum::<i64>() > 0);
+}
+
+#[test]
+fn a_killed_follower_and_a_restarted_etcd_do_not_stop_the_fleet() {
+    let mut etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 20_000);
+    let targets = redis_servers(2);
+    let mut members = fleet(
+        &etcd,
+        &source,
+        &targets,
+        "    backfill_keys_per_second: 10000\n",
+    );
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    let (dead, alive) = ((lead + 1) % 3, (lead + 2) % 3);
+    // kill -9 of a follower during the backfill.
+    members[dead].signal("KILL");
+    let _ = members[dead].terminate(Duration::from_secs(5));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = [lead, alive]
+        .into_iter()
+        .map(|i| count_through(members[i].port, format!("m{i}"), stop.clone()))
+        .collect();
+    // etcd restarted during the migration: the members keep serving.
+    std::thread::sleep(Duration::from_millis(500));
+    etcd.restart();
+    members[lead].wait_migration_drained(Duration::from_secs(60), 3);
+    assert_eq!(phase(&members[alive]), "migrating");
+    // The phase record survived; the dead follower's lease expired: the flip goes on.
+    assert_eq!(
+        support::http(members[lead].admin_port, "POST", "/verify").0,
+        202
+    );
+    wait_for("the cutover", Duration::from_secs(30), || {
+        support::http(members[lead].admin_port, "POST", "/cutover").0 == 200
+    });
+    wait_for("both members cut over", Duration::from_secs(10), || {
+        phase(&members[alive]) == "cutover" && phase(&members[lead]) == "cutover"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Relaxed);
+    let acked: Vec<Vec<i64>> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    members[lead].wait_migration_drained(Duration::from_secs(30), 3);
+    for (acked, i) in acked.iter().zip([lead, alive]) {
+        assert_counted(&source, &targets, &format!("m{i}"), acked);
+    }
+    support::compare::assert_same(&source, &targets);
+    drop(members.remove(dead));
+}

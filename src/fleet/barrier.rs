@@ -25,8 +25,9 @@ use tokio::time::Instant;
 use super::{Fleet, TICK};
 use crate::migrate::{FlipError, Flipped, Phase};
 
-/// How long members get to acknowledge a hold.
-const BARRIER_LIMIT: Duration = Duration::from_secs(5);
+/// How long members get to acknowledge a hold: longer than a lease, so a member that
+/// froze is out of the fleet (its lease expired) before the flip would give up.
+const BARRIER_LIMIT: Duration = Duration::from_secs(super::LEASE_TTL as u64 + 2);
 /// How often the leader looks for acknowledgements.
 const ACK_POLL: Duration = Duration::from_millis(2);
 
@@ -91,6 +92,19 @@ pub(super) async fn init(fleet: &Fleet) -> Result<(), etcd_client::Error> {
             hold: None,
         };
         replace(fleet, 0, &record).await?;
+    }
+    Ok(())
+}
+
+/// Take the phase the record says (a member joining, or coming back after losing its
+/// lease, must serve in the fleet's phase before it sends anything).
+pub(super) async fn sync_phase(fleet: &Fleet) -> Result<(), etcd_client::Error> {
+    if let Some((record, _)) = read(fleet).await?
+        && let Some(phase) = Phase::parse(&record.phase)
+        && fleet.migration.phase() != phase
+    {
+        tracing::info!(pool = %fleet.pool, phase = phase.name(), "taking the fleet's phase");
+        fleet.migration.adopt_phase(phase);
     }
     Ok(())
 }

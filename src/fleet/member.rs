@@ -13,7 +13,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::time::Instant;
 
-use super::{CALL_TIMEOUT, Fleet, LEASE_TTL, MemberInfo, TICK};
+use super::{CALL_TIMEOUT, FENCE_AFTER, Fleet, LEASE_TTL, MemberInfo, TICK};
 
 /// Put this member's record under a new lease; the lease's id.
 pub(super) async fn register(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
@@ -41,8 +41,19 @@ pub(super) async fn run(fleet: Arc<Fleet>, mut lease: i64) {
         tracing::warn!(pool = %fleet.pool, member = %fleet.me.id, "the fleet lease is lost; registering again");
         lease = loop {
             tokio::time::sleep(TICK).await;
-            match register(&fleet).await {
-                Ok(lease) => break lease,
+            let sent = std::time::Instant::now();
+            let registered = async {
+                let lease = register(&fleet).await?;
+                // The fleet may have flipped meanwhile: take its phase before sending.
+                super::barrier::sync_phase(&fleet).await?;
+                Ok::<i64, etcd_client::Error>(lease)
+            };
+            match registered.await {
+                Ok(lease) => {
+                    fleet.migration.lease_renewed(sent, FENCE_AFTER);
+                    tracing::info!(pool = %fleet.pool, member = %fleet.me.id, "back in the fleet");
+                    break lease;
+                }
                 Err(error) => {
                     fleet.counters.etcd_errors.increment(1);
                     tracing::warn!(pool = %fleet.pool, %error, "cannot register in the fleet; retrying");
@@ -52,28 +63,42 @@ pub(super) async fn run(fleet: Arc<Fleet>, mut lease: i64) {
     }
 }
 
-/// Renew `lease` every tick, list the members, and write the checkpoint while leading;
-/// return once the lease is gone (expired, or not renewed for a whole TTL).
+/// Renew `lease` every tick (opening the renewal stream again after etcd went away, so a
+/// restart of etcd keeps the lease), list the members, and write the checkpoint while
+/// leading; return once the lease is gone (expired, or not renewed for a whole TTL).
 async fn keep(fleet: &Fleet, lease: i64) {
     let mut client = fleet.client.clone();
-    let Ok((mut keeper, mut responses)) = client.lease_keep_alive(lease).await else {
-        fleet.counters.etcd_errors.increment(1);
-        return;
-    };
+    let mut channel = None;
     let mut renewed = Instant::now();
+    let lost = |renewed: Instant| renewed.elapsed() >= Duration::from_secs(LEASE_TTL as u64);
     loop {
         tokio::time::sleep(TICK).await;
+        if channel.is_none() {
+            channel = client.lease_keep_alive(lease).await.ok();
+        }
+        let Some((keeper, responses)) = channel.as_mut() else {
+            fleet.counters.etcd_errors.increment(1);
+            if lost(renewed) {
+                return;
+            }
+            continue;
+        };
+        let sent = std::time::Instant::now();
         let renewal = tokio::time::timeout(CALL_TIMEOUT, async {
             keeper.keep_alive().await?;
             responses.message().await
         })
         .await;
         match renewal {
-            Ok(Ok(Some(response))) if response.ttl() > 0 => renewed = Instant::now(),
-            Ok(Ok(_)) => return,
+            Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                renewed = Instant::now();
+                fleet.migration.lease_renewed(sent, FENCE_AFTER);
+            }
+            Ok(Ok(Some(_))) => return,
             _ => {
+                channel = None;
                 fleet.counters.etcd_errors.increment(1);
-                if renewed.elapsed() >= Duration::from_secs(LEASE_TTL as u64) {
+                if lost(renewed) {
                     return;
                 }
                 continue;
@@ -105,6 +130,9 @@ async fn campaign(fleet: Arc<Fleet>, lease: i64) {
         }
     }
     super::barrier::abort_leftover(&fleet).await;
+    if super::barrier::sync_phase(&fleet).await.is_err() {
+        fleet.counters.etcd_errors.increment(1);
+    }
     let checkpoint = match client.get(fleet.key("checkpoint"), None).await {
         Ok(reply) => reply
             .kvs()

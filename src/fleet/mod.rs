@@ -31,8 +31,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::Coordination;
 use crate::migrate::Migration;
 
-/// The lease's TTL: a member that stops renewing for this long is out of the fleet.
-pub const LEASE_TTL: i64 = 3;
+/// The lease's TTL: a member that stops renewing for this long is out of the fleet. Long
+/// enough that a member rides out a restart of etcd (half of it: see `FENCE_AFTER`), short
+/// enough that a frozen member holds a flip only that long.
+pub const LEASE_TTL: i64 = 6;
+/// How long after sending a renewal that etcd accepted a member may still send requests:
+/// half the TTL, so it has stopped well before etcd can expire its lease (rule 15).
+const FENCE_AFTER: Duration = Duration::from_millis(LEASE_TTL as u64 * 500);
 /// How often the lease is renewed, the members listed and the checkpoint written.
 const TICK: Duration = Duration::from_millis(500);
 /// How long one etcd call may take.
@@ -160,12 +165,17 @@ impl Fleet {
                 pause: histogram!("cutover_fleet_pause_seconds", "pool" => p),
             },
         });
+        let sent = std::time::Instant::now();
         let lease = member::register(&fleet)
             .await
             .map_err(|e| failed(e.to_string()))?;
         barrier::init(&fleet)
             .await
             .map_err(|e| failed(e.to_string()))?;
+        barrier::sync_phase(&fleet)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        fleet.migration.lease_renewed(sent, FENCE_AFTER);
         tracing::info!(pool, member = %fleet.me.id, %endpoints, "joined the fleet");
         tokio::spawn(member::run(fleet.clone(), lease));
         tokio::spawn(barrier::follow(fleet.clone()));

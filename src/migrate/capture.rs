@@ -37,6 +37,9 @@ const ACK_EVERY: Duration = Duration::from_secs(1);
 /// the writes made meanwhile).
 const RECONNECT: Duration = Duration::from_millis(100);
 
+/// How long a fenced leader's capture waits for its lease to be renewed before it stops.
+const FENCE_WAIT: Duration = Duration::from_secs(2);
+
 /// Keys a SCAN page asks for in the capture's full passes.
 const SCAN_COUNT: u32 = 1000;
 
@@ -310,6 +313,11 @@ async fn run(
                         // Stopped by a flip while waiting: what comes now is the lanes'
                         // own writes to this side, never to be fed back.
                         break;
+                    }
+                    if migration.fenced() && !migration.wait_unfenced(FENCE_WAIT).await {
+                        // A fleet leader whose lease may have expired (rule 15): another
+                        // member may lead now; it continues from the checkpoint.
+                        return;
                     }
                     state.commands.fetch_add(1, Relaxed);
                     if command.offset > state.fence.load(Relaxed) {

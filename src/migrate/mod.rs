@@ -108,8 +108,22 @@ pub struct Migration {
     pub placed_reads: placed_read::PlacedReads,
     /// Its part in a fleet (a [`Role`] as a number).
     role: std::sync::atomic::AtomicU8,
+    /// In a fleet: until when (milliseconds on [`fence_clock`]) this member may send
+    /// requests of the pool: half a lease after its last renewal was sent, so it stops
+    /// before etcd can expire the lease and the fleet go on without it (rule 15). 0 when
+    /// not in a fleet.
+    lease_until_ms: AtomicU64,
     /// Clients last found connected straight to a source server (cutover blockers).
     direct_seen: std::sync::Mutex<Vec<String>>,
+}
+
+/// The instant the fence clock counts from.
+static FENCE_EPOCH: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
+/// Milliseconds on a monotonic clock (for the lease fence).
+fn fence_clock() -> u64 {
+    FENCE_EPOCH.elapsed().as_millis() as u64
 }
 
 /// A migration's part in a fleet of proxies (`migrate.coordination`).
@@ -275,14 +289,24 @@ impl Migration {
     /// dirty keys died with it, so a verify pass is owed when taking one over. Fails
     /// (still a follower) when a source server refuses replication.
     pub async fn lead(self: &Arc<Self>, checkpoint: Option<&str>) -> Result<(), String> {
-        let positions = checkpoint.and_then(|text| state::adopt(self, text));
+        // The capture follows the authority: the source's servers while migrating, the
+        // target's after the cutover (rule 13); nothing after finalize.
+        let side = match self.phase() {
+            Phase::Migrating => capture::Side::Source,
+            Phase::Cutover => capture::Side::Target,
+            Phase::Finalized => {
+                self.role.store(Role::Leader as u8, Relaxed);
+                return Ok(());
+            }
+        };
+        let positions = checkpoint.and_then(|text| state::adopt(self, text, side));
         if positions.is_some() {
             self.dirty.owe_verify();
             let scanned = self.totals.scanned.load(Relaxed);
             self.backfill.taken_over_at.store(scanned, Relaxed);
         }
         let positions = positions.unwrap_or_default();
-        capture::follow_from(self, capture::Side::Source, &positions).await?;
+        capture::follow_from(self, side, &positions).await?;
         self.role.store(Role::Leader as u8, Relaxed);
         if self.phase() == Phase::Migrating {
             tokio::spawn(backfill::run(self.clone()));
@@ -309,6 +333,33 @@ impl Migration {
             pool = self.source.name(),
             "no longer leading the fleet: capture and backfill stopped here"
         );
+    }
+
+    /// The fleet renewed this member's lease with a request sent at `sent`: it may send
+    /// requests until `valid` later.
+    pub fn lease_renewed(&self, sent: std::time::Instant, valid: std::time::Duration) {
+        let until = sent.saturating_duration_since(*FENCE_EPOCH) + valid;
+        self.lease_until_ms
+            .store(until.as_millis().max(1) as u64, Relaxed);
+    }
+
+    /// Whether this member must not send requests of the pool now: its lease may be about
+    /// to expire in etcd (never, outside a fleet).
+    pub fn fenced(&self) -> bool {
+        let until = self.lease_until_ms.load(Relaxed);
+        until != 0 && fence_clock() > until
+    }
+
+    /// Wait (at most `limit`) for the lease to be renewed; whether it was.
+    pub async fn wait_unfenced(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.fenced() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Its part in a fleet.
@@ -413,6 +464,7 @@ impl Migration {
             markers: marker::Markers::default(),
             placed_reads: placed_read::PlacedReads::default(),
             role: std::sync::atomic::AtomicU8::new(Role::Solo as u8),
+            lease_until_ms: AtomicU64::new(0),
             direct_seen: std::sync::Mutex::new(Vec::new()),
             progress,
             tunables: Tunables::new(&settings),

@@ -208,24 +208,38 @@ pub fn render(migration: &Migration, clean: bool) -> String {
         let (cursor, done) = progress.resume_point(i);
         text.push_str(&format!("server {i} {} {cursor}\n", u8::from(done)));
     }
-    let positions = super::capture::safe_positions(migration, super::capture::Side::Source);
-    for (i, position) in positions.iter().enumerate() {
+    // The side followed now: the source's servers while migrating, the target's after.
+    let side = migration.capture.side();
+    for (i, position) in super::capture::safe_positions(migration, side)
+        .iter()
+        .enumerate()
+    {
         if let Some(p) = position {
-            text.push_str(&format!("capture {i} {} {}\n", p.replid, p.offset));
+            let name = side.name();
+            text.push_str(&format!("capture {name}:{i} {} {}\n", p.replid, p.offset));
         }
     }
     text
 }
 
 /// Take over a former leader's checkpoint (`render`'s text): its safe cursors and totals,
-/// and the stream positions to continue from. `None` when the text is not a checkpoint of
-/// this pool (the caller starts afresh).
-pub fn adopt(migration: &Migration, text: &str) -> Option<Vec<Option<Position>>> {
-    let servers = migration.progress.servers.len();
-    let taken = parse(text, servers)?;
-    let mut positions = vec![None; servers];
+/// and the positions to continue from in the streams of `side`'s servers. `None` when the
+/// text is not a checkpoint of this pool (the caller starts afresh).
+pub fn adopt(
+    migration: &Migration,
+    text: &str,
+    side: super::capture::Side,
+) -> Option<Vec<Option<Position>>> {
+    let taken = parse(text, migration.progress.servers.len())?;
+    let mut positions = vec![None; side.pool(migration).servers.len()];
     for line in text.lines() {
-        if let ["capture", index, replid, offset] = line.split(' ').collect::<Vec<_>>()[..] {
+        if let ["capture", at, replid, offset] = line.split(' ').collect::<Vec<_>>()[..] {
+            let Some(index) = at
+                .strip_prefix(side.name())
+                .and_then(|i| i.strip_prefix(':'))
+            else {
+                continue;
+            };
             let index: usize = index.parse().ok()?;
             *positions.get_mut(index)? = Some(Position {
                 replid: replid.to_string(),

@@ -32,6 +32,8 @@ const MAX_PENDING: usize = 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// A reply this large is written straight from its buffer instead of being copied.
 const LARGE_REPLY: usize = 64 * 1024;
+/// How long a request waits for a fleet member to renew its lease before it is refused.
+const FENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A reply owed to the client, in request order.
 enum Pending {
@@ -296,6 +298,18 @@ impl Session {
             Some(m) if m.phase() != Phase::Finalized => (Some(m), Some(m.flips.gate.enter().await)),
             _ => (None, None),
         };
+        // A fleet member whose lease may be expiring sends nothing (rule 15): it holds the
+        // request for a while, then refuses it.
+        if let Some(m) = gated
+            && m.fenced()
+            && !m.wait_unfenced(FENCE_WAIT).await
+        {
+            listen.counters.error(ErrorKind::Backend);
+            pending.push_back(Pending::Ready(error_bytes(
+                "TRYAGAIN cutover: lost contact with coordination",
+            )));
+            return;
+        }
         let pool: &Pool = migration.map_or(listen, |m| m.authority());
         // Under replication capture the source's stream carries every write: the proxy
         // only forwards (no mirror hooks); sampled reads are placed in the stream.

@@ -24,7 +24,24 @@ fn fleet(etcd: &Etcd, source: &RedisServer, targets: &[RedisServer], extra: &str
             etcd.coordination("cutover/test")
         ),
     );
-    (0..3).map(|_| Proxy::cutover(&config)).collect()
+    let token = ["--admin-token", TOKEN];
+    (0..3)
+        .map(|_| Proxy::cutover_with(&config, &token))
+        .collect()
+}
+
+/// The admin token every member of the test fleet shares (a follower sends controls on
+/// to the leader with the caller's token).
+const TOKEN: &str = "fleet-test-token";
+
+/// `POST path` on the admin API at `port`, with the fleet's token.
+fn post(port: u16, path: &str) -> (u16, String) {
+    support::http_with(
+        port,
+        "POST",
+        path,
+        &format!("Authorization: Bearer {TOKEN}\r\n"),
+    )
 }
 
 /// The `fleet` object of a member's `/status`.
@@ -116,11 +133,11 @@ fn three_members_elect_one_leader_which_migrates_what_all_three_write() {
             assert_eq!(on_source.unwrap_or(0), *n, "m{i}:{k}");
         }
     }
-    // A follower sends controls to the leader.
+    // A follower sends controls on to the leader.
     let follower = &members[(lead + 1) % 3];
-    let (code, body) = support::http(follower.admin_port, "POST", "/verify");
-    assert_eq!(code, 409, "{body}");
-    assert!(body.contains("verify runs on the fleet's leader"), "{body}");
+    let (code, body) = post(follower.admin_port, "/verify");
+    assert_eq!(code, 202, "{body}");
+    assert!(body.contains("\"forwarded_to\""), "{body}");
     let metrics = follower.admin_get("/metrics").1;
     assert!(
         metrics.contains("cutover_fleet_members{pool=\"legacy\"} 3"),
@@ -233,20 +250,17 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
         .map(|(i, m)| count_through(m.port, format!("m{i}"), stop.clone()))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    // A follower does not flip alone.
-    let follower = &members[(lead + 1) % 3];
-    let (code, body) = support::http(follower.admin_port, "POST", "/cutover");
-    assert_eq!(code, 409, "{body}");
-    assert!(body.contains("flips run on the fleet's leader"), "{body}");
-    assert_eq!(support::http(leader_admin, "POST", "/verify").0, 202);
+    assert_eq!(post(leader_admin, "/verify").0, 202);
     let mut pauses = Vec::new();
-    for (path, want) in [
-        ("/cutover", "cutover"),
-        ("/rollback", "migrating"),
-        ("/cutover", "cutover"),
+    // Controls work against any member: the rollback goes through a follower.
+    let follower_admin = members[(lead + 1) % 3].admin_port;
+    for (path, want, admin) in [
+        ("/cutover", "cutover", leader_admin),
+        ("/rollback", "migrating", follower_admin),
+        ("/cutover", "cutover", leader_admin),
     ] {
         wait_for(path, Duration::from_secs(30), || {
-            let (code, body) = support::http(leader_admin, "POST", path);
+            let (code, body) = post(admin, path);
             assert!(code == 200 || code == 409, "{path}: {code} {body}");
             code == 200
         });
@@ -344,10 +358,7 @@ fn a_frozen_member_holds_the_flip_until_its_lease_expires_then_fences_itself_and
     let lead = leader(&all);
     let frozen = (lead + 1) % 3;
     members[lead].wait_migration_drained(Duration::from_secs(30), 2);
-    assert_eq!(
-        support::http(members[lead].admin_port, "POST", "/verify").0,
-        202
-    );
+    assert_eq!(post(members[lead].admin_port, "/verify").0, 202);
     wait_for("the verify pass", Duration::from_secs(30), || {
         members[lead].migration()["verify"]["last"]["differences"] == 0
     });
@@ -358,7 +369,7 @@ fn a_frozen_member_holds_the_flip_until_its_lease_expires_then_fences_itself_and
     std::thread::sleep(Duration::from_millis(300));
     members[frozen].signal("STOP");
     let started = std::time::Instant::now();
-    let (code, body) = support::http(members[lead].admin_port, "POST", "/cutover");
+    let (code, body) = post(members[lead].admin_port, "/cutover");
     let took = started.elapsed();
     assert_eq!(code, 200, "{body}");
     // It completed only once the frozen member was out of the fleet: its lease expired
@@ -425,12 +436,9 @@ fn a_killed_follower_and_a_restarted_etcd_do_not_stop_the_fleet() {
     members[lead].wait_migration_drained(Duration::from_secs(60), 3);
     assert_eq!(phase(&members[alive]), "migrating");
     // The phase record survived; the dead follower's lease expired: the flip goes on.
-    assert_eq!(
-        support::http(members[lead].admin_port, "POST", "/verify").0,
-        202
-    );
+    assert_eq!(post(members[lead].admin_port, "/verify").0, 202);
     wait_for("the cutover", Duration::from_secs(30), || {
-        support::http(members[lead].admin_port, "POST", "/cutover").0 == 200
+        post(members[lead].admin_port, "/cutover").0 == 200
     });
     wait_for("both members cut over", Duration::from_secs(10), || {
         phase(&members[alive]) == "cutover" && phase(&members[lead]) == "cutover"

@@ -5,6 +5,7 @@
 //! imports it but `main.rs`.
 
 pub mod ctl;
+mod forward;
 mod http;
 pub mod token;
 
@@ -92,6 +93,18 @@ impl Admin {
                 "this call needs Authorization: Bearer <token> (the proxy's --admin-token)",
             );
         }
+        if request.method == "POST"
+            && forward::FORWARDED.contains(&request.path.as_str())
+            && let Some(fleet) = self.fleet(&request.query).filter(|f| !f.leading())
+        {
+            return match fleet.leader_admin() {
+                Some(leader) => forward::to_leader(leader, request).await,
+                None => HttpResponse::error(
+                    503,
+                    "this member follows and the fleet has no leader with an admin API yet; try again",
+                ),
+            };
+        }
         match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/metrics") => match &self.metrics {
                 Some(handle) => {
@@ -170,17 +183,6 @@ impl Admin {
                 let Some(migration) = self.migration(&request.query) else {
                     return no_migration();
                 };
-                if let Some(fleet) = self.fleet(&request.query).filter(|f| !f.leading()) {
-                    let leader = fleet
-                        .leader_admin()
-                        .unwrap_or_else(|| "none elected yet".into());
-                    return HttpResponse::error(
-                        409,
-                        &format!(
-                            "this member follows; verify runs on the fleet's leader (admin {leader})"
-                        ),
-                    );
-                }
                 if !verify::start(&migration, options) {
                     return HttpResponse::error(
                         409,

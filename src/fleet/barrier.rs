@@ -126,17 +126,33 @@ pub(super) async fn abort_leftover(fleet: &Fleet) {
     }
 }
 
-/// Every member, for as long as the process runs: follow the phase record.
+/// Every member, for as long as the process runs: follow the phase record: the record as
+/// it is, then every change after that revision, each once and in order (an older record
+/// applied after a newer one could reopen a member's gate in the middle of a flip).
 pub(super) async fn follow(fleet: Arc<Fleet>) {
     let mut held: Option<(u64, Instant)> = None;
     loop {
         let mut client = fleet.client.clone();
-        let watch = client.watch(fleet.key("phase"), None).await;
-        // The record as it is now, then every change.
-        if let Ok(Some((record, _))) = read(&fleet).await {
+        let now = match client.get(fleet.key("phase"), None).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                fleet.counters.etcd_errors.increment(1);
+                tokio::time::sleep(TICK).await;
+                continue;
+            }
+        };
+        let revision = now.header().map_or(0, |h| h.revision());
+        if let Some(record) = now
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice::<PhaseRecord>(kv.value()).ok())
+        {
             apply(&fleet, &record, &mut held).await;
         }
-        let Ok(mut stream) = watch else {
+        let mut streams = fleet.streams.clone();
+        let from = etcd_client::WatchOptions::new().with_start_revision(revision + 1);
+        let Ok(mut stream) = streams.watch(fleet.key("phase"), Some(from)).await else {
+            fleet.counters.etcd_errors.increment(1);
             tokio::time::sleep(TICK).await;
             continue;
         };

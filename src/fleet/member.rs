@@ -67,7 +67,7 @@ pub(super) async fn run(fleet: Arc<Fleet>, mut lease: i64) {
 /// restart of etcd keeps the lease), list the members, and write the checkpoint while
 /// leading; return once the lease is gone (expired, or not renewed for a whole TTL).
 async fn keep(fleet: &Fleet, lease: i64) {
-    let mut client = fleet.client.clone();
+    let mut client = fleet.streams.clone();
     let mut channel = None;
     let mut renewed = Instant::now();
     let lost = |renewed: Instant| renewed.elapsed() >= Duration::from_secs(LEASE_TTL as u64);
@@ -114,7 +114,7 @@ async fn keep(fleet: &Fleet, lease: i64) {
 /// Campaign for leadership with `lease` until elected, then lead: take over the last
 /// checkpoint and start migrating.
 async fn campaign(fleet: Arc<Fleet>, lease: i64) {
-    let mut client = fleet.client.clone();
+    let mut client = fleet.streams.clone();
     let election = fleet.key("election");
     loop {
         match client

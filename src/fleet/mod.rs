@@ -73,8 +73,12 @@ pub struct Fleet {
     pub me: MemberInfo,
     /// The pool migrated.
     pool: String,
-    /// The etcd client (cheap to clone: one shared channel).
+    /// The etcd client for calls, each limited in time (cheap to clone: one shared
+    /// channel).
     client: Client,
+    /// The etcd client for the long-lived calls (watches, the campaign, lease renewal),
+    /// which a per-call time limit would cut.
+    streams: Client,
     /// `<prefix>/<pool>/`.
     root: String,
     /// The migration this member serves.
@@ -143,11 +147,18 @@ impl Fleet {
         let client = Client::connect(&coordination.endpoints, Some(options))
             .await
             .map_err(|e| failed(e.to_string()))?;
+        let streams = Client::connect(
+            &coordination.endpoints,
+            Some(ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT)),
+        )
+        .await
+        .map_err(|e| failed(e.to_string()))?;
         let p = pool.to_string();
         let fleet = Arc::new(Fleet {
             me,
             pool: pool.to_string(),
             client,
+            streams,
             root: format!("{}/{pool}/", coordination.prefix),
             migration,
             leading: AtomicBool::new(false),

@@ -320,6 +320,12 @@ async fn run(
                         return;
                     }
                     state.commands.fetch_add(1, Relaxed);
+                    if command.offset > state.fence.load(Relaxed)
+                        && !authority_is(&migration, side, &running).await
+                    {
+                        // Given up before this side became the authority.
+                        break;
+                    }
                     if command.offset > state.fence.load(Relaxed) {
                         let here = Here { side, server };
                         apply(&migration, here, &mut db, pool_db, &command.request).await;
@@ -343,6 +349,25 @@ async fn run(
         }
         stream = reconnect(&migration, side, server, &position).await;
     }
+}
+
+/// Wait until `side` is the authority, its stream followed (a flip writes its decision
+/// before the leader commits it, and a fleet member may write to the new side as soon as
+/// it reads the decision: such a write must not go into the lanes while they still copy
+/// towards this side). False when this task was stopped meanwhile.
+async fn authority_is(migration: &Migration, side: Side, running: &impl Fn() -> bool) -> bool {
+    let authority = |m: &Migration| match m.phase() {
+        super::Phase::Migrating => Some(Side::Source),
+        super::Phase::Cutover => Some(Side::Target),
+        super::Phase::Finalized => None,
+    };
+    while migration.capture.side() != side || authority(migration) != Some(side) {
+        if !running() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
 }
 
 /// Where a stream command came from.

@@ -271,7 +271,45 @@ fn summary(status: &Value) -> String {
             status["version"].as_str().unwrap_or("?")
         );
     }
-    found.into_iter().map(migration_text).collect()
+    let mut out: String = found.into_iter().map(migration_text).collect();
+    for pool in status["pools"].as_array().into_iter().flatten() {
+        out.push_str(&fleet_text(&pool["fleet"]));
+    }
+    out
+}
+
+/// The fleet a pool migrates with, if any: who leads, this member's role, the members.
+fn fleet_text(fleet: &Value) -> String {
+    if !fleet.is_object() {
+        return String::new();
+    }
+    let members: Vec<String> = fleet["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{}{} (clients {}, admin {})",
+                m["id"].as_str().unwrap_or("?"),
+                if m["leader"] == true { " [leader]" } else { "" },
+                m["listen"].as_str().unwrap_or("?"),
+                m["admin"].as_str().unwrap_or("none"),
+            )
+        })
+        .collect();
+    format!(
+        "  fleet    this member ({}) is {}; {} members, last fleet-wide pause {:.1} ms{}\n           {}\n",
+        fleet["member"].as_str().unwrap_or("?"),
+        fleet["role"].as_str().unwrap_or("?"),
+        members.len(),
+        fleet["last_pause_ms"].as_f64().unwrap_or(0.0),
+        if fleet["etcd_reachable"] == false {
+            "; etcd unreachable"
+        } else {
+            ""
+        },
+        members.join("\n           "),
+    )
 }
 
 /// The capture line, under replication capture: each source server's applied offset,

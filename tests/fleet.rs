@@ -285,6 +285,19 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
         std::thread::sleep(Duration::from_millis(400));
     }
     eprintln!("fleet-wide pauses (slowest member), ms: {pauses:?}");
+    // Every fleet metric the dashboard queries is exported by the leader that flipped.
+    let metrics = members[lead].admin_get("/metrics").1;
+    let exported = support::dashboard::exported(&metrics);
+    for expr in support::dashboard::dashboard_queries() {
+        for name in support::dashboard::metric_names(&expr) {
+            if support::dashboard::fleet_only(&name) {
+                assert!(
+                    exported.contains(name.as_str()),
+                    "{name} not exported:\n{metrics}"
+                );
+            }
+        }
+    }
     stop.store(true, Relaxed);
     let acked: Vec<Vec<i64>> = writers
         .into_iter()
@@ -311,6 +324,11 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
         }
     }
     support::compare::assert_same(&source, &targets);
+    // Finalize the same way: every member serves the target alone.
+    assert_eq!(post(follower_admin, "/finalize").0, 200);
+    wait_for("every member finalized", Duration::from_secs(10), || {
+        members.iter().all(|m| phase(m) == "finalized")
+    });
 }
 
 /// INCRs of 20 counters through `port` until `stop`, tolerating refusals (a fenced member

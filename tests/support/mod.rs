@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod compare;
+pub mod dashboard;
 pub mod etcd;
 pub mod workload;
 

@@ -486,3 +486,67 @@ fn a_killed_follower_and_a_restarted_etcd_do_not_stop_the_fleet() {
     support::compare::assert_same(&source, &targets);
     drop(members.remove(dead));
 }
+
+#[test]
+fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
+    let etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 300);
+    let targets: Vec<RedisServer> = (0..2)
+        .map(|_| RedisServer::start_with(&["--enable-debug-command", "yes"]))
+        .collect();
+    let members = fleet(&etcd, &source, &targets, "");
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    members[lead].wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(post(members[lead].admin_port, "/verify").0, 202);
+    wait_for("the cutover", Duration::from_secs(30), || {
+        post(members[lead].admin_port, "/cutover").0 == 200
+    });
+    wait_for("every member cut over", Duration::from_secs(10), || {
+        members.iter().all(|m| phase(m) == "cutover")
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|i| count_through(members[i].port, format!("m{i}"), stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A target server stops answering for 10 s: writes in flight to it are not answered,
+    // so no member can hold within the barrier's 8 s, though every lease is renewed.
+    let sleeper = {
+        let port = targets[0].port;
+        std::thread::spawn(move || {
+            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(10)
+                .query(&mut support::connect_to(port));
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, body) = post(members[lead].admin_port, "/rollback");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("did not hold in time"), "{body}");
+    sleeper.join().expect("DEBUG SLEEP");
+    wait_for(
+        "everyone serving on the same side",
+        Duration::from_secs(15),
+        || members.iter().all(|m| phase(m) == "cutover"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Relaxed);
+    let acked: Vec<Vec<i64>> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    members[lead].wait_migration_drained(Duration::from_secs(30), 3);
+    std::thread::sleep(Duration::from_millis(500));
+    members[lead].wait_migration_drained(Duration::from_secs(30), 3);
+    for (i, acked) in acked.iter().enumerate() {
+        assert_counted(&source, &targets, &format!("m{i}"), acked);
+    }
+    let metrics = members[lead].admin_get("/metrics").1;
+    assert!(
+        metrics.contains("cutover_fleet_barrier_aborts_total{pool=\"legacy\"} 1"),
+        "{metrics}"
+    );
+}

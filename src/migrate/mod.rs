@@ -29,6 +29,7 @@ pub mod offline;
 pub mod phase;
 pub mod placed_read;
 mod retries;
+mod role;
 mod scan;
 pub mod shadow;
 mod state;
@@ -48,6 +49,7 @@ pub use lane::{LaneEvent, Queued};
 pub use lanes::Lanes;
 pub use phase::Phase;
 use retries::RetryReason;
+pub use role::Role;
 
 use crate::config::{MigrateSettings, PoolConfig};
 use crate::resp::Protocol;
@@ -115,37 +117,6 @@ pub struct Migration {
     lease_until_ms: AtomicU64,
     /// Clients last found connected straight to a source server (cutover blockers).
     direct_seen: std::sync::Mutex<Vec<String>>,
-}
-
-/// The instant the fence clock counts from.
-static FENCE_EPOCH: std::sync::LazyLock<std::time::Instant> =
-    std::sync::LazyLock::new(std::time::Instant::now);
-
-/// Milliseconds on a monotonic clock (for the lease fence).
-fn fence_clock() -> u64 {
-    FENCE_EPOCH.elapsed().as_millis() as u64
-}
-
-/// A migration's part in a fleet of proxies (`migrate.coordination`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// No fleet: this proxy does everything.
-    Solo = 0,
-    /// A member that only forwards; the leader migrates.
-    Follower = 1,
-    /// The member that runs the capture, the backfill, verify and the dirty drain.
-    Leader = 2,
-}
-
-impl Role {
-    /// The name in `/status`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Solo => "solo",
-            Role::Follower => "follower",
-            Role::Leader => "leader",
-        }
-    }
 }
 
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
@@ -265,121 +236,6 @@ impl Migration {
         with_backfill: bool,
     ) -> Arc<Migration> {
         Migration::start_full(source, source_config, target_config, with_backfill, None)
-    }
-
-    /// A member of a fleet: it only forwards until [`Migration::lead`] makes it the
-    /// leader; its progress lives in etcd (the leader's checkpoint), not in a state file.
-    pub fn start_member(
-        source: Arc<Pool>,
-        source_config: &PoolConfig,
-        target_config: &PoolConfig,
-    ) -> Arc<Migration> {
-        let mut config = source_config.clone();
-        if let Some(m) = config.migration.as_mut() {
-            m.settings.state_file = None;
-        }
-        let migration = Migration::start_full(source, &config, target_config, false, None);
-        migration.role.store(Role::Follower as u8, Relaxed);
-        migration
-    }
-
-    /// Become the fleet's leader: take over the former leader's `checkpoint` (its text, if
-    /// there is one: its safe cursors, totals and stream positions), follow the source
-    /// servers' streams from there, and run the backfill from there. A former leader's
-    /// dirty keys died with it, so a verify pass is owed when taking one over. Fails
-    /// (still a follower) when a source server refuses replication.
-    pub async fn lead(self: &Arc<Self>, checkpoint: Option<&str>) -> Result<(), String> {
-        // The capture follows the authority: the source's servers while migrating, the
-        // target's after the cutover (rule 13); nothing after finalize.
-        let side = match self.phase() {
-            Phase::Migrating => capture::Side::Source,
-            Phase::Cutover => capture::Side::Target,
-            Phase::Finalized => {
-                self.role.store(Role::Leader as u8, Relaxed);
-                return Ok(());
-            }
-        };
-        let positions = checkpoint.and_then(|text| state::adopt(self, text, side));
-        if positions.is_some() {
-            self.dirty.owe_verify();
-            let scanned = self.totals.scanned.load(Relaxed);
-            self.backfill.taken_over_at.store(scanned, Relaxed);
-        }
-        let positions = positions.unwrap_or_default();
-        capture::follow_from(self, side, &positions).await?;
-        self.role.store(Role::Leader as u8, Relaxed);
-        if self.phase() == Phase::Migrating {
-            tokio::spawn(backfill::run(self.clone()));
-        }
-        tracing::info!(
-            pool = self.source.name(),
-            taken_over = checkpoint.is_some(),
-            "leading the fleet: capture and backfill run here"
-        );
-        Ok(())
-    }
-
-    /// The checkpoint a fleet's leader keeps in etcd (the state file's text, with the safe
-    /// stream positions).
-    pub fn checkpoint_text(&self) -> String {
-        state::render(self, false)
-    }
-
-    /// Stop leading (the lease was lost): the capture and the backfill stop here.
-    pub fn step_down(&self) {
-        self.role.store(Role::Follower as u8, Relaxed);
-        self.capture.turn_off();
-        tracing::warn!(
-            pool = self.source.name(),
-            "no longer leading the fleet: capture and backfill stopped here"
-        );
-    }
-
-    /// The fleet renewed this member's lease with a request sent at `sent`: it may send
-    /// requests until `valid` later.
-    pub fn lease_renewed(&self, sent: std::time::Instant, valid: std::time::Duration) {
-        let until = sent.saturating_duration_since(*FENCE_EPOCH) + valid;
-        self.lease_until_ms
-            .store(until.as_millis().max(1) as u64, Relaxed);
-    }
-
-    /// Whether this member must not send requests of the pool now: its lease may be about
-    /// to expire in etcd (never, outside a fleet).
-    pub fn fenced(&self) -> bool {
-        let until = self.lease_until_ms.load(Relaxed);
-        until != 0 && fence_clock() > until
-    }
-
-    /// Wait (at most `limit`) for the lease to be renewed; whether it was.
-    pub async fn wait_unfenced(&self, limit: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.fenced() {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        true
-    }
-
-    /// Its part in a fleet.
-    pub fn role(&self) -> Role {
-        match self.role.load(Relaxed) {
-            1 => Role::Follower,
-            2 => Role::Leader,
-            _ => Role::Solo,
-        }
-    }
-
-    /// Whether this proxy migrates (alone, or as the fleet's leader).
-    pub fn leads(&self) -> bool {
-        self.role() != Role::Follower
-    }
-
-    /// Whether the proxy only forwards: the capture feeds the lanes, or another member of
-    /// the fleet migrates.
-    pub fn forwards_only(&self) -> bool {
-        self.capturing() || self.role() == Role::Follower
     }
 
     /// Every way to start, in one place.

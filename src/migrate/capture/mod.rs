@@ -15,53 +15,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
-use bytes::Bytes;
-use redis_protocol::resp2::types::OwnedFrame;
-
-use super::lag::LagStart;
-use super::lane::LaneEvent;
-use super::marker::{LagClock, Marked, Markers};
-use super::scan::KeyScan;
-use super::{CopyReason, Migration};
-use crate::command::{self, Access};
+use super::Migration;
+use super::marker::LagClock;
 use crate::config::ServerAddr;
 use crate::resp::Request;
 use crate::upstream::Pool;
 use crate::upstream::replication::{Position, ReplicationStream, Sync};
-
-/// How often the capture tells the master how far it got (`REPLCONF ACK`).
-const ACK_EVERY: Duration = Duration::from_secs(1);
-/// Wait before reconnecting a dropped stream (short: the source's backlog must still hold
-/// the writes made meanwhile).
-const RECONNECT: Duration = Duration::from_millis(100);
-
-/// How long a fenced leader's capture waits for its lease to be renewed before it stops.
-const FENCE_WAIT: Duration = Duration::from_secs(2);
-
-/// Keys a SCAN page asks for in the capture's full passes.
-const SCAN_COUNT: u32 = 1000;
-
-/// Commands the proxy's table does not know that name their key first (streams, mostly);
-/// for any other unknown command the source is asked (`COMMAND GETKEYS`).
-const FIRST_KEY: &[&str] = &[
-    "XADD",
-    "XDEL",
-    "XTRIM",
-    "XSETID",
-    "XACK",
-    "XCLAIM",
-    "XAUTOCLAIM",
-    "HSETEX",
-    "HEXPIRE",
-    "HPEXPIRE",
-    "HEXPIREAT",
-    "HPEXPIREAT",
-    "HPERSIST",
-    "SETRANGE",
-    "PEXPIREAT",
-];
 
 /// What became of a command of the stream (the index of its counter in
 /// [`super::counters::CAPTURE_ACTIONS`]).
@@ -239,6 +199,12 @@ pub struct CaptureState {
     pub lag: LagClock,
 }
 
+mod apply;
+mod follow;
+
+use apply::copy_every_key;
+use follow::run;
+
 /// Open a replication stream to every server of `pool`; the first refusal, naming the
 /// server and what it said, if any.
 pub async fn open_all(pool: &Pool) -> Result<Vec<ReplicationStream>, String> {
@@ -274,102 +240,6 @@ async fn open(
         })
 }
 
-/// Follow server `server` of `side` on `stream` (already open) until the capture stops
-/// following it, reconnecting with `PSYNC` from the last position after a drop.
-async fn run(
-    migration: Arc<Migration>,
-    side: Side,
-    server: usize,
-    mut stream: ReplicationStream,
-    term: u64,
-) {
-    let state = &migration.capture.states(side)[server];
-    let pool_db = side.pool(&migration).config.redis_db;
-    let mut db: u32 = 0;
-    let running = || state.term.load(Relaxed) == term;
-    while running() {
-        if let Ok(mut replid) = state.replid.lock() {
-            replid.clone_from(&stream.position().replid);
-        }
-        let mut last_ack = tokio::time::Instant::now();
-        while running() {
-            // At least once a second, and whenever the master asks: say how far we got,
-            // and read how far the master is (the lag).
-            if stream.ack_due() || last_ack.elapsed() >= ACK_EVERY {
-                last_ack = tokio::time::Instant::now();
-                if stream.ack().await.is_err() {
-                    break;
-                }
-                if let Some(master) = master_offset(&migration, side, server).await {
-                    state.master_offset.store(master, Relaxed);
-                }
-                heartbeat(&migration, side, server).await;
-            }
-            let wait = ACK_EVERY.saturating_sub(last_ack.elapsed());
-            match tokio::time::timeout(wait, stream.next()).await {
-                Err(_) => {}
-                Ok(Ok(command)) => {
-                    if !running() {
-                        // Stopped by a flip while waiting: what comes now is the lanes'
-                        // own writes to this side, never to be fed back.
-                        break;
-                    }
-                    if migration.fenced() && !migration.wait_unfenced(FENCE_WAIT).await {
-                        // A fleet leader whose lease may have expired (rule 15): another
-                        // member may lead now; it continues from the checkpoint.
-                        return;
-                    }
-                    state.commands.fetch_add(1, Relaxed);
-                    if command.offset > state.fence.load(Relaxed)
-                        && !authority_is(&migration, side, &running).await
-                    {
-                        // Given up before this side became the authority.
-                        break;
-                    }
-                    if command.offset > state.fence.load(Relaxed) {
-                        let here = Here { side, server };
-                        apply(&migration, here, &mut db, pool_db, &command.request).await;
-                    } else if command.request.name().eq_ignore_ascii_case(b"SELECT") {
-                        db = selected(&command.request, db);
-                    }
-                    state.offset.store(command.offset, Relaxed);
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(pool = migration.source.name(), side = side.name(), server = %side.pool(&migration).servers[server].name, %error, "replication stream dropped; reconnecting");
-                    break;
-                }
-            }
-        }
-        let position: Position = stream.position().clone();
-        if let Ok(mut last) = state.last.lock() {
-            *last = Some(position.clone());
-        }
-        if !running() {
-            return;
-        }
-        stream = reconnect(&migration, side, server, &position).await;
-    }
-}
-
-/// Wait until `side` is the authority, its stream followed (a flip writes its decision
-/// before the leader commits it, and a fleet member may write to the new side as soon as
-/// it reads the decision: such a write must not go into the lanes while they still copy
-/// towards this side). False when this task was stopped meanwhile.
-async fn authority_is(migration: &Migration, side: Side, running: &impl Fn() -> bool) -> bool {
-    let authority = |m: &Migration| match m.phase() {
-        super::Phase::Migrating => Some(Side::Source),
-        super::Phase::Cutover => Some(Side::Target),
-        super::Phase::Finalized => None,
-    };
-    while migration.capture.side() != side || authority(migration) != Some(side) {
-        if !running() {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    true
-}
-
 /// Where a stream command came from.
 #[derive(Debug, Clone, Copy)]
 struct Here {
@@ -385,41 +255,6 @@ fn selected(request: &Request, db: u32) -> u32 {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(db)
-}
-
-/// Reconnect to server `server` of `side` from `position`, until it answers.
-async fn reconnect(
-    migration: &Arc<Migration>,
-    side: Side,
-    server: usize,
-    position: &Position,
-) -> ReplicationStream {
-    let state = &migration.capture.states(side)[server];
-    let pool = side.pool(migration);
-    let s = &pool.servers[server];
-    loop {
-        tokio::time::sleep(RECONNECT).await;
-        match open(pool, server, Some(position)).await {
-            Ok((stream, Sync::Continued)) => {
-                state.continued.fetch_add(1, Relaxed);
-                migration.counters.capture_reconnects[0].increment(1);
-                tracing::info!(pool = migration.source.name(), side = side.name(), server = %s.name, offset = position.offset, "replication stream continued");
-                return stream;
-            }
-            Ok((stream, Sync::Full)) => {
-                state.full_resyncs.fetch_add(1, Relaxed);
-                migration.counters.capture_reconnects[1].increment(1);
-                migration.dirty.owe_verify();
-                migration.capture.new_generation();
-                tracing::error!(pool = migration.source.name(), side = side.name(), server = %s.name, "the master could not continue the stream (its backlog was overrun): the writes in the gap are unknown; every key of this server is copied again, and a verify pass is needed before the next flip");
-                tokio::spawn(copy_every_key(migration.clone(), side, server));
-                return stream;
-            }
-            Err(error) => {
-                tracing::warn!(pool = migration.source.name(), side = side.name(), server = %s.name, %error, "cannot reconnect the replication stream; retrying");
-            }
-        }
-    }
 }
 
 /// Open a stream to every server of `side` and follow each, standing by (every command
@@ -564,181 +399,6 @@ pub fn stand_down(migration: &Migration, side: Side) {
     migration.capture.stop(side);
 }
 
-/// Publish a heartbeat marker on server `server` of `side`: the time it takes to come out
-/// of the stream is the stream's delay.
-async fn heartbeat(migration: &Migration, side: Side, server: usize) {
-    let sent = super::marker::now_ms();
-    let message = Markers::heartbeat_message(sent);
-    let publish = [b"PUBLISH".as_slice(), migration.markers.channel(), &message];
-    if side
-        .copy_pool(migration)
-        .call(server, 0, &publish)
-        .await
-        .is_ok()
-    {
-        migration.capture.states(side)[server].lag.sent(sent);
-    }
-}
-
-/// One command of the stream, into the lanes of the keys it writes (rule 12): a
-/// deterministic write of one key, in a form the target has, to be replayed as the master
-/// propagated it (absolute expiry times, `SREM` for `SPOP`, scripts as their effects);
-/// any other write as copies of its keys; a marker to its key's lane.
-async fn apply(migration: &Migration, here: Here, db: &mut u32, pool_db: u32, request: &Request) {
-    let state = &migration.capture.states(here.side)[here.server];
-    let name = request.name();
-    if name.eq_ignore_ascii_case(b"PUBLISH") && request.argc() == 3 {
-        // Markers are not tied to a database.
-        match migration.markers.parse(request.arg(1), request.arg(2)) {
-            Some(Marked::Copy { token, key }) => {
-                migration.count_capture(CaptureAction::Marker);
-                migration.send(LaneEvent::Marker { key, token }).await;
-            }
-            Some(Marked::Read { token }) => {
-                migration.count_capture(CaptureAction::Marker);
-                let generation = migration.capture.generation();
-                super::placed_read::marker_met(migration, token, generation).await;
-            }
-            Some(Marked::Heartbeat { sent_ms }) => {
-                migration.count_capture(CaptureAction::Marker);
-                let now = super::marker::now_ms();
-                state.lag.seen(sent_ms, now);
-            }
-            None => migration.count_capture(CaptureAction::Ignored),
-        }
-        return;
-    }
-    if name.eq_ignore_ascii_case(b"SELECT") {
-        *db = selected(request, *db);
-        migration.count_capture(CaptureAction::Ignored);
-        return;
-    }
-    let skipped = [&b"PING"[..], b"REPLCONF", b"MULTI", b"EXEC"];
-    if *db != pool_db || skipped.iter().any(|s| name.eq_ignore_ascii_case(s)) {
-        migration.count_capture(CaptureAction::Ignored);
-        return;
-    }
-    if name.eq_ignore_ascii_case(b"FLUSHDB") || name.eq_ignore_ascii_case(b"FLUSHALL") {
-        migration.count_capture(CaptureAction::Copied);
-        flush_owned(migration, here).await;
-        return;
-    }
-    let generation = migration.capture.generation();
-    if let Some(key) = replayable(migration, request) {
-        let request = Some(request.bytes().clone());
-        let event = LaneEvent::Replicated {
-            key,
-            request,
-            generation,
-        };
-        migration.send(event).await;
-        return;
-    }
-    for key in keys_of(migration, here, request).await {
-        let event = LaneEvent::Replicated {
-            key,
-            request: None,
-            generation,
-        };
-        migration.send(event).await;
-    }
-}
-
-/// The key of a stream command that may be replayed as it is: a deterministic write of
-/// one key (the proxy's rule 3 classes; a write that gives a TTL is copied, so its key is
-/// flagged) in a form the target has.
-fn replayable(migration: &Migration, request: &Request) -> Option<Bytes> {
-    let spec = command::lookup(request.name())?;
-    let effect = super::mirror::effect(spec, request)?;
-    (effect.replay && migration.receiver_lacks(spec, request).is_none()).then_some(effect.key)
-}
-
-/// Queue a copy of `key` in its lane, waiting for room (back-pressure to the stream).
-async fn copy(migration: &Migration, key: Bytes, reason: CopyReason) {
-    let event = LaneEvent::Copy {
-        key,
-        unless_known: false,
-        reason,
-        lag: LagStart(None),
-    };
-    migration.send(event).await;
-}
-
-/// The keys a propagated command writes.
-async fn keys_of(migration: &Migration, here: Here, request: &Request) -> Vec<Bytes> {
-    if let Some(spec) = command::lookup(request.name())
-        && let Access::Write(_) = spec.access
-        && let Some(mut effect) = super::mirror::effect(spec, request)
-    {
-        return effect.take_keys().collect();
-    }
-    let name = String::from_utf8_lossy(request.name()).to_ascii_uppercase();
-    if request.argc() >= 2 && FIRST_KEY.contains(&name.as_str()) {
-        return vec![request.arg_bytes(1)];
-    }
-    if name == "XGROUP" && request.argc() >= 3 {
-        return vec![request.arg_bytes(2)];
-    }
-    if (name == "RENAME" || name == "RENAMENX") && request.argc() >= 3 {
-        return vec![request.arg_bytes(1), request.arg_bytes(2)];
-    }
-    getkeys(migration, here, request).await
-}
-
-/// Ask the server the command came from which keys `request` names (`COMMAND GETKEYS`).
-async fn getkeys(migration: &Migration, here: Here, request: &Request) -> Vec<Bytes> {
-    let mut words: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
-    words.extend(request.args());
-    let pool = here.side.copy_pool(migration);
-    let Ok(reply) = pool.call(here.server, 0, &words).await else {
-        return Vec::new();
-    };
-    match redis_protocol::resp2::decode::decode(&reply) {
-        Ok(Some((OwnedFrame::Array(items), _))) => items
-            .into_iter()
-            .filter_map(|f| match f {
-                OwnedFrame::BulkString(b) => Some(Bytes::from(b)),
-                _ => None,
-            })
-            .collect(),
-        _ => {
-            tracing::warn!(pool = migration.source.name(), command = %String::from_utf8_lossy(request.name()), reply = %String::from_utf8_lossy(&reply).trim_end(), "cannot tell which keys a replicated command writes; a verify pass will find them");
-            migration.dirty.owe_verify();
-            Vec::new()
-        }
-    }
-}
-
-/// `FLUSHDB`/`FLUSHALL` on the server the command came from: delete on the other side
-/// every key that server owns.
-async fn flush_owned(migration: &Migration, here: Here) {
-    // Every stream write before the FLUSHDB lands first: a replay still queued would
-    // otherwise write a key after the scan below looked for it.
-    migration.lanes.barrier().await;
-    let target = migration.mirror_to();
-    let mut deleted = 0u64;
-    for t in 0..target.servers.len() {
-        let mut scan = KeyScan::new(target, t, SCAN_COUNT, "capture (FLUSHDB)");
-        while let Some(keys) = scan.next_page().await {
-            for key in keys {
-                if here
-                    .side
-                    .pool(migration)
-                    .route(&key)
-                    .is_some_and(|r| r.server == here.server)
-                {
-                    copy(migration, key, CopyReason::Write).await;
-                    deleted += 1;
-                }
-            }
-        }
-    }
-    let name = &here.side.pool(migration).servers[here.server].name;
-    migration.counters.capture_flushes.increment(1);
-    migration.counters.capture_flushed_keys.increment(deleted);
-    tracing::info!(pool = migration.source.name(), server = %name, keys = deleted, "FLUSHDB on a server: its keys are copied (deleted) on the other side");
-}
-
 /// Server `server` of `side`: its `master_repl_offset` (`INFO replication`).
 pub(super) async fn master_offset(migration: &Migration, side: Side, server: usize) -> Option<u64> {
     let reply = side
@@ -750,19 +410,4 @@ pub(super) async fn master_offset(migration: &Migration, side: Side, server: usi
         .lines()
         .find_map(|l| l.strip_prefix("master_repl_offset:"))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// A full pass over server `server` of `side` after a gap in its stream: every key is
-/// copied again (not "unless copied": what the gap changed is unknown).
-async fn copy_every_key(migration: Arc<Migration>, side: Side, server: usize) {
-    let mut copied = 0u64;
-    let pool = side.copy_pool(&migration);
-    let mut scan = KeyScan::new(pool, server, SCAN_COUNT, "capture (full pass)");
-    while let Some(keys) = scan.next_page().await {
-        for key in keys {
-            copied += 1;
-            copy(&migration, key, CopyReason::Backfill).await;
-        }
-    }
-    tracing::info!(pool = migration.source.name(), server = %pool.servers[server].name, keys = copied, "full pass after a stream gap: every key copied again");
 }

@@ -254,6 +254,13 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
     let all: Vec<&Proxy> = members.iter().collect();
     let lead = leader(&all);
     let leader_admin = members[lead].admin_port;
+    // A real Prometheus scrapes every member, for the dashboard's fleet panels.
+    let prometheus = support::Prometheus::start(
+        &members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.admin_port))
+            .collect::<Vec<_>>(),
+    );
     members[lead].wait_migration_drained(Duration::from_secs(30), 2);
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = members
@@ -285,19 +292,27 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
         std::thread::sleep(Duration::from_millis(400));
     }
     eprintln!("fleet-wide pauses (slowest member), ms: {pauses:?}");
-    // Every fleet metric the dashboard queries is exported by the leader that flipped.
-    let metrics = members[lead].admin_get("/metrics").1;
-    let exported = support::dashboard::exported(&metrics);
-    for expr in support::dashboard::dashboard_queries() {
-        for name in support::dashboard::metric_names(&expr) {
-            if support::dashboard::fleet_only(&name) {
-                assert!(
-                    exported.contains(name.as_str()),
-                    "{name} not exported:\n{metrics}"
-                );
-            }
-        }
-    }
+    // Every query of the dashboard's fleet panels returns series from the members.
+    std::thread::sleep(Duration::from_secs(3));
+    let fleet_queries: Vec<String> = support::dashboard::dashboard_queries()
+        .into_iter()
+        .filter(|e| {
+            support::dashboard::metric_names(e)
+                .iter()
+                .any(|n| support::dashboard::fleet_only(n))
+        })
+        .collect();
+    assert!(fleet_queries.len() >= 7, "{fleet_queries:?}");
+    let empty: Vec<String> = fleet_queries
+        .iter()
+        .map(|e| e.replace("$pool", ".*"))
+        .filter(|q| prometheus.query(q).as_array().is_none_or(Vec::is_empty))
+        .collect();
+    assert!(
+        empty.is_empty(),
+        "fleet queries with no series: {empty:#?}\ntargets: {}",
+        prometheus.targets()
+    );
     stop.store(true, Relaxed);
     let acked: Vec<Vec<i64>> = writers
         .into_iter()

@@ -227,14 +227,12 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
         };
         processed += 1;
         let processed_slot = &migration.lanes.processed[index];
-        if migration.fenced() {
-            // A fleet leader whose lease may be expiring writes nothing (rule 15); if it
-            // lost the lead meanwhile, its successor copies every key it touches anyway.
-            migration.wait_unfenced(Duration::from_secs(5)).await;
-            if migration.fenced() || !migration.leads() {
-                processed_slot.store(processed, SeqCst);
-                continue;
-            }
+        if migration.fenced() && !migration.wait_while_fenced().await {
+            // A fleet leader whose lease may be expiring writes nothing (rule 15) until it
+            // is renewed; once it no longer leads, its successor copies every key it
+            // touches anyway.
+            processed_slot.store(processed, SeqCst);
+            continue;
         }
         // Taking the lock before acting on the event orders it after any direct replay
         // that found this lane idle: that replay is already queued on the target.

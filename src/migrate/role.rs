@@ -137,6 +137,17 @@ impl Migration {
         true
     }
 
+    /// For the leader's own writes (capture, lanes): wait while fenced, for as long as
+    /// this member still leads (a lease not renewed for a whole TTL makes it step down).
+    /// True when it may write again; false when it no longer leads, and what it holds is
+    /// its successor's to copy.
+    pub async fn wait_while_fenced(&self) -> bool {
+        while self.fenced() && self.leads() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.leads()
+    }
+
     /// Its part in a fleet.
     pub fn role(&self) -> Role {
         match self.role.load(Relaxed) {

@@ -19,9 +19,6 @@ const ACK_EVERY: Duration = Duration::from_secs(1);
 /// the writes made meanwhile).
 const RECONNECT: Duration = Duration::from_millis(100);
 
-/// How long a fenced leader's capture waits for its lease to be renewed before it stops.
-const FENCE_WAIT: Duration = Duration::from_secs(2);
-
 /// Follow server `server` of `side` on `stream` (already open) until the capture stops
 /// following it, reconnecting with `PSYNC` from the last position after a drop.
 pub(super) async fn run(
@@ -62,9 +59,9 @@ pub(super) async fn run(
                         // own writes to this side, never to be fed back.
                         break;
                     }
-                    if migration.fenced() && !migration.wait_unfenced(FENCE_WAIT).await {
-                        // A fleet leader whose lease may have expired (rule 15): another
-                        // member may lead now; it continues from the checkpoint.
+                    if migration.fenced() && !migration.wait_while_fenced().await {
+                        // A fleet leader that lost its lease (rule 15): another member
+                        // leads now and continues from the checkpoint.
                         return;
                     }
                     state.commands.fetch_add(1, Relaxed);

@@ -257,11 +257,7 @@ impl Migration {
     /// sync can take a while) and let them stand by (rule 13); the side to follow after
     /// the flip, if any.
     pub async fn prepare_flip(self: &Arc<Self>, to: Phase) -> Option<Side> {
-        let next = match to {
-            Phase::Migrating => Side::Source,
-            Phase::Cutover => Side::Target,
-            Phase::Finalized => return None,
-        };
+        let next = Side::authority(to)?;
         if self.settings.capture == Capture::Proxy {
             return None;
         }

@@ -64,15 +64,10 @@ impl Migration {
     /// dirty keys died with it, so a verify pass is owed when taking one over. Fails
     /// (still a follower) when a source server refuses replication.
     pub async fn lead(self: &Arc<Self>, checkpoint: Option<&str>) -> Result<(), String> {
-        // The capture follows the authority: the source's servers while migrating, the
-        // target's after the cutover (rule 13); nothing after finalize.
-        let side = match self.phase() {
-            Phase::Migrating => capture::Side::Source,
-            Phase::Cutover => capture::Side::Target,
-            Phase::Finalized => {
-                self.role.store(Role::Leader as u8, Relaxed);
-                return Ok(());
-            }
+        // The capture follows the authority (rule 13); nothing after finalize.
+        let Some(side) = capture::Side::authority(self.phase()) else {
+            self.role.store(Role::Leader as u8, Relaxed);
+            return Ok(());
         };
         let positions = checkpoint.and_then(|text| state::adopt(self, text, side));
         if positions.is_some() {

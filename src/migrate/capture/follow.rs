@@ -101,12 +101,7 @@ pub(super) async fn run(
 /// it reads the decision: such a write must not go into the lanes while they still copy
 /// towards this side). False when this task was stopped meanwhile.
 async fn authority_is(migration: &Migration, side: Side, running: &impl Fn() -> bool) -> bool {
-    let authority = |m: &Migration| match m.phase() {
-        crate::migrate::Phase::Migrating => Some(Side::Source),
-        crate::migrate::Phase::Cutover => Some(Side::Target),
-        crate::migrate::Phase::Finalized => None,
-    };
-    while migration.capture.side() != side || authority(migration) != Some(side) {
+    while migration.capture.side() != side || Side::authority(migration.phase()) != Some(side) {
         if !running() {
             return false;
         }

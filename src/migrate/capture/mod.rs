@@ -49,6 +49,16 @@ pub enum Side {
 }
 
 impl Side {
+    /// The side authoritative in `phase`, which the capture follows (rule 13): the source
+    /// while migrating, the target after a cutover, neither after finalize.
+    pub fn authority(phase: super::Phase) -> Option<Side> {
+        match phase {
+            super::Phase::Migrating => Some(Side::Source),
+            super::Phase::Cutover => Some(Side::Target),
+            super::Phase::Finalized => None,
+        }
+    }
+
     /// The side's name in `/status` and the log.
     pub fn name(self) -> &'static str {
         match self {

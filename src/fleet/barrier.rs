@@ -56,11 +56,15 @@ pub struct Hold {
 async fn read(fleet: &Fleet) -> Result<Option<(PhaseRecord, i64)>, etcd_client::Error> {
     let mut client = fleet.client.clone();
     let reply = client.get(fleet.key("phase"), None).await?;
-    Ok(reply.kvs().first().and_then(|kv| {
-        serde_json::from_slice(kv.value())
-            .ok()
-            .map(|r| (r, kv.mod_revision()))
-    }))
+    Ok(reply
+        .kvs()
+        .first()
+        .and_then(|kv| decode(kv).map(|r| (r, kv.mod_revision()))))
+}
+
+/// The phase record a key holds (`None`: not one).
+fn decode(kv: &etcd_client::KeyValue) -> Option<PhaseRecord> {
+    serde_json::from_slice(kv.value()).ok()
 }
 
 /// Replace the record read at `revision` with `record`; false if it changed meanwhile.
@@ -142,11 +146,7 @@ pub(super) async fn follow(fleet: Arc<Fleet>) {
             }
         };
         let revision = now.header().map_or(0, |h| h.revision());
-        if let Some(record) = now
-            .kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice::<PhaseRecord>(kv.value()).ok())
-        {
+        if let Some(record) = now.kvs().first().and_then(decode) {
             apply(&fleet, &record, &mut held).await;
         }
         let mut streams = fleet.streams.clone();
@@ -158,10 +158,7 @@ pub(super) async fn follow(fleet: Arc<Fleet>) {
         };
         while let Ok(Some(reply)) = stream.message().await {
             for event in reply.events() {
-                let Some(record) = event
-                    .kv()
-                    .and_then(|kv| serde_json::from_slice::<PhaseRecord>(kv.value()).ok())
-                else {
+                let Some(record) = event.kv().and_then(decode) else {
                     continue;
                 };
                 apply(&fleet, &record, &mut held).await;
@@ -336,18 +333,10 @@ async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> Vec<Stri
                         .and_then(|v| v.parse::<u64>().ok())
                         .is_some_and(|e| e >= epoch)
                 })
-                .filter_map(|kv| {
-                    kv.key_str()
-                        .ok()
-                        .map(|k| k.rsplit('/').next().unwrap_or(k).to_string())
-                })
+                .map(member_of)
                 .collect();
             for kv in members.kvs() {
-                let id = kv
-                    .key_str()
-                    .ok()
-                    .map(|k| k.rsplit('/').next().unwrap_or(k).to_string())
-                    .unwrap_or_default();
+                let id = member_of(kv);
                 if !acked.contains(&id) {
                     missing.push(id);
                 }
@@ -363,6 +352,12 @@ async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> Vec<Stri
         }
         tokio::time::sleep(ACK_POLL).await;
     }
+}
+
+/// The member a per-member key (`members/<id>`, `acks/<id>`) belongs to.
+fn member_of(kv: &etcd_client::KeyValue) -> String {
+    let key = kv.key_str().unwrap_or_default();
+    key.rsplit('/').next().unwrap_or(key).to_string()
 }
 
 /// The longest hold any member reported for `epoch` (waiting at most a second for every

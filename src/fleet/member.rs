@@ -15,8 +15,20 @@ use tokio::time::Instant;
 
 use super::{CALL_TIMEOUT, FENCE_AFTER, Fleet, LEASE_TTL, MemberInfo, TICK};
 
+/// Enter the fleet (at start, or again after losing the lease): register under a new
+/// lease, make sure the phase record exists, take the fleet's phase (it may have flipped
+/// meanwhile), and only then let requests through (rule 15). The lease's id.
+pub(super) async fn enter(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
+    let sent = std::time::Instant::now();
+    let lease = register(fleet).await?;
+    super::barrier::init(fleet).await?;
+    super::barrier::sync_phase(fleet).await?;
+    fleet.migration.lease_renewed(sent, FENCE_AFTER);
+    Ok(lease)
+}
+
 /// Put this member's record under a new lease; the lease's id.
-pub(super) async fn register(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
+async fn register(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
     let mut client = fleet.client.clone();
     let lease = client.lease_grant(LEASE_TTL, None).await?.id();
     let record = serde_json::to_string(&fleet.me).unwrap_or_default();
@@ -41,16 +53,8 @@ pub(super) async fn run(fleet: Arc<Fleet>, mut lease: i64) {
         tracing::warn!(pool = %fleet.pool, member = %fleet.me.id, "the fleet lease is lost; registering again");
         lease = loop {
             tokio::time::sleep(TICK).await;
-            let sent = std::time::Instant::now();
-            let registered = async {
-                let lease = register(&fleet).await?;
-                // The fleet may have flipped meanwhile: take its phase before sending.
-                super::barrier::sync_phase(&fleet).await?;
-                Ok::<i64, etcd_client::Error>(lease)
-            };
-            match registered.await {
+            match enter(&fleet).await {
                 Ok(lease) => {
-                    fleet.migration.lease_renewed(sent, FENCE_AFTER);
                     tracing::info!(pool = %fleet.pool, member = %fleet.me.id, "back in the fleet");
                     break lease;
                 }

@@ -176,17 +176,9 @@ impl Fleet {
                 pause: histogram!("cutover_fleet_pause_seconds", "pool" => p),
             },
         });
-        let sent = std::time::Instant::now();
-        let lease = member::register(&fleet)
+        let lease = member::enter(&fleet)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        barrier::init(&fleet)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        barrier::sync_phase(&fleet)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        fleet.migration.lease_renewed(sent, FENCE_AFTER);
         tracing::info!(pool, member = %fleet.me.id, %endpoints, "joined the fleet");
         tokio::spawn(member::run(fleet.clone(), lease));
         tokio::spawn(barrier::follow(fleet.clone()));

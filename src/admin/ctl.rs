@@ -169,39 +169,64 @@ fn follow_verify(options: &CtlOptions) -> Result<String, CtlError> {
     }
 }
 
-/// One HTTP call; the body parsed as JSON. Non-2xx answers become errors with the API's
-/// reasons and hint.
-fn call(options: &CtlOptions, method: &str, path: &str) -> Result<Value, CtlError> {
-    let unreachable = |reason: String| CtlError::Unreachable {
-        admin: options.admin.clone(),
-        reason,
-    };
+/// Why an HTTP call to an admin API got no answer to read.
+#[derive(Debug)]
+pub(super) enum HttpFailure {
+    /// The call did not go through.
+    Unreachable(String),
+    /// The answer's body could not be read.
+    Unreadable(String),
+}
+
+/// One HTTP call (`GET`, or `POST` with no body) to `url` with `authorization`, waiting
+/// at most `timeout`: the status and the body, whatever the status (blocking; `cutover
+/// ctl`, and a fleet member forwarding a control to its leader).
+pub(super) fn send(
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), HttpFailure> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(CALL_TIMEOUT))
+        .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .build()
         .into();
-    let url = format!("http://{}{path}", options.admin);
-    let auth = options.token.as_deref().map(|t| format!("Bearer {t}"));
     let sent = if method == "POST" {
-        let mut request = agent.post(&url);
-        if let Some(auth) = &auth {
+        let mut request = agent.post(url);
+        if let Some(auth) = authorization {
             request = request.header("Authorization", auth);
         }
         request.send_empty()
     } else {
-        let mut request = agent.get(&url);
-        if let Some(auth) = &auth {
+        let mut request = agent.get(url);
+        if let Some(auth) = authorization {
             request = request.header("Authorization", auth);
         }
         request.call()
     };
-    let mut answer = sent.map_err(|e| unreachable(e.to_string()))?;
+    let mut answer = sent.map_err(|e| HttpFailure::Unreachable(e.to_string()))?;
     let status = answer.status().as_u16();
     let body = answer
         .body_mut()
         .read_to_string()
-        .map_err(|e| CtlError::Garbled(e.to_string()))?;
+        .map_err(|e| HttpFailure::Unreadable(e.to_string()))?;
+    Ok((status, body))
+}
+
+/// One HTTP call; the body parsed as JSON. Non-2xx answers become errors with the API's
+/// reasons and hint.
+fn call(options: &CtlOptions, method: &str, path: &str) -> Result<Value, CtlError> {
+    let url = format!("http://{}{path}", options.admin);
+    let auth = options.token.as_deref().map(|t| format!("Bearer {t}"));
+    let (status, body) =
+        send(method, &url, auth.as_deref(), CALL_TIMEOUT).map_err(|failure| match failure {
+            HttpFailure::Unreachable(reason) => CtlError::Unreachable {
+                admin: options.admin.clone(),
+                reason,
+            },
+            HttpFailure::Unreadable(reason) => CtlError::Garbled(reason),
+        })?;
     let body = body.as_str();
     let json: Value = serde_json::from_str(body).map_err(|e| {
         CtlError::Garbled(format!(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::ctl::HttpFailure;
 use super::http::{HttpRequest, HttpResponse};
 
 /// The paths sent on to the leader.
@@ -25,22 +26,7 @@ pub async fn to_leader(leader: String, request: &HttpRequest) -> HttpResponse {
     };
     let authorization = request.authorization.clone();
     let sent = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut post = agent.post(&url);
-        if let Some(authorization) = &authorization {
-            post = post.header("Authorization", authorization);
-        }
-        let mut answer = post.send_empty().map_err(|e| e.to_string())?;
-        let status = answer.status().as_u16();
-        let body = answer
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| e.to_string())?;
-        Ok::<(u16, String), String>((status, body))
+        super::ctl::send("POST", &url, authorization.as_deref(), TIMEOUT)
     })
     .await;
     match sent {
@@ -52,10 +38,12 @@ pub async fn to_leader(leader: String, request: &HttpRequest) -> HttpResponse {
             }
             HttpResponse::json(status, &answer)
         }
-        Ok(Err(reason)) => HttpResponse::error(
-            502,
-            &format!("the fleet's leader (admin {leader}) did not answer: {reason}"),
-        ),
+        Ok(Err(HttpFailure::Unreachable(reason) | HttpFailure::Unreadable(reason))) => {
+            HttpResponse::error(
+                502,
+                &format!("the fleet's leader (admin {leader}) did not answer: {reason}"),
+            )
+        }
         Err(_) => HttpResponse::error(500, "forwarding to the fleet's leader failed"),
     }
 }

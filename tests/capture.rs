@@ -26,15 +26,6 @@ fn capturing(source: &RedisServer, targets: &[RedisServer]) -> Proxy {
     ))
 }
 
-/// The capture's applied offset of the first source server, from `/status`.
-fn captured(proxy: &Proxy) -> u64 {
-    let status: serde_json::Value =
-        serde_json::from_str(&proxy.admin_get("/status").1).expect("/status");
-    status["pools"][0]["migration"]["capture"]["servers"][0]["offset"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
 /// A writer loop on `conn` until `stop`: sets with 512-byte values (memory pressure), INCRs,
 /// short TTLs that expire during the run, deletes.
 fn write_until(mut conn: redis::Connection, stop: Arc<AtomicBool>, tag: &str) {
@@ -145,13 +136,7 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(evicted > 0, "the source evicted keys during the run");
-    proxy.wait_migration_drained(Duration::from_secs(60), 3);
-    wait_for(
-        "the capture to apply the whole stream",
-        Duration::from_secs(30),
-        || captured(&proxy) >= source.master_repl_offset(),
-    );
-    proxy.wait_migration_drained(Duration::from_secs(60), 3);
+    proxy.wait_capture_caught_up(&source);
     // Keys expire on both sides on their own clocks; let the short TTLs run out.
     std::thread::sleep(Duration::from_millis(600));
     support::compare::assert_same(&source, &targets);
@@ -583,7 +568,7 @@ fn the_consistency_workload_with_a_third_of_its_writers_straight_to_the_source()
     wait_for(
         "the capture to apply the whole stream",
         Duration::from_secs(60),
-        || captured(&proxy) >= source.master_repl_offset(),
+        || proxy.captured() >= source.master_repl_offset(),
     );
     proxy.wait_migration_drained(Duration::from_secs(120), 5);
     support::compare::assert_same(&source, &targets);

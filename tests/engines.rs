@@ -290,11 +290,6 @@ fn offline_migrate_and_verify_into_every_engine() {
     }
 }
 
-/// `/status` of a running proxy as JSON.
-fn status(proxy: &Proxy) -> serde_json::Value {
-    serde_json::from_str(&proxy.admin_get("/status").1).expect("/status is JSON")
-}
-
 /// `cutover ctl ARGS` against `proxy`.
 fn ctl(proxy: &Proxy, args: &[&str]) -> (bool, String) {
     let admin = format!("127.0.0.1:{}", proxy.admin_port);
@@ -378,7 +373,7 @@ fn live_round_trip(engine: OtherEngine, copies: (&str, &str), modern: bool) {
         redis7_writes(&mut conn, round);
     }
     proxy.wait_migration_drained(Duration::from_secs(60), 3);
-    let s = status(&proxy);
+    let s = proxy.status();
     let m = &s["pools"][0]["migration"];
     assert_eq!(
         m["engines"]["copy_method"]["to_target"], copies.0,
@@ -470,7 +465,7 @@ fn readiness_lists_commands_whose_keys_span_target_servers() {
         .find(|&i| server(i) == server(0))
         .expect("keys together");
     run(&mut conn, &["SINTERSTORE", "u:0", &format!("u:{together}")]);
-    let readiness = |proxy: &Proxy| status(proxy)["pools"][0]["migration"]["readiness"].clone();
+    let readiness = |proxy: &Proxy| proxy.migration()["readiness"].clone();
     assert_eq!(
         readiness(&proxy),
         serde_json::json!([]),
@@ -509,7 +504,7 @@ fn live_migration_into_redis_6_reports_readiness_and_copies_by_type() {
         redis7_writes(&mut conn, round);
     }
     proxy.wait_migration_drained(Duration::from_secs(60), 3);
-    let s = status(&proxy);
+    let s = proxy.status();
     let m = &s["pools"][0]["migration"];
     assert_eq!(m["engines"]["copy_method"]["to_target"], "by_type", "{m}");
     assert_eq!(
@@ -587,7 +582,7 @@ fn a_hot_big_list_copied_by_type_does_not_jam_its_lane() {
             .expect("SET");
     }
     proxy.wait_migration_drained(Duration::from_secs(120), 3);
-    let m = status(&proxy)["pools"][0]["migration"].clone();
+    let m = proxy.migration();
     let write_copies = m["copies"]["by_reason"]["write"]
         .as_u64()
         .unwrap_or(u64::MAX);

@@ -46,9 +46,7 @@ fn post(port: u16, path: &str) -> (u16, String) {
 
 /// The `fleet` object of a member's `/status`.
 fn view(member: &Proxy) -> Value {
-    let status: Value =
-        serde_json::from_str(&member.admin_get("/status").1).expect("/status is JSON");
-    status["pools"][0]["fleet"].clone()
+    member.status()["pools"][0]["fleet"].clone()
 }
 
 /// The index of the member that leads, once every live member agrees on one.
@@ -111,27 +109,11 @@ fn three_members_elect_one_leader_which_migrates_what_all_three_write() {
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Relaxed);
-    let acked: Vec<Vec<i64>> = writers
-        .into_iter()
-        .map(|w| w.join().expect("writer"))
-        .collect();
-    members[lead].wait_migration_drained(Duration::from_secs(60), 3);
-    wait_for("the stream applied", Duration::from_secs(30), || {
-        let status: Value =
-            serde_json::from_str(&members[lead].admin_get("/status").1).expect("status");
-        status["pools"][0]["migration"]["capture"]["servers"][0]["offset"].as_u64()
-            >= Some(source.master_repl_offset())
-    });
-    members[lead].wait_migration_drained(Duration::from_secs(60), 3);
+    let acked: Vec<Vec<i64>> = joined(writers);
+    members[lead].wait_capture_caught_up(&source);
     support::compare::assert_same(&source, &targets);
-    for (i, counts) in acked.iter().enumerate() {
-        for (k, n) in counts.iter().enumerate() {
-            let on_source: Option<i64> = redis::cmd("GET")
-                .arg(format!("m{i}:{k}"))
-                .query(&mut source.client())
-                .expect("GET");
-            assert_eq!(on_source.unwrap_or(0), *n, "m{i}:{k}");
-        }
+    for (i, acked) in acked.iter().enumerate() {
+        assert_counted(&source, &targets, &format!("m{i}"), acked);
     }
     // A follower sends controls on to the leader.
     let follower = &members[(lead + 1) % 3];
@@ -172,8 +154,7 @@ fn a_leader_killed_during_the_backfill_is_replaced_from_its_checkpoint() {
     let all: Vec<&Proxy> = members.iter().collect();
     let first = leader(&all);
     let scanned = |member: &Proxy| {
-        let status: Value = serde_json::from_str(&member.admin_get("/status").1).expect("status");
-        status["pools"][0]["migration"]["backfill"]["keys_scanned"]
+        member.migration()["backfill"]["keys_scanned"]
             .as_u64()
             .unwrap_or(0)
     };
@@ -192,28 +173,14 @@ fn a_leader_killed_during_the_backfill_is_replaced_from_its_checkpoint() {
     let rest: Vec<&Proxy> = survivors.iter().map(|&i| &members[i]).collect();
     let next = survivors[leader(&rest)];
     // The new leader took over the checkpoint (at most a second behind the old leader).
-    let backfill = |member: &Proxy| {
-        let status: Value = serde_json::from_str(&member.admin_get("/status").1).expect("status");
-        status["pools"][0]["migration"]["backfill"].clone()
-    };
-    let taken_over_at = backfill(&members[next])["taken_over_at_keys"]
+    let taken_over_at = members[next].migration()["backfill"]["taken_over_at_keys"]
         .as_u64()
         .unwrap_or(0);
     assert!(taken_over_at >= 3000, "taken over at {taken_over_at}");
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Relaxed);
-    let acked: Vec<Vec<i64>> = writers
-        .into_iter()
-        .map(|w| w.join().expect("writer"))
-        .collect();
-    members[next].wait_migration_drained(Duration::from_secs(60), 3);
-    wait_for("the stream applied", Duration::from_secs(30), || {
-        let status: Value =
-            serde_json::from_str(&members[next].admin_get("/status").1).expect("status");
-        status["pools"][0]["migration"]["capture"]["servers"][0]["offset"].as_u64()
-            >= Some(source.master_repl_offset())
-    });
-    members[next].wait_migration_drained(Duration::from_secs(60), 3);
+    let acked: Vec<Vec<i64>> = joined(writers);
+    members[next].wait_capture_caught_up(&source);
     // It scanned only the rest: not from zero.
     let own = scanned(&members[next]) - taken_over_at;
     eprintln!("taken over at {taken_over_at} keys; the new leader scanned {own} more");
@@ -222,26 +189,15 @@ fn a_leader_killed_during_the_backfill_is_replaced_from_its_checkpoint() {
         "the backfill started over: {own} keys scanned again"
     );
     support::compare::assert_same(&source, &targets);
-    for (counts, i) in acked.iter().zip(&survivors) {
-        for (k, n) in counts.iter().enumerate() {
-            let on_target: Option<i64> = targets.iter().find_map(|t| {
-                redis::cmd("GET")
-                    .arg(format!("m{i}:{k}"))
-                    .query::<Option<i64>>(&mut t.client())
-                    .ok()
-                    .flatten()
-            });
-            assert_eq!(on_target.unwrap_or(0), *n, "m{i}:{k} on the target");
-        }
+    for (acked, i) in acked.iter().zip(&survivors) {
+        assert_counted(&source, &targets, &format!("m{i}"), acked);
     }
     drop(members.remove(first));
 }
 
 /// The top-level phase in a member's `/status`.
 fn phase(member: &Proxy) -> Value {
-    let status: Value =
-        serde_json::from_str(&member.admin_get("/status").1).expect("/status is JSON");
-    status["phase"].clone()
+    member.status()["phase"].clone()
 }
 
 #[test]
@@ -314,29 +270,15 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
         prometheus.targets()
     );
     stop.store(true, Relaxed);
-    let acked: Vec<Vec<i64>> = writers
-        .into_iter()
-        .map(|w| w.join().expect("writer"))
-        .collect();
+    let acked: Vec<Vec<i64>> = joined(writers);
     members[lead].wait_migration_drained(Duration::from_secs(30), 3);
     std::thread::sleep(Duration::from_millis(500));
     members[lead].wait_migration_drained(Duration::from_secs(30), 3);
-    for (i, counts) in acked.iter().enumerate() {
-        for (k, n) in counts.iter().enumerate() {
-            let key = format!("m{i}:{k}");
-            let on_source: Option<i64> = redis::cmd("GET")
-                .arg(&key)
-                .query(&mut source.client())
-                .expect("GET");
-            let on_target: Option<i64> = targets.iter().find_map(|t| {
-                redis::cmd("GET")
-                    .arg(&key)
-                    .query::<Option<i64>>(&mut t.client())
-                    .ok()
-                    .flatten()
-            });
-            assert_eq!((on_source, on_target), (Some(*n), Some(*n)), "{key}");
-        }
+    for (i, acked) in acked.iter().enumerate() {
+        // Every counter was written through every member (and holds its count on both
+        // sides).
+        assert!(acked.iter().all(|n| *n > 0), "m{i}: {acked:?}");
+        assert_counted(&source, &targets, &format!("m{i}"), acked);
     }
     support::compare::assert_same(&source, &targets);
     // Finalize the same way: every member serves the target alone.
@@ -370,6 +312,14 @@ fn count_tolerant(
         }
         (acked, refused)
     })
+}
+
+/// What the writer threads return, once each has stopped.
+fn joined<T>(writers: Vec<std::thread::JoinHandle<T>>) -> Vec<T> {
+    writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect()
 }
 
 /// Every counter `tag:k` holds its acknowledged count on the source and on the target.
@@ -435,10 +385,7 @@ fn a_frozen_member_holds_the_flip_until_its_lease_expires_then_fences_itself_and
     );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Relaxed);
-    let results: Vec<(Vec<i64>, Vec<String>)> = writers
-        .into_iter()
-        .map(|w| w.join().expect("writer"))
-        .collect();
+    let results: Vec<(Vec<i64>, Vec<String>)> = joined(writers);
     members[lead].wait_migration_drained(Duration::from_secs(30), 3);
     for (i, (acked, refused)) in results.iter().enumerate() {
         if i != frozen {
@@ -490,10 +437,7 @@ fn a_killed_follower_and_a_restarted_etcd_do_not_stop_the_fleet() {
     });
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Relaxed);
-    let acked: Vec<Vec<i64>> = writers
-        .into_iter()
-        .map(|w| w.join().expect("writer"))
-        .collect();
+    let acked: Vec<Vec<i64>> = joined(writers);
     members[lead].wait_migration_drained(Duration::from_secs(30), 3);
     for (acked, i) in acked.iter().zip([lead, alive]) {
         assert_counted(&source, &targets, &format!("m{i}"), acked);
@@ -549,10 +493,7 @@ fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
     );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Relaxed);
-    let acked: Vec<Vec<i64>> = writers
-        .into_iter()
-        .map(|w| w.join().expect("writer"))
-        .collect();
+    let acked: Vec<Vec<i64>> = joined(writers);
     members[lead].wait_migration_drained(Duration::from_secs(30), 3);
     std::thread::sleep(Duration::from_millis(500));
     members[lead].wait_migration_drained(Duration::from_secs(30), 3);

@@ -74,8 +74,7 @@ fn run_with(
         metrics.contains("cutover_backfill_keys_copied_total{pool=\"legacy\"}"),
         "{metrics}"
     );
-    let status: serde_json::Value =
-        serde_json::from_str(&setup.cutover.admin_get("/status").1).expect("status JSON");
+    let status = setup.cutover.status();
     (found, status)
 }
 

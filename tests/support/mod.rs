@@ -464,12 +464,35 @@ impl Proxy {
         http(self.admin_port, "GET", path)
     }
 
-    /// The migration object of the first pool in `/status`.
-    pub fn migration(&self) -> serde_json::Value {
+    /// `/status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
         let (code, body) = self.admin_get("/status");
         assert_eq!(code, 200, "{body}");
-        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-        status["pools"][0]["migration"].clone()
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// The migration object of the first pool in `/status`.
+    pub fn migration(&self) -> serde_json::Value {
+        self.status()["pools"][0]["migration"].clone()
+    }
+
+    /// The capture's applied offset in the first source server's stream (`/status`).
+    pub fn captured(&self) -> u64 {
+        self.migration()["capture"]["servers"][0]["offset"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Wait until the migration is drained, its capture has applied `source`'s whole
+    /// stream (up to its offset now), and the lanes are drained again after that.
+    pub fn wait_capture_caught_up(&self, source: &RedisServer) {
+        self.wait_migration_drained(Duration::from_secs(60), 3);
+        wait_for(
+            "the capture to apply the whole stream",
+            Duration::from_secs(30),
+            || self.captured() >= source.master_repl_offset(),
+        );
+        self.wait_migration_drained(Duration::from_secs(60), 3);
     }
 
     /// Send SIGTERM and wait for the process to exit; returns whether it exited by itself

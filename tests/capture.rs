@@ -126,15 +126,7 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
     for w in writers {
         w.join().expect("writer");
     }
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query(&mut direct)
-        .expect("INFO");
-    let evicted: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("evicted_keys:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let evicted = source.info_number("stats", "evicted_keys").unwrap_or(0);
     assert!(evicted > 0, "the source evicted keys during the run");
     proxy.wait_capture_caught_up(&source);
     // Keys expire on both sides on their own clocks; let the short TTLs run out.
@@ -482,13 +474,8 @@ fn shadow_reads_placed_in_the_stream_find_no_false_mismatch_and_catch_a_real_one
 fn the_consistency_workload_with_a_third_of_its_writers_straight_to_the_source() {
     let source = RedisServer::start_with(&["--repl-backlog-size", "4mb"]);
     support::workload::prefill(&source);
-    let used: u64 = redis::cmd("INFO")
-        .arg("memory")
-        .query::<String>(&mut source.client())
-        .expect("INFO")
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
+    let used = source
+        .info_number("memory", "used_memory")
         .expect("used_memory");
     let mut direct = source.client();
     // Room for the replication backlog as it fills, and 1 MB of keys more.
@@ -554,14 +541,7 @@ fn the_consistency_workload_with_a_third_of_its_writers_straight_to_the_source()
     phase(7, true);
     let _: () = redis::cmd("FLUSHDB").query(&mut direct).expect("FLUSHDB");
     phase(8, false);
-    let evicted: u64 = redis::cmd("INFO")
-        .arg("stats")
-        .query::<String>(&mut direct)
-        .expect("INFO")
-        .lines()
-        .find_map(|l| l.strip_prefix("evicted_keys:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let evicted = source.info_number("stats", "evicted_keys").unwrap_or(0);
     assert!(evicted > 0, "the source evicted keys during the run");
     // Let the short TTLs of the prefill run out, then wait for the stream and the lanes.
     std::thread::sleep(Duration::from_millis(1600));

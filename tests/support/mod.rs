@@ -256,14 +256,19 @@ impl RedisServer {
 
     /// Its `master_repl_offset` (`INFO replication`).
     pub fn master_repl_offset(&self) -> u64 {
+        self.info_number("replication", "master_repl_offset")
+            .expect("master_repl_offset")
+    }
+
+    /// The number `field` of `INFO section`, if the server reports it.
+    pub fn info_number(&self, section: &str, field: &str) -> Option<u64> {
         let info: String = redis::cmd("INFO")
-            .arg("replication")
+            .arg(section)
             .query(&mut self.client())
             .expect("INFO");
         info.lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().parse().ok())
-            .expect("master_repl_offset")
     }
 
     /// Drop every replica connection (`CLIENT KILL TYPE replica`), as a network fault would.

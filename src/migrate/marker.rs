@@ -35,11 +35,9 @@ pub struct Markers {
 
 impl Default for Markers {
     fn default() -> Markers {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let here = &nanos as *const u64 as u64;
-        let id = nanos ^ here.rotate_left(23) ^ u64::from(std::process::id()) << 40;
+        // The known-copied sets' salt is unpredictable per process; the process id keeps
+        // two processes started in the same instant apart.
+        let id = super::known::Salt::random().0 ^ u64::from(std::process::id()) << 40;
         Markers {
             channel: Bytes::from(format!("cutover:marker:{id:016x}")),
             next: AtomicU64::new(1),

@@ -75,16 +75,7 @@ fn every_write_reaches_the_target_also_those_that_bypass_cutover() {
     let proxy = capturing(&source, &targets);
     let status = proxy.admin_get("/status").1;
     assert!(status.contains("\"mode\":\"replication\""), "{status}");
-    let ctl = Command::new(cutover_bin())
-        .args([
-            "ctl",
-            "--admin",
-            &format!("127.0.0.1:{}", proxy.admin_port),
-            "status",
-        ])
-        .output()
-        .expect("cutover ctl");
-    let text = String::from_utf8_lossy(&ctl.stdout);
+    let text = proxy.ctl_status();
     assert!(
         text.contains("  capture  replication, following the source: "),
         "{text}"

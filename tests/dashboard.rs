@@ -1,6 +1,6 @@
 //! `conf/grafana-dashboard.json` only queries metrics cutover exports: every `cutover_*`
 //! name in its queries is found in `/metrics` of a proxy that migrated, was verified and
-//! cut over.
+//! cut over (busy-polling as it did).
 
 mod support;
 
@@ -10,6 +10,9 @@ use std::time::Duration;
 use redis::Commands;
 use support::dashboard::{dashboard_queries, exported, fleet_only, metric_names};
 use support::{Proxy, RedisServer, http, migration_config, redis_servers, wait_for};
+
+/// The proxies here busy-poll, so the busy-polling panel has series too.
+const BUSY_POLL: &[&str] = &["--busy-poll", "100"];
 
 #[test]
 fn every_metric_the_dashboard_queries_is_exported() {
@@ -37,6 +40,8 @@ fn every_metric_the_dashboard_queries_is_exported() {
         "cutover_capture_events_total",
         "cutover_capture_pending_markers",
         "cutover_capture_fences_total",
+        "cutover_busy_poll_caught_total",
+        "cutover_busy_poll_spell_seconds",
     ] {
         assert!(wanted.contains(needed), "the dashboard shows {needed}");
     }
@@ -45,11 +50,10 @@ fn every_metric_the_dashboard_queries_is_exported() {
     let source = RedisServer::start();
     let targets = redis_servers(2);
     let _: () = source.client().set("a", "1").expect("fill");
-    let proxy = Proxy::cutover(&migration_config(
-        &source,
-        &targets,
-        "    shadow_ratio: 1.0\n",
-    ));
+    let proxy = Proxy::cutover_with(
+        &migration_config(&source, &targets, "    shadow_ratio: 1.0\n"),
+        BUSY_POLL,
+    );
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     let mut conn = proxy.client();
     let _: () = conn.set("b", "2").expect("SET");
@@ -94,11 +98,10 @@ fn every_dashboard_query_returns_series_in_a_real_prometheus() {
     let source = RedisServer::start();
     let targets = redis_servers(2);
     support::fill_numbered(&source, 200);
-    let proxy = Proxy::cutover(&migration_config(
-        &source,
-        &targets,
-        "    shadow_ratio: 1.0\n",
-    ));
+    let proxy = Proxy::cutover_with(
+        &migration_config(&source, &targets, "    shadow_ratio: 1.0\n"),
+        BUSY_POLL,
+    );
     let prometheus = support::Prometheus::start(&[format!("127.0.0.1:{}", proxy.admin_port)]);
     wait_for(
         "Prometheus to scrape cutover",

@@ -120,16 +120,7 @@ fn three_members_elect_one_leader_which_migrates_what_all_three_write() {
     let (code, body) = post(follower.admin_port, "/verify");
     assert_eq!(code, 202, "{body}");
     assert!(body.contains("\"forwarded_to\""), "{body}");
-    let ctl = std::process::Command::new(support::cutover_bin())
-        .args([
-            "ctl",
-            "--admin",
-            &format!("127.0.0.1:{}", follower.admin_port),
-            "status",
-        ])
-        .output()
-        .expect("cutover ctl");
-    let text = String::from_utf8_lossy(&ctl.stdout);
+    let text = follower.ctl_status();
     assert!(text.contains(") is follower; 3 members"), "{text}");
     assert!(text.contains(" [leader] (clients "), "{text}");
     let metrics = follower.admin_get("/metrics").1;

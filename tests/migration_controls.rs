@@ -204,21 +204,8 @@ fn status_is_valid_json_with_odd_names_and_blockers() {
     assert_eq!(code, 409);
     let refusal: serde_json::Value = serde_json::from_str(&body).expect("refusal is JSON");
     assert!(refusal["reasons"].as_array().is_some_and(|r| !r.is_empty()));
-    let ctl = std::process::Command::new(support::cutover_bin())
-        .args([
-            "ctl",
-            "--admin",
-            &format!("127.0.0.1:{}", cutover.admin_port),
-            "status",
-        ])
-        .output()
-        .expect("cutover ctl");
-    assert!(
-        ctl.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ctl.stderr)
-    );
-    assert!(String::from_utf8_lossy(&ctl.stdout).contains(name));
+    let text = cutover.ctl_status();
+    assert!(text.contains(name));
 }
 
 /// Rule 7 when the disk does not hold: the dirty-key file cannot be opened (a directory

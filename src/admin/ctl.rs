@@ -290,17 +290,36 @@ fn migrations(status: &Value) -> Vec<&Value> {
 /// `/status` as text.
 fn summary(status: &Value) -> String {
     let found = migrations(status);
-    if found.is_empty() {
-        return format!(
+    let mut out = if found.is_empty() {
+        format!(
             "cutover {}: no migration configured (a pool needs migrate_to)\n",
             status["version"].as_str().unwrap_or("?")
-        );
-    }
-    let mut out: String = found.into_iter().map(migration_text).collect();
+        )
+    } else {
+        found.into_iter().map(migration_text).collect()
+    };
     for pool in status["pools"].as_array().into_iter().flatten() {
         out.push_str(&fleet_text(&pool["fleet"]));
     }
+    out.push_str(&busy_poll_text(&status["busy_poll"]));
     out
+}
+
+/// The proxy's busy polling, when `--busy-poll` turned it on.
+fn busy_poll_text(poll: &Value) -> String {
+    if poll.is_null() {
+        return String::new();
+    }
+    let number = |field: &str| poll[field].as_u64().unwrap_or(0);
+    format!(
+        "busy polling: {} µs after client I/O; {} client reads and replies caught in {} spells, {:.2} s polling; {} clients owed replies (polls while at most {})\n",
+        number("window_us"),
+        number("caught"),
+        number("spells"),
+        poll["polled_seconds"].as_f64().unwrap_or(0.0),
+        number("busy_clients"),
+        number("max_busy_clients"),
+    )
 }
 
 /// The fleet a pool migrates with, if any: who leads, this member's role, the members.

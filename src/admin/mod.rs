@@ -22,8 +22,8 @@ pub use http::{HttpRequest, HttpResponse};
 use crate::migrate::Migration;
 use crate::migrate::verify::{self, VerifyOptions};
 use crate::migrate::{FlipError, Phase};
-use crate::proxy::Served;
 use crate::proxy::reload::Reloader;
+use crate::proxy::{BusyPoll, Served};
 
 /// Histogram buckets for every `_seconds` histogram: 50 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -59,6 +59,8 @@ pub struct Admin {
     token: Option<String>,
     /// Reloads the config (`POST /reload`).
     reloader: Option<Arc<Reloader>>,
+    /// The proxy's busy polling, when it is on (shown by `/status`).
+    busy_poll: Option<Arc<BusyPoll>>,
 }
 
 impl Admin {
@@ -73,7 +75,14 @@ impl Admin {
             pools,
             token,
             reloader: None,
+            busy_poll: None,
         }
+    }
+
+    /// Show `busy_poll` in `/status`.
+    pub fn with_busy_poll(mut self, busy_poll: Option<Arc<BusyPoll>>) -> Admin {
+        self.busy_poll = busy_poll;
+        self
     }
 
     /// Answer `POST /reload` with `reloader`.
@@ -320,6 +329,7 @@ impl Admin {
             "version": env!("CARGO_PKG_VERSION"),
             "phase": phase,
             "pools": pools,
+            "busy_poll": self.busy_poll.as_ref().map(|b| b.status_json()),
         })
     }
 }

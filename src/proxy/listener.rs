@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Served;
+use super::busy_poll::ClientMark;
 use super::session;
 use crate::config::Listen;
 use crate::resp::RequestLimits;
@@ -65,6 +66,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Held by every session.
     pub alive: mpsc::Sender<()>,
+    /// Busy polling, if it is on: every session tells it of its I/O.
+    pub busy_poll: Option<Arc<super::BusyPoll>>,
 }
 
 /// The reply of a client over `--max-clients` (Redis's words), before it is closed.
@@ -79,6 +82,7 @@ pub async fn serve(served: Arc<Served>, bound: Bound, shared: Shared) {
         clients,
         mut shutdown,
         alive,
+        busy_poll,
     } = shared;
     let mut backoff = ACCEPT_BACKOFF;
     loop {
@@ -114,9 +118,14 @@ pub async fn serve(served: Arc<Served>, bound: Bound, shared: Shared) {
                     set_keepalive(&stream);
                 }
                 let (rd, wr) = stream.into_split();
-                let (served, shutdown, alive) = (served.clone(), shutdown.clone(), alive.clone());
+                let (served, alive) = (served.clone(), alive.clone());
+                let context = session::SessionContext {
+                    limits,
+                    shutdown: shutdown.clone(),
+                    busy_poll: ClientMark::new(busy_poll.clone()),
+                };
                 tokio::spawn(async move {
-                    session::run(served, rd, wr, limits, shutdown, peer, local).await;
+                    session::run(served, (rd, wr), context, peer, local).await;
                     drop((alive, permit));
                 });
             }
@@ -129,9 +138,14 @@ pub async fn serve(served: Arc<Served>, bound: Bound, shared: Shared) {
                     .unwrap_or_default();
                 let peer = local.clone();
                 let (rd, wr) = stream.into_split();
-                let (served, shutdown, alive) = (served.clone(), shutdown.clone(), alive.clone());
+                let (served, alive) = (served.clone(), alive.clone());
+                let context = session::SessionContext {
+                    limits,
+                    shutdown: shutdown.clone(),
+                    busy_poll: ClientMark::new(busy_poll.clone()),
+                };
                 tokio::spawn(async move {
-                    session::run(served, rd, wr, limits, shutdown, peer, local).await;
+                    session::run(served, (rd, wr), context, peer, local).await;
                     drop((alive, permit));
                 });
             }

@@ -4,6 +4,7 @@
 //!
 //! May import: `config`, `hash`, `resp`, `command`, `upstream`, `migrate`.
 
+pub mod busy_poll;
 mod fragment;
 mod introspection;
 mod listener;
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::migrate::Migration;
 use crate::resp::RequestLimits;
 use crate::upstream::Pool;
+pub use busy_poll::BusyPoll;
 
 /// How long shutdown waits for clients to receive their pending replies.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -173,6 +175,8 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     /// Every session holds a clone of its sender; `recv` returns `None` when all ended.
     alive: mpsc::Receiver<()>,
+    /// Busy polling, when `--busy-poll` asks for it.
+    pub busy_poll: Option<Arc<BusyPoll>>,
 }
 
 impl Proxy {
@@ -180,11 +184,13 @@ impl Proxy {
     /// pool, so a taken port fails start-up before any client is served.
     /// At most `max_clients` client connections are open at once, across every pool.
     /// `admin` is where the admin API listens (a fleet's members tell each other).
+    /// `busy_poll` is the window of busy polling after client I/O (none: off).
     pub async fn start(
         config: &Config,
         limits: RequestLimits,
         max_clients: usize,
         admin: Option<String>,
+        busy_poll: Option<Duration>,
     ) -> Result<Proxy, StartError> {
         let mut bound = Vec::new();
         for pool in config.listening_pools() {
@@ -199,7 +205,13 @@ impl Proxy {
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
+        let busy_poll = busy_poll.map(|window| {
+            let poll = Arc::new(BusyPoll::new(window));
+            tokio::spawn(poll.clone().run(shutdown_rx.clone()));
+            poll
+        });
         let shared = listener::Shared {
+            busy_poll: busy_poll.clone(),
             limits,
             clients: Arc::new(tokio::sync::Semaphore::new(max_clients.max(1))),
             shutdown: shutdown_rx,
@@ -266,6 +278,7 @@ impl Proxy {
             pools,
             shutdown,
             alive,
+            busy_poll,
         })
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::Served;
+use super::busy_poll::ClientMark;
 use super::fragment::{self, MergeError, MergePlan};
 use super::local::{self, ClientState};
 use crate::command::{self, Access, ArgClass, CommandClass, CommandSpec, LocalCommand};
@@ -85,19 +86,32 @@ struct Session {
     sample_state: u64,
 }
 
+/// What a session is given besides its connection.
+pub struct SessionContext {
+    /// Limits on the client's requests.
+    pub limits: RequestLimits,
+    /// Turns true when the proxy shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// The session's part in busy polling.
+    pub busy_poll: ClientMark,
+}
+
 /// Serve one client connection until it closes, QUITs, errs, or the proxy shuts down.
 pub async fn run<R, W>(
     served: Arc<Served>,
-    mut rd: R,
-    mut wr: W,
-    limits: RequestLimits,
-    mut shutdown: watch::Receiver<bool>,
+    (mut rd, mut wr): (R, W),
+    context: SessionContext,
     peer: String,
     local_addr: String,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let SessionContext {
+        limits,
+        mut shutdown,
+        busy_poll: mut poll,
+    } = context;
     served.pool.counters.client_connected();
     let mut session = Session {
         state: ClientState::new(&served.pool, peer, local_addr),
@@ -125,6 +139,7 @@ pub async fn run<R, W>(
                 break;
             }
             out.clear();
+            poll.io();
         }
         if let Some(reply) = large {
             if wr.write_all(&reply).await.is_err() {
@@ -132,6 +147,7 @@ pub async fn run<R, W>(
             }
             continue;
         }
+        poll.owed(!session.pending.is_empty());
         if close {
             break;
         }
@@ -154,7 +170,10 @@ pub async fn run<R, W>(
             read = rd.read_buf(&mut input), if can_read => {
                 match read {
                     Ok(0) | Err(_) => session.done_reading = true,
-                    Ok(_) => session.handle_input(&mut parser, &mut input).await,
+                    Ok(_) => {
+                        poll.io();
+                        session.handle_input(&mut parser, &mut input).await;
+                    }
                 }
             }
             _ = &mut shutdown_signal, if !session.done_reading => session.done_reading = true,

@@ -553,6 +553,39 @@ impl Proxy {
             .unwrap_or(0)
     }
 
+    /// What `cutover ctl status` prints for this proxy (asserting it succeeded).
+    pub fn ctl_status(&self) -> String {
+        let out = Command::new(cutover_bin())
+            .args(["ctl", "--admin", &format!("127.0.0.1:{}", self.admin_port)])
+            .arg("status")
+            .env_remove("CUTOVER_ADMIN_TOKEN")
+            .output()
+            .expect("cutover ctl");
+        assert!(
+            out.status.success(),
+            "cutover ctl status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// CPU time the process has used (user and system), from `/proc/PID/stat` (in clock
+    /// ticks of 10 ms, the kernel's `USER_HZ` on Linux).
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces), which ends with ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+            .sum();
+        Duration::from_millis(ticks * 10)
+    }
+
     /// The proxy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()

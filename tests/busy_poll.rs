@@ -1,0 +1,129 @@
+//! `--busy-poll`: a lone client's requests are caught by polling (and answered as
+//! without it), the poller goes quiet when the client does, and it stands aside when more
+//! than two clients are owed replies.
+
+mod support;
+
+use std::time::Duration;
+
+use redis::Commands;
+use support::{Proxy, RedisServer, pool_config, wait_for};
+
+/// A one-pool proxy over `backend` polling for `window_us` after client I/O.
+fn polling_proxy(backend: &RedisServer, window_us: u64) -> Proxy {
+    let window = window_us.to_string();
+    Proxy::cutover_with(
+        &pool_config(&[], &[format!("{}:1", backend.addr())]),
+        &["--busy-poll", &window],
+    )
+}
+
+/// A number in `/status`'s `busy_poll` object.
+fn polled(proxy: &Proxy, field: &str) -> f64 {
+    proxy.status()["busy_poll"][field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("busy_poll.{field} in /status"))
+}
+
+#[test]
+fn a_lone_client_is_polled_for_and_the_poller_sleeps_when_it_stops() {
+    let backend = RedisServer::start();
+    let proxy = polling_proxy(&backend, 500);
+    assert_eq!(polled(&proxy, "window_us"), 500.0);
+    let mut conn = proxy.client();
+    for i in 0..3000 {
+        let _: () = conn.set(format!("k{}", i % 100), i).expect("SET");
+        let value: i64 = conn.get(format!("k{}", i % 100)).expect("GET");
+        assert_eq!(value, i, "a polled request is answered as any other");
+    }
+    // Requests one after another: each arrives while the previous one's spell is open.
+    let caught = polled(&proxy, "caught");
+    assert!(caught >= 3000.0, "client I/O caught by polling: {caught}");
+    assert!(polled(&proxy, "spells") >= 1.0);
+    assert!(polled(&proxy, "polled_seconds") > 0.0);
+
+    // The client stays connected but sends nothing: the poller stops within its window
+    // and the process sleeps (a poller that kept going would use a whole core).
+    std::thread::sleep(Duration::from_millis(200));
+    let before = proxy.cpu_time();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = proxy.cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(400),
+        "an idle proxy used {used:?} of CPU in 2 s"
+    );
+    let _: () = conn.set("after", 1).expect("SET after the pause");
+
+    let text = proxy.ctl_status();
+    assert!(
+        text.contains("busy polling: 500 µs after client I/O; "),
+        "{text}"
+    );
+    let metrics = proxy.admin_get("/metrics").1;
+    for name in [
+        "cutover_busy_poll_caught_total",
+        "cutover_busy_poll_spells_total{end=\"idle\"}",
+        "cutover_busy_poll_spell_seconds_count",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+}
+
+#[test]
+fn the_poller_stands_aside_while_more_than_two_clients_are_owed_replies() {
+    let backend = RedisServer::start();
+    let proxy = polling_proxy(&backend, 500);
+    // Three clients each run a script that keeps the server busy for about 300 ms: the
+    // server runs them one after another, so all three are owed a reply together.
+    let script = "local t = redis.call('TIME') \
+                  local s = t[1] * 1000000 + t[2] \
+                  repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - s > 300000 \
+                  return 1";
+    let port = proxy.port;
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                    .expect("client")
+                    .get_connection()
+                    .expect("connect");
+                let done: i64 = redis::cmd("EVAL")
+                    .arg(script)
+                    .arg(1)
+                    .arg(format!("slow{i}"))
+                    .query(&mut conn)
+                    .expect("EVAL");
+                done
+            })
+        })
+        .collect();
+    wait_for("three busy clients", Duration::from_secs(5), || {
+        polled(&proxy, "busy_clients") == 3.0
+    });
+    for client in clients {
+        assert_eq!(client.join().expect("client thread"), 1);
+    }
+    wait_for("no busy client", Duration::from_secs(5), || {
+        polled(&proxy, "busy_clients") == 0.0
+    });
+    let metrics = proxy.admin_get("/metrics").1;
+    let crowded = metrics
+        .lines()
+        .find(|l| l.starts_with("cutover_busy_poll_spells_total{end=\"crowded\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        crowded >= 1.0,
+        "spells stopped by crowding: {crowded}\n{metrics}"
+    );
+}
+
+#[test]
+fn busy_polling_is_off_unless_asked_for() {
+    let backend = RedisServer::start();
+    let proxy = Proxy::cutover(&pool_config(&[], &[format!("{}:1", backend.addr())]));
+    let mut conn = proxy.client();
+    let _: () = conn.set("a", 1).expect("SET");
+    assert!(proxy.status()["busy_poll"].is_null());
+}

@@ -305,6 +305,47 @@ fn count_tolerant(
     })
 }
 
+/// Like [`count_tolerant`], but pipelining `batch` INCRs at a time on a raw connection,
+/// so that at any moment many of them are inside the member: read, queued on a server
+/// connection, or written (a member stopped then holds some of each).
+fn count_pipelined(
+    port: u16,
+    tag: String,
+    stop: Arc<AtomicBool>,
+    batch: usize,
+) -> std::thread::JoinHandle<(Vec<i64>, Vec<String>)> {
+    use std::io::{BufRead, BufReader, Write};
+    std::thread::spawn(move || {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut writer = stream;
+        let mut acked = vec![0i64; 20];
+        let mut refused = Vec::new();
+        let mut i = 0;
+        while !stop.load(Relaxed) {
+            let mut out = Vec::new();
+            for j in i..i + batch {
+                let key = format!("{tag}:{}", j % 20);
+                out.extend_from_slice(
+                    format!("*2\r\n$4\r\nINCR\r\n${}\r\n{key}\r\n", key.len()).as_bytes(),
+                );
+            }
+            writer.write_all(&out).expect("send a batch");
+            for j in i..i + batch {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("a reply");
+                if line.starts_with(':') {
+                    acked[j % 20] += 1;
+                } else {
+                    refused.push(line.trim_end().to_string());
+                }
+            }
+            i += batch;
+        }
+        (acked, refused)
+    })
+}
+
 /// What the writer threads return, once each has stopped.
 fn joined<T>(writers: Vec<std::thread::JoinHandle<T>>) -> Vec<T> {
     writers
@@ -349,8 +390,22 @@ fn a_frozen_member_holds_the_flip_until_its_lease_expires_then_fences_itself_and
         members[lead].migration()["verify"]["last"]["differences"] == 0
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..3)
-        .map(|i| count_tolerant(members[i].port, format!("m{i}"), stop.clone()))
+    // The frozen member has two clients that pipeline (one's batch is inside the member
+    // while the other reads its replies): when it stops, some of their requests are
+    // queued on its server connections, checked against the fence before it stopped;
+    // after it resumes, past its lease, none may reach the old authority (rule 15).
+    let mut tags: Vec<(usize, String)> = (0..3).map(|i| (i, format!("m{i}"))).collect();
+    tags.push((frozen, format!("m{frozen}p")));
+    let writers: Vec<_> = tags
+        .iter()
+        .map(|(i, tag)| {
+            let (port, tag) = (members[*i].port, tag.clone());
+            if *i == frozen {
+                count_pipelined(port, tag, stop.clone(), 2000)
+            } else {
+                count_tolerant(port, tag, stop.clone())
+            }
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     members[frozen].signal("STOP");
@@ -378,14 +433,14 @@ fn a_frozen_member_holds_the_flip_until_its_lease_expires_then_fences_itself_and
     stop.store(true, Relaxed);
     let results: Vec<(Vec<i64>, Vec<String>)> = joined(writers);
     members[lead].wait_migration_drained(Duration::from_secs(30), 3);
-    for (i, (acked, refused)) in results.iter().enumerate() {
-        if i != frozen {
+    for ((i, tag), (acked, refused)) in tags.iter().zip(&results) {
+        if *i != frozen {
             assert!(refused.is_empty(), "member {i}: {refused:?}");
         }
         for e in refused {
             assert!(e.contains("TRYAGAIN"), "member {i}: {e}");
         }
-        assert_counted(&source, &targets, &format!("m{i}"), acked);
+        assert_counted(&source, &targets, tag, acked);
     }
     assert!(results[frozen].0.iter().sum::<i64>() > 0);
 }

@@ -357,6 +357,9 @@ impl Migration {
             self.counters.set_phase(to);
             self.save_state(false);
         }
+        if to == Phase::Finalized {
+            self.send_fence.retire();
+        }
         self.flips.gate.open();
     }
 

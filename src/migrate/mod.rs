@@ -110,11 +110,11 @@ pub struct Migration {
     pub placed_reads: placed_read::PlacedReads,
     /// Its part in a fleet (a [`Role`] as a number).
     role: std::sync::atomic::AtomicU8,
-    /// In a fleet: until when (milliseconds on [`fence_clock`]) this member may send
-    /// requests of the pool: half a lease after its last renewal was sent, so it stops
-    /// before etcd can expire the lease and the fleet go on without it (rule 15). 0 when
-    /// not in a fleet.
-    lease_until_ms: AtomicU64,
+    /// In a fleet: until when this member may send requests of the pool: half a lease
+    /// after its last renewal was sent, so it stops before etcd can expire the lease and
+    /// the fleet go on without it (rule 15). Open when not in a fleet. The source and
+    /// target pools' connections check it too, right before they write.
+    send_fence: Arc<crate::upstream::SendFence>,
     /// Clients last found connected straight to a source server (cutover blockers).
     direct_seen: std::sync::Mutex<Vec<String>>,
 }
@@ -320,7 +320,7 @@ impl Migration {
             markers: marker::Markers::default(),
             placed_reads: placed_read::PlacedReads::default(),
             role: std::sync::atomic::AtomicU8::new(Role::Solo as u8),
-            lease_until_ms: AtomicU64::new(0),
+            send_fence: Arc::new(crate::upstream::SendFence::new()),
             direct_seen: std::sync::Mutex::new(Vec::new()),
             progress,
             tunables: Tunables::new(&settings),

@@ -10,15 +10,6 @@ use super::{Migration, Phase, backfill, capture, state};
 use crate::config::PoolConfig;
 use crate::upstream::Pool;
 
-/// The instant the fence clock counts from.
-static FENCE_EPOCH: std::sync::LazyLock<std::time::Instant> =
-    std::sync::LazyLock::new(std::time::Instant::now);
-
-/// Milliseconds on a monotonic clock (for the lease fence).
-fn fence_clock() -> u64 {
-    FENCE_EPOCH.elapsed().as_millis() as u64
-}
-
 /// A migration's part in a fleet of proxies (`migrate.coordination`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -55,6 +46,10 @@ impl Migration {
         }
         let migration = Migration::start_full(source, &config, target_config, false, None);
         migration.role.store(Role::Follower as u8, Relaxed);
+        // Both sides' connections check the fence right before they write (rule 15).
+        for pool in [&migration.source, &migration.target] {
+            pool.set_fence(migration.send_fence.clone());
+        }
         migration
     }
 
@@ -108,16 +103,13 @@ impl Migration {
     /// The fleet renewed this member's lease with a request sent at `sent`: it may send
     /// requests until `valid` later.
     pub fn lease_renewed(&self, sent: std::time::Instant, valid: std::time::Duration) {
-        let until = sent.saturating_duration_since(*FENCE_EPOCH) + valid;
-        self.lease_until_ms
-            .store(until.as_millis().max(1) as u64, Relaxed);
+        self.send_fence.renewed(sent, valid);
     }
 
     /// Whether this member must not send requests of the pool now: its lease may be about
     /// to expire in etcd (never, outside a fleet).
     pub fn fenced(&self) -> bool {
-        let until = self.lease_until_ms.load(Relaxed);
-        until != 0 && fence_clock() > until
+        self.send_fence.closed()
     }
 
     /// Wait (at most `limit`) for the lease to be renewed; whether it was.

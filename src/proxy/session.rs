@@ -324,9 +324,7 @@ impl Session {
             && !m.wait_unfenced(FENCE_WAIT).await
         {
             listen.counters.error(ErrorKind::Backend);
-            pending.push_back(Pending::Ready(error_bytes(
-                "TRYAGAIN cutover: lost contact with coordination",
-            )));
+            pending.push_back(Pending::Ready(backend_error_bytes(BackendError::Fenced)));
             return;
         }
         let pool: &Pool = migration.map_or(listen, |m| m.authority());
@@ -521,7 +519,7 @@ impl Forwarding<'_> {
     fn failed(&mut self, error: BackendError) {
         self.counters.error(ErrorKind::Backend);
         self.pending
-            .push_back(Pending::Ready(error_bytes(&format!("ERR {error}"))));
+            .push_back(Pending::Ready(backend_error_bytes(error)));
     }
 }
 
@@ -615,7 +613,7 @@ fn render(pool: &Pool, result: ReplyResult) -> Bytes {
         Ok(bytes) => bytes,
         Err(error) => {
             pool.counters.error(ErrorKind::Backend);
-            error_bytes(&format!("ERR {error}"))
+            backend_error_bytes(error)
         }
     }
 }
@@ -629,6 +627,12 @@ fn sample_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
     (n ^ nanos.rotate_left(32)) | 1
+}
+
+/// A backend error as the client sees it: `-ERR Connection refused`, or `-TRYAGAIN ...`
+/// from a fenced fleet member.
+fn backend_error_bytes(error: BackendError) -> Bytes {
+    error_bytes(&format!("{} {error}", error.code()))
 }
 
 /// `-text\r\n` as bytes.

@@ -44,6 +44,21 @@ pub enum BackendError {
     /// The server sent bytes that are not RESP.
     #[error("Invalid argument")]
     BadReply,
+    /// This fleet member's lease may be expiring: nothing is sent (rule 15). Shown as
+    /// `-TRYAGAIN`, as the session's own refusal: the client may retry through another
+    /// member, or here once the member is back.
+    #[error("cutover: lost contact with coordination")]
+    Fenced,
+}
+
+impl BackendError {
+    /// The error code a client sees before the text.
+    pub fn code(self) -> &'static str {
+        match self {
+            BackendError::Fenced => "TRYAGAIN",
+            _ => "ERR",
+        }
+    }
 }
 
 /// A reply, or why there is none.
@@ -136,6 +151,11 @@ pub async fn run(
         }
         connect_now = false;
         let s = &pool.servers[server];
+        if pool.fenced() {
+            // Rule 15: a fenced member writes nothing; what was queued is refused.
+            fail_queued(s, first.take(), &mut rx, BackendError::Fenced);
+            continue;
+        }
         let end = match connect(&s.addr, pool.timeout()).await {
             Ok(Stream::Tcp(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -154,21 +174,32 @@ pub async fn run(
                 tracing::debug!(pool = pool.name(), server = %s.name, %error, "connect failed");
                 pool.server_failed(server);
                 // Everything waiting for this connection fails with it, as in nutcracker.
-                let mut failed = first.take().into_iter().collect::<Vec<_>>();
-                while let Ok(request) = rx.try_recv() {
-                    failed.push(request);
-                }
-                for request in failed {
-                    s.counters.unqueued(request.bytes.len());
-                    request.fail(error);
-                }
+                fail_queued(s, first.take(), &mut rx, error);
                 continue;
             }
         };
         match end {
             End::Shutdown => return,
+            End::Failed(BackendError::Fenced) => {}
             End::Failed(_) => pool.server_failed(server),
         }
+    }
+}
+
+/// Fail `first` and every request queued on `rx` with `error`.
+fn fail_queued(
+    s: &super::pool::Server,
+    first: Option<BackendRequest>,
+    rx: &mut mpsc::Receiver<BackendRequest>,
+    error: BackendError,
+) {
+    let mut failed = first.into_iter().collect::<Vec<_>>();
+    while let Ok(request) = rx.try_recv() {
+        failed.push(request);
+    }
+    for request in failed {
+        s.counters.unqueued(request.bytes.len());
+        request.fail(error);
     }
 }
 
@@ -496,6 +527,12 @@ where
         if senders_gone && conn.inflight.is_empty() && conn.wbuf.is_empty() {
             break End::Shutdown;
         }
+        if !conn.wbuf.is_empty() && conn.pool.fenced() {
+            // Rule 15, checked again right before the write: a member that stopped (and
+            // resumed past its lease) after its requests were queued writes none of them.
+            // The connection closes: what it wrote before is of unknown outcome (rule 4).
+            break End::Failed(BackendError::Fenced);
+        }
         let deadline = conn.inflight.front().and_then(|f| f.deadline);
         if deadline != timer_at {
             if let Some(at) = deadline {
@@ -547,7 +584,7 @@ where
     };
     let error = match end {
         End::Failed(error) => {
-            if error != BackendError::TimedOut {
+            if !matches!(error, BackendError::TimedOut | BackendError::Fenced) {
                 s.counters.errors_metric.increment(1);
             }
             tracing::debug!(pool = conn.pool.name(), server = %s.name, %error, inflight = conn.inflight.len(), "backend connection closed");

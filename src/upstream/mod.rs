@@ -9,11 +9,13 @@
 
 mod backend;
 mod counters;
+mod fence;
 mod hook;
 mod pool;
 pub mod replication;
 
 pub use backend::{BackendError, CONNECTION_NAME, ReplyResult};
 pub use counters::{ErrorKind, PoolCounters, ServerCounters};
+pub use fence::SendFence;
 pub use hook::ReplyHook;
 pub use pool::{Pool, ReplaySlot, Route, Server};

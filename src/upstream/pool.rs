@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::backend::{self, BackendError, BackendRequest, ReplyResult};
 use super::counters::{PoolCounters, ServerCounters};
+use super::fence::SendFence;
 use super::hook::ReplyHook;
 use crate::config::{PoolConfig, ServerAddr};
 use crate::hash::Placement;
@@ -63,6 +64,8 @@ pub struct Pool {
     next_return_ms: AtomicU64,
     /// Serializes placement rebuilds.
     rebuild: std::sync::Mutex<()>,
+    /// A fleet member's send fence, checked by every connection before it writes.
+    fence: std::sync::OnceLock<Arc<SendFence>>,
 }
 
 /// Where one key goes: the server and which of its connections.
@@ -75,6 +78,18 @@ pub struct Route {
 }
 
 impl Pool {
+    /// Fence the pool's connections with a fleet member's `fence` (rule 15): past it,
+    /// nothing is written to its servers. Set once; later calls change nothing.
+    pub fn set_fence(&self, fence: Arc<SendFence>) {
+        let _ = self.fence.set(fence);
+    }
+
+    /// Whether the pool's connections must not write now (a fleet member whose lease may
+    /// be expiring).
+    pub fn fenced(&self) -> bool {
+        !*BREAK_SEND_FENCE && self.fence.get().is_some_and(|f| f.closed())
+    }
+
     /// Build the pool and start its connection tasks (on the current tokio runtime).
     pub fn start(config: PoolConfig) -> Arc<Pool> {
         let full_placement = config.placement();
@@ -124,6 +139,7 @@ impl Pool {
             clock: Instant::now(),
             next_return_ms: AtomicU64::new(u64::MAX),
             rebuild: std::sync::Mutex::new(()),
+            fence: std::sync::OnceLock::new(),
             config,
         });
         for (index, mark, rx, protocol) in receivers {
@@ -442,3 +458,10 @@ fn connection_hash(key: &[u8]) -> u32 {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
 }
+
+/// For tests only: `CUTOVER_TEST_BREAK_SEND_FENCE=1` lets connections write past the fence
+/// (sessions still check it), to show that the frozen-member test in `tests/fleet.rs`
+/// catches a member whose queued requests reach the old authority after it resumes.
+static BREAK_SEND_FENCE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var("CUTOVER_TEST_BREAK_SEND_FENCE").is_ok_and(|v| v == "1")
+});

@@ -50,18 +50,18 @@ done
 
 col() { awk -v c="$1" -v p="$2" -v t="$3" -v n="$4" -v k="$5" '$1==c && $2==p && $3==t && $4==n {print $k}' "$WORK/runs" | median; }
 ratio() { echo "$1/$2" | bc -l; }
-# "a/b" of two latencies, with "!" when the first (cutover's) is above the second (nutcracker's).
-pair() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%s/%s%s", a, b, (a>b)?"!":""}'; }
+# A proxy's latency, with "!" when it is above nutcracker's ($2).
+mark() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%s%s", a, (a>b)?"!":""}'; }
 echo "medians of $ROUNDS rounds, $N requests each; polling = cutover --busy-poll $POLL"
-echo "latency in ms (redis-benchmark's percentiles), cutover's/nutcracker's; ! marks cutover's higher"
-printf '\n%-3s %-3s %-4s %9s %9s %9s %9s %7s %7s | %-13s %-13s | %-13s %-13s\n' c P cmd direct nutcracker cutover polling cut/nc poll/nc "p50 cut/nc" "p50 poll/nc" "p99 cut/nc" "p99 poll/nc"
+echo "latency in ms (redis-benchmark's percentiles): direct / nutcracker / cutover / polling; ! marks above nutcracker's"
+printf '\n%-3s %-3s %-4s %9s %9s %9s %9s %7s %7s | %-29s | %-29s\n' c P cmd direct nutcracker cutover polling cut/nc poll/nc "p50" "p99"
 for c in $CLIENTS; do for p in $PIPELINES; do for t in set get; do
   for n in direct nutcracker cutover polling; do
     for k in 5 6 7; do eval "v_${n}_$k=$(col "$c" "$p" "$t" "$n" "$k")"; done
   done
-  printf '%-3s %-3s %-4s %9.0f %9.0f %9.0f %9.0f %7.2f %7.2f | %-13s %-13s | %-13s %-13s\n' "$c" "$p" "${t^^}" \
+  printf '%-3s %-3s %-4s %9.0f %9.0f %9.0f %9.0f %7.2f %7.2f | %-29s | %-29s\n' "$c" "$p" "${t^^}" \
     "$v_direct_5" "$v_nutcracker_5" "$v_cutover_5" "$v_polling_5" \
     "$(ratio "$v_cutover_5" "$v_nutcracker_5")" "$(ratio "$v_polling_5" "$v_nutcracker_5")" \
-    "$(pair "$v_cutover_6" "$v_nutcracker_6")" "$(pair "$v_polling_6" "$v_nutcracker_6")" \
-    "$(pair "$v_cutover_7" "$v_nutcracker_7")" "$(pair "$v_polling_7" "$v_nutcracker_7")"
+    "$v_direct_6 / $v_nutcracker_6 / $(mark "$v_cutover_6" "$v_nutcracker_6") / $(mark "$v_polling_6" "$v_nutcracker_6")" \
+    "$v_direct_7 / $v_nutcracker_7 / $(mark "$v_cutover_7" "$v_nutcracker_7") / $(mark "$v_polling_7" "$v_nutcracker_7")"
 done; done; done

@@ -407,12 +407,42 @@ fn a_frozen_member_holds_the_flip_until_its_lease_expires_then_fences_itself_and
             }
         })
         .collect();
+    // Its connections to the source carry its id (rule 15).
+    let named = format!(
+        "name=cutover.{}",
+        view(&members[frozen])["member"]
+            .as_str()
+            .expect("member id")
+    );
+    let connections_named = |name: &str| -> usize {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut source.client())
+            .expect("CLIENT LIST");
+        list.lines()
+            .filter(|l| l.split(' ').any(|f| f == name))
+            .count()
+    };
+    wait_for(
+        "the member's named connections",
+        Duration::from_secs(10),
+        || connections_named(&named) > 0,
+    );
     std::thread::sleep(Duration::from_millis(300));
     members[frozen].signal("STOP");
     let started = std::time::Instant::now();
     let (code, body) = post(members[lead].admin_port, "/cutover");
     let took = started.elapsed();
     assert_eq!(code, 200, "{body}");
+    // Still stopped, it holds its sockets open; the leader closed its end of them on the
+    // source before draining, so nothing it sends on them later reaches the source.
+    assert_eq!(connections_named(&named), 0, "{named} after the flip");
+    assert!(
+        members[lead].admin_get("/metrics").1.lines().any(|l| l
+            .starts_with("cutover_fleet_departed_connections_closed_total")
+            && !l.ends_with(" 0")),
+        "the leader counted the connections it closed"
+    );
     // It completed only once the frozen member was out of the fleet: its lease expired
     // (3 s after its last renewal), so it had fenced itself (1.5 s after it).
     eprintln!("the flip waited {took:?} for the frozen member's lease");

@@ -267,7 +267,12 @@ pub async fn flip(fleet: &Arc<Fleet>, to: Phase, force: bool) -> Result<Flipped,
         ]));
     }
     let held_revision = read(fleet).await.ok().flatten().map_or(0, |(_, r)| r);
-    let missing = wait_for_acks(fleet, epoch, started + BARRIER_LIMIT).await;
+    let (missing, live) = wait_for_acks(fleet, epoch, started + BARRIER_LIMIT).await;
+    if missing.is_empty() && !*BREAK_DEPARTED {
+        // Rule 15: a member that left without holding cannot write to the old side late.
+        let closed = migration.disconnect_departed(from, &live).await;
+        fleet.counters.departed_closed.increment(closed as u64);
+    }
     let settled = missing.is_empty() && migration.settle_flip(next, started).await;
     let decision = PhaseRecord {
         phase: if settled { to.name() } else { from.name() }.to_string(),
@@ -311,11 +316,17 @@ static BREAK_BARRIER: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     std::env::var("CUTOVER_TEST_BREAK_BARRIER").is_ok_and(|v| v == "1")
 });
 
-/// Wait until every live member acknowledged `epoch`; the members that did not by
-/// `deadline` (empty: all did).
-async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> Vec<String> {
+/// For tests only: `CUTOVER_TEST_BREAK_DEPARTED=1` skips closing departed members'
+/// connections before a flip, so the fleet test can show they are closed otherwise.
+static BREAK_DEPARTED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var("CUTOVER_TEST_BREAK_DEPARTED").is_ok_and(|v| v == "1")
+});
+
+/// Wait until every live member acknowledged `epoch`: the members that did not by
+/// `deadline` (empty: all did), and the live members last seen.
+async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> (Vec<String>, Vec<String>) {
     if *BREAK_BARRIER {
-        return Vec::new();
+        return (Vec::new(), vec![fleet.me.id.clone()]);
     }
     let mut client = fleet.client.clone();
     let prefix = Some(GetOptions::new().with_prefix());
@@ -323,6 +334,7 @@ async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> Vec<Stri
         let members = client.get(fleet.key("members/"), prefix.clone()).await;
         let acks = client.get(fleet.key("acks/"), prefix.clone()).await;
         let mut missing = Vec::new();
+        let mut live = Vec::new();
         if let (Ok(members), Ok(acks)) = (members, acks) {
             let acked: Vec<String> = acks
                 .kvs()
@@ -338,17 +350,18 @@ async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> Vec<Stri
             for kv in members.kvs() {
                 let id = member_of(kv);
                 if !acked.contains(&id) {
-                    missing.push(id);
+                    missing.push(id.clone());
                 }
+                live.push(id);
             }
             if missing.is_empty() {
-                return missing;
+                return (missing, live);
             }
         } else {
             missing.push("(etcd unreachable)".into());
         }
         if Instant::now() >= deadline {
-            return missing;
+            return (missing, live);
         }
         tokio::time::sleep(ACK_POLL).await;
     }

@@ -120,6 +120,9 @@ struct FleetCounters {
     etcd_errors: Counter,
     /// `cutover_fleet_barrier_aborts_total{pool}`: flips given up.
     barrier_aborts: Counter,
+    /// `cutover_fleet_departed_connections_closed_total{pool}`: connections of members
+    /// gone from the fleet, closed on the old authority's servers before a flip.
+    departed_closed: Counter,
     /// `cutover_fleet_barrier_seconds{pool}`: from a hold to the decision, on the leader.
     barrier_wait: Histogram,
     /// `cutover_fleet_pause_seconds{pool}`: the slowest member's hold in a flip.
@@ -172,6 +175,7 @@ impl Fleet {
                 leader_changes: counter!("cutover_fleet_leader_changes_total", "pool" => p.clone()),
                 etcd_errors: counter!("cutover_fleet_etcd_errors_total", "pool" => p.clone()),
                 barrier_aborts: counter!("cutover_fleet_barrier_aborts_total", "pool" => p.clone()),
+                departed_closed: counter!("cutover_fleet_departed_connections_closed_total", "pool" => p.clone()),
                 barrier_wait: histogram!("cutover_fleet_barrier_seconds", "pool" => p.clone()),
                 pause: histogram!("cutover_fleet_pause_seconds", "pool" => p),
             },

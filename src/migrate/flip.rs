@@ -103,7 +103,7 @@ impl Migration {
                     let name = field("name").unwrap_or("");
                     let flags = field("flags").unwrap_or("");
                     let addr = field("addr")?;
-                    let mine = name.as_bytes() == crate::upstream::CONNECTION_NAME;
+                    let mine = crate::upstream::is_cutover_connection(name);
                     (!mine && !flags.contains('S') && !flags.contains('M')).then(|| {
                         format!(
                             "{addr} (name '{name}', last command {})",
@@ -299,6 +299,61 @@ impl Migration {
                 Some(side) => self.fence(side).await,
                 None => true,
             }
+    }
+
+    /// Before a fleet's flip drains the side that is authoritative now (`from`'s): close
+    /// every connection to its servers that belongs to a fleet member not in `live`
+    /// (rule 15). Such a member's lease expired, and it may be stopped with requests
+    /// queued, or between its last fence check and a write; killed here, whatever it
+    /// sends later meets a closed connection instead of the old authority, and whatever
+    /// it sent before reached the server before the drain reads its offsets. Returns how
+    /// many were closed.
+    pub async fn disconnect_departed(&self, from: Phase, live: &[String]) -> usize {
+        let Some(side) = super::capture::Side::authority(from) else {
+            return 0;
+        };
+        let pool = side.copy_pool(self);
+        let mut closed = 0;
+        for server in 0..pool.servers.len() {
+            let Ok(list) = pool
+                .call(
+                    server,
+                    0,
+                    &[b"CLIENT".as_slice(), b"LIST", b"TYPE", b"normal"],
+                )
+                .await
+            else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&list);
+            for line in text.lines() {
+                let field = |name: &str| {
+                    line.split(' ')
+                        .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                };
+                let (Some(id), Some(name)) = (field("id"), field("name")) else {
+                    continue;
+                };
+                let Some(member) = crate::upstream::connection_member(name) else {
+                    continue;
+                };
+                if live.iter().any(|m| m == member) {
+                    continue;
+                }
+                let killed = pool
+                    .call(
+                        server,
+                        0,
+                        &[b"CLIENT".as_slice(), b"KILL", b"ID", id.as_bytes()],
+                    )
+                    .await;
+                if matches!(killed.as_deref(), Ok(b":1\r\n")) {
+                    closed += 1;
+                    tracing::warn!(pool = self.source.name(), server = %pool.servers[server].name, member, "closed a departed fleet member's connection before the flip");
+                }
+            }
+        }
+        closed
     }
 
     /// Give up a flip: stop the streams that stood by, open the gate.

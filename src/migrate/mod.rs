@@ -254,12 +254,14 @@ impl Migration {
         let mut copy_config = source_config.clone();
         copy_config.name = format!("{}.copy", source_config.name);
         copy_config.preconnect = false;
-        let copy_source = Pool::start(copy_config);
-        let target = Pool::start(target_config.clone());
+        // A fleet member's connections to every server are named after it (rule 15).
+        let member = source.member();
+        let copy_source = Pool::start_named(copy_config, member);
+        let target = Pool::start_named(target_config.clone(), member);
         let mut copy_target_config = target_config.clone();
         copy_target_config.name = format!("{}.copy", target_config.name);
         copy_target_config.preconnect = false;
-        let copy_target = Pool::start(copy_target_config);
+        let copy_target = Pool::start_named(copy_target_config, member);
         let lane_count = settings.lanes.max(1) as usize;
         let per_lane = (settings.mirror_queue_limit as usize / lane_count).max(MIN_LANE_QUEUE);
         let dirty_path = settings.state_file.as_ref().map_or_else(

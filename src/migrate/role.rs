@@ -46,8 +46,14 @@ impl Migration {
         }
         let migration = Migration::start_full(source, &config, target_config, false, None);
         migration.role.store(Role::Follower as u8, Relaxed);
-        // Both sides' connections check the fence right before they write (rule 15).
-        for pool in [&migration.source, &migration.target] {
+        // Every connection of the member's, to either side, checks the fence right before
+        // it writes (rule 15): clients' requests, and a leader's copies and replays.
+        for pool in [
+            &migration.source,
+            &migration.target,
+            &migration.copy_source,
+            &migration.copy_target,
+        ] {
             pool.set_fence(migration.send_fence.clone());
         }
         migration

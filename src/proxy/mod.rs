@@ -224,19 +224,21 @@ impl Proxy {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default();
-            let pool = Pool::start(pool_config.clone());
-            let mut migration = None;
-            let mut fleet = None;
             let coordination = pool_config
                 .migration
                 .as_ref()
                 .and_then(|m| m.settings.coordination.clone());
-            if let (Some(target), Some(coordination)) =
-                (config.migration_target(&pool_config), coordination)
+            // A fleet member's id names its connections, from the first one (rule 15).
+            let member = coordination.as_ref().map(|_| member_id(&listen));
+            let pool = Pool::start_named(pool_config.clone(), member.as_deref());
+            let mut migration = None;
+            let mut fleet = None;
+            if let (Some(target), Some(coordination), Some(id)) =
+                (config.migration_target(&pool_config), coordination, member)
             {
                 let started = Migration::start_member(pool.clone(), &pool_config, target);
                 let me = crate::fleet::MemberInfo {
-                    id: member_id(&listen),
+                    id,
                     listen: listen.clone(),
                     admin: admin.clone(),
                 };

@@ -120,8 +120,25 @@ struct InFlight {
     setup: Option<&'static str>,
 }
 
-/// The name every connection of cutover's gives itself (`CLIENT SETNAME`).
-pub const CONNECTION_NAME: &[u8] = b"cutover";
+/// The name every connection of cutover's gives itself (`CLIENT SETNAME`); a fleet
+/// member's add `.<member id>` ([`is_cutover_connection`]).
+pub const CONNECTION_NAME_TEXT: &str = "cutover";
+/// [`CONNECTION_NAME_TEXT`] as bytes.
+pub const CONNECTION_NAME: &[u8] = CONNECTION_NAME_TEXT.as_bytes();
+
+/// Whether a connection named `name` (in `CLIENT LIST`) is one of cutover's: `cutover`, or
+/// a fleet member's `cutover.<member id>`.
+pub fn is_cutover_connection(name: &str) -> bool {
+    name == CONNECTION_NAME_TEXT
+        || name
+            .strip_prefix(CONNECTION_NAME_TEXT)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// The fleet member a connection named `name` belongs to, if it is a member's.
+pub fn connection_member(name: &str) -> Option<&str> {
+    name.strip_prefix(CONNECTION_NAME_TEXT)?.strip_prefix('.')
+}
 
 /// How a connection ended.
 enum End {
@@ -308,11 +325,8 @@ impl<'a> Connection<'a> {
             let db = config.redis_db.to_string();
             self.queue_setup("SELECT", &[b"SELECT", db.as_bytes()], deadline);
         }
-        self.queue_setup(
-            "CLIENT",
-            &[b"CLIENT", b"SETNAME", CONNECTION_NAME],
-            deadline,
-        );
+        let name = self.pool.connection_name();
+        self.queue_setup("CLIENT", &[b"CLIENT", b"SETNAME", &name], deadline);
         if self.server().redis_version().is_none() {
             self.queue_setup("INFO", &[b"INFO", b"server"], deadline);
         }

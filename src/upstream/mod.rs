@@ -14,7 +14,10 @@ mod hook;
 mod pool;
 pub mod replication;
 
-pub use backend::{BackendError, CONNECTION_NAME, ReplyResult};
+pub use backend::{
+    BackendError, CONNECTION_NAME, CONNECTION_NAME_TEXT, ReplyResult, connection_member,
+    is_cutover_connection,
+};
 pub use counters::{ErrorKind, PoolCounters, ServerCounters};
 pub use fence::SendFence;
 pub use hook::ReplyHook;

@@ -66,6 +66,8 @@ pub struct Pool {
     rebuild: std::sync::Mutex<()>,
     /// A fleet member's send fence, checked by every connection before it writes.
     fence: std::sync::OnceLock<Arc<SendFence>>,
+    /// The fleet member whose connections these are (they are named after it).
+    member: Option<String>,
 }
 
 /// Where one key goes: the server and which of its connections.
@@ -84,6 +86,20 @@ impl Pool {
         let _ = self.fence.set(fence);
     }
 
+    /// The fleet member this pool's connections belong to, if any.
+    pub fn member(&self) -> Option<&str> {
+        self.member.as_deref()
+    }
+
+    /// The name the pool's connections give themselves: `cutover`, or `cutover.<member>`
+    /// in a fleet.
+    pub fn connection_name(&self) -> Vec<u8> {
+        match &self.member {
+            Some(member) => format!("{}.{member}", super::CONNECTION_NAME_TEXT).into_bytes(),
+            None => super::CONNECTION_NAME.to_vec(),
+        }
+    }
+
     /// Whether the pool's connections must not write now (a fleet member whose lease may
     /// be expiring).
     pub fn fenced(&self) -> bool {
@@ -92,6 +108,12 @@ impl Pool {
 
     /// Build the pool and start its connection tasks (on the current tokio runtime).
     pub fn start(config: PoolConfig) -> Arc<Pool> {
+        Pool::start_named(config, None)
+    }
+
+    /// [`Pool::start`], with its connections named `cutover.<member>` (`CLIENT SETNAME`)
+    /// when `member` is a fleet member's id, so a leader can tell them apart (rule 15).
+    pub fn start_named(config: PoolConfig, member: Option<&str>) -> Arc<Pool> {
         let full_placement = config.placement();
         let mut receivers = Vec::new();
         let servers = config
@@ -140,6 +162,7 @@ impl Pool {
             next_return_ms: AtomicU64::new(u64::MAX),
             rebuild: std::sync::Mutex::new(()),
             fence: std::sync::OnceLock::new(),
+            member: member.map(str::to_string),
             config,
         });
         for (index, mark, rx, protocol) in receivers {

@@ -76,7 +76,7 @@ impl Side {
     }
 
     /// The side's copy connections (offsets, heartbeats, key lookups, full passes).
-    fn copy_pool(self, migration: &Migration) -> &Arc<Pool> {
+    pub(in crate::migrate) fn copy_pool(self, migration: &Migration) -> &Arc<Pool> {
         match self {
             Side::Source => &migration.copy_source,
             Side::Target => &migration.copy_target,

@@ -58,3 +58,22 @@ impl SendFence {
         until != 0 && fence_clock() > until && !self.retired.load(Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_until_renewed_closed_past_its_deadline_open_again_when_retired() {
+        let fence = SendFence::new();
+        assert!(!fence.closed(), "never renewed: not in a fleet");
+        fence.renewed(Instant::now(), Duration::from_secs(60));
+        assert!(!fence.closed());
+        // A renewal good for no time at all: past it a few milliseconds later.
+        fence.renewed(Instant::now(), Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(fence.closed());
+        fence.retire();
+        assert!(!fence.closed(), "finalized: nothing left to guard");
+    }
+}

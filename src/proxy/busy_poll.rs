@@ -168,8 +168,8 @@ impl BusyPoll {
     }
 }
 
-/// A session's part in busy polling: tells the poller of its I/O and whether it owes
-/// replies (and stops counting as busy when dropped).
+/// A session's part in busy polling: tells the poller of its client's I/O and whether
+/// replies are owed to the client (and stops counting it as busy when dropped).
 pub struct ClientMark {
     /// The proxy's poller, if busy polling is on.
     poll: Option<Arc<BusyPoll>>,

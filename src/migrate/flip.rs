@@ -96,10 +96,7 @@ impl Migration {
             let others: Vec<String> = text
                 .lines()
                 .filter_map(|line| {
-                    let field = |name: &str| {
-                        line.split(' ')
-                            .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-                    };
+                    let field = |name: &str| client_field(line, name);
                     let name = field("name").unwrap_or("");
                     let flags = field("flags").unwrap_or("");
                     let addr = field("addr")?;
@@ -327,11 +324,8 @@ impl Migration {
             };
             let text = String::from_utf8_lossy(&list);
             for line in text.lines() {
-                let field = |name: &str| {
-                    line.split(' ')
-                        .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-                };
-                let (Some(id), Some(name)) = (field("id"), field("name")) else {
+                let (Some(id), Some(name)) = (client_field(line, "id"), client_field(line, "name"))
+                else {
                     continue;
                 };
                 let Some(member) = crate::upstream::connection_member(name) else {
@@ -502,4 +496,10 @@ async fn pause_briefly(since: Instant) {
     } else {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The value of field `name` in one line of `CLIENT LIST` (`id=7 addr=... name=x ...`).
+fn client_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
 }

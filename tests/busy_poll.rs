@@ -106,17 +106,8 @@ fn the_poller_stands_aside_while_more_than_two_clients_are_owed_replies() {
     wait_for("no busy client", Duration::from_secs(5), || {
         polled(&proxy, "busy_clients") == 0.0
     });
-    let metrics = proxy.admin_get("/metrics").1;
-    let crowded = metrics
-        .lines()
-        .find(|l| l.starts_with("cutover_busy_poll_spells_total{end=\"crowded\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(
-        crowded >= 1.0,
-        "spells stopped by crowding: {crowded}\n{metrics}"
-    );
+    let crowded = proxy.metric("cutover_busy_poll_spells_total{end=\"crowded\"}");
+    assert!(crowded >= 1.0, "spells stopped by crowding: {crowded}");
 }
 
 #[test]

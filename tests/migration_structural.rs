@@ -98,16 +98,11 @@ fn keys_over_the_copy_limit_copy_structurally() {
     let (targets, source, cutover) = run("    copy_limit_bytes: 4096\n");
     assert_same(&source, &targets);
     no_temporary_keys(&targets);
-    let metrics = cutover.admin_get("/metrics").1;
-    let structural: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("cutover_copy_structural_total{pool=\"legacy\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let structural = cutover.metric("cutover_copy_structural_total{pool=\"legacy\"}") as u64;
     assert!(
         (5..8).contains(&structural),
         "the large keys only: {structural}"
     );
+    let metrics = cutover.admin_get("/metrics").1;
     assert!(metrics.contains("reason=\"over_copy_limit\""), "{metrics}");
 }

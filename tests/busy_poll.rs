@@ -6,8 +6,10 @@ mod support;
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use redis::Commands;
-use support::{Proxy, RedisServer, pool_config, wait_for};
+use support::{Proxy, RedisServer, cutover_bin, pool_config, wait_for};
 
 /// A one-pool proxy over `backend` polling for `window_us` after client I/O.
 fn polling_proxy(backend: &RedisServer, window_us: u64) -> Proxy {
@@ -117,4 +119,92 @@ fn busy_polling_is_off_unless_asked_for() {
     let mut conn = proxy.client();
     let _: () = conn.set("a", 1).expect("SET");
     assert!(proxy.status()["busy_poll"].is_null());
+}
+
+/// A cgroup made for one test with a CPU quota of 1.5 cores, removed when dropped.
+struct QuotaGroup {
+    dir: PathBuf,
+}
+
+impl QuotaGroup {
+    /// A new group under the v2 hierarchy (if its root hands out the cpu controller) or
+    /// v1's cpu hierarchy; none if this machine does not let the test make one.
+    fn make() -> Option<QuotaGroup> {
+        let name = format!("cutover-test-{}", std::process::id());
+        let v2 = PathBuf::from("/sys/fs/cgroup");
+        let v2_cpu = std::fs::read_to_string(v2.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"));
+        let (dir, file, text) = if v2_cpu {
+            (v2.join(&name), "cpu.max", "150000 100000")
+        } else {
+            let v1 = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|d| d.join("cpu.cfs_quota_us").exists())?;
+            (v1.join(&name), "cpu.cfs_quota_us", "150000")
+        };
+        std::fs::create_dir(&dir).ok()?;
+        let group = QuotaGroup { dir };
+        std::fs::write(group.dir.join(file), text).ok()?;
+        Some(group)
+    }
+}
+
+impl Drop for QuotaGroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn busy_polling_under_a_cpu_quota_says_so() {
+    let Some(group) = QuotaGroup::make() else {
+        eprintln!(
+            "this machine lets no test make a cgroup; the unit tests of cpu_quota.rs cover reading one"
+        );
+        return;
+    };
+    // A wrapper that joins the group and then becomes cutover, so that the quota holds
+    // from the first instruction.
+    let scratch = tempfile::tempdir().expect("dir");
+    let wrapper = scratch.path().join("cutover-in-group");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho $$ > '{}/cgroup.procs' && exec '{}' \"$@\"\n",
+            group.dir.display(),
+            cutover_bin().display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let backend = RedisServer::start();
+    let admin = support::free_port();
+    let mut proxy = Proxy::start(
+        &wrapper,
+        &pool_config(&[], &[format!("{}:1", backend.addr())]),
+        &[
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "--busy-poll",
+            "50",
+        ],
+    );
+    proxy.admin_port = admin;
+    assert_eq!(polled(&proxy, "cpu_quota_cores"), 1.5);
+    assert!(
+        proxy
+            .ctl_status()
+            .contains("under a CPU quota of 1.50 cores"),
+        "{}",
+        proxy.ctl_status()
+    );
+    let log = proxy.log();
+    assert!(log.contains("--busy-poll under a CPU quota"), "{log}");
+    drop(proxy);
+    drop(group);
 }

@@ -311,8 +311,12 @@ fn busy_poll_text(poll: &Value) -> String {
         return String::new();
     }
     let number = |field: &str| poll[field].as_u64().unwrap_or(0);
+    let quota = match poll["cpu_quota_cores"].as_f64() {
+        Some(cores) => format!("; under a CPU quota of {cores:.2} cores, which polling spends"),
+        None => String::new(),
+    };
     format!(
-        "busy polling: {} µs after client I/O; {} client reads and replies caught in {} spells, {:.2} s polling; {} clients owed replies (polls while at most {})\n",
+        "busy polling: {} µs after client I/O; {} client reads and replies caught in {} spells, {:.2} s polling; {} clients owed replies (polls while at most {}){quota}\n",
         number("window_us"),
         number("caught"),
         number("spells"),

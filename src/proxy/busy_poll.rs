@@ -67,6 +67,8 @@ pub struct BusyPoll {
     spells: AtomicU64,
     /// Time spent polling, in nanoseconds, for `/status`.
     polled_nanos: AtomicU64,
+    /// The CPU quota the process runs under, in cores, if any (polling is charged to it).
+    cpu_quota: Option<f64>,
 }
 
 /// Busy polling's metrics.
@@ -83,8 +85,9 @@ struct PollMetrics {
 }
 
 impl BusyPoll {
-    /// Busy polling for `window` after each client I/O.
-    pub fn new(window: Duration) -> BusyPoll {
+    /// Busy polling for `window` after each client I/O, in a process under `cpu_quota`
+    /// cores of CPU quota (none: unlimited).
+    pub fn new(window: Duration, cpu_quota: Option<f64>) -> BusyPoll {
         BusyPoll {
             window,
             activity: AtomicU64::new(0),
@@ -100,6 +103,7 @@ impl BusyPoll {
             caught: AtomicU64::new(0),
             spells: AtomicU64::new(0),
             polled_nanos: AtomicU64::new(0),
+            cpu_quota,
         }
     }
 
@@ -187,6 +191,7 @@ impl BusyPoll {
             "caught": self.caught.load(Relaxed),
             "spells": self.spells.load(Relaxed),
             "polled_seconds": self.polled_nanos.load(Relaxed) as f64 / 1e9,
+            "cpu_quota_cores": self.cpu_quota,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! May import: `config`, `hash`, `resp`, `command`, `upstream`, `migrate`.
 
 pub mod busy_poll;
+mod cpu_quota;
 mod fragment;
 mod introspection;
 mod listener;
@@ -206,7 +207,15 @@ impl Proxy {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
         let busy_poll = busy_poll.map(|window| {
-            let poll = Arc::new(BusyPoll::new(window));
+            let quota = cpu_quota::cpu_quota();
+            if let Some(quota) = &quota {
+                tracing::warn!(
+                    cores = quota.cores,
+                    file = %quota.file.display(),
+                    "--busy-poll under a CPU quota: polling is charged to it, and a process that spends its quota is throttled until the next period"
+                );
+            }
+            let poll = Arc::new(BusyPoll::new(window, quota.map(|q| q.cores)));
             tokio::spawn(poll.clone().run(shutdown_rx.clone()));
             poll
         });

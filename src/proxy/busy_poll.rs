@@ -38,7 +38,7 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 /// More clients than this with replies owed, and the poller sleeps. Four clients that
-/// each send one request at a time still gain from polling (about 1.1x, p99 no higher,
+/// each send one request at a time still gain from polling (1.03-1.10x, median p99 no higher,
 /// `benches/README.md`); two, the first gate, left them at about 1.05x with a p99 above
 /// nutcracker's in some rounds, because four such clients are mostly all owed at once.
 pub const MAX_BUSY_CLIENTS: usize = 4;

@@ -112,6 +112,12 @@ impl Migration {
         self.send_fence.renewed(sent, valid);
     }
 
+    /// How many times this member's fence lapsed, to stamp a request with before the
+    /// fence is checked and the request's pool picked (rule 15).
+    pub fn fence_epoch(&self) -> u64 {
+        self.send_fence.lapses()
+    }
+
     /// Whether this member must not send requests of the pool now: its lease may be about
     /// to expire in etcd (never, outside a fleet).
     pub fn fenced(&self) -> bool {

@@ -327,6 +327,11 @@ impl Session {
             pending.push_back(Pending::Ready(backend_error_bytes(BackendError::Fenced)));
             return;
         }
+        // Stamped before the pool is picked: should the fence lapse before the request
+        // reaches its connection, the connection refuses it (rule 15). A stamp that still
+        // matches there means the lease held from here to the write, so no flip happened
+        // in between and the pool picked here is still the authority.
+        let fence_epoch = gated.map(|m| m.fence_epoch());
         let pool: &Pool = migration.map_or(listen, |m| m.authority());
         // Under replication capture the source's stream carries every write: the proxy
         // only forwards (no mirror hooks); sampled reads are placed in the stream.
@@ -336,6 +341,7 @@ impl Session {
             protocol: state.protocol,
             counters: &listen.counters,
             sample_state,
+            fence_epoch,
         };
         if spec.split.is_some() && request.argc() > 2 {
             let live = live.filter(|m| !m.forwards_only());
@@ -372,6 +378,8 @@ struct Forwarding<'s> {
     counters: &'s PoolCounters,
     /// The session's sampling state for shadow reads.
     sample_state: &'s mut u64,
+    /// The fleet fence's lapses when the request was checked ([`Migration::fence_epoch`]).
+    fence_epoch: Option<u64>,
 }
 
 impl Forwarding<'_> {
@@ -426,7 +434,16 @@ impl Forwarding<'_> {
         mirror: Option<Box<MirrorHook>>,
         class: CommandClass,
     ) {
-        let rx = send(pool, self.protocol, route, bytes, started, mirror).await;
+        let rx = send(
+            pool,
+            self.protocol,
+            self.fence_epoch,
+            route,
+            bytes,
+            started,
+            mirror,
+        )
+        .await;
         self.pending
             .push_back(Pending::Forward { rx, class, started });
     }
@@ -463,8 +480,16 @@ impl Forwarding<'_> {
                         .map(|effect| MirrorHook::new(migration.clone(), effect)),
                         _ => None,
                     };
-                    let rx =
-                        send(pool, self.protocol, part.route, part.bytes, started, mirror).await;
+                    let rx = send(
+                        pool,
+                        self.protocol,
+                        self.fence_epoch,
+                        part.route,
+                        part.bytes,
+                        started,
+                        mirror,
+                    )
+                    .await;
                     states.push(PartState::Waiting(rx));
                 }
                 self.pending.push_back(Pending::Split {
@@ -537,10 +562,12 @@ fn mirror_hook(
     Some(MirrorHook::new(migration.clone(), effect))
 }
 
-/// Queue `bytes` on the route's connection of `pool`; the receiver gets the reply.
+/// Queue `bytes` on the route's connection of `pool` for a client speaking `protocol`,
+/// stamped with `fence_epoch`; the receiver gets the reply.
 async fn send(
     pool: &Pool,
     protocol: Protocol,
+    fence_epoch: Option<u64>,
     route: Route,
     bytes: Bytes,
     started: Instant,
@@ -548,7 +575,8 @@ async fn send(
 ) -> oneshot::Receiver<ReplyResult> {
     let deadline = pool.timeout().map(|t| started + t);
     let hook = mirror.map(|h| h as Box<dyn ReplyHook>);
-    pool.forward(route, protocol, bytes, deadline, hook).await
+    pool.forward(route, protocol, bytes, deadline, hook, fence_epoch)
+        .await
 }
 
 /// Poll the reply at the front of the queue.

@@ -77,6 +77,10 @@ pub struct BackendRequest {
     pub replies: u8,
     /// Told of the request's outcome (a migration's mirror hook).
     pub mirror: Option<Box<dyn ReplyHook>>,
+    /// The lapses of its fleet member's fence when a session checked the fence and picked
+    /// the pool (rule 15); a connection refuses it once the fence has lapsed since.
+    /// `None`: not stamped (outside a fleet, or the migration's own requests).
+    pub fence_epoch: Option<u64>,
 }
 
 impl BackendRequest {
@@ -92,6 +96,7 @@ impl BackendRequest {
             deadline,
             replies: 1,
             mirror: None,
+            fence_epoch: None,
         }
     }
 
@@ -112,7 +117,8 @@ struct InFlight {
     replies_left: u8,
     /// The write's mirror hook, called when its reply is read.
     mirror: Option<Box<dyn ReplyHook>>,
-    /// Request size, for the out-queue gauges.
+    /// Request size on the wire (for the out-queue gauges, which leave setup commands
+    /// out; and to tell what of the write buffer is whose).
     bytes: usize,
     /// When it times out.
     deadline: Option<Instant>,
@@ -334,12 +340,13 @@ impl<'a> Connection<'a> {
 
     /// Queue one setup command, whose reply is read and dropped.
     fn queue_setup(&mut self, command: &'static str, args: &[&[u8]], deadline: Option<Instant>) {
+        let before = self.wbuf.len();
         encode::command(&mut self.wbuf, args);
         self.inflight.push_back(InFlight {
             reply: None,
             replies_left: 1,
             mirror: None,
-            bytes: 0,
+            bytes: self.wbuf.len() - before,
             deadline,
             setup: Some(command),
         });
@@ -347,8 +354,15 @@ impl<'a> Connection<'a> {
 
     /// Move a request into the write buffer and return its size; the caller counts it (a
     /// drained batch is counted at once). A numbered request takes its number here, as it
-    /// goes on the wire.
-    fn enqueue(&mut self, request: BackendRequest) -> usize {
+    /// goes on the wire. `None`: refused instead (and counted so), because it was routed
+    /// before its fleet member's fence lapsed, perhaps to what is no longer the authority
+    /// (rule 15).
+    fn enqueue(&mut self, request: BackendRequest) -> Option<usize> {
+        if self.pool.lapsed_since(request.fence_epoch) {
+            self.server().counters.unqueued(request.bytes.len());
+            request.fail(BackendError::Fenced);
+            return None;
+        }
         let bytes = request.bytes.len();
         self.wbuf.extend_from_slice(&request.bytes);
         let mut mirror = request.mirror;
@@ -373,7 +387,7 @@ impl<'a> Connection<'a> {
             deadline: request.deadline,
             setup: None,
         });
-        bytes
+        Some(bytes)
     }
 
     /// Take every request already waiting (up to a write batch) into the write buffer;
@@ -383,8 +397,10 @@ impl<'a> Connection<'a> {
         while self.wbuf.len() < WRITE_BATCH && !*senders_gone {
             match rx.try_recv() {
                 Ok(request) => {
-                    bytes += self.enqueue(request);
-                    count += 1;
+                    if let Some(size) = self.enqueue(request) {
+                        bytes += size;
+                        count += 1;
+                    }
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => *senders_gone = true,
@@ -481,6 +497,41 @@ impl<'a> Connection<'a> {
         Ok(())
     }
 
+    /// Refuse with `error` every request none of whose bytes left the write buffer
+    /// (nothing of it reached the server, so the client may safely send it again), and
+    /// take its bytes out. What stays in the buffer is the rest of a request partly
+    /// written, whose outcome is unknown.
+    fn refuse_unsent(&mut self, error: BackendError) {
+        let s = self.server();
+        while self
+            .inflight
+            .back()
+            .is_some_and(|last| last.bytes <= self.wbuf.len())
+        {
+            let Some(f) = self.inflight.pop_back() else {
+                break;
+            };
+            self.wbuf.truncate(self.wbuf.len() - f.bytes);
+            if let Some(hook) = f.mirror {
+                if hook.numbered() {
+                    self.numbered_in_flight -= 1;
+                    if self.numbered_in_flight == 0 {
+                        s.write_marks[self.mark].store(u64::MAX, SeqCst);
+                    }
+                }
+                // Never written; told as unknown all the same, which costs at most a
+                // needless copy (rule 4).
+                hook.on_unknown();
+            }
+            if f.setup.is_none() {
+                s.counters.finished(1, f.bytes, None);
+            }
+            if let Some(reply) = f.reply {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
     /// The connection ended with `error`: every request still in flight gets it (a
     /// hooked one is told its outcome is unknown, rule 4).
     fn fail_in_flight(&mut self, error: BackendError) {
@@ -518,8 +569,9 @@ where
 {
     let s = conn.server();
     conn.setup(protocol);
-    if let Some(request) = first {
-        let bytes = conn.enqueue(request);
+    if let Some(request) = first
+        && let Some(bytes) = conn.enqueue(request)
+    {
         s.counters.written(1, bytes);
     }
     let mut senders_gone = false;
@@ -528,9 +580,15 @@ where
     let mut timer_at: Option<Instant> = None;
     // Whether the task already stepped aside once since its last write.
     let mut yielded = false;
+    // Set once the member's fence closed on this connection (rule 15): it writes nothing
+    // more and takes no new request, and stays open only to read the replies to what it
+    // had already written.
+    let mut fenced = false;
     let end = loop {
-        conn.drain(rx, &mut senders_gone);
-        if !conn.wbuf.is_empty() && !yielded && conn.wbuf.len() < WRITE_BATCH {
+        if !fenced {
+            conn.drain(rx, &mut senders_gone);
+        }
+        if !fenced && !conn.wbuf.is_empty() && !yielded && conn.wbuf.len() < WRITE_BATCH {
             // Step aside once before writing, so client sessions that are already runnable
             // can add their requests to this write: one write (one packet, one wakeup of
             // the server) for many clients, as nutcracker's event loop does.
@@ -541,10 +599,18 @@ where
         if senders_gone && conn.inflight.is_empty() && conn.wbuf.is_empty() {
             break End::Shutdown;
         }
-        if !conn.wbuf.is_empty() && conn.pool.fenced() {
+        if !fenced && !conn.wbuf.is_empty() && conn.pool.fenced() {
             // Rule 15, checked again right before the write: a member that stopped (and
-            // resumed past its lease) after its requests were queued writes none of them.
-            // The connection closes: what it wrote before is of unknown outcome (rule 4).
+            // resumed past its lease) after its requests were queued writes none of them,
+            // and refuses them (`-TRYAGAIN`: not done, safe to send again).
+            conn.refuse_unsent(BackendError::Fenced);
+            fenced = true;
+        }
+        // What it had written went to the server before the fence closed: the server
+        // executed it then, before any flip's drain, so its replies are the truth and
+        // are delivered. Once only a request partly written is left (or none), the
+        // connection closes; that one's outcome is unknown (rule 4).
+        if fenced && conn.inflight.len() <= usize::from(!conn.wbuf.is_empty()) {
             break End::Failed(BackendError::Fenced);
         }
         let deadline = conn.inflight.front().and_then(|f| f.deadline);
@@ -575,17 +641,18 @@ where
                     break End::Failed(error);
                 }
             }
-            written = wr.write_buf(&mut conn.wbuf), if !conn.wbuf.is_empty() => {
+            written = wr.write_buf(&mut conn.wbuf), if !fenced && !conn.wbuf.is_empty() => {
                 yielded = false;
                 if written.is_err() {
                     s.counters.server_err.fetch_add(1, Relaxed);
                     break End::Failed(BackendError::Reset);
                 }
             }
-            request = rx.recv(), if conn.wbuf.is_empty() && !senders_gone => match request {
+            request = rx.recv(), if !fenced && conn.wbuf.is_empty() && !senders_gone => match request {
                 Some(request) => {
-                    let bytes = conn.enqueue(request);
-                    s.counters.written(1, bytes);
+                    if let Some(bytes) = conn.enqueue(request) {
+                        s.counters.written(1, bytes);
+                    }
                 }
                 None => senders_gone = true,
             },
@@ -602,7 +669,13 @@ where
                 s.counters.errors_metric.increment(1);
             }
             tracing::debug!(pool = conn.pool.name(), server = %s.name, %error, inflight = conn.inflight.len(), "backend connection closed");
-            error
+            // What is still in flight was written, wholly or in part: a fence refuses
+            // only what it kept off the wire, so the rest is told its outcome is unknown.
+            if error == BackendError::Fenced {
+                BackendError::Reset
+            } else {
+                error
+            }
         }
         End::Shutdown => BackendError::Reset,
     };

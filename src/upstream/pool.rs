@@ -106,6 +106,18 @@ impl Pool {
         !*BREAK_SEND_FENCE && self.fence.get().is_some_and(|f| f.closed())
     }
 
+    /// The lapses of the pool's fence so far, to stamp a request with as it is routed
+    /// (`None` outside a fleet).
+    pub fn fence_epoch(&self) -> Option<u64> {
+        self.fence.get().map(|f| f.lapses())
+    }
+
+    /// Whether the fence lapsed since a request was stamped with `epoch` (rule 15).
+    pub fn lapsed_since(&self, epoch: Option<u64>) -> bool {
+        !*BREAK_SEND_FENCE
+            && matches!((epoch, self.fence.get()), (Some(epoch), Some(f)) if f.lapses() != epoch)
+    }
+
     /// Build the pool and start its connection tasks (on the current tokio runtime).
     pub fn start(config: PoolConfig) -> Arc<Pool> {
         Pool::start_named(config, None)
@@ -358,7 +370,8 @@ impl Pool {
     /// Queue a client's request on `route`'s connection speaking `protocol`, with `hook`
     /// told of its outcome: at once when the queue has room (the common case), else
     /// waiting for room (this client waits, others go on). A request that cannot be queued
-    /// is answered `Refused` through the receiver.
+    /// is answered `Refused` through the receiver. `fence_epoch`: the fence's lapses when
+    /// the session checked it and picked this pool ([`Pool::fence_epoch`]).
     pub async fn forward(
         &self,
         route: Route,
@@ -366,12 +379,14 @@ impl Pool {
         bytes: Bytes,
         deadline: Option<tokio::time::Instant>,
         hook: Option<Box<dyn ReplyHook>>,
+        fence_epoch: Option<u64>,
     ) -> tokio::sync::oneshot::Receiver<ReplyResult> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let server = &self.servers[route.server];
         server.counters.queued(bytes.len());
         let mut request = BackendRequest::new(bytes, tx, deadline);
         request.mirror = hook;
+        request.fence_epoch = fence_epoch;
         let connection = server.connection(protocol, route.connection);
         let request = match connection.try_send(request) {
             Ok(()) => return rx,
@@ -455,6 +470,7 @@ impl ReplaySlot<'_> {
             deadline: self.pool.timeout().map(|t| tokio::time::Instant::now() + t),
             replies: 1,
             mirror: Some(hook),
+            fence_epoch: None,
         });
     }
 }

@@ -576,10 +576,22 @@ fn a_member_stopped_with_requests_queued_behind_a_busy_source_sends_none_after_t
             .count();
     }
     eprintln!("{acked} acknowledged, {refused} refused, {unknown} of unknown outcome");
-    // The scene happened: some requests were refused as never written.
+    // The scene happened: some requests were refused as never written, by the member's
+    // server connections (not only by its sessions), which count them.
     assert!(
         refused > 0,
         "nothing was left unwritten when the member stopped"
+    );
+    let counted: f64 = members[frozen]
+        .admin_get("/metrics")
+        .1
+        .lines()
+        .filter(|l| l.starts_with("cutover_server_fenced_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        counted > 0.0,
+        "requests refused at the member's connections: {counted}"
     );
 }
 

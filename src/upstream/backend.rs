@@ -220,6 +220,9 @@ fn fail_queued(
     while let Ok(request) = rx.try_recv() {
         failed.push(request);
     }
+    if error == BackendError::Fenced {
+        s.counters.fenced_metric.increment(failed.len() as u64);
+    }
     for request in failed {
         s.counters.unqueued(request.bytes.len());
         request.fail(error);
@@ -359,7 +362,9 @@ impl<'a> Connection<'a> {
     /// (rule 15).
     fn enqueue(&mut self, request: BackendRequest) -> Option<usize> {
         if self.pool.lapsed_since(request.fence_epoch) {
-            self.server().counters.unqueued(request.bytes.len());
+            let counters = &self.server().counters;
+            counters.unqueued(request.bytes.len());
+            counters.fenced_metric.increment(1);
             request.fail(BackendError::Fenced);
             return None;
         }
@@ -525,6 +530,7 @@ impl<'a> Connection<'a> {
             }
             if f.setup.is_none() {
                 s.counters.finished(1, f.bytes, None);
+                s.counters.fenced_metric.increment(1);
             }
             if let Some(reply) = f.reply {
                 let _ = reply.send(Err(error));

@@ -172,6 +172,10 @@ pub struct ServerCounters {
     pub connections_metric: Gauge,
     /// `cutover_server_failures_total`: failures counted toward ejection (includes -OOM/-BUSY/-LOADING).
     pub failures_metric: Counter,
+    /// `cutover_server_fenced_requests_total`: requests a fleet member's connections
+    /// refused, never written, because its fence was closed or had lapsed since the
+    /// request was routed (rule 15).
+    pub fenced_metric: Counter,
 }
 
 impl ServerCounters {
@@ -200,6 +204,7 @@ impl ServerCounters {
             ejections_metric: counter!("cutover_server_ejections_total", &labels),
             connections_metric: gauge!("cutover_server_connections", &labels),
             failures_metric: counter!("cutover_server_failures_total", &labels),
+            fenced_metric: counter!("cutover_server_fenced_requests_total", &labels),
         }
     }
 

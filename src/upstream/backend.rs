@@ -612,10 +612,12 @@ where
             conn.refuse_unsent(BackendError::Fenced);
             fenced = true;
         }
-        // What it had written went to the server before the fence closed: the server
-        // executed it then, before any flip's drain, so its replies are the truth and
-        // are delivered. Once only a request partly written is left (or none), the
-        // connection closes; that one's outcome is unknown (rule 4).
+        // What it had written went to the server before the fence closed. The server ran
+        // it before a leader closed this connection, so before any flip's drain, or
+        // never (the closing discards what it had not read): a reply read is the truth
+        // and is delivered; a request left unanswered when the connection ends is of
+        // unknown outcome (rule 4). Once only a request partly written is left (or
+        // none), the connection closes.
         if fenced && conn.inflight.len() <= usize::from(!conn.wbuf.is_empty()) {
             break End::Failed(BackendError::Fenced);
         }

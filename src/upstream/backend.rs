@@ -126,6 +126,22 @@ struct InFlight {
     setup: Option<&'static str>,
 }
 
+impl InFlight {
+    /// Answer it with `error` and take it off `counters`' out queue; its hook, if any, is
+    /// told its outcome is unknown (the lanes copy what it may have written, rule 4).
+    fn fail(self, counters: &super::counters::ServerCounters, error: BackendError) {
+        if let Some(hook) = self.mirror {
+            hook.on_unknown();
+        }
+        if self.setup.is_none() {
+            counters.finished(1, self.bytes, None);
+        }
+        if let Some(reply) = self.reply {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
 /// The name every connection of cutover's gives itself (`CLIENT SETNAME`); a fleet
 /// member's add `.<member id>` ([`is_cutover_connection`]).
 pub const CONNECTION_NAME_TEXT: &str = "cutover";
@@ -517,24 +533,18 @@ impl<'a> Connection<'a> {
                 break;
             };
             self.wbuf.truncate(self.wbuf.len() - f.bytes);
-            if let Some(hook) = f.mirror {
-                if hook.numbered() {
-                    self.numbered_in_flight -= 1;
-                    if self.numbered_in_flight == 0 {
-                        s.write_marks[self.mark].store(u64::MAX, SeqCst);
-                    }
+            if f.mirror.as_ref().is_some_and(|hook| hook.numbered()) {
+                self.numbered_in_flight -= 1;
+                if self.numbered_in_flight == 0 {
+                    s.write_marks[self.mark].store(u64::MAX, SeqCst);
                 }
-                // Never written; told as unknown all the same, which costs at most a
-                // needless copy (rule 4).
-                hook.on_unknown();
             }
             if f.setup.is_none() {
-                s.counters.finished(1, f.bytes, None);
                 s.counters.fenced_metric.increment(1);
             }
-            if let Some(reply) = f.reply {
-                let _ = reply.send(Err(error));
-            }
+            // Never written; a hook is told its outcome is unknown all the same, which
+            // costs at most a needless copy.
+            f.fail(&s.counters, error);
         }
     }
 
@@ -543,16 +553,7 @@ impl<'a> Connection<'a> {
     fn fail_in_flight(&mut self, error: BackendError) {
         let s = self.server();
         for f in self.inflight.drain(..) {
-            if let Some(hook) = f.mirror {
-                // Sent, outcome unknown: the lanes copy what it may have written (rule 4).
-                hook.on_unknown();
-            }
-            if f.setup.is_none() {
-                s.counters.finished(1, f.bytes, None);
-            }
-            if let Some(reply) = f.reply {
-                let _ = reply.send(Err(error));
-            }
+            f.fail(&s.counters, error);
         }
         self.numbered_in_flight = 0;
         s.write_marks[self.mark].store(u64::MAX, SeqCst);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use redis::Commands;
-use support::{Proxy, RedisServer, cutover_bin, pool_config, wait_for};
+use support::{Proxy, RedisServer, busy_script, cutover_bin, pool_config, wait_for};
 
 /// A one-pool proxy over `backend` polling for `window_us` after client I/O.
 fn polling_proxy(backend: &RedisServer, window_us: u64) -> Proxy {
@@ -77,20 +77,18 @@ fn the_poller_stands_aside_while_more_than_four_clients_are_owed_replies() {
     let proxy = polling_proxy(&backend, 500);
     // Five clients each run a script that keeps the server busy for about 200 ms: the
     // server runs them one after another, so all five are owed a reply together.
-    let script = "local t = redis.call('TIME') \
-                  local s = t[1] * 1000000 + t[2] \
-                  repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - s > 200000 \
-                  return 1";
+    let script = busy_script(Duration::from_millis(200));
     let port = proxy.port;
     let clients: Vec<_> = (0..5)
         .map(|i| {
+            let script = script.clone();
             std::thread::spawn(move || {
                 let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
                     .expect("client")
                     .get_connection()
                     .expect("connect");
                 let done: i64 = redis::cmd("EVAL")
-                    .arg(script)
+                    .arg(&script)
                     .arg(1)
                     .arg(format!("slow{i}"))
                     .query(&mut conn)

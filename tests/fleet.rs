@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::etcd::Etcd;
-use support::{Proxy, RedisServer, fill_numbered, migration_config, redis_servers, wait_for};
+use support::{
+    Proxy, RedisServer, busy_script, fill_numbered, migration_config, redis_servers, wait_for,
+};
 
 /// Three members of one fleet migrating `source` into `targets` (`extra` adds `migrate:`
 /// settings).
@@ -314,6 +316,29 @@ struct Tally {
     errors: Vec<String>,
 }
 
+impl Tally {
+    /// Requests refused as never sent (`-TRYAGAIN`).
+    fn refused(&self) -> usize {
+        self.errors
+            .iter()
+            .filter(|e| e.contains("TRYAGAIN"))
+            .count()
+    }
+
+    /// Every error is a refusal or an unknown outcome, and every counter `tag:k` is equal
+    /// on the source and the target, within what was acknowledged and what may have
+    /// happened ([`assert_counted_within`]).
+    fn assert_stored(&self, source: &RedisServer, targets: &[RedisServer], tag: &str) {
+        for e in &self.errors {
+            assert!(
+                e.contains("TRYAGAIN") || e.contains("Connection reset by peer"),
+                "{tag}: {e}"
+            );
+        }
+        assert_counted_within(source, targets, tag, &self.acked, &self.unknown);
+    }
+}
+
 /// INCRs of 20 counters through `port` until `stop`, `batch` at a time on a raw
 /// connection (1: one after another), tolerating errors (a fenced member refuses with
 /// `-TRYAGAIN` what it never sent, and answers `Connection reset by peer` for what it had
@@ -494,23 +519,13 @@ fn a_frozen_member_holds_the_flip_until_its_lease_expires_then_fences_itself_and
         if *i != frozen {
             assert!(tally.errors.is_empty(), "member {i}: {:?}", tally.errors);
         }
-        let refused = tally
-            .errors
-            .iter()
-            .filter(|e| e.contains("TRYAGAIN"))
-            .count();
         eprintln!(
-            "{tag}: {} acknowledged, {refused} refused, {} of unknown outcome",
+            "{tag}: {} acknowledged, {} refused, {} of unknown outcome",
             tally.acked.iter().sum::<i64>(),
+            tally.refused(),
             tally.unknown.iter().sum::<i64>()
         );
-        for e in &tally.errors {
-            assert!(
-                e.contains("TRYAGAIN") || e.contains("Connection reset by peer"),
-                "member {i}: {e}"
-            );
-        }
-        assert_counted_within(&source, &targets, tag, &tally.acked, &tally.unknown);
+        tally.assert_stored(&source, &targets, tag);
     }
     assert!(results[frozen].acked.iter().sum::<i64>() > 0);
 }
@@ -537,12 +552,8 @@ fn a_member_stopped_with_requests_queued_behind_a_busy_source_sends_none_after_t
     let busy = {
         let mut conn = source.client();
         std::thread::spawn(move || {
-            let script = "local t = redis.call('TIME') \
-                          local s = t[1] * 1000000 + t[2] \
-                          repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - s > 2500000 \
-                          return 1";
             let done: i64 = redis::cmd("EVAL")
-                .arg(script)
+                .arg(busy_script(Duration::from_millis(2500)))
                 .arg(0)
                 .query(&mut conn)
                 .expect("EVAL");
@@ -574,20 +585,10 @@ fn a_member_stopped_with_requests_queued_behind_a_busy_source_sends_none_after_t
     members[lead].wait_migration_drained(Duration::from_secs(30), 3);
     let (mut acked, mut refused, mut unknown) = (0, 0, 0);
     for (tag, tally) in tags.iter().zip(&results) {
-        for e in &tally.errors {
-            assert!(
-                e.contains("TRYAGAIN") || e.contains("Connection reset by peer"),
-                "{tag}: {e}"
-            );
-        }
-        assert_counted_within(&source, &targets, tag, &tally.acked, &tally.unknown);
+        tally.assert_stored(&source, &targets, tag);
         acked += tally.acked.iter().sum::<i64>();
         unknown += tally.unknown.iter().sum::<i64>();
-        refused += tally
-            .errors
-            .iter()
-            .filter(|e| e.contains("TRYAGAIN"))
-            .count();
+        refused += tally.refused();
     }
     eprintln!("{acked} acknowledged, {refused} refused, {unknown} of unknown outcome");
     // The scene happened: some requests were refused as never written, by the member's
@@ -596,13 +597,7 @@ fn a_member_stopped_with_requests_queued_behind_a_busy_source_sends_none_after_t
         refused > 0,
         "nothing was left unwritten when the member stopped"
     );
-    let counted: f64 = members[frozen]
-        .admin_get("/metrics")
-        .1
-        .lines()
-        .filter(|l| l.starts_with("cutover_server_fenced_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let counted = members[frozen].metric_sum("cutover_server_fenced_requests_total");
     assert!(
         counted > 0.0,
         "requests refused at the member's connections: {counted}"

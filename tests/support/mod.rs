@@ -553,6 +553,19 @@ impl Proxy {
             .unwrap_or(0)
     }
 
+    /// The sum of every series of the metric `name` in `/metrics` (0 when it has none).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        self.admin_get("/metrics")
+            .1
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The value of the first `/metrics` line starting with `line_start` (a metric name
     /// and its labels), 0 when there is none.
     pub fn metric(&self, line_start: &str) -> f64 {
@@ -866,6 +879,18 @@ pub fn fill_numbered(server: &RedisServer, n: u64) {
         pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
     }
     pipe.query::<()>(&mut server.client()).expect("fill");
+}
+
+/// A Lua script for `EVAL` that keeps a Redis server busy for `how_long` (the server
+/// serves nobody else meanwhile), then returns 1.
+pub fn busy_script(how_long: Duration) -> String {
+    format!(
+        "local t = redis.call('TIME') \
+         local s = t[1] * 1000000 + t[2] \
+         repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - s > {} \
+         return 1",
+        how_long.as_micros()
+    )
 }
 
 /// Poll `done` every 50 ms until it holds; fail the test after `limit`.

@@ -434,16 +434,7 @@ impl Forwarding<'_> {
         mirror: Option<Box<MirrorHook>>,
         class: CommandClass,
     ) {
-        let rx = send(
-            pool,
-            self.protocol,
-            self.fence_epoch,
-            route,
-            bytes,
-            started,
-            mirror,
-        )
-        .await;
+        let rx = self.send(pool, route, bytes, started, mirror).await;
         self.pending
             .push_back(Pending::Forward { rx, class, started });
     }
@@ -480,16 +471,9 @@ impl Forwarding<'_> {
                         .map(|effect| MirrorHook::new(migration.clone(), effect)),
                         _ => None,
                     };
-                    let rx = send(
-                        pool,
-                        self.protocol,
-                        self.fence_epoch,
-                        part.route,
-                        part.bytes,
-                        started,
-                        mirror,
-                    )
-                    .await;
+                    let rx = self
+                        .send(pool, part.route, part.bytes, started, mirror)
+                        .await;
                     states.push(PartState::Waiting(rx));
                 }
                 self.pending.push_back(Pending::Split {
@@ -540,6 +524,29 @@ impl Forwarding<'_> {
         (x >> 11) as f64 / (1u64 << 53) as f64 <= ratio
     }
 
+    /// Queue `bytes` on the route's connection of `pool` for this client's protocol,
+    /// stamped with the request's fence epoch; the receiver gets the reply.
+    async fn send(
+        &self,
+        pool: &Pool,
+        route: Route,
+        bytes: Bytes,
+        started: Instant,
+        mirror: Option<Box<MirrorHook>>,
+    ) -> oneshot::Receiver<ReplyResult> {
+        let deadline = pool.timeout().map(|t| started + t);
+        let hook = mirror.map(|h| h as Box<dyn ReplyHook>);
+        pool.forward(
+            route,
+            self.protocol,
+            bytes,
+            deadline,
+            hook,
+            self.fence_epoch,
+        )
+        .await
+    }
+
     /// Queue `-ERR <reason>` for a request that could not be forwarded.
     fn failed(&mut self, error: BackendError) {
         self.counters.error(ErrorKind::Backend);
@@ -560,23 +567,6 @@ fn mirror_hook(
         effect.replay = false;
     }
     Some(MirrorHook::new(migration.clone(), effect))
-}
-
-/// Queue `bytes` on the route's connection of `pool` for a client speaking `protocol`,
-/// stamped with `fence_epoch`; the receiver gets the reply.
-async fn send(
-    pool: &Pool,
-    protocol: Protocol,
-    fence_epoch: Option<u64>,
-    route: Route,
-    bytes: Bytes,
-    started: Instant,
-    mirror: Option<Box<MirrorHook>>,
-) -> oneshot::Receiver<ReplyResult> {
-    let deadline = pool.timeout().map(|t| started + t);
-    let hook = mirror.map(|h| h as Box<dyn ReplyHook>);
-    pool.forward(route, protocol, bytes, deadline, hook, fence_epoch)
-        .await
 }
 
 /// Poll the reply at the front of the queue.

@@ -73,6 +73,26 @@ pub struct Shared {
 /// The reply of a client over `--max-clients` (Redis's words), before it is closed.
 const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
 
+/// Serve one accepted client on a task of its own: `(peer, local)` are its addresses as
+/// `CLIENT LIST` shows them; `held` (the proxy's liveness sender, and the client's place
+/// under `--max-clients`) is kept until the session ends.
+fn spawn_session<R, W>(
+    served: &Arc<Served>,
+    halves: (R, W),
+    context: session::SessionContext,
+    (peer, local): (String, String),
+    held: (mpsc::Sender<()>, Option<tokio::sync::OwnedSemaphorePermit>),
+) where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let served = served.clone();
+    tokio::spawn(async move {
+        session::run(served, halves, context, peer, local).await;
+        drop(held);
+    });
+}
+
 /// Accept clients for `pool` until shutdown. A client over the limit is told so and
 /// closed at once, so a connection flood cannot run the process out of file descriptors
 /// (the admin API and the clients already connected keep working).
@@ -102,6 +122,12 @@ pub async fn serve(served: Arc<Served>, bound: Bound, shared: Shared) {
             }
             continue;
         }
+        // What every session is given besides its connection.
+        let new_context = || session::SessionContext {
+            limits,
+            shutdown: shutdown.clone(),
+            busy_poll: ClientMark::new(busy_poll.clone()),
+        };
         match accepted {
             Ok(Accepted::Tcp(stream)) => {
                 backoff = ACCEPT_BACKOFF;
@@ -117,17 +143,14 @@ pub async fn serve(served: Arc<Served>, bound: Bound, shared: Shared) {
                 if served.pool.config.tcpkeepalive {
                     set_keepalive(&stream);
                 }
-                let (rd, wr) = stream.into_split();
-                let (served, alive) = (served.clone(), alive.clone());
-                let context = session::SessionContext {
-                    limits,
-                    shutdown: shutdown.clone(),
-                    busy_poll: ClientMark::new(busy_poll.clone()),
-                };
-                tokio::spawn(async move {
-                    session::run(served, (rd, wr), context, peer, local).await;
-                    drop((alive, permit));
-                });
+                let held = (alive.clone(), permit);
+                spawn_session(
+                    &served,
+                    stream.into_split(),
+                    new_context(),
+                    (peer, local),
+                    held,
+                );
             }
             Ok(Accepted::Unix(stream)) => {
                 backoff = ACCEPT_BACKOFF;
@@ -137,17 +160,14 @@ pub async fn serve(served: Arc<Served>, bound: Bound, shared: Shared) {
                     .and_then(|a| a.as_pathname().map(|p| format!("{}:0", p.display())))
                     .unwrap_or_default();
                 let peer = local.clone();
-                let (rd, wr) = stream.into_split();
-                let (served, alive) = (served.clone(), alive.clone());
-                let context = session::SessionContext {
-                    limits,
-                    shutdown: shutdown.clone(),
-                    busy_poll: ClientMark::new(busy_poll.clone()),
-                };
-                tokio::spawn(async move {
-                    session::run(served, (rd, wr), context, peer, local).await;
-                    drop((alive, permit));
-                });
+                let held = (alive.clone(), permit);
+                spawn_session(
+                    &served,
+                    stream.into_split(),
+                    new_context(),
+                    (peer, local),
+                    held,
+                );
             }
             Err(error) => {
                 // Out of file descriptors (or another accept error): back off.

@@ -106,12 +106,6 @@ impl Pool {
         !*BREAK_SEND_FENCE && self.fence.get().is_some_and(|f| f.closed())
     }
 
-    /// The lapses of the pool's fence so far, to stamp a request with as it is routed
-    /// (`None` outside a fleet).
-    pub fn fence_epoch(&self) -> Option<u64> {
-        self.fence.get().map(|f| f.lapses())
-    }
-
     /// Whether the fence lapsed since a request was stamped with `epoch` (rule 15).
     pub fn lapsed_since(&self, epoch: Option<u64>) -> bool {
         !*BREAK_SEND_FENCE
@@ -371,7 +365,7 @@ impl Pool {
     /// told of its outcome: at once when the queue has room (the common case), else
     /// waiting for room (this client waits, others go on). A request that cannot be queued
     /// is answered `Refused` through the receiver. `fence_epoch`: the fence's lapses when
-    /// the session checked it and picked this pool ([`Pool::fence_epoch`]).
+    /// the session picked this pool ([`crate::upstream::SendFence::lapses`]).
     pub async fn forward(
         &self,
         route: Route,

@@ -31,19 +31,13 @@ nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/
 "$BIN" -c "$WORK/polled.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/polled.log" --busy-poll "$POLL" & PIDS+=($!)
 wait_port "$NC"; wait_port "$CUT"; wait_port "$POLLED"
 
-# One run: "rps p50 p99" of test $4 through port $1 with $2 clients at pipeline $3.
-run() {
-  redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -P "$3" -n "$N" -r 100000 -t "$4" --csv 2>/dev/null \
-    | awk -F'","' '/^"(SET|GET)"/{gsub(/"/,"",$0); split($0,f,","); print f[2], f[5], f[7]}'
-}
-
 : > "$WORK/runs"
 names=(direct nutcracker cutover polling); ports=("$DIRECT" "$NC" "$CUT" "$POLLED")
 for round in $(seq 1 "$ROUNDS"); do
   for c in $CLIENTS; do for p in $PIPELINES; do for t in set get; do
     for k in 0 1 2 3; do
       i=$(( (k + round) % 4 ))
-      echo "$c $p $t ${names[$i]} $(run "${ports[$i]}" "$c" "$p" "$t")" >> "$WORK/runs"
+      echo "$c $p $t ${names[$i]} $(latency_run "${ports[$i]}" "$c" "$p" "$t")" >> "$WORK/runs"
     done
   done; done; done
 done

@@ -1,11 +1,17 @@
 # Shared by the benchmark scripts (sourced, not run): a work directory and the processes
-# started, both cleaned up on exit; free loopback ports; waiting for a port; medians.
+# started, both cleaned up on exit; free loopback ports; waiting for a port; one latency run; medians.
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { for _ in $(seq 1 400); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# One redis-benchmark run of test $4 through port $1 with $2 clients at pipeline $3, $N
+# requests: "requests/s p50 p99" (latencies in ms; redis-benchmark 7.x's CSV has them).
+latency_run() {
+  redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -P "$3" -n "$N" -r 100000 -t "$4" --csv 2>/dev/null \
+    | awk -F'","' '/^"(SET|GET)"/{gsub(/"/,"",$0); split($0,f,","); print f[2], f[5], f[7]}'
+}
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 # Start a redis-server on a free port (in this shell, not a subshell, so cleanup stops
 # it): its port is left in $PORT and its pid in $RPID.

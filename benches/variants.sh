@@ -35,18 +35,12 @@ env ${A_ENV:-} "$A_BIN" ${A_ARGS:-} -c "$WORK/a.yml" -s "$(free_port)" -a 127.0.
 env ${B_ENV:-} "$B_BIN" ${B_ARGS:-} -c "$WORK/b.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/b.log" & PIDS+=($!)
 wait_port "$NC"; wait_port "$A"; wait_port "$B"
 
-# run PORT CLIENTS TEST: "requests/s p99".
-run() {
-  redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -P "$PIPELINE" -n "$N" -r 100000 -t "$3" --csv 2>/dev/null \
-    | awk -F'","' '/^"(SET|GET)"/{gsub(/"/,"",$0); split($0,f,","); print f[2], f[7]}'
-}
-
 : > "$WORK/runs"
 names=(nc a b); ports=("$NC" "$A" "$B")
 for round in $(seq 1 "$ROUNDS"); do
   for c in $CLIENTS; do for t in $TESTS; do
     line="$round $c $t"
-    for k in 0 1 2; do i=$(( (k + round) % 3 )); printf -v "res_$i" '%s' "$(run "${ports[$i]}" "$c" "$t")"; done
+    for k in 0 1 2; do i=$(( (k + round) % 3 )); printf -v "res_$i" '%s' "$(latency_run "${ports[$i]}" "$c" "$PIPELINE" "$t")"; done
     echo "$line $res_0 $res_1 $res_2" >> "$WORK/runs"
   done; done
 done
@@ -57,9 +51,10 @@ echo "medians of $ROUNDS rounds, $N requests each, pipeline $PIPELINE; p99 in ms
 printf '\n%-3s %-4s %9s %9s %9s %6s %6s | %7s %7s %7s | %9s %9s\n' c cmd nc A B A/nc B/nc "p99 nc" "p99 A" "p99 B" "A p99>nc" "B p99>nc"
 for c in $CLIENTS; do for t in $TESTS; do
   awk -v c="$c" -v t="$t" '$2==c && $3==t' "$WORK/runs" > "$WORK/cell"
+  # Columns: round, clients, test, then requests/s, p50, p99 of nutcracker, A and B.
   col() { awk -v k="$1" '{print $k}' "$WORK/cell" | median; }
-  above() { awk -v k="$1" '$k > $5 {n++} END {print n+0}' "$WORK/cell"; }
-  nc=$(col 4); a=$(col 6); b=$(col 8)
+  above() { awk -v k="$1" '$k > $6 {n++} END {print n+0}' "$WORK/cell"; }
+  nc=$(col 4); a=$(col 7); b=$(col 10)
   printf '%-3s %-4s %9.0f %9.0f %9.0f %6.2f %6.2f | %7s %7s %7s | %6s/%-2s %6s/%-2s\n' "$c" "${t^^}" "$nc" "$a" "$b" \
-    "$(echo "$a/$nc" | bc -l)" "$(echo "$b/$nc" | bc -l)" "$(col 5)" "$(col 7)" "$(col 9)" "$(above 7)" "$ROUNDS" "$(above 9)" "$ROUNDS"
+    "$(echo "$a/$nc" | bc -l)" "$(echo "$b/$nc" | bc -l)" "$(col 6)" "$(col 9)" "$(col 12)" "$(above 9)" "$ROUNDS" "$(above 12)" "$ROUNDS"
 done; done

@@ -281,6 +281,40 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
     });
 }
 
+/// A fleet ready for a cutover, and the follower a test will stop.
+struct Scene {
+    /// Kept running for the test.
+    _etcd: Etcd,
+    source: RedisServer,
+    targets: Vec<RedisServer>,
+    members: Vec<Proxy>,
+    /// The leader's index in `members`.
+    lead: usize,
+    /// A follower's index in `members`.
+    frozen: usize,
+}
+
+/// Three members migrating a source of `fill` numbered keys into two targets, drained
+/// and verified ([`ready_to_flip`]).
+fn ready_with_a_follower_to_stop(fill: u64) -> Scene {
+    let etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, fill);
+    let targets = redis_servers(2);
+    let members = fleet(&etcd, &source, &targets, "");
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    ready_to_flip(&members[lead]);
+    Scene {
+        _etcd: etcd,
+        source,
+        targets,
+        members,
+        lead,
+        frozen: (lead + 1) % 3,
+    }
+}
+
 /// Wait until the leader's migration has drained and a verify pass found no difference:
 /// what a cutover asks for.
 fn ready_to_flip(leader: &Proxy) {
@@ -438,15 +472,14 @@ fn assert_counted_within(
 
 #[test]
 fn a_frozen_member_holds_the_flip_until_its_lease_expires_then_fences_itself_and_rejoins() {
-    let etcd = Etcd::start();
-    let source = RedisServer::start();
-    fill_numbered(&source, 500);
-    let targets = redis_servers(2);
-    let members = fleet(&etcd, &source, &targets, "");
-    let all: Vec<&Proxy> = members.iter().collect();
-    let lead = leader(&all);
-    let frozen = (lead + 1) % 3;
-    ready_to_flip(&members[lead]);
+    let Scene {
+        _etcd,
+        source,
+        targets,
+        members,
+        lead,
+        frozen,
+    } = ready_with_a_follower_to_stop(500);
     let stop = Arc::new(AtomicBool::new(false));
     // The frozen member has two clients that pipeline (one's batch is inside the member
     // while the other reads its replies): when it stops, some of their requests are
@@ -539,15 +572,14 @@ fn a_member_stopped_with_requests_queued_behind_a_busy_source_sends_none_after_t
     // leader's closing of its connections, the member resumes: what it never wrote must be
     // refused (`-TRYAGAIN`), not written on a new connection to the old side; what it had
     // written gets its real reply or, if the closing took it, an unknown outcome.
-    let etcd = Etcd::start();
-    let source = RedisServer::start();
-    fill_numbered(&source, 100);
-    let targets = redis_servers(2);
-    let members = fleet(&etcd, &source, &targets, "");
-    let all: Vec<&Proxy> = members.iter().collect();
-    let lead = leader(&all);
-    let frozen = (lead + 1) % 3;
-    ready_to_flip(&members[lead]);
+    let Scene {
+        _etcd,
+        source,
+        targets,
+        members,
+        lead,
+        frozen,
+    } = ready_with_a_follower_to_stop(100);
 
     let busy = {
         let mut conn = source.client();

@@ -161,7 +161,7 @@ pub async fn run<R, W>(
         tokio::select! {
             biased;
             reply = poll_fn(|cx| match session.pending.front_mut() {
-                Some(front) => poll_reply(&session.served.pool, front, cx),
+                Some(front) => poll_reply(&session.served.pool, front, cx, &mut Clock::default()),
                 None => Poll::Pending,
             }), if !session.pending.is_empty() => {
                 session.pending.pop_front();
@@ -172,7 +172,7 @@ pub async fn run<R, W>(
                     Ok(0) | Err(_) => session.done_reading = true,
                     Ok(_) => {
                         poll.io();
-                        session.handle_input(&mut parser, &mut input).await;
+                        session.handle_input(&mut parser, &mut input, Instant::now()).await;
                     }
                 }
             }
@@ -190,11 +190,12 @@ pub async fn run<R, W>(
 /// Returns whether a close is due next, and a large reply to write on its own.
 fn drain_ready(session: &mut Session, out: &mut BytesMut) -> (bool, Option<Bytes>) {
     let mut cx = Context::from_waker(Waker::noop());
+    let mut clock = Clock::default();
     while let Some(front) = session.pending.front_mut() {
         if matches!(front, Pending::Close) {
             return (true, None);
         }
-        match poll_reply(&session.served.pool, front, &mut cx) {
+        match poll_reply(&session.served.pool, front, &mut cx, &mut clock) {
             Poll::Ready(reply) => {
                 session.pending.pop_front();
                 if reply.len() >= LARGE_REPLY {
@@ -209,12 +210,17 @@ fn drain_ready(session: &mut Session, out: &mut BytesMut) -> (bool, Option<Bytes
 }
 
 impl Session {
-    /// Parse and dispatch every complete request in `input`.
-    async fn handle_input(&mut self, parser: &mut RequestParser, input: &mut BytesMut) {
+    /// Parse and dispatch every complete request in `input`, read at `read_at`.
+    async fn handle_input(
+        &mut self,
+        parser: &mut RequestParser,
+        input: &mut BytesMut,
+        read_at: Instant,
+    ) {
         while !self.done_reading {
             match parser.next(input) {
                 Ok(None) => return,
-                Ok(Some(Parsed::Request(request))) => self.dispatch(request).await,
+                Ok(Some(Parsed::Request(request))) => self.dispatch(request, read_at).await,
                 Ok(Some(Parsed::Inline(line))) => {
                     let name = line
                         .split(|b| b.is_ascii_whitespace())
@@ -255,8 +261,8 @@ impl Session {
         self.pending.push_back(Pending::Ready(out.freeze()));
     }
 
-    /// Handle one request.
-    async fn dispatch(&mut self, request: Request) {
+    /// Handle one request, read at `started`.
+    async fn dispatch(&mut self, request: Request, started: Instant) {
         let Some(spec) = command::lookup(request.name()) else {
             let text = format!("ERR unsupported command '{}'", printable(request.name()));
             return self.error(ErrorKind::Unsupported, CommandClass::Local, &text);
@@ -295,7 +301,6 @@ impl Session {
         if let Some(local) = spec.local {
             return self.local(local, &request);
         }
-        let started = Instant::now();
         self.served.pool.counters.request(spec.class_label());
         // During a migration every request passes the gate (held while authority flips)
         // and goes to the pool that is authoritative once it is through.
@@ -569,8 +574,26 @@ fn mirror_hook(
     Some(MirrorHook::new(migration.clone(), effect))
 }
 
-/// Poll the reply at the front of the queue.
-fn poll_reply(pool: &Pool, pending: &mut Pending, cx: &mut Context<'_>) -> Poll<Bytes> {
+/// The time replies were found ready, read once however many are found in one pass: a
+/// pipelining client's replies come in batches, and reading the clock for each one cost
+/// more than the rest of timing it.
+#[derive(Default)]
+struct Clock(Option<Instant>);
+
+impl Clock {
+    /// The time of this pass.
+    fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
+/// Poll the reply at the front of the queue; its latency is taken at `clock`'s time.
+fn poll_reply(
+    pool: &Pool,
+    pending: &mut Pending,
+    cx: &mut Context<'_>,
+    clock: &mut Clock,
+) -> Poll<Bytes> {
     match pending {
         Pending::Ready(bytes) => Poll::Ready(std::mem::take(bytes)),
         Pending::Close => Poll::Pending,
@@ -578,7 +601,7 @@ fn poll_reply(pool: &Pool, pending: &mut Pending, cx: &mut Context<'_>) -> Poll<
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
                 pool.counters
-                    .latency(*class, started.elapsed().as_secs_f64());
+                    .latency(*class, (clock.now() - *started).as_secs_f64());
                 Poll::Ready(render(pool, result.unwrap_or(Err(BackendError::Reset))))
             }
         },
@@ -602,7 +625,7 @@ fn poll_reply(pool: &Pool, pending: &mut Pending, cx: &mut Context<'_>) -> Poll<
                 return Poll::Pending;
             }
             pool.counters
-                .latency(CommandClass::Split, started.elapsed().as_secs_f64());
+                .latency(CommandClass::Split, (clock.now() - *started).as_secs_f64());
             let replies = parts
                 .drain(..)
                 .map(|p| match p {

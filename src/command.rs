@@ -8,6 +8,7 @@
 //! May import: `resp`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::LazyLock;
 
 /// nutcracker's argument classes (src/proto/nc_redis.c), which fix the arity.
@@ -418,37 +419,62 @@ const SPLIT: &[(&str, Split)] = &[
 const MAX_NAME: usize = 24;
 
 /// The table, keyed by upper-case name.
-static TABLE: LazyLock<HashMap<&'static [u8], CommandSpec>> = LazyLock::new(|| {
-    let leak_lower =
-        |name: &str| -> &'static str { Box::leak(name.to_ascii_lowercase().into_boxed_str()) };
-    let mut table = HashMap::new();
-    for &(name, class, access) in FORWARDED {
-        let split = SPLIT.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
-        table.insert(
-            name.as_bytes(),
-            CommandSpec {
+/// The command table's hasher: FNV-1a over the name's bytes. The table is fixed, so
+/// SipHash's defence against chosen collisions (which needs inserts) buys nothing here,
+/// and it cost more than the rest of a lookup (`perf`: about 1.5% of the proxy's time at
+/// 50 clients pipelining 16).
+struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> NameHasher {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+static TABLE: LazyLock<HashMap<&'static [u8], CommandSpec, BuildHasherDefault<NameHasher>>> =
+    LazyLock::new(|| {
+        let leak_lower =
+            |name: &str| -> &'static str { Box::leak(name.to_ascii_lowercase().into_boxed_str()) };
+        let mut table = HashMap::default();
+        for &(name, class, access) in FORWARDED {
+            let split = SPLIT.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+            table.insert(
+                name.as_bytes(),
+                CommandSpec {
+                    name,
+                    lower: leak_lower(name),
+                    class,
+                    access,
+                    split,
+                    local: None,
+                },
+            );
+        }
+        for &(name, class, local) in LOCAL {
+            let spec = CommandSpec {
                 name,
                 lower: leak_lower(name),
                 class,
-                access,
-                split,
-                local: None,
-            },
-        );
-    }
-    for &(name, class, local) in LOCAL {
-        let spec = CommandSpec {
-            name,
-            lower: leak_lower(name),
-            class,
-            access: Access::Local,
-            split: None,
-            local: Some(local),
-        };
-        table.insert(name.as_bytes(), spec);
-    }
-    table
-});
+                access: Access::Local,
+                split: None,
+                local: Some(local),
+            };
+            table.insert(name.as_bytes(), spec);
+        }
+        table
+    });
 
 /// Look a command up by name, in any case.
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {

@@ -84,6 +84,9 @@ struct Session {
     client_error: bool,
     /// Sampling state for shadow reads (xorshift64, never zero).
     sample_state: u64,
+    /// Requests read since the counters were last told, by class: told once a read, not
+    /// once a request (a pipelining client's batch costs one increment a class).
+    uncounted: [u64; CommandClass::ALL.len()],
 }
 
 /// What a session is given besides its connection.
@@ -120,6 +123,7 @@ pub async fn run<R, W>(
         done_reading: false,
         client_error: false,
         sample_state: sample_seed(),
+        uncounted: [0; CommandClass::ALL.len()],
     };
     let mut parser = RequestParser::new(limits);
     let mut input = BytesMut::with_capacity(READ_CHUNK);
@@ -210,8 +214,25 @@ fn drain_ready(session: &mut Session, out: &mut BytesMut) -> (bool, Option<Bytes
 }
 
 impl Session {
-    /// Parse and dispatch every complete request in `input`, read at `read_at`.
+    /// Parse and dispatch every complete request in `input`, read at `read_at`, and count
+    /// them (before any of their replies is written).
     async fn handle_input(
+        &mut self,
+        parser: &mut RequestParser,
+        input: &mut BytesMut,
+        read_at: Instant,
+    ) {
+        self.dispatch_all(parser, input, read_at).await;
+        for class in CommandClass::ALL {
+            let count = std::mem::take(&mut self.uncounted[class as usize]);
+            if count > 0 {
+                self.served.pool.counters.requests(class, count);
+            }
+        }
+    }
+
+    /// Parse and dispatch every complete request in `input`, read at `read_at`.
+    async fn dispatch_all(
         &mut self,
         parser: &mut RequestParser,
         input: &mut BytesMut,
@@ -254,7 +275,7 @@ impl Session {
 
     /// Queue an error reply of the proxy's own.
     fn error(&mut self, kind: ErrorKind, class: CommandClass, text: &str) {
-        self.served.pool.counters.request(class);
+        self.uncounted[class as usize] += 1;
         self.served.pool.counters.error(kind);
         let mut out = BytesMut::with_capacity(text.len() + 3);
         encode::error(&mut out, text);
@@ -301,7 +322,7 @@ impl Session {
         if let Some(local) = spec.local {
             return self.local(local, &request);
         }
-        self.served.pool.counters.request(spec.class_label());
+        self.uncounted[spec.class_label() as usize] += 1;
         // During a migration every request passes the gate (held while authority flips)
         // and goes to the pool that is authoritative once it is through.
         let Session {
@@ -358,7 +379,7 @@ impl Session {
 
     /// Answer a command the proxy handles itself.
     fn local(&mut self, command: LocalCommand, request: &Request) {
-        self.served.pool.counters.request(CommandClass::Local);
+        self.uncounted[CommandClass::Local as usize] += 1;
         let answer = local::answer(&self.served, &mut self.state, command, request);
         if let Some(kind) = answer.error {
             self.served.pool.counters.error(kind);

@@ -91,9 +91,9 @@ impl PoolCounters {
         }
     }
 
-    /// Count a request of `class`.
-    pub fn request(&self, class: CommandClass) {
-        self.requests[class as usize].increment(1);
+    /// Count `count` requests of `class`.
+    pub fn requests(&self, class: CommandClass, count: u64) {
+        self.requests[class as usize].increment(count);
     }
 
     /// Record how long a request of `class` took.

@@ -312,6 +312,7 @@ fn a_reload_starts_a_migration_without_dropping_a_client_and_refuses_other_chang
 fn a_long_flood_keeps_memory_flat_and_every_request_is_timed() {
     const BATCH: usize = 512;
     const FLOOD: Duration = Duration::from_secs(6);
+    const NIL: &[u8] = b"$-1\r\n";
     let backend = RedisServer::start();
     let cutover = proxy(&backend, &[]);
     let batch: Vec<u8> = (0..BATCH)
@@ -325,13 +326,13 @@ fn a_long_flood_keeps_memory_flat_and_every_request_is_timed() {
             let batch = batch.clone();
             std::thread::spawn(move || {
                 let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-                let mut replies = vec![0; BATCH * b"$-1\r\n".len()];
+                let mut replies = vec![0; BATCH * NIL.len()];
                 let mut requests = 0_u64;
                 while start.elapsed() < FLOOD {
                     conn.write_all(&batch).expect("write a batch");
                     conn.read_exact(&mut replies).expect("read its replies");
                     assert!(
-                        replies.chunks(5).all(|r| r == b"$-1\r\n"),
+                        replies.chunks(NIL.len()).all(|r| r == NIL),
                         "a nil for each GET"
                     );
                     requests += BATCH as u64;

@@ -222,25 +222,10 @@ impl Session {
         input: &mut BytesMut,
         read_at: Instant,
     ) {
-        self.dispatch_all(parser, input, read_at).await;
-        for class in CommandClass::ALL {
-            let count = std::mem::take(&mut self.uncounted[class as usize]);
-            if count > 0 {
-                self.served.pool.counters.requests(class, count);
-            }
-        }
-    }
-
-    /// Parse and dispatch every complete request in `input`, read at `read_at`.
-    async fn dispatch_all(
-        &mut self,
-        parser: &mut RequestParser,
-        input: &mut BytesMut,
-        read_at: Instant,
-    ) {
         while !self.done_reading {
             match parser.next(input) {
-                Ok(None) => return,
+                // The rest of a request still to come stays in `input`.
+                Ok(None) => break,
                 Ok(Some(Parsed::Request(request))) => self.dispatch(request, read_at).await,
                 Ok(Some(Parsed::Inline(line))) => {
                     let name = line
@@ -265,12 +250,19 @@ impl Session {
                     self.pending.push_back(Pending::Close);
                     self.done_reading = true;
                     self.client_error = true;
-                    input.clear();
                 }
             }
         }
-        // Bytes after QUIT or a protocol error are discarded.
-        input.clear();
+        if self.done_reading {
+            // Bytes after QUIT or a protocol error are discarded.
+            input.clear();
+        }
+        for class in CommandClass::ALL {
+            let count = std::mem::take(&mut self.uncounted[class as usize]);
+            if count > 0 {
+                self.served.pool.counters.requests(class, count);
+            }
+        }
     }
 
     /// Queue an error reply of the proxy's own.

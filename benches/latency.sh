@@ -4,7 +4,8 @@
 # directly, driven by redis-benchmark at 1, 4, 16 and 50 clients, pipeline 1 and 16, SET
 # and GET. Prints, per cell, the median of ROUNDS rounds (the four targets taking turns,
 # who goes first rotating) of requests/s and of p50 and p99 latency (redis-benchmark's
-# own percentiles), and cutover/nutcracker for both cutovers.
+# own percentiles), cutover/nutcracker for both cutovers, and each proxy's CPU time a
+# request (all its threads, from /proc/PID/task/*/schedstat): what polling costs.
 #
 # Usage: benches/latency.sh [requests-per-run] [rounds]     (defaults: 40000 5)
 #        CLIENTS="1 4" PIPELINES=1 benches/latency.sh       (a subset)
@@ -26,18 +27,24 @@ redis; DIRECT=$PORT
 NC=$(free_port); CUT=$(free_port); POLLED=$(free_port)
 bench_pool "$NC" "${BACKENDS[@]}" > "$WORK/nc.yml"; bench_pool "$CUT" "${BACKENDS[@]}" > "$WORK/cut.yml"
 bench_pool "$POLLED" "${BACKENDS[@]}" > "$WORK/polled.yml"
-nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!)
-"$BIN" -c "$WORK/cut.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/cut.log" & PIDS+=($!)
-"$BIN" -c "$WORK/polled.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/polled.log" --busy-poll "$POLL" & PIDS+=($!)
+nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!); NCPID=$!
+"$BIN" -c "$WORK/cut.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/cut.log" & PIDS+=($!); CUTPID=$!
+"$BIN" -c "$WORK/polled.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/polled.log" --busy-poll "$POLL" & PIDS+=($!); POLLPID=$!
 wait_port "$NC"; wait_port "$CUT"; wait_port "$POLLED"
 
 : > "$WORK/runs"
 names=(direct nutcracker cutover polling); ports=("$DIRECT" "$NC" "$CUT" "$POLLED")
+pids=("" "$NCPID" "$CUTPID" "$POLLPID")
+# A line a run: clients, pipeline, test, target, requests/s, p50, p99, and the proxy's
+# CPU µs a request (0 for the direct connection).
 for round in $(seq 1 "$ROUNDS"); do
   for c in $CLIENTS; do for p in $PIPELINES; do for t in set get; do
     for k in 0 1 2 3; do
       i=$(( (k + round) % 4 ))
-      echo "$c $p $t ${names[$i]} $(latency_run "${ports[$i]}" "$c" "$p" "$t")" >> "$WORK/runs"
+      before=0; [ -n "${pids[$i]}" ] && before=$(cpu_us "${pids[$i]}")
+      result=$(latency_run "${ports[$i]}" "$c" "$p" "$t")
+      after=0; [ -n "${pids[$i]}" ] && after=$(cpu_us "${pids[$i]}")
+      echo "$c $p $t ${names[$i]} $result $(echo "($after - $before) / $N" | bc -l)" >> "$WORK/runs"
     done
   done; done; done
 done
@@ -48,14 +55,16 @@ ratio() { echo "$1/$2" | bc -l; }
 mark() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%s%s", a, (a>b)?"!":""}'; }
 echo "medians of $ROUNDS rounds, $N requests each; polling = cutover --busy-poll $POLL"
 echo "latency in ms (redis-benchmark's percentiles): direct / nutcracker / cutover / polling; ! marks above nutcracker's"
-printf '\n%-3s %-3s %-4s %9s %9s %9s %9s %7s %7s | %-29s | %-29s\n' c P cmd direct nutcracker cutover polling cut/nc poll/nc "p50" "p99"
+echo "cpu: each proxy's CPU µs a request, nutcracker / cutover / polling"
+printf '\n%-3s %-3s %-4s %9s %9s %9s %9s %7s %7s | %-29s | %-29s | %s\n' c P cmd direct nutcracker cutover polling cut/nc poll/nc "p50" "p99" "cpu"
 for c in $CLIENTS; do for p in $PIPELINES; do for t in set get; do
   for n in direct nutcracker cutover polling; do
-    for k in 5 6 7; do eval "v_${n}_$k=$(col "$c" "$p" "$t" "$n" "$k")"; done
+    for k in 5 6 7 8; do eval "v_${n}_$k=$(col "$c" "$p" "$t" "$n" "$k")"; done
   done
-  printf '%-3s %-3s %-4s %9.0f %9.0f %9.0f %9.0f %7.2f %7.2f | %-29s | %-29s\n' "$c" "$p" "${t^^}" \
+  printf '%-3s %-3s %-4s %9.0f %9.0f %9.0f %9.0f %7.2f %7.2f | %-29s | %-29s | %.1f / %.1f / %.1f\n' "$c" "$p" "${t^^}" \
     "$v_direct_5" "$v_nutcracker_5" "$v_cutover_5" "$v_polling_5" \
     "$(ratio "$v_cutover_5" "$v_nutcracker_5")" "$(ratio "$v_polling_5" "$v_nutcracker_5")" \
     "$v_direct_6 / $v_nutcracker_6 / $(mark "$v_cutover_6" "$v_nutcracker_6") / $(mark "$v_polling_6" "$v_nutcracker_6")" \
-    "$v_direct_7 / $v_nutcracker_7 / $(mark "$v_cutover_7" "$v_nutcracker_7") / $(mark "$v_polling_7" "$v_nutcracker_7")"
+    "$v_direct_7 / $v_nutcracker_7 / $(mark "$v_cutover_7" "$v_nutcracker_7") / $(mark "$v_polling_7" "$v_nutcracker_7")" \
+    "$v_nutcracker_8" "$v_cutover_8" "$v_polling_8"
 done; done; done

@@ -41,9 +41,9 @@ for round in $(seq 1 "$ROUNDS"); do
   for c in $CLIENTS; do for p in $PIPELINES; do for t in set get; do
     for k in 0 1 2 3; do
       i=$(( (k + round) % 4 ))
-      before=0; [ -n "${pids[$i]}" ] && before=$(cpu_us "${pids[$i]}")
+      before=$(cpu_us "${pids[$i]}")
       result=$(latency_run "${ports[$i]}" "$c" "$p" "$t")
-      after=0; [ -n "${pids[$i]}" ] && after=$(cpu_us "${pids[$i]}")
+      after=$(cpu_us "${pids[$i]}")
       echo "$c $p $t ${names[$i]} $result $(echo "($after - $before) / $N" | bc -l)" >> "$WORK/runs"
     done
   done; done; done

@@ -12,8 +12,12 @@ latency_run() {
   redis-benchmark -h 127.0.0.1 -p "$1" -c "$2" -P "$3" -n "$N" -r 100000 -t "$4" --csv 2>/dev/null \
     | awk -F'","' '/^"(SET|GET)"/{gsub(/"/,"",$0); split($0,f,","); print f[2], f[5], f[7]}'
 }
-# CPU time of process $1 so far, all its threads, in µs (the kernel's run time per thread).
-cpu_us() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s / 1000}'; }
+# CPU time of process $1 so far, all its threads, in µs (the kernel's run time per thread);
+# 0 when $1 is empty (a target with no process of its own to measure).
+cpu_us() {
+  if [ -z "$1" ]; then echo 0; return; fi
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s / 1000}'
+}
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 # Start a redis-server on a free port (in this shell, not a subshell, so cleanup stops
 # it): its port is left in $PORT and its pid in $RPID.

@@ -65,45 +65,33 @@ async fn serve(listen: String, backend: String, tasks: bool) -> io::Result<()> {
 /// The client's task reads requests and writes replies; the backend connection's task
 /// (spawned here) writes requests and reads replies; each hands the other what it read.
 async fn relay_in_two_tasks(client: TcpStream, server: TcpStream) {
-    let (to_server, mut requests) = mpsc::channel::<Bytes>(CHANNEL_READS);
-    let (to_client, mut replies) = mpsc::channel::<Bytes>(CHANNEL_READS);
-    tokio::spawn(async move {
-        let (mut rd, mut wr) = server.into_split();
-        let mut buf = vec![0u8; READ_BUFFER];
-        loop {
-            tokio::select! {
-                read = rd.read(&mut buf) => match read {
-                    Ok(n) if n > 0 => {
-                        if to_client.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ => return,
-                },
-                request = requests.recv() => match request {
-                    Some(bytes) => {
-                        if wr.write_all(&bytes).await.is_err() {
-                            return;
-                        }
-                    }
-                    None => return,
-                },
-            }
-        }
-    });
-    let (mut rd, mut wr) = client.into_split();
+    let (to_server, requests) = mpsc::channel::<Bytes>(CHANNEL_READS);
+    let (to_client, replies) = mpsc::channel::<Bytes>(CHANNEL_READS);
+    tokio::spawn(shuttle(server, to_client, requests));
+    shuttle(client, to_server, replies).await;
+}
+
+/// One side of a two-task relay: hand what `socket` reads to the other task (`to_peer`),
+/// and write to `socket` what the other task hands over (`from_peer`), until either the
+/// socket or the other task ends.
+async fn shuttle(
+    socket: TcpStream,
+    to_peer: mpsc::Sender<Bytes>,
+    mut from_peer: mpsc::Receiver<Bytes>,
+) {
+    let (mut rd, mut wr) = socket.into_split();
     let mut buf = vec![0u8; READ_BUFFER];
     loop {
         tokio::select! {
             read = rd.read(&mut buf) => match read {
                 Ok(n) if n > 0 => {
-                    if to_server.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    if to_peer.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
                         return;
                     }
                 }
                 _ => return,
             },
-            reply = replies.recv() => match reply {
+            handed = from_peer.recv() => match handed {
                 Some(bytes) => {
                     if wr.write_all(&bytes).await.is_err() {
                         return;

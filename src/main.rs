@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use cutover::config::{Config, ConfigError};
-use cutover::proxy::Proxy;
 use cutover::proxy::reload::Reloader;
+use cutover::proxy::{PollWindow, Proxy};
 use cutover::resp::RequestLimits;
 use cutover::{admin, stats};
 
@@ -142,12 +142,13 @@ struct Cli {
     #[arg(long = "threads", value_name = "N")]
     threads: Option<usize>,
 
-    /// Busy polling: keep polling the sockets for this many microseconds after each client
-    /// read or reply, instead of sleeping, while at most four clients are owed replies (0:
-    /// off, the default). Lower latency for a few clients at the cost of a busy core while
-    /// they talk; see README.md.
-    #[arg(long = "busy-poll", value_name = "MICROSECONDS", default_value_t = 0)]
-    busy_poll: u64,
+    /// Busy polling: keep polling the sockets after each client read or reply, instead of
+    /// sleeping, while at most four clients are owed replies. `auto` (the default): for
+    /// 50 µs, while clients send their next request within 200 µs of a reply, and not
+    /// under a CPU quota; MICROSECONDS: for that long, always; `off` (or 0): never. Lower
+    /// latency for a few clients at the cost of a busy core while they talk; see README.md.
+    #[arg(long = "busy-poll", value_name = "auto|off|MICROSECONDS", default_value = "auto", value_parser = parse_busy_poll)]
+    busy_poll: BusyPollArg,
 
     /// Largest single argument a client may send, in bytes.
     #[arg(long = "max-bulk-bytes", value_name = "N", default_value_t = RequestLimits::default().max_bulk)]
@@ -516,7 +517,7 @@ fn main() -> ExitCode {
         stats_addr,
         stats_interval: Duration::from_millis(cli.stats_interval),
         admin_addr,
-        busy_poll: cli.busy_poll,
+        busy_poll: cli.busy_poll.0,
         token,
         logging,
     }));
@@ -545,8 +546,8 @@ struct Serving {
     stats_interval: Duration,
     /// The admin API's address.
     admin_addr: SocketAddr,
-    /// Busy polling's window in microseconds (0: off).
-    busy_poll: u64,
+    /// Busy polling's window (none: off).
+    busy_poll: Option<PollWindow>,
     /// The admin API's token, and the file it was written to (to remove at the end).
     token: AdminToken,
     /// The log, for SIGHUP, SIGTTIN and SIGTTOU.
@@ -579,6 +580,27 @@ fn admin_token(cli: &Cli) -> Result<AdminToken, String> {
     let token = admin::token::generate()?;
     admin::token::write(&path, &token)?;
     Ok(AdminToken::Made(token, path))
+}
+
+/// `--busy-poll`'s value: the window, or none for off.
+#[derive(Debug, Clone, Copy)]
+struct BusyPollArg(Option<PollWindow>);
+
+/// Read `--busy-poll`: `auto`, `off`, or a window in microseconds (0 is off).
+fn parse_busy_poll(text: &str) -> Result<BusyPollArg, String> {
+    match text {
+        "auto" => Ok(BusyPollArg(Some(PollWindow::Auto))),
+        "off" => Ok(BusyPollArg(None)),
+        _ => match text.parse::<u64>() {
+            Ok(0) => Ok(BusyPollArg(None)),
+            Ok(micros) => Ok(BusyPollArg(Some(PollWindow::Fixed(Duration::from_micros(
+                micros,
+            ))))),
+            Err(_) => Err(format!(
+                "expected auto, off or a number of microseconds, not {text:?}"
+            )),
+        },
+    }
 }
 
 /// The default for --max-clients: the open-file limit less 256, at least 16.
@@ -619,7 +641,6 @@ async fn serve(serving: Serving) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on admin address {admin_addr}: {e}"))?;
     let admin_at = admin_listener.local_addr().ok().map(|a| a.to_string());
-    let busy_poll = (busy_poll > 0).then(|| Duration::from_micros(busy_poll));
     let proxy = Proxy::start(&config, limits, max_clients, admin_at, busy_poll)
         .await
         .map_err(|e| e.to_string())?;

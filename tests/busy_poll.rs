@@ -1,6 +1,7 @@
 //! `--busy-poll`: a lone client's requests are caught by polling (and answered as
 //! without it), the poller goes quiet when the client does, and it stands aside when more
-//! than four clients are owed replies.
+//! than four clients are owed replies; `auto`, the default, polls for a client that sends
+//! its next request at once and not for one that thinks between requests.
 
 mod support;
 
@@ -111,12 +112,70 @@ fn the_poller_stands_aside_while_more_than_four_clients_are_owed_replies() {
 }
 
 #[test]
-fn busy_polling_is_off_unless_asked_for() {
+fn busy_polling_is_auto_by_default_and_off_when_asked() {
+    let backend = RedisServer::start();
+    let config = pool_config(&[], &[format!("{}:1", backend.addr())]);
+    let proxy = Proxy::cutover(&config);
+    assert_eq!(proxy.status()["busy_poll"]["mode"], "auto");
+    assert_eq!(polled(&proxy, "window_us"), 50.0);
+    for off in ["off", "0"] {
+        let proxy = Proxy::cutover_with(&config, &["--busy-poll", off]);
+        let mut conn = proxy.client();
+        let _: () = conn.set("a", 1).expect("SET");
+        assert!(proxy.status()["busy_poll"].is_null(), "--busy-poll {off}");
+        assert!(!proxy.ctl_status().contains("busy polling"));
+    }
+}
+
+#[test]
+fn a_bad_busy_poll_value_is_refused_at_start() {
+    let out = std::process::Command::new(cutover_bin())
+        .args(["--busy-poll", "soon", "-t"])
+        .output()
+        .expect("run cutover");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("expected auto, off or a number of microseconds, not \"soon\""),
+        "{stderr}"
+    );
+}
+
+/// `auto` (the default) polls for a client that sends its next request as soon as it has
+/// a reply, and never for one that waits a millisecond first: a poller that did would
+/// spin through every wait. Breaks if `auto` polled regardless of how clients behave.
+#[test]
+fn auto_polls_for_a_client_that_comes_back_at_once_and_not_for_one_that_thinks() {
     let backend = RedisServer::start();
     let proxy = Proxy::cutover(&pool_config(&[], &[format!("{}:1", backend.addr())]));
     let mut conn = proxy.client();
-    let _: () = conn.set("a", 1).expect("SET");
-    assert!(proxy.status()["busy_poll"].is_null());
+    for i in 0..300 {
+        std::thread::sleep(Duration::from_millis(1));
+        let _: () = conn.set("thinking", i).expect("SET");
+    }
+    assert_eq!(polled(&proxy, "turned_on"), 0.0, "a thinking client");
+    assert_eq!(polled(&proxy, "spells"), 0.0);
+    assert_eq!(polled(&proxy, "caught"), 0.0);
+    assert_eq!(
+        proxy.metric("cutover_busy_poll_turns_total{to=\"on\"}"),
+        0.0
+    );
+
+    for i in 0..3000 {
+        let _: () = conn.set(format!("k{}", i % 100), i).expect("SET");
+        let value: i64 = conn.get(format!("k{}", i % 100)).expect("GET");
+        assert_eq!(value, i, "a polled request is answered as any other");
+    }
+    assert!(polled(&proxy, "turned_on") >= 1.0, "{}", proxy.status());
+    assert!(polled(&proxy, "caught") >= 1.0, "{}", proxy.status());
+    assert!(proxy.metric("cutover_busy_poll_turns_total{to=\"on\"}") >= 1.0);
+    let text = proxy.ctl_status();
+    assert!(
+        text.contains(
+            "busy polling: auto, 50 µs after client I/O while clients come back within 200 µs ("
+        ),
+        "{text}"
+    );
 }
 
 /// A cgroup made for one test with a CPU quota of 1.5 cores, removed when dropped.
@@ -203,6 +262,22 @@ fn busy_polling_under_a_cpu_quota_says_so() {
     );
     let log = proxy.log();
     assert!(log.contains("--busy-poll under a CPU quota"), "{log}");
+    drop(proxy);
+
+    // `auto`, the default, does not poll under a quota at all.
+    let admin = support::free_port();
+    let mut proxy = Proxy::start(
+        &wrapper,
+        &pool_config(&[], &[format!("{}:1", backend.addr())]),
+        &["--admin", &format!("127.0.0.1:{admin}")],
+    );
+    proxy.admin_port = admin;
+    assert!(proxy.status()["busy_poll"].is_null());
+    let log = proxy.log();
+    assert!(
+        log.contains("busy polling off: the process runs under a CPU quota"),
+        "{log}"
+    );
     drop(proxy);
     drop(group);
 }

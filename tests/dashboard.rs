@@ -11,7 +11,8 @@ use redis::Commands;
 use support::dashboard::{dashboard_queries, exported, fleet_only, metric_names};
 use support::{Proxy, RedisServer, http, migration_config, redis_servers, wait_for};
 
-/// The proxies here busy-poll, so the busy-polling panel has series too.
+/// The proxies here busy-poll with a fixed window (whatever the test's clients do), so the
+/// busy-polling panel has series too.
 const BUSY_POLL: &[&str] = &["--busy-poll", "100"];
 
 #[test]
@@ -42,6 +43,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
         "cutover_capture_fences_total",
         "cutover_busy_poll_caught_total",
         "cutover_busy_poll_spell_seconds",
+        "cutover_busy_poll_turns_total",
     ] {
         assert!(wanted.contains(needed), "the dashboard shows {needed}");
     }

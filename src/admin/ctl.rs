@@ -305,7 +305,8 @@ fn summary(status: &Value) -> String {
     out
 }
 
-/// The proxy's busy polling, when `--busy-poll` turned it on.
+/// The proxy's busy polling, unless `--busy-poll off` (or a CPU quota, for `auto`) left
+/// it out.
 fn busy_poll_text(poll: &Value) -> String {
     if poll.is_null() {
         return String::new();
@@ -315,9 +316,19 @@ fn busy_poll_text(poll: &Value) -> String {
         Some(cores) => format!("; under a CPU quota of {cores:.2} cores, which polling spends"),
         None => String::new(),
     };
+    let mode = if poll["mode"] == "auto" {
+        format!(
+            "auto, {} µs after client I/O while clients come back within {} µs ({} now, turned on {} times)",
+            number("window_us"),
+            number("auto_reach_us"),
+            if poll["on"] == true { "on" } else { "off" },
+            number("turned_on"),
+        )
+    } else {
+        format!("{} µs after client I/O", number("window_us"))
+    };
     format!(
-        "busy polling: {} µs after client I/O; {} client reads and replies caught in {} spells, {:.2} s polling; {} clients owed replies (polls while at most {}){quota}\n",
-        number("window_us"),
+        "busy polling: {mode}; {} client reads and replies caught in {} spells, {:.2} s polling; {} clients owed replies (polls while at most {}){quota}\n",
         number("caught"),
         number("spells"),
         poll["polled_seconds"].as_f64().unwrap_or(0.0),

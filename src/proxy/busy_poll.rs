@@ -1,6 +1,7 @@
-//! Busy polling (`--busy-poll MICROSECONDS`, off by default): while a few clients (up to
-//! four) talk to the proxy one request at a time, keep the runtime polling its sockets for a
-//! short window after each client read or reply, instead of letting the thread sleep.
+//! Busy polling (`--busy-poll auto`, the default; `MICROSECONDS` for a fixed window;
+//! `off`): while a few clients (up to four) talk to the proxy one request at a time, keep
+//! the runtime polling its sockets for a short window after each client read or reply,
+//! instead of letting the thread sleep.
 //!
 //! Why: with a lone client nothing can be batched, and what a request waits for is the
 //! proxy's own wake-ups: the client's request and the server's reply each find the
@@ -8,17 +9,21 @@
 //! (on the 2-core VM the benchmarks run on, `perf` puts about 90% of the proxy's time per
 //! request in the kernel, mostly waking and being woken; see `benches/README.md`). A
 //! thread that is still polling when the bytes arrive is not woken at all. HAProxy's
-//! `busy-polling` answers the same problem, for the same reason (virtual machines).
+//! `busy-polling` answers the same problem, for the same reason (virtual machines), and
+//! KVM's halt polling the same problem one level down.
 //!
 //! The price is CPU: a core stays busy while the window lasts. So polling is bounded
-//! three ways. It only starts on client I/O and stops `window` after the last one (an
+//! four ways. It only starts on client I/O and stops `window` after the last one (an
 //! idle proxy sleeps as before). It stops when more than [`MAX_BUSY_CLIENTS`] clients
-//! have replies owed, and stays asleep for [`STAND_ASIDE`] after: with more clients there
+//! have replies owed, and stands aside for [`STAND_ASIDE`] after: with more clients there
 //! is a queue, batching already hides the wake-ups, and a polling thread takes a core the
 //! servers and clients need (measured at 50 clients without the gate: 0.7-0.85x of
 //! nutcracker). The pause keeps it from starting again each time the count dips for a
-//! moment, as it does between bursts at 16 and more clients. And it is off unless asked
-//! for.
+//! moment, as it does between bursts at 16 and more clients. `auto` polls only while
+//! clients send their next request soon after a reply ([`Adaptive`]): polling a client
+//! that thinks between requests would cost a core and save nothing. And `auto` is off
+//! under a CPU quota, which polling would spend (a fixed window polls all the same, with
+//! a warning).
 //!
 //! How: one task (the poller) yields in a loop while the window is open. A yielded task
 //! makes tokio's scheduler poll the I/O driver with a zero timeout, so every turn is a
@@ -37,6 +42,26 @@ use metrics::{Counter, Histogram, counter, histogram};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
+/// How long the poller polls after client I/O (`--busy-poll`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollWindow {
+    /// This long after every client I/O (`--busy-poll MICROSECONDS`).
+    Fixed(Duration),
+    /// [`AUTO_WINDOW`] while clients come back for more within [`AUTO_REACH`] of a reply,
+    /// nothing while they do not (`--busy-poll auto`, the default): see [`Adaptive`].
+    Auto,
+}
+
+/// The window of `--busy-poll auto` while it polls: the fixed window measured to catch a
+/// lone client's next request on this project's VM (`benches/README.md`: 20 µs caught
+/// nothing, 50 and 200 did).
+pub const AUTO_WINDOW: Duration = Duration::from_micros(50);
+
+/// How soon after the proxy's last client I/O a client's next request must come, as the
+/// sleeping proxy sees it, for `--busy-poll auto` to poll. The time seen asleep includes
+/// the proxy's own wake-up (tens of µs on a VM), so it is wider than [`AUTO_WINDOW`].
+pub const AUTO_REACH: Duration = Duration::from_micros(200);
+
 /// More clients than this with replies owed, and the poller sleeps. Four clients that
 /// each send one request at a time still gain from polling (1.03-1.10x, median p99 no higher,
 /// `benches/README.md`); two, the first gate, left them at about 1.05x with a p99 above
@@ -50,9 +75,15 @@ pub const STAND_ASIDE: Duration = Duration::from_millis(10);
 /// The proxy's busy polling: what sessions tell it, and its counters.
 pub struct BusyPoll {
     /// How long polling goes on after the last client read or reply.
-    window: Duration,
+    window: PollWindow,
     /// Bumped on every client read and every reply written.
     activity: AtomicU64,
+    /// Bumped on every client read (a request, not a reply): what `auto` judges by.
+    reads: AtomicU64,
+    /// Whether `auto` polls after client I/O now (always true with a fixed window).
+    on: AtomicBool,
+    /// Times `auto` turned polling on, for `/status`.
+    turned_on: AtomicU64,
     /// Clients with replies owed.
     busy_clients: AtomicUsize,
     /// Whether the poller is asleep, waiting for client I/O.
@@ -82,15 +113,22 @@ struct PollMetrics {
     crowded: Counter,
     /// How long each spell lasted: its sum is the CPU time polling cost.
     spell: Histogram,
+    /// `auto` began polling: a client came back within [`AUTO_REACH`].
+    turned_on: Counter,
+    /// `auto` stopped polling: a client came back later than that.
+    turned_off: Counter,
 }
 
 impl BusyPoll {
     /// Busy polling for `window` after each client I/O, in a process under `cpu_quota`
     /// cores of CPU quota (none: unlimited).
-    pub fn new(window: Duration, cpu_quota: Option<f64>) -> BusyPoll {
+    pub fn new(window: PollWindow, cpu_quota: Option<f64>) -> BusyPoll {
         BusyPoll {
             window,
             activity: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            on: AtomicBool::new(matches!(window, PollWindow::Fixed(_))),
+            turned_on: AtomicU64::new(0),
             busy_clients: AtomicUsize::new(0),
             asleep: AtomicBool::new(true),
             wake: Notify::new(),
@@ -99,6 +137,8 @@ impl BusyPoll {
                 idle: counter!("cutover_busy_poll_spells_total", "end" => "idle"),
                 crowded: counter!("cutover_busy_poll_spells_total", "end" => "crowded"),
                 spell: histogram!("cutover_busy_poll_spell_seconds"),
+                turned_on: counter!("cutover_busy_poll_turns_total", "to" => "on"),
+                turned_off: counter!("cutover_busy_poll_turns_total", "to" => "off"),
             },
             caught: AtomicU64::new(0),
             spells: AtomicU64::new(0),
@@ -107,8 +147,11 @@ impl BusyPoll {
         }
     }
 
-    /// A client read a request or was sent a reply.
-    pub fn client_io(&self) {
+    /// A client read a request (`read`) or was sent a reply.
+    pub fn client_io(&self, read: bool) {
+        if read {
+            self.reads.fetch_add(1, Relaxed);
+        }
         self.activity.fetch_add(1, Relaxed);
         if self.asleep.load(Relaxed) {
             self.wake.notify_one();
@@ -122,10 +165,26 @@ impl BusyPoll {
 
     /// Poll until `shutdown` turns true: sleep until a client does I/O, then poll until
     /// the window passes without any, or more clients get busy (and then stand aside for
-    /// [`STAND_ASIDE`]).
+    /// [`STAND_ASIDE`]). With `auto`, poll only while [`Adaptive`] says clients come back
+    /// quickly.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut crowded_at: Option<Instant> = None;
+        let mut adaptive = Adaptive::new(Instant::now(), self.reads.load(Relaxed));
         loop {
+            if let Some(at) = crowded_at.take() {
+                // Stand aside, deaf to client I/O (`asleep` stays false, so sessions do
+                // not wake the poller while many clients are busy).
+                let rest = STAND_ASIDE.saturating_sub(at.elapsed());
+                tokio::select! {
+                    () = tokio::time::sleep(rest) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                // What came meanwhile is not judged: the poller was standing aside.
+                adaptive.saw(Instant::now(), self.reads.load(Relaxed));
+            }
             self.asleep.store(true, Relaxed);
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -140,9 +199,25 @@ impl BusyPoll {
                 crowded_at = Some(Instant::now());
                 continue;
             }
-            if crowded_at.is_some_and(|at| at.elapsed() < STAND_ASIDE) {
-                continue;
-            }
+            let window = match self.window {
+                PollWindow::Fixed(window) => window,
+                PollWindow::Auto => {
+                    let woke = adaptive.woke(Instant::now(), self.reads.load(Relaxed));
+                    if let Some(on) = woke {
+                        self.on.store(on, Relaxed);
+                        if on {
+                            self.turned_on.fetch_add(1, Relaxed);
+                            self.metrics.turned_on.increment(1);
+                        } else {
+                            self.metrics.turned_off.increment(1);
+                        }
+                    }
+                    if !adaptive.on {
+                        continue;
+                    }
+                    AUTO_WINDOW
+                }
+            };
             let started = Instant::now();
             let mut seen = self.activity.load(Relaxed);
             let mut last_io = started;
@@ -163,10 +238,13 @@ impl BusyPoll {
                     self.caught.fetch_add(caught, Relaxed);
                     seen = now;
                     last_io = Instant::now();
-                } else if last_io.elapsed() >= self.window {
+                } else if last_io.elapsed() >= window {
                     break false;
                 }
             };
+            // What the spell caught came back in time; the next sleep is timed from its
+            // last client I/O.
+            adaptive.polled(last_io, self.reads.load(Relaxed));
             let end = if crowded {
                 crowded_at = Some(Instant::now());
                 &self.metrics.crowded
@@ -184,8 +262,16 @@ impl BusyPoll {
 
     /// What `/status` shows.
     pub fn status_json(&self) -> serde_json::Value {
+        let (mode, window) = match self.window {
+            PollWindow::Fixed(window) => ("fixed", window),
+            PollWindow::Auto => ("auto", AUTO_WINDOW),
+        };
         json!({
-            "window_us": self.window.as_micros() as u64,
+            "mode": mode,
+            "on": self.on.load(Relaxed),
+            "turned_on": self.turned_on.load(Relaxed),
+            "window_us": window.as_micros() as u64,
+            "auto_reach_us": AUTO_REACH.as_micros() as u64,
             "max_busy_clients": MAX_BUSY_CLIENTS,
             "busy_clients": self.busy_clients.load(Relaxed),
             "caught": self.caught.load(Relaxed),
@@ -193,6 +279,108 @@ impl BusyPoll {
             "polled_seconds": self.polled_nanos.load(Relaxed) as f64 / 1e9,
             "cpu_quota_cores": self.cpu_quota,
         })
+    }
+}
+
+/// How `--busy-poll auto` decides whether to poll: as KVM's halt polling does, by how
+/// long the proxy slept before a client's next request came.
+///
+/// Polling pays only when the proxy's thread does not sleep at all while a client talks
+/// (`benches/README.md`: polling only while a server's reply is owed, or only from a reply
+/// to the next request, was slower than not polling). That needs clients that come back
+/// for more within a moment of their reply, as a client sending requests one after
+/// another does; an app that thinks between requests would only have the proxy spin
+/// through its thinking. So the poller, woken by every client I/O while it sleeps, judges
+/// each sleep that a client's request ended (a reply written does not count: how long a
+/// server takes says nothing of the clients):
+/// - Not polling, a request that came within [`AUTO_REACH`] of the proxy's last client
+///   I/O is a quick one; after `needed` quick ones in a row, polling starts. A slower
+///   one starts the count again.
+/// - Polling, a request that came while the poller slept was missed: the window passed
+///   first. Polling stops, and twice as many quick requests (up to [`AUTO_MAX_NEEDED`])
+///   are needed to start it again. A spell that caught a request sets `needed` back to
+///   one.
+///
+/// So a client that sends one request after another keeps the proxy polling; one that
+/// thinks for longer than [`AUTO_REACH`] never starts it; and one in between (quick
+/// enough to start polling, too slow for the window to catch it) starts it less and less
+/// often, as KVM backs off a vCPU whose polls fail. With up to four clients (more and the
+/// poller stands aside anyway) the times are the proxy's, not each client's: any client
+/// coming back quickly keeps it polling.
+#[derive(Debug)]
+struct Adaptive {
+    /// Whether to poll.
+    on: bool,
+    /// Quick requests in a row needed to start polling.
+    needed: u32,
+    /// Quick requests in a row so far, while not polling.
+    quick: u32,
+    /// The proxy's last client I/O the poller saw (a wake-up or a caught I/O).
+    last_io: Instant,
+    /// [`BusyPoll::reads`] when the poller last looked.
+    reads_seen: u64,
+}
+
+/// The most quick requests in a row `auto` needs before it polls again, after polls that
+/// kept missing: then one request in 64 starts a spell of about the window plus a
+/// server's round trip, roughly a microsecond of polling a request.
+pub const AUTO_MAX_NEEDED: u32 = 64;
+
+impl Adaptive {
+    /// Not polling, with the last client I/O at `now` and `reads` client reads so far.
+    fn new(now: Instant, reads: u64) -> Adaptive {
+        Adaptive {
+            on: false,
+            needed: 1,
+            quick: 0,
+            last_io: now,
+            reads_seen: reads,
+        }
+    }
+
+    /// The poller woke at `now` for client I/O, with `reads` client reads so far. Returns
+    /// whether to poll, when that changed.
+    fn woke(&mut self, now: Instant, reads: u64) -> Option<bool> {
+        let slept = now.saturating_duration_since(self.last_io);
+        self.last_io = now;
+        if reads == self.reads_seen {
+            return None;
+        }
+        self.reads_seen = reads;
+        if self.on {
+            // A request came while the poller slept: the window missed it.
+            self.on = false;
+            self.quick = 0;
+            self.needed = (self.needed * 2).min(AUTO_MAX_NEEDED);
+            return Some(false);
+        }
+        if slept > AUTO_REACH {
+            self.quick = 0;
+            return None;
+        }
+        self.quick += 1;
+        if self.quick < self.needed {
+            return None;
+        }
+        self.on = true;
+        Some(true)
+    }
+
+    /// The poller saw client I/O at `now`, with `reads` client reads so far, that is not
+    /// to be judged (it was standing aside).
+    fn saw(&mut self, now: Instant, reads: u64) {
+        self.last_io = now;
+        self.reads_seen = reads;
+    }
+
+    /// A polling spell ended, its last client I/O at `last_io`, with `reads` client reads
+    /// so far: if it caught any, polling pays.
+    fn polled(&mut self, last_io: Instant, reads: u64) {
+        if reads != self.reads_seen {
+            self.needed = 1;
+        }
+        self.last_io = last_io;
+        self.reads_seen = reads;
     }
 }
 
@@ -211,10 +399,10 @@ impl ClientMark {
         ClientMark { poll, busy: false }
     }
 
-    /// The client read a request or was sent a reply.
-    pub fn io(&self) {
+    /// The client read a request (`read`) or was sent a reply.
+    pub fn io(&self, read: bool) {
         if let Some(poll) = &self.poll {
-            poll.client_io();
+            poll.client_io(read);
         }
     }
 
@@ -235,5 +423,95 @@ impl ClientMark {
 impl Drop for ClientMark {
     fn drop(&mut self) {
         self.owed(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `t0` plus `micros` µs.
+    fn at(t0: Instant, micros: u64) -> Instant {
+        t0 + Duration::from_micros(micros)
+    }
+
+    #[test]
+    fn a_client_that_comes_back_at_once_turns_polling_on() {
+        let t0 = Instant::now();
+        let mut a = Adaptive::new(t0, 0);
+        // Its first request, long after start: slow.
+        assert_eq!(a.woke(at(t0, 5_000), 1), None);
+        // The reply (no read): not judged, but the next sleep is timed from it.
+        assert_eq!(a.woke(at(t0, 5_040), 1), None);
+        // The next request 30 µs after the reply: quick.
+        assert_eq!(a.woke(at(t0, 5_070), 2), Some(true));
+        assert!(a.on);
+    }
+
+    #[test]
+    fn a_client_that_thinks_never_turns_it_on() {
+        let t0 = Instant::now();
+        let mut a = Adaptive::new(t0, 0);
+        let mut now = 0;
+        for read in 1..=1000 {
+            // A request 1 ms after the last reply, its reply 40 µs later.
+            now += 1_000;
+            assert_eq!(a.woke(at(t0, now), read), None);
+            now += 40;
+            assert_eq!(a.woke(at(t0, now), read), None);
+        }
+        assert!(!a.on);
+    }
+
+    #[test]
+    fn a_request_polling_missed_turns_it_off_and_doubles_what_it_takes_to_start_again() {
+        let t0 = Instant::now();
+        let mut a = Adaptive::new(t0, 0);
+        assert_eq!(a.woke(at(t0, 100), 1), Some(true));
+        // A spell that caught only the reply, ending 50 µs after it.
+        a.polled(at(t0, 140), 1);
+        // The next request came after the window: missed.
+        assert_eq!(a.woke(at(t0, 260), 2), Some(false));
+        assert_eq!(a.needed, 2);
+        // Two quick requests are needed now.
+        assert_eq!(a.woke(at(t0, 300), 2), None);
+        assert_eq!(a.woke(at(t0, 330), 3), None);
+        assert_eq!(a.woke(at(t0, 370), 3), None);
+        assert_eq!(a.woke(at(t0, 400), 4), Some(true));
+        // A spell that caught a request sets the count back to one.
+        a.polled(at(t0, 900), 9);
+        assert_eq!(a.needed, 1);
+        assert_eq!(a.woke(at(t0, 5_000), 10), Some(false));
+        assert_eq!(a.needed, 2);
+    }
+
+    #[test]
+    fn polls_that_keep_missing_back_off_to_the_cap() {
+        let t0 = Instant::now();
+        let mut a = Adaptive::new(t0, 0);
+        let (mut now, mut reads) = (0, 0);
+        let mut starts = 0;
+        for _ in 0..5_000 {
+            // Every request comes 100 µs after the last I/O: within reach, past the window.
+            now += 100;
+            reads += 1;
+            if a.woke(at(t0, now), reads) == Some(true) {
+                starts += 1;
+                a.polled(at(t0, now), reads);
+            }
+        }
+        assert_eq!(a.needed, AUTO_MAX_NEEDED);
+        // 1 + 2 + 4 + ... + 64, then one start every 64 requests.
+        assert!(starts < 5_000 / 32, "polling started {starts} times");
+    }
+
+    #[test]
+    fn what_the_poller_saw_standing_aside_is_not_judged() {
+        let t0 = Instant::now();
+        let mut a = Adaptive::new(t0, 0);
+        assert_eq!(a.woke(at(t0, 50), 1), Some(true));
+        a.saw(at(t0, 10_000), 500);
+        assert!(a.on);
+        assert_eq!(a.woke(at(t0, 10_030), 500), None);
     }
 }

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::migrate::Migration;
 use crate::resp::RequestLimits;
 use crate::upstream::Pool;
-pub use busy_poll::BusyPoll;
+pub use busy_poll::{BusyPoll, PollWindow};
 
 /// How long shutdown waits for clients to receive their pending replies.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -185,13 +185,14 @@ impl Proxy {
     /// pool, so a taken port fails start-up before any client is served.
     /// At most `max_clients` client connections are open at once, across every pool.
     /// `admin` is where the admin API listens (a fleet's members tell each other).
-    /// `busy_poll` is the window of busy polling after client I/O (none: off).
+    /// `busy_poll` is the window of busy polling after client I/O (none: off). `auto` is
+    /// off under a CPU quota, where polling would spend the quota.
     pub async fn start(
         config: &Config,
         limits: RequestLimits,
         max_clients: usize,
         admin: Option<String>,
-        busy_poll: Option<Duration>,
+        busy_poll: Option<PollWindow>,
     ) -> Result<Proxy, StartError> {
         let mut bound = Vec::new();
         for pool in config.listening_pools() {
@@ -206,15 +207,27 @@ impl Proxy {
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
-        let busy_poll = busy_poll.map(|window| {
-            let quota = cpu_quota::cpu_quota();
-            if let Some(quota) = &quota {
+        let quota = busy_poll.and_then(|_| cpu_quota::cpu_quota());
+        let busy_poll = match (busy_poll, &quota) {
+            (Some(PollWindow::Auto), Some(quota)) => {
+                tracing::info!(
+                    cores = quota.cores,
+                    file = %quota.file.display(),
+                    "busy polling off: the process runs under a CPU quota, which polling would spend (--busy-poll MICROSECONDS polls all the same)"
+                );
+                None
+            }
+            (Some(PollWindow::Fixed(_)), Some(quota)) => {
                 tracing::warn!(
                     cores = quota.cores,
                     file = %quota.file.display(),
                     "--busy-poll under a CPU quota: polling is charged to it, and a process that spends its quota is throttled until the next period"
                 );
+                busy_poll
             }
+            _ => busy_poll,
+        };
+        let busy_poll = busy_poll.map(|window| {
             let poll = Arc::new(BusyPoll::new(window, quota.map(|q| q.cores)));
             tokio::spawn(poll.clone().run(shutdown_rx.clone()));
             poll

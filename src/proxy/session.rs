@@ -143,7 +143,7 @@ pub async fn run<R, W>(
                 break;
             }
             out.clear();
-            poll.io();
+            poll.io(false);
         }
         if let Some(reply) = large {
             if wr.write_all(&reply).await.is_err() {
@@ -175,7 +175,7 @@ pub async fn run<R, W>(
                 match read {
                     Ok(0) | Err(_) => session.done_reading = true,
                     Ok(_) => {
-                        poll.io();
+                        poll.io(true);
                         session.handle_input(&mut parser, &mut input, Instant::now()).await;
                     }
                 }

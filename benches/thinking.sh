@@ -10,8 +10,10 @@
 #
 # Usage: benches/thinking.sh [rounds]       (default 3)
 #        THINK="0 20 50 100 200 1000"       (the waits, in µs; these are the default)
+#        ARGS="--threads 2"                 (more arguments for both cutovers)
 # Needs: redis-server, python3.
 set -euo pipefail
+# shellcheck disable=SC2086 # ARGS is a word list
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 THINK=${THINK:-"0 20 50 100 200 1000"}
@@ -21,8 +23,8 @@ cargo build --release --quiet
 redis; BACKEND=$PORT
 AUTO=$(free_port); OFF=$(free_port)
 bench_pool "$AUTO" "$BACKEND" > "$WORK/auto.yml"; bench_pool "$OFF" "$BACKEND" > "$WORK/off.yml"
-target/release/cutover -c "$WORK/auto.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/auto.log" & PIDS+=($!); AUTOPID=$!
-target/release/cutover -c "$WORK/off.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/off.log" --busy-poll off & PIDS+=($!); OFFPID=$!
+target/release/cutover -c "$WORK/auto.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/auto.log" ${ARGS:-} & PIDS+=($!); AUTOPID=$!
+target/release/cutover -c "$WORK/off.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/off.log" --busy-poll off ${ARGS:-} & PIDS+=($!); OFFPID=$!
 wait_port "$AUTO"; wait_port "$OFF"
 
 # The client: $1 port, $2 wait in µs, $3 requests; prints µs a request.
@@ -58,7 +60,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 col() { awk -v t="$1" -v n="$2" -v k="$3" '$1==t && $2==n {print $k}' "$WORK/runs" | median; }
-echo "medians of $ROUNDS rounds; µs a request, as the client sees it and in the proxy's CPU"
+echo "medians of $ROUNDS rounds; µs a request, as the client sees it and in the proxy's CPU; arguments: ${ARGS:-none}"
 printf '\n%-9s %10s %10s | %10s %10s\n' "wait µs" "auto" "off" "auto cpu" "off cpu"
 for think in $THINK; do
   printf '%-9s %10.1f %10.1f | %10.1f %10.1f\n' "$think" "$(col "$think" auto 3)" "$(col "$think" off 3)" "$(col "$think" auto 4)" "$(col "$think" off 4)"

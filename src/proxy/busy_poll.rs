@@ -31,11 +31,11 @@
 //! at once. Each turn also yields the thread to the kernel (`sched_yield`), so a server
 //! or client that is ready to run on the poller's CPU runs first. With a multi-thread runtime (`--threads` above 1) it keeps one worker polling.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram, counter, histogram};
@@ -78,8 +78,17 @@ pub struct BusyPoll {
     window: PollWindow,
     /// Bumped on every client read and every reply written.
     activity: AtomicU64,
-    /// Bumped on every client read (a request, not a reply): what `auto` judges by.
+    /// Bumped on every client read (a request, not a reply): a spell that saw it bumped
+    /// caught a request.
     reads: AtomicU64,
+    /// When the last client I/O happened, in nanoseconds since `epoch`.
+    last_io: AtomicU64,
+    /// What `last_io` counts from.
+    epoch: Instant,
+    /// `auto`'s judgment, made by the session that read a request while the poller
+    /// slept (so an `auto` poller that does not poll is never woken: on a multi-thread
+    /// runtime each wake-up could cost a thread's).
+    adaptive: Mutex<Adaptive>,
     /// Whether `auto` polls after client I/O now (always true with a fixed window).
     on: AtomicBool,
     /// Times `auto` turned polling on, for `/status`.
@@ -127,6 +136,9 @@ impl BusyPoll {
             window,
             activity: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            last_io: AtomicU64::new(0),
+            epoch: Instant::now(),
+            adaptive: Mutex::new(Adaptive::new()),
             on: AtomicBool::new(matches!(window, PollWindow::Fixed(_))),
             turned_on: AtomicU64::new(0),
             busy_clients: AtomicUsize::new(0),
@@ -147,14 +159,47 @@ impl BusyPoll {
         }
     }
 
-    /// A client read a request (`read`) or was sent a reply.
+    /// A client read a request (`read`) or was sent a reply. While the poller sleeps,
+    /// this wakes it: always with a fixed window; with `auto`, once a request has been
+    /// judged (see [`Adaptive`]) and only if polling is on.
     pub fn client_io(&self, read: bool) {
+        self.activity.fetch_add(1, Relaxed);
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let previous = self.last_io.swap(now, Relaxed);
         if read {
             self.reads.fetch_add(1, Relaxed);
         }
-        self.activity.fetch_add(1, Relaxed);
-        if self.asleep.load(Relaxed) {
-            self.wake.notify_one();
+        if !self.asleep.load(Relaxed) {
+            // Polling (it sees this I/O itself) or standing aside.
+            return;
+        }
+        if self.window == PollWindow::Auto {
+            if read {
+                let slept = Duration::from_nanos(now.saturating_sub(previous));
+                let turn = self
+                    .adaptive
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .read_while_asleep(slept);
+                if let Some(on) = turn {
+                    self.turned(on);
+                }
+            }
+            if !self.on.load(Relaxed) {
+                return;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// `auto` turned polling on or off.
+    fn turned(&self, on: bool) {
+        self.on.store(on, Relaxed);
+        if on {
+            self.turned_on.fetch_add(1, Relaxed);
+            self.metrics.turned_on.increment(1);
+        } else {
+            self.metrics.turned_off.increment(1);
         }
     }
 
@@ -165,15 +210,18 @@ impl BusyPoll {
 
     /// Poll until `shutdown` turns true: sleep until a client does I/O, then poll until
     /// the window passes without any, or more clients get busy (and then stand aside for
-    /// [`STAND_ASIDE`]). With `auto`, poll only while [`Adaptive`] says clients come back
-    /// quickly.
+    /// [`STAND_ASIDE`]). With `auto`, sessions wake it only while [`Adaptive`] says
+    /// clients come back quickly.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut crowded_at: Option<Instant> = None;
-        let mut adaptive = Adaptive::new(Instant::now(), self.reads.load(Relaxed));
+        let window = match self.window {
+            PollWindow::Fixed(window) => window,
+            PollWindow::Auto => AUTO_WINDOW,
+        };
         loop {
             if let Some(at) = crowded_at.take() {
-                // Stand aside, deaf to client I/O (`asleep` stays false, so sessions do
-                // not wake the poller while many clients are busy).
+                // Stand aside, deaf to client I/O (`asleep` stays false, so sessions
+                // neither wake the poller nor judge requests while many clients are busy).
                 let rest = STAND_ASIDE.saturating_sub(at.elapsed());
                 tokio::select! {
                     () = tokio::time::sleep(rest) => {}
@@ -182,8 +230,6 @@ impl BusyPoll {
                 if *shutdown.borrow() {
                     return;
                 }
-                // What came meanwhile is not judged: the poller was standing aside.
-                adaptive.saw(Instant::now(), self.reads.load(Relaxed));
             }
             self.asleep.store(true, Relaxed);
             tokio::select! {
@@ -199,26 +245,8 @@ impl BusyPoll {
                 crowded_at = Some(Instant::now());
                 continue;
             }
-            let window = match self.window {
-                PollWindow::Fixed(window) => window,
-                PollWindow::Auto => {
-                    let woke = adaptive.woke(Instant::now(), self.reads.load(Relaxed));
-                    if let Some(on) = woke {
-                        self.on.store(on, Relaxed);
-                        if on {
-                            self.turned_on.fetch_add(1, Relaxed);
-                            self.metrics.turned_on.increment(1);
-                        } else {
-                            self.metrics.turned_off.increment(1);
-                        }
-                    }
-                    if !adaptive.on {
-                        continue;
-                    }
-                    AUTO_WINDOW
-                }
-            };
             let started = Instant::now();
+            let reads_before = self.reads.load(Relaxed);
             let mut seen = self.activity.load(Relaxed);
             let mut last_io = started;
             let crowded = loop {
@@ -242,9 +270,13 @@ impl BusyPoll {
                     break false;
                 }
             };
-            // What the spell caught came back in time; the next sleep is timed from its
-            // last client I/O.
-            adaptive.polled(last_io, self.reads.load(Relaxed));
+            if self.reads.load(Relaxed) != reads_before {
+                // The spell caught a request: polling pays.
+                self.adaptive
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .caught_a_read();
+            }
             let end = if crowded {
                 crowded_at = Some(Instant::now());
                 &self.metrics.crowded
@@ -290,9 +322,10 @@ impl BusyPoll {
 /// to the next request, was slower than not polling). That needs clients that come back
 /// for more within a moment of their reply, as a client sending requests one after
 /// another does; an app that thinks between requests would only have the proxy spin
-/// through its thinking. So the poller, woken by every client I/O while it sleeps, judges
-/// each sleep that a client's request ended (a reply written does not count: how long a
-/// server takes says nothing of the clients):
+/// through its thinking. So each request a session reads while the poller sleeps is
+/// judged by the time since the proxy's last client I/O (a reply written is not judged:
+/// how long a server takes says nothing of the clients), by that session, so that a
+/// poller that is not polling is never woken:
 /// - Not polling, a request that came within [`AUTO_REACH`] of the proxy's last client
 ///   I/O is a quick one; after `needed` quick ones in a row, polling starts. A slower
 ///   one starts the count again.
@@ -315,10 +348,6 @@ struct Adaptive {
     needed: u32,
     /// Quick requests in a row so far, while not polling.
     quick: u32,
-    /// The proxy's last client I/O the poller saw (a wake-up or a caught I/O).
-    last_io: Instant,
-    /// [`BusyPoll::reads`] when the poller last looked.
-    reads_seen: u64,
 }
 
 /// The most quick requests in a row `auto` needs before it polls again, after polls that
@@ -327,28 +356,20 @@ struct Adaptive {
 pub const AUTO_MAX_NEEDED: u32 = 64;
 
 impl Adaptive {
-    /// Not polling, with the last client I/O at `now` and `reads` client reads so far.
-    fn new(now: Instant, reads: u64) -> Adaptive {
+    /// Not polling.
+    fn new() -> Adaptive {
         Adaptive {
             on: false,
             needed: 1,
             quick: 0,
-            last_io: now,
-            reads_seen: reads,
         }
     }
 
-    /// The poller woke at `now` for client I/O, with `reads` client reads so far. Returns
-    /// whether to poll, when that changed.
-    fn woke(&mut self, now: Instant, reads: u64) -> Option<bool> {
-        let slept = now.saturating_duration_since(self.last_io);
-        self.last_io = now;
-        if reads == self.reads_seen {
-            return None;
-        }
-        self.reads_seen = reads;
+    /// A client's request came while the poller slept, `slept` after the proxy's last
+    /// client I/O. Returns whether to poll, when that changed.
+    fn read_while_asleep(&mut self, slept: Duration) -> Option<bool> {
         if self.on {
-            // A request came while the poller slept: the window missed it.
+            // The window passed before the request came: polling missed it.
             self.on = false;
             self.quick = 0;
             self.needed = (self.needed * 2).min(AUTO_MAX_NEEDED);
@@ -366,21 +387,9 @@ impl Adaptive {
         Some(true)
     }
 
-    /// The poller saw client I/O at `now`, with `reads` client reads so far, that is not
-    /// to be judged (it was standing aside).
-    fn saw(&mut self, now: Instant, reads: u64) {
-        self.last_io = now;
-        self.reads_seen = reads;
-    }
-
-    /// A polling spell ended, its last client I/O at `last_io`, with `reads` client reads
-    /// so far: if it caught any, polling pays.
-    fn polled(&mut self, last_io: Instant, reads: u64) {
-        if reads != self.reads_seen {
-            self.needed = 1;
-        }
-        self.last_io = last_io;
-        self.reads_seen = reads;
+    /// A polling spell caught a client's request: polling pays.
+    fn caught_a_read(&mut self) {
+        self.needed = 1;
     }
 }
 
@@ -430,88 +439,66 @@ impl Drop for ClientMark {
 mod tests {
     use super::*;
 
-    /// `t0` plus `micros` µs.
-    fn at(t0: Instant, micros: u64) -> Instant {
-        t0 + Duration::from_micros(micros)
+    /// `micros` µs.
+    fn us(micros: u64) -> Duration {
+        Duration::from_micros(micros)
     }
 
     #[test]
     fn a_client_that_comes_back_at_once_turns_polling_on() {
-        let t0 = Instant::now();
-        let mut a = Adaptive::new(t0, 0);
+        let mut a = Adaptive::new();
         // Its first request, long after start: slow.
-        assert_eq!(a.woke(at(t0, 5_000), 1), None);
-        // The reply (no read): not judged, but the next sleep is timed from it.
-        assert_eq!(a.woke(at(t0, 5_040), 1), None);
-        // The next request 30 µs after the reply: quick.
-        assert_eq!(a.woke(at(t0, 5_070), 2), Some(true));
+        assert_eq!(a.read_while_asleep(us(5_000)), None);
+        // The next one 30 µs after the reply: quick.
+        assert_eq!(a.read_while_asleep(us(30)), Some(true));
         assert!(a.on);
     }
 
     #[test]
     fn a_client_that_thinks_never_turns_it_on() {
-        let t0 = Instant::now();
-        let mut a = Adaptive::new(t0, 0);
-        let mut now = 0;
-        for read in 1..=1000 {
-            // A request 1 ms after the last reply, its reply 40 µs later.
-            now += 1_000;
-            assert_eq!(a.woke(at(t0, now), read), None);
-            now += 40;
-            assert_eq!(a.woke(at(t0, now), read), None);
+        let mut a = Adaptive::new();
+        for _ in 0..1000 {
+            assert_eq!(a.read_while_asleep(us(1_000)), None);
         }
         assert!(!a.on);
+        // Just past the reach is slow too.
+        assert_eq!(a.read_while_asleep(AUTO_REACH + us(1)), None);
+        assert_eq!(a.read_while_asleep(AUTO_REACH), Some(true));
     }
 
     #[test]
     fn a_request_polling_missed_turns_it_off_and_doubles_what_it_takes_to_start_again() {
-        let t0 = Instant::now();
-        let mut a = Adaptive::new(t0, 0);
-        assert_eq!(a.woke(at(t0, 100), 1), Some(true));
-        // A spell that caught only the reply, ending 50 µs after it.
-        a.polled(at(t0, 140), 1);
-        // The next request came after the window: missed.
-        assert_eq!(a.woke(at(t0, 260), 2), Some(false));
+        let mut a = Adaptive::new();
+        assert_eq!(a.read_while_asleep(us(40)), Some(true));
+        // The next request came while the poller slept: the window missed it, however
+        // quick it was.
+        assert_eq!(a.read_while_asleep(us(60)), Some(false));
         assert_eq!(a.needed, 2);
-        // Two quick requests are needed now.
-        assert_eq!(a.woke(at(t0, 300), 2), None);
-        assert_eq!(a.woke(at(t0, 330), 3), None);
-        assert_eq!(a.woke(at(t0, 370), 3), None);
-        assert_eq!(a.woke(at(t0, 400), 4), Some(true));
+        // Two quick requests are needed now; a slow one starts the count again.
+        assert_eq!(a.read_while_asleep(us(30)), None);
+        assert_eq!(a.read_while_asleep(us(900)), None);
+        assert_eq!(a.read_while_asleep(us(30)), None);
+        assert_eq!(a.read_while_asleep(us(30)), Some(true));
         // A spell that caught a request sets the count back to one.
-        a.polled(at(t0, 900), 9);
+        a.caught_a_read();
         assert_eq!(a.needed, 1);
-        assert_eq!(a.woke(at(t0, 5_000), 10), Some(false));
+        assert_eq!(a.read_while_asleep(us(5_000)), Some(false));
         assert_eq!(a.needed, 2);
     }
 
     #[test]
     fn polls_that_keep_missing_back_off_to_the_cap() {
-        let t0 = Instant::now();
-        let mut a = Adaptive::new(t0, 0);
-        let (mut now, mut reads) = (0, 0);
+        let mut a = Adaptive::new();
         let mut starts = 0;
         for _ in 0..5_000 {
-            // Every request comes 100 µs after the last I/O: within reach, past the window.
-            now += 100;
-            reads += 1;
-            if a.woke(at(t0, now), reads) == Some(true) {
+            // Every request comes 100 µs after the last I/O: within reach, but past the
+            // window, so every poll misses.
+            if a.read_while_asleep(us(100)) == Some(true) {
                 starts += 1;
-                a.polled(at(t0, now), reads);
             }
         }
         assert_eq!(a.needed, AUTO_MAX_NEEDED);
-        // 1 + 2 + 4 + ... + 64, then one start every 64 requests.
+        // 1 + 2 + 4 + ... + 64 quick requests between starts, then 64.
         assert!(starts < 5_000 / 32, "polling started {starts} times");
-    }
-
-    #[test]
-    fn what_the_poller_saw_standing_aside_is_not_judged() {
-        let t0 = Instant::now();
-        let mut a = Adaptive::new(t0, 0);
-        assert_eq!(a.woke(at(t0, 50), 1), Some(true));
-        a.saw(at(t0, 10_000), 500);
-        assert!(a.on);
-        assert_eq!(a.woke(at(t0, 10_030), 500), None);
     }
 }

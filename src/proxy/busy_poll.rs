@@ -81,7 +81,7 @@ pub struct BusyPoll {
     /// Bumped on every client read (a request, not a reply): a spell that saw it bumped
     /// caught a request.
     reads: AtomicU64,
-    /// When the last client I/O happened, in nanoseconds since `epoch`.
+    /// When the last client I/O happened, in nanoseconds since `epoch` (kept by `auto`).
     last_io: AtomicU64,
     /// What `last_io` counts from.
     epoch: Instant,
@@ -89,7 +89,8 @@ pub struct BusyPoll {
     /// slept (so an `auto` poller that does not poll is never woken: on a multi-thread
     /// runtime each wake-up could cost a thread's).
     adaptive: Mutex<Adaptive>,
-    /// Whether `auto` polls after client I/O now (always true with a fixed window).
+    /// Whether `auto` polls after client I/O now (always true with a fixed window):
+    /// `Adaptive`'s own flag, copied out so that a reply written need not take the lock.
     on: AtomicBool,
     /// Times `auto` turned polling on, for `/status`.
     turned_on: AtomicU64,
@@ -159,22 +160,37 @@ impl BusyPoll {
         }
     }
 
-    /// A client read a request (`read`) or was sent a reply. While the poller sleeps,
-    /// this wakes it: always with a fixed window; with `auto`, once a request has been
-    /// judged (see [`Adaptive`]) and only if polling is on.
-    pub fn client_io(&self, read: bool) {
+    /// A client's request was read at `at` (the session's own clock reading).
+    pub fn client_read(&self, at: Instant) {
+        self.client_io(Some(at));
+    }
+
+    /// A client was sent a reply.
+    pub fn client_reply(&self) {
+        self.client_io(None);
+    }
+
+    /// A client read a request at `read_at`, or (`None`) was sent a reply. While the
+    /// poller sleeps, this wakes it: always with a fixed window; with `auto`, once a
+    /// request has been judged (see [`Adaptive`]) and only if polling is on. Only `auto`
+    /// keeps the time of the last client I/O: a fixed window needs no clock here.
+    fn client_io(&self, read_at: Option<Instant>) {
         self.activity.fetch_add(1, Relaxed);
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let previous = self.last_io.swap(now, Relaxed);
-        if read {
+        if read_at.is_some() {
             self.reads.fetch_add(1, Relaxed);
         }
+        let timed = (self.window == PollWindow::Auto).then(|| {
+            let at = read_at.unwrap_or_else(Instant::now);
+            let now = u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+                .unwrap_or(u64::MAX);
+            (now, self.last_io.swap(now, Relaxed))
+        });
         if !self.asleep.load(Relaxed) {
             // Polling (it sees this I/O itself) or standing aside.
             return;
         }
-        if self.window == PollWindow::Auto {
-            if read {
+        if let Some((now, previous)) = timed {
+            if read_at.is_some() {
                 let slept = Duration::from_nanos(now.saturating_sub(previous));
                 let turn = self
                     .adaptive
@@ -408,10 +424,17 @@ impl ClientMark {
         ClientMark { poll, busy: false }
     }
 
-    /// The client read a request (`read`) or was sent a reply.
-    pub fn io(&self, read: bool) {
+    /// The client's request was read at `at`.
+    pub fn read(&self, at: Instant) {
         if let Some(poll) = &self.poll {
-            poll.client_io(read);
+            poll.client_read(at);
+        }
+    }
+
+    /// The client was sent a reply.
+    pub fn replied(&self) {
+        if let Some(poll) = &self.poll {
+            poll.client_reply();
         }
     }
 

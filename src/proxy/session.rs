@@ -143,7 +143,7 @@ pub async fn run<R, W>(
                 break;
             }
             out.clear();
-            poll.io(false);
+            poll.replied();
         }
         if let Some(reply) = large {
             if wr.write_all(&reply).await.is_err() {
@@ -175,8 +175,9 @@ pub async fn run<R, W>(
                 match read {
                     Ok(0) | Err(_) => session.done_reading = true,
                     Ok(_) => {
-                        poll.io(true);
-                        session.handle_input(&mut parser, &mut input, Instant::now()).await;
+                        let read_at = Instant::now();
+                        poll.read(read_at.into_std());
+                        session.handle_input(&mut parser, &mut input, read_at).await;
                     }
                 }
             }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What a proxy on tokio could gain at a few clients, at most: one redis-server behind
-# nutcracker, behind cutover, and behind the byte relay of examples/relay.rs in its two
-# ways (one task per client; two tasks handing bytes through channels, as cutover's
-# session and server connection do). The relay parses nothing and gives each client its
+# nutcracker, behind cutover (--busy-poll off: nothing else here polls), and behind the
+# byte relay of examples/relay.rs in its two ways (one task per client; two tasks handing
+# bytes through channels, as cutover's session and server connection do). The relay parses nothing and gives each client its
 # own backend connection, so it is a floor on the work per request, not a proxy to
 # compare features with. redis-benchmark at pipeline 1, SET and GET; per cell, the
 # medians over rounds of requests/s and of each target's ratio to nutcracker in the same
@@ -23,7 +23,7 @@ redis; BACKEND=$PORT
 NC=$(free_port); CUT=$(free_port); ONE=$(free_port); TWO=$(free_port)
 bench_pool "$NC" "$BACKEND" > "$WORK/nc.yml"; bench_pool "$CUT" "$BACKEND" > "$WORK/cut.yml"
 nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!)
-target/release/cutover -c "$WORK/cut.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/cut.log" & PIDS+=($!)
+cutover_start cut target/release/cutover --busy-poll off
 target/release/examples/relay "127.0.0.1:$ONE" "127.0.0.1:$BACKEND" & PIDS+=($!)
 target/release/examples/relay "127.0.0.1:$TWO" "127.0.0.1:$BACKEND" --tasks & PIDS+=($!)
 wait_port "$NC"; wait_port "$CUT"; wait_port "$ONE"; wait_port "$TWO"

@@ -27,8 +27,8 @@ cargo build --release --quiet
 redis; BACKEND=$PORT
 AUTO=$(free_port); OFF=$(free_port)
 bench_pool "$AUTO" "$BACKEND" > "$WORK/auto.yml"; bench_pool "$OFF" "$BACKEND" > "$WORK/off.yml"
-target/release/cutover -c "$WORK/auto.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/auto.log" ${ARGS:-} & PIDS+=($!); AUTOPID=$!
-target/release/cutover -c "$WORK/off.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/off.log" --busy-poll off ${ARGS:-} & PIDS+=($!); OFFPID=$!
+cutover_start auto target/release/cutover ${ARGS:-}; AUTOPID=$CUTOVER_PID
+cutover_start off target/release/cutover --busy-poll off ${ARGS:-}; OFFPID=$CUTOVER_PID
 wait_port "$AUTO"; wait_port "$OFF"
 
 # The client: $1 port, $2 wait in µs, $3 requests, $4 `exp` for random waits; prints µs

@@ -2,11 +2,12 @@
 # What a proxy on tokio could gain at a few clients, at most: one redis-server behind
 # nutcracker, behind cutover (--busy-poll off: nothing else here polls), and behind the
 # byte relay of examples/relay.rs in its two ways (one task per client; two tasks handing
-# bytes through channels, as cutover's session and server connection do). The relay parses nothing and gives each client its
-# own backend connection, so it is a floor on the work per request, not a proxy to
-# compare features with. redis-benchmark at pipeline 1, SET and GET; per cell, the
-# medians over rounds of requests/s and of each target's ratio to nutcracker in the same
-# round (the four take turns, who goes first rotating).
+# bytes through channels, as cutover's session and server connection do). The relay
+# parses nothing and gives each client its own backend connection, so it is a floor on
+# the work per request, not a proxy to compare features with. redis-benchmark at
+# pipeline 1, SET and GET; per cell, the medians over rounds of requests/s and of each
+# target's ratio to nutcracker in the same round (the four take turns, who goes first
+# rotating).
 #
 # Usage: benches/floor.sh [requests-per-run] [rounds]     (defaults: 40000 7)
 #        CLIENTS="1 4" (the default)

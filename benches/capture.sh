@@ -19,12 +19,12 @@ BIN=target/release/cutover
 . benches/lib.sh
 
 redis; SRC=$PORT; T=(); for _ in 1 2 3; do redis; T+=("$PORT"); done
-PLAIN=$(free_port); CAP=$(free_port); ADMIN=$(free_port)
+PLAIN=$(free_port); CAP=$(free_port)
 printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n   - 127.0.0.1:%s:1\n' "$PLAIN" "$SRC" > "$WORK/plain.yml"
 { printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n   - 127.0.0.1:%s:1\n  migrate_to: fleet\n  migrate:\n    capture: replication\nfleet:\n  redis: true\n  servers:\n' "$CAP" "$SRC"
   for p in "${T[@]}"; do printf '   - 127.0.0.1:%s:1\n' "$p"; done; } > "$WORK/cap.yml"
-"$BIN" -c "$WORK/plain.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/plain.log" & PIDS+=($!)
-"$BIN" -c "$WORK/cap.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$ADMIN" -o "$WORK/cap.log" & PIDS+=($!)
+cutover_start plain "$BIN"
+cutover_start cap "$BIN"; ADMIN=$CUTOVER_ADMIN
 wait_port "$PLAIN"; wait_port "$CAP"
 status() { curl -s "127.0.0.1:$ADMIN/status"; }
 field() { python3 -c "import json,sys; s=json.load(sys.stdin)['pools'][0]['migration']['capture']['servers'][0]; print(s['$1'])"; }

@@ -28,8 +28,7 @@ bench_pool "$NC_PORT" "${BACKENDS[@]}" > "$WORK/nc.yml"
 bench_pool "$CUT_PORT" "${BACKENDS[@]}" > "$WORK/cut.yml"
 nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 &
 NC_PID=$!; PIDS+=($NC_PID)
-"$BIN" -c "$WORK/cut.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$(free_port)" -o "$WORK/cut.log" &
-CUT_PID=$!; PIDS+=($CUT_PID)
+cutover_start cut "$BIN"; CUT_PID=$CUTOVER_PID
 wait_port "$NC_PORT"; wait_port "$CUT_PORT"
 
 # One redis-benchmark run: prints "set_rps get_rps".

@@ -30,8 +30,9 @@ bench_pool() { printf 'bench:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fn
 # Start the cutover binary $2 on the config $WORK/$1.yml (written beforehand), logging to
 # $WORK/$1.log, with its stats port and admin API on free ports (no admin token) and the
 # arguments $3...; in this shell, not a subshell, so cleanup stops it. Its pid is left in
-# $CUTOVER_PID.
+# $CUTOVER_PID and its admin API's port in $CUTOVER_ADMIN.
 cutover_start() {
   local name=$1 bin=$2; shift 2
-  "$bin" -c "$WORK/$name.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/$name.log" "$@" & PIDS+=($!); CUTOVER_PID=$!
+  CUTOVER_ADMIN=$(free_port)
+  "$bin" -c "$WORK/$name.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$CUTOVER_ADMIN" -o "$WORK/$name.log" "$@" & PIDS+=($!); CUTOVER_PID=$!
 }

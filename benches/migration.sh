@@ -52,11 +52,11 @@ fi
 
 # 2. Mirroring on and off.
 flush_targets
-PLAIN=$(free_port); MIRROR=$(free_port); ADMIN=$(free_port)
+PLAIN=$(free_port); MIRROR=$(free_port)
 printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n   - 127.0.0.1:%s:1\n' "$PLAIN" "$SRC" > "$WORK/plain.yml"
 { printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n   - 127.0.0.1:%s:1\n  migrate_to: fleet\n' "$MIRROR" "$SRC"; printf 'fleet:\n  redis: true\n  hash: fnv1a_64\n'; pool; } > "$WORK/mirror.yml"
-"$BIN" -c "$WORK/plain.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$(free_port)" -o "$WORK/plain.log" >/dev/null 2>&1 & PIDS+=($!); PLAIN_PID=$!
-"$BIN" -c "$WORK/mirror.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$ADMIN" -o "$WORK/mirror.log" >/dev/null 2>&1 & PIDS+=($!); MIRROR_PID=$!
+cutover_start plain "$BIN" >/dev/null 2>&1; PLAIN_PID=$CUTOVER_PID
+cutover_start mirror "$BIN" >/dev/null 2>&1; MIRROR_PID=$CUTOVER_PID; ADMIN=$CUTOVER_ADMIN
 # CPU seconds a process has used (user + system), from /proc.
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 wait_port "$PLAIN"; wait_port "$MIRROR"

@@ -11,6 +11,8 @@
 #
 # Usage: benches/floor.sh [requests-per-run] [rounds]     (defaults: 40000 7)
 #        CLIENTS="1 4" (the default)
+#        POLL=auto RELAY_ARGS=--spin: the same with polling, cutover's --busy-poll (off
+#        unless told) beside relays that never sleep (the ceiling of polling)
 # Needs: redis-server, redis-benchmark, nutcracker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +26,11 @@ redis; BACKEND=$PORT
 NC=$(free_port); CUT=$(free_port); ONE=$(free_port); TWO=$(free_port)
 bench_pool "$NC" "$BACKEND" > "$WORK/nc.yml"; bench_pool "$CUT" "$BACKEND" > "$WORK/cut.yml"
 nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!)
-cutover_start cut target/release/cutover --busy-poll off
-target/release/examples/relay "127.0.0.1:$ONE" "127.0.0.1:$BACKEND" & PIDS+=($!)
-target/release/examples/relay "127.0.0.1:$TWO" "127.0.0.1:$BACKEND" --tasks & PIDS+=($!)
+cutover_start cut target/release/cutover --busy-poll "${POLL:-off}"
+# shellcheck disable=SC2086 # RELAY_ARGS is a word list
+target/release/examples/relay "127.0.0.1:$ONE" "127.0.0.1:$BACKEND" ${RELAY_ARGS:-} & PIDS+=($!)
+# shellcheck disable=SC2086
+target/release/examples/relay "127.0.0.1:$TWO" "127.0.0.1:$BACKEND" --tasks ${RELAY_ARGS:-} & PIDS+=($!)
 wait_port "$NC"; wait_port "$CUT"; wait_port "$ONE"; wait_port "$TWO"
 
 # One line a round and cell: clients, test, then requests/s of nutcracker, cutover, the
@@ -43,7 +47,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done; done
 done
 
-echo "medians of $ROUNDS rounds, $N requests each, pipeline 1, one redis-server"
+echo "medians of $ROUNDS rounds, $N requests each, pipeline 1, one redis-server; cutover --busy-poll ${POLL:-off}, relays ${RELAY_ARGS:-as they are}"
 printf '\n%-3s %-4s %9s %9s %9s %9s | %7s %7s %7s\n' c cmd nc cutover "relay 1" "relay 2" "cut/nc" "1/nc" "2/nc"
 for c in $CLIENTS; do for t in set get; do
   awk -v c="$c" -v t="$t" '$1==c && $2==t' "$WORK/runs" > "$WORK/cell"

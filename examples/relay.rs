@@ -12,7 +12,10 @@
 //!   each other through channels, as cutover's sessions and server connections do. The
 //!   difference between the two is what the handoffs cost.
 //!
-//! Usage: `cargo run --release --example relay -- LISTEN BACKEND [--tasks]`
+//! With `--spin` the runtime never sleeps (the ceiling of busy polling, against
+//! cutover's `--busy-poll`).
+//!
+//! Usage: `cargo run --release --example relay -- LISTEN BACKEND [--tasks] [--spin]`
 //! (say `127.0.0.1:7000 127.0.0.1:6379`).
 
 use std::io;
@@ -30,14 +33,30 @@ const READ_BUFFER: usize = 16 * 1024;
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(listen), Some(backend)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: relay LISTEN BACKEND [--tasks]");
+        eprintln!("usage: relay LISTEN BACKEND [--tasks] [--spin]");
         std::process::exit(2);
     };
     let tasks = args.iter().any(|a| a == "--tasks");
+    let spin = args.iter().any(|a| a == "--spin");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(listen.clone(), backend.clone(), tasks))
+    runtime.block_on(async move {
+        if spin {
+            tokio::spawn(spin_forever());
+        }
+        serve(listen.clone(), backend.clone(), tasks).await
+    })
+}
+
+/// Keep the runtime polling its sockets without ever sleeping: each turn yields to the
+/// scheduler (a zero-timeout `epoll_wait`) and the thread to the kernel (`sched_yield`),
+/// as cutover's poller does while its window is open. The ceiling of busy polling.
+async fn spin_forever() {
+    loop {
+        tokio::task::yield_now().await;
+        std::thread::yield_now();
+    }
 }
 
 /// Accept clients on `listen` and relay each to its own connection to `backend`.

@@ -349,12 +349,12 @@ impl BusyPoll {
 ///   first. Polling stops, and twice as many quick requests (up to [`AUTO_MAX_NEEDED`])
 ///   are needed to start it again. A spell that caught a request sets `needed` back to
 ///   one.
-/// - But one miss within [`AUTO_REACH`] after a spell that caught a request is forgiven:
-///   a client that is caught again and again is late once in a while (the scheduler ran
-///   something else first), and stopping then sent its next requests down the sleeping
-///   path, where the slowest hundredth of them set p99 above nutcracker's
-///   (`benches/README.md`). A second miss before a catch stops polling, as does a miss
-///   by a client that came back only after the reach.
+/// - But one miss within [`AUTO_REACH`] since polling last caught a request (or since it
+///   started) is forgiven: a client that is caught again and again is late once in a
+///   while (the scheduler ran something else first), and stopping then sent its next
+///   requests down the sleeping path, where the slowest hundredth of them set p99 above
+///   nutcracker's (`benches/README.md`). A second miss before a catch stops polling, as
+///   does a miss by a client that came back only after the reach.
 ///
 /// So a client that sends one request after another keeps the proxy polling; one that
 /// thinks for longer than [`AUTO_REACH`] never starts it; and one in between (quick

@@ -35,7 +35,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram, counter, histogram};
@@ -50,6 +50,16 @@ pub enum PollWindow {
     /// [`AUTO_WINDOW`] while clients come back for more within [`AUTO_REACH`] of a reply,
     /// nothing while they do not (`--busy-poll auto`, the default): see [`Adaptive`].
     Auto,
+}
+
+impl PollWindow {
+    /// How long a spell polls after the last client I/O.
+    fn length(self) -> Duration {
+        match self {
+            PollWindow::Fixed(window) => window,
+            PollWindow::Auto => AUTO_WINDOW,
+        }
+    }
 }
 
 /// The window of `--busy-poll auto` while it polls: the fixed window measured to catch a
@@ -78,8 +88,8 @@ pub struct BusyPoll {
     window: PollWindow,
     /// Bumped on every client read and every reply written.
     activity: AtomicU64,
-    /// Bumped on every client read (a request, not a reply): a spell that saw it bumped
-    /// caught a request.
+    /// Bumped on every client read (a request, not a reply; kept by `auto`): a spell that
+    /// saw it bumped caught a request.
     reads: AtomicU64,
     /// When the last client I/O happened, in nanoseconds since `epoch` (kept by `auto`).
     last_io: AtomicU64,
@@ -173,39 +183,44 @@ impl BusyPoll {
     /// A client read a request at `read_at`, or (`None`) was sent a reply. While the
     /// poller sleeps, this wakes it: always with a fixed window; with `auto`, once a
     /// request has been judged (see [`Adaptive`]) and only if polling is on. Only `auto`
-    /// keeps the time of the last client I/O: a fixed window needs no clock here.
+    /// keeps the time of the last client I/O and counts reads: a fixed window needs
+    /// neither here.
     fn client_io(&self, read_at: Option<Instant>) {
         self.activity.fetch_add(1, Relaxed);
+        if self.window != PollWindow::Auto {
+            if self.asleep.load(Relaxed) {
+                self.wake.notify_one();
+            }
+            return;
+        }
         if read_at.is_some() {
             self.reads.fetch_add(1, Relaxed);
         }
-        let timed = (self.window == PollWindow::Auto).then(|| {
-            let at = read_at.unwrap_or_else(Instant::now);
-            let now = u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
-                .unwrap_or(u64::MAX);
-            (now, self.last_io.swap(now, Relaxed))
-        });
+        let at = read_at.unwrap_or_else(Instant::now);
+        let now =
+            u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let previous = self.last_io.swap(now, Relaxed);
         if !self.asleep.load(Relaxed) {
             // Polling (it sees this I/O itself) or standing aside.
             return;
         }
-        if let Some((now, previous)) = timed {
-            if read_at.is_some() {
-                let slept = Duration::from_nanos(now.saturating_sub(previous));
-                let turn = self
-                    .adaptive
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .read_while_asleep(slept);
-                if let Some(on) = turn {
-                    self.turned(on);
-                }
-            }
-            if !self.on.load(Relaxed) {
-                return;
+        if read_at.is_some() {
+            let slept = Duration::from_nanos(now.saturating_sub(previous));
+            if let Some(on) = self.adaptive().read_while_asleep(slept) {
+                self.turned(on);
             }
         }
-        self.wake.notify_one();
+        if self.on.load(Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// `auto`'s judgment, locked (a poisoned lock is taken as it is: `Adaptive` holds
+    /// only counts, each consistent on its own).
+    fn adaptive(&self) -> MutexGuard<'_, Adaptive> {
+        self.adaptive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `auto` turned polling on or off.
@@ -230,10 +245,7 @@ impl BusyPoll {
     /// clients come back quickly.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut crowded_at: Option<Instant> = None;
-        let window = match self.window {
-            PollWindow::Fixed(window) => window,
-            PollWindow::Auto => AUTO_WINDOW,
-        };
+        let window = self.window.length();
         loop {
             if let Some(at) = crowded_at.take() {
                 // Stand aside, deaf to client I/O (`asleep` stays false, so sessions
@@ -286,12 +298,9 @@ impl BusyPoll {
                     break false;
                 }
             };
-            if self.reads.load(Relaxed) != reads_before {
+            if self.window == PollWindow::Auto && self.reads.load(Relaxed) != reads_before {
                 // The spell caught a request: polling pays.
-                self.adaptive
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .caught_a_read();
+                self.adaptive().caught_a_read();
             }
             let end = if crowded {
                 crowded_at = Some(Instant::now());
@@ -310,15 +319,15 @@ impl BusyPoll {
 
     /// What `/status` shows.
     pub fn status_json(&self) -> serde_json::Value {
-        let (mode, window) = match self.window {
-            PollWindow::Fixed(window) => ("fixed", window),
-            PollWindow::Auto => ("auto", AUTO_WINDOW),
+        let mode = match self.window {
+            PollWindow::Fixed(_) => "fixed",
+            PollWindow::Auto => "auto",
         };
         json!({
             "mode": mode,
             "on": self.on.load(Relaxed),
             "turned_on": self.turned_on.load(Relaxed),
-            "window_us": window.as_micros() as u64,
+            "window_us": self.window.length().as_micros() as u64,
             "auto_reach_us": AUTO_REACH.as_micros() as u64,
             "max_busy_clients": MAX_BUSY_CLIENTS,
             "busy_clients": self.busy_clients.load(Relaxed),

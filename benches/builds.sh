@@ -33,7 +33,9 @@ pool() { bench_pool "$1" "${PLAIN[@]}"; }
 source_only() { printf 'legacy:\n  listen: 127.0.0.1:%s\n  redis: true\n  servers:\n' "$1"; servers "$SRC"; }
 migrating() { source_only "$1"; printf '  migrate_to: fleet\nfleet:\n  redis: true\n  hash: fnv1a_64\n  servers:\n'; servers "${TARGETS[@]}"; }
 
-# start NAME BINARY CONFIG-FUNCTION: a proxy; sets PORT_<NAME> and ADMIN_<NAME>.
+# start NAME BINARY CONFIG-FUNCTION: a proxy; sets PORT_<NAME> and ADMIN_<NAME>. Not
+# lib.sh's cutover_start: REV may predate --no-admin-token (59367b1 does), and an
+# unknown flag would stop the old build; /status, all this script asks, needs no token.
 start() {
   local port admin; port=$(free_port); admin=$(free_port)
   "$3" "$port" > "$WORK/$1.yml"

@@ -29,10 +29,12 @@ servers() { for p in "$@"; do printf '   - 127.0.0.1:%s:1\n' "$p"; done; }
 bench_pool() { printf 'bench:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n' "$1"; shift; servers "$@"; }
 # Start the cutover binary $2 on the config $WORK/$1.yml (written beforehand), logging to
 # $WORK/$1.log, with its stats port and admin API on free ports (no admin token) and the
-# arguments $3...; in this shell, not a subshell, so cleanup stops it. Its pid is left in
-# $CUTOVER_PID and its admin API's port in $CUTOVER_ADMIN.
+# arguments $3..., and with the environment variables in $CUTOVER_ENV ("NAME=value ...",
+# a scratch build's switch, say); in this shell, not a subshell, so cleanup stops it. Its
+# pid is left in $CUTOVER_PID and its admin API's port in $CUTOVER_ADMIN.
 cutover_start() {
   local name=$1 bin=$2; shift 2
   CUTOVER_ADMIN=$(free_port)
-  "$bin" -c "$WORK/$name.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$CUTOVER_ADMIN" -o "$WORK/$name.log" "$@" & PIDS+=($!); CUTOVER_PID=$!
+  # shellcheck disable=SC2086 # CUTOVER_ENV is a word list
+  env ${CUTOVER_ENV:-} "$bin" -c "$WORK/$name.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$CUTOVER_ADMIN" -o "$WORK/$name.log" "$@" & PIDS+=($!); CUTOVER_PID=$!
 }

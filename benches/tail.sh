@@ -23,16 +23,20 @@ cargo build --release --quiet
 
 BACKENDS=(); for _ in 1 2 3; do redis; BACKENDS+=("$PORT"); done
 names=(nutcracker cutover); ports=(); pids=()
-start_proxy() { # name, program...
+# start_proxy NAME [BINARY]: nutcracker, or the cutover binary BINARY, over the servers.
+start_proxy() {
   local port; port=$(free_port); bench_pool "$port" "${BACKENDS[@]}" > "$WORK/$1.yml"
-  local name=$1; shift
-  "$@" -c "$WORK/$name.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/$name.log" >/dev/null 2>&1 & PIDS+=($!)
-  ports+=("$port"); pids+=($!); wait_port "$port"
+  if [ $# -eq 1 ]; then
+    nutcracker -c "$WORK/$1.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/$1.log" >/dev/null 2>&1 & PIDS+=($!); pids+=($!)
+  else
+    cutover_start "$1" "$2" >/dev/null 2>&1; pids+=("$CUTOVER_PID")
+  fi
+  ports+=("$port"); wait_port "$port"
 }
-start_proxy nutcracker nutcracker
-start_proxy cutover target/release/cutover --no-admin-token --admin "127.0.0.1:$(free_port)"
+start_proxy nutcracker
+start_proxy cutover target/release/cutover
 if [ -n "${B_BIN:-}" ]; then
-  names+=(B); start_proxy B "$B_BIN" --no-admin-token --admin "127.0.0.1:$(free_port)"
+  names+=(B); start_proxy B "$B_BIN"
 fi
 count=${#names[@]}
 

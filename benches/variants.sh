@@ -29,10 +29,10 @@ bench_pool "$NC" "${BACKENDS[@]}" > "$WORK/nc.yml"
 bench_pool "$A" "${BACKENDS[@]}" > "$WORK/a.yml"
 bench_pool "$B" "${BACKENDS[@]}" > "$WORK/b.yml"
 nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!)
-# shellcheck disable=SC2086 # the arguments and the environment are word lists
-env ${A_ENV:-} "$A_BIN" ${A_ARGS:-} -c "$WORK/a.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/a.log" & PIDS+=($!)
+# shellcheck disable=SC2086 # the arguments are word lists
+CUTOVER_ENV=${A_ENV:-} cutover_start a "$A_BIN" ${A_ARGS:-}
 # shellcheck disable=SC2086
-env ${B_ENV:-} "$B_BIN" ${B_ARGS:-} -c "$WORK/b.yml" -s "$(free_port)" -a 127.0.0.1 --no-admin-token --admin "127.0.0.1:$(free_port)" -o "$WORK/b.log" & PIDS+=($!)
+CUTOVER_ENV=${B_ENV:-} cutover_start b "$B_BIN" ${B_ARGS:-}
 wait_port "$NC"; wait_port "$A"; wait_port "$B"
 
 : > "$WORK/runs"

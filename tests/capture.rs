@@ -555,5 +555,11 @@ fn the_consistency_workload_with_a_third_of_its_writers_straight_to_the_source()
         "no repair ran"
     );
     assert!(shadow["checked"].as_u64() > Some(1000), "{shadow}");
-    assert_eq!(shadow["mismatches"], 0, "{shadow}");
+    let logged: Vec<String> = proxy
+        .log()
+        .lines()
+        .filter(|line| line.contains("mismatch"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(shadow["mismatches"], 0, "{shadow}; logged: {logged:#?}");
 }

@@ -88,6 +88,8 @@ pub enum LaneEvent {
         request: Bytes,
         /// The source's reply.
         source_reply: Bytes,
+        /// When the source's reply came back.
+        answered: std::time::Instant,
         /// Under capture, the read was placed in its source server's stream (this is that
         /// stream's capture generation) and comes here at that point of it.
         placed: Option<u64>,
@@ -313,6 +315,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     seq,
                     request,
                     source_reply,
+                    answered,
                     placed,
                 } => {
                     let fp = migration.lanes.salt.fingerprint(&read.key);
@@ -335,8 +338,12 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     } else if migration.backlog().1 > 0 {
                         migration.shadow_skip("dirty");
                     } else {
-                        shadow_check(&migration, known, &mut memory, read, request, source_reply)
-                            .await;
+                        let source_time = shadow::ReadTime {
+                            sent: read.sent,
+                            answered,
+                        };
+                        let source = (source_reply, source_time);
+                        shadow_check(&migration, known, &mut memory, read, request, source).await;
                     }
                 }
                 LaneEvent::Replicated {
@@ -546,15 +553,17 @@ static LAST_MISMATCH_LOG: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::
 /// comes back through this lane in order): a write that reached the source on another
 /// connection (a multi-key write pinned to its first key) can make one read disagree
 /// without the target being wrong. A confirmed mismatch is counted, logged (at most once
-/// a second) and repaired by copying the key again.
+/// a second) and repaired by copying the key again. `source` is the source's reply and
+/// when it was read: a TTL is compared less the time until the target is read.
 async fn shadow_check(
     migration: &Arc<Migration>,
     known: &Mutex<KnownCopied>,
     memory: &mut Memory,
     read: ShadowRead,
     request: Bytes,
-    source_reply: Bytes,
+    (source_reply, source_time): (Bytes, shadow::ReadTime),
 ) {
+    let target_sent = std::time::Instant::now();
     let reply = match migration
         .to_submit(&read.key, request.clone(), read.protocol)
         .await
@@ -568,12 +577,17 @@ async fn shadow_check(
         migration.shadow_skip("unavailable");
         return;
     };
+    let target_time = shadow::ReadTime {
+        sent: target_sent,
+        answered: std::time::Instant::now(),
+    };
     let counters = migration.counters.shadow.get(read.command);
-    let agree = shadow::agree(
+    let agree = shadow::agree_apart(
         read.compare,
         &source_reply,
         &reply,
         migration.tunables.ttl_tolerance_ms(),
+        source_time.until(&target_time),
     );
     if agree {
         if let Some(c) = counters {
@@ -589,6 +603,7 @@ async fn shadow_check(
     if !read.confirm {
         let confirming = ShadowRead {
             confirm: true,
+            sent: std::time::Instant::now(),
             ..read
         };
         if migration.capturing() {

@@ -8,6 +8,7 @@
 //! unknown (rule 4), `on_unknown` copies every key the write may have written.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -145,6 +146,9 @@ pub struct ShadowRead {
     pub command: &'static str,
     /// Set on the second read of a key whose first check disagreed: a mismatch now is real.
     pub confirm: bool,
+    /// When the read was sent to the source (a TTL counts down from then until the
+    /// target is read).
+    pub sent: Instant,
 }
 
 /// A write, a sampled read or a replay on its way to a server, to be mirrored once its
@@ -259,6 +263,7 @@ impl ReplyHook for MirrorHook {
                         seq: hook.seq,
                         request,
                         source_reply: reply.clone(),
+                        answered: Instant::now(),
                         placed: None,
                     });
                 }

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
@@ -33,9 +34,9 @@ struct Waiting {
     read: ShadowRead,
     /// The request, to send to the target.
     request: Bytes,
-    /// The source's reply inside the transaction, once it is back (nothing when the
-    /// transaction failed).
-    reply: oneshot::Receiver<Bytes>,
+    /// The source's reply inside the transaction and when it came back, once it is back
+    /// (nothing when the transaction failed).
+    reply: oneshot::Receiver<(Bytes, Instant)>,
 }
 
 /// The placed reads of one migration, by token.
@@ -61,6 +62,8 @@ async fn send(migration: Arc<Migration>, mut read: ShadowRead, request: Bytes) {
     let (tx, rx) = oneshot::channel();
     // The copy connections speak RESP2; the target is read in the same protocol.
     read.protocol = Protocol::Resp2;
+    // The source reply compared is this transaction's, not the client's.
+    read.sent = Instant::now();
     let key = read.key.clone();
     {
         let Ok(mut waiting) = reads.waiting.lock() else {
@@ -89,7 +92,7 @@ async fn send(migration: Arc<Migration>, mut read: ShadowRead, request: Bytes) {
     let exec = migration.from_call(&key, bytes.freeze(), 4).await;
     match exec.ok().and_then(|exec| first_reply(&exec)) {
         Some(reply) if reply.first() != Some(&b'-') => {
-            let _ = tx.send(reply);
+            let _ = tx.send((reply, Instant::now()));
         }
         _ => {
             // No marker to wait for, or a read the source refused: nothing to compare.
@@ -122,7 +125,7 @@ pub async fn marker_met(migration: &Migration, token: u64, generation: u64) {
         .and_then(|mut w| w.remove(&token));
     let Some(waiting) = waiting else { return };
     // The transaction ran (its marker is in the stream): its reply is on its way.
-    let Ok(source_reply) = waiting.reply.await else {
+    let Ok((source_reply, answered)) = waiting.reply.await else {
         return;
     };
     let event = LaneEvent::Shadow {
@@ -130,6 +133,7 @@ pub async fn marker_met(migration: &Migration, token: u64, generation: u64) {
         seq: 0,
         request: waiting.request,
         source_reply,
+        answered,
         placed: Some(generation),
     };
     migration.send(event).await;

@@ -6,6 +6,8 @@
 //! event of the key, so the target is read at the same point of the key's history as the
 //! source was.
 
+use std::time::Instant;
+
 use redis_protocol::resp3::types::OwnedFrame;
 
 use crate::command::{Access, CommandSpec};
@@ -59,9 +61,55 @@ pub fn compare_for(spec: &CommandSpec, request: &Request) -> Option<Compare> {
     }
 }
 
-/// Whether the source's and the target's replies agree under `compare`, TTLs within
-/// `tolerance_ms`.
+/// When a read ran on its server: after it was sent, before its reply came back.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTime {
+    /// When it was sent.
+    pub sent: Instant,
+    /// When its reply came back.
+    pub answered: Instant,
+}
+
+impl ReadTime {
+    /// How long after this read a `later` one ran: at least from this reply to its
+    /// sending, at most from this sending to its reply.
+    pub fn until(&self, later: &ReadTime) -> Apart {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Apart {
+            min_ms: ms(later.sent.saturating_duration_since(self.answered)),
+            max_ms: ms(later.answered.saturating_duration_since(self.sent)),
+        }
+    }
+}
+
+/// Bounds on the time between the source's read and the target's, in milliseconds. A
+/// TTL counts down meanwhile: read a second after the source, the target's is a second
+/// lower and right. (A lane can compare long after the source read: under capture it
+/// follows the stream, which may lag by seconds.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Apart {
+    /// At least this long apart.
+    pub min_ms: u64,
+    /// At most this long apart.
+    pub max_ms: u64,
+}
+
+/// Whether the source's and the target's replies, read at the same moment, agree under
+/// `compare`, TTLs within `tolerance_ms`.
 pub fn agree(compare: Compare, source: &[u8], target: &[u8], tolerance_ms: u64) -> bool {
+    agree_apart(compare, source, target, tolerance_ms, Apart::default())
+}
+
+/// Whether the source's and the target's replies agree under `compare`, the target read
+/// `apart` after the source: a TTL within `tolerance_ms` of the source's less the time
+/// between the reads.
+pub fn agree_apart(
+    compare: Compare,
+    source: &[u8],
+    target: &[u8],
+    tolerance_ms: u64,
+    apart: Apart,
+) -> bool {
     if source == target {
         return true;
     }
@@ -81,8 +129,11 @@ pub fn agree(compare: Compare, source: &[u8], target: &[u8], tolerance_ms: u64) 
                 (Some(a), Some(b)) if a >= 0 && b >= 0 => {
                     let unit = if seconds { 1000 } else { 1 };
                     // Whole seconds are truncated, so one more unit of slack for them.
-                    let slack = tolerance_ms as i128 + if seconds { 1000 } else { 0 };
-                    ((a as i128 - b as i128) * unit).abs() <= slack
+                    let slack = i128::from(tolerance_ms) + if seconds { 1000 } else { 0 };
+                    // How much lower the target's TTL is: by the time between the reads.
+                    let lower = (i128::from(a) - i128::from(b)) * unit;
+                    lower >= i128::from(apart.min_ms) - slack
+                        && lower <= i128::from(apart.max_ms) + slack
                 }
                 _ => false,
             }
@@ -221,5 +272,50 @@ mod tests {
         let seconds = Compare::Ttl { seconds: true };
         assert!(agree(seconds, b":10\r\n", b":9\r\n", 0), "truncation");
         assert!(!agree(seconds, b":10\r\n", b":7\r\n", 1000));
+    }
+
+    /// A placed read compared 1.7 s after the source answered it (seen in
+    /// `tests/capture.rs`: `PTTL` 997,690 on the source, 995,993 on the target).
+    #[test]
+    fn a_ttl_read_later_on_the_target_counts_down_meanwhile() {
+        let ttl = Compare::Ttl { seconds: false };
+        let (source, target) = (b":997690\r\n", b":995993\r\n");
+        assert!(!agree(ttl, source, target, 1000), "read as at once");
+        let apart = Apart {
+            min_ms: 1650,
+            max_ms: 1720,
+        };
+        assert!(agree_apart(ttl, source, target, 1000, apart));
+        // Still no more than the tolerance either side of the elapsed time.
+        assert!(!agree_apart(ttl, source, b":993000\r\n", 1000, apart));
+        assert!(!agree_apart(ttl, source, b":999000\r\n", 1000, apart));
+        let seconds = Compare::Ttl { seconds: true };
+        let late = Apart {
+            min_ms: 3000,
+            max_ms: 3100,
+        };
+        assert!(agree_apart(seconds, b":100\r\n", b":97\r\n", 0, late));
+        assert!(!agree_apart(seconds, b":100\r\n", b":101\r\n", 1000, late));
+    }
+
+    #[test]
+    fn reads_are_apart_from_one_reply_to_the_other_send_and_from_one_send_to_the_other_reply() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let source = ReadTime {
+            sent: at(0),
+            answered: at(10),
+        };
+        let target = ReadTime {
+            sent: at(1000),
+            answered: at(1004),
+        };
+        assert_eq!(
+            source.until(&target),
+            Apart {
+                min_ms: 990,
+                max_ms: 1004
+            }
+        );
     }
 }

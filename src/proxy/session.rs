@@ -527,6 +527,7 @@ impl Forwarding<'_> {
             protocol: self.protocol,
             command: spec.name,
             confirm: false,
+            sent: std::time::Instant::now(),
         })
     }
 

@@ -338,12 +338,16 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
                     } else if migration.backlog().1 > 0 {
                         migration.shadow_skip("dirty");
                     } else {
-                        let source_time = shadow::ReadTime {
-                            sent: read.sent,
+                        shadow_check(
+                            &migration,
+                            known,
+                            &mut memory,
+                            read,
+                            request,
+                            source_reply,
                             answered,
-                        };
-                        let source = (source_reply, source_time);
-                        shadow_check(&migration, known, &mut memory, read, request, source).await;
+                        )
+                        .await;
                     }
                 }
                 LaneEvent::Replicated {
@@ -553,16 +557,22 @@ static LAST_MISMATCH_LOG: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::
 /// comes back through this lane in order): a write that reached the source on another
 /// connection (a multi-key write pinned to its first key) can make one read disagree
 /// without the target being wrong. A confirmed mismatch is counted, logged (at most once
-/// a second) and repaired by copying the key again. `source` is the source's reply and
-/// when it was read: a TTL is compared less the time until the target is read.
+/// a second) and repaired by copying the key again. `answered` is when the source's reply
+/// came back: with `read.sent`, when the source was read, for a TTL compared less the
+/// time until the target is read.
 async fn shadow_check(
     migration: &Arc<Migration>,
     known: &Mutex<KnownCopied>,
     memory: &mut Memory,
     read: ShadowRead,
     request: Bytes,
-    (source_reply, source_time): (Bytes, shadow::ReadTime),
+    source_reply: Bytes,
+    answered: std::time::Instant,
 ) {
+    let source_time = shadow::ReadTime {
+        sent: read.sent,
+        answered,
+    };
     let target_sent = std::time::Instant::now();
     let reply = match migration
         .to_submit(&read.key, request.clone(), read.protocol)
@@ -603,7 +613,6 @@ async fn shadow_check(
     if !read.confirm {
         let confirming = ShadowRead {
             confirm: true,
-            sent: std::time::Instant::now(),
             ..read
         };
         if migration.capturing() {
@@ -641,13 +650,14 @@ async fn shadow_check(
 
 /// Send the same read again through the authoritative pool with a confirming shadow hook;
 /// its reply comes back into this lane behind every event queued meanwhile.
-async fn confirm_read(migration: &Arc<Migration>, read: ShadowRead, request: Bytes) {
+async fn confirm_read(migration: &Arc<Migration>, mut read: ShadowRead, request: Bytes) {
     let pool = migration.authority();
     let Some(route) = pool.route(&read.key) else {
         migration.shadow_skip("unavailable");
         return;
     };
     let protocol = read.protocol;
+    read.sent = std::time::Instant::now();
     let hook = MirrorHook::shadow(migration.clone(), read);
     if pool
         .submit_hooked(route, protocol, request, 1, Some(hook))

@@ -147,7 +147,8 @@ pub struct ShadowRead {
     /// Set on the second read of a key whose first check disagreed: a mismatch now is real.
     pub confirm: bool,
     /// When the read was sent to the source (a TTL counts down from then until the
-    /// target is read).
+    /// target is read); each sending stamps it: the session, a confirming read, a placed
+    /// read's transaction.
     pub sent: Instant,
 }
 

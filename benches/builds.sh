@@ -40,7 +40,7 @@ start() {
   local port admin; port=$(free_port); admin=$(free_port)
   "$3" "$port" > "$WORK/$1.yml"
   if [ "$2" = nutcracker ]; then
-    nutcracker -c "$WORK/$1.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/$1.log" >/dev/null 2>&1 & PIDS+=($!)
+    nutcracker_start "$1"
   else
     "$2" -c "$WORK/$1.yml" -s "$(free_port)" -a 127.0.0.1 --admin "127.0.0.1:$admin" -o "$WORK/$1.log" >/dev/null 2>&1 & PIDS+=($!)
   fi

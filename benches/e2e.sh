@@ -26,8 +26,7 @@ redis; DIRECT=$PORT
 NC_PORT=$(free_port); CUT_PORT=$(free_port)
 bench_pool "$NC_PORT" "${BACKENDS[@]}" > "$WORK/nc.yml"
 bench_pool "$CUT_PORT" "${BACKENDS[@]}" > "$WORK/cut.yml"
-nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 &
-NC_PID=$!; PIDS+=($NC_PID)
+nutcracker_start nc; NC_PID=$NUTCRACKER_PID
 cutover_start cut "$BIN"; CUT_PID=$CUTOVER_PID
 wait_port "$NC_PORT"; wait_port "$CUT_PORT"
 

@@ -25,7 +25,7 @@ cargo build --release --quiet --bin cutover --example relay
 redis; BACKEND=$PORT
 NC=$(free_port); CUT=$(free_port); ONE=$(free_port); TWO=$(free_port)
 bench_pool "$NC" "$BACKEND" > "$WORK/nc.yml"; bench_pool "$CUT" "$BACKEND" > "$WORK/cut.yml"
-nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!)
+nutcracker_start nc
 cutover_start cut target/release/cutover --busy-poll "${POLL:-off}"
 # shellcheck disable=SC2086 # RELAY_ARGS is a word list
 target/release/examples/relay "127.0.0.1:$ONE" "127.0.0.1:$BACKEND" ${RELAY_ARGS:-} & PIDS+=($!)

@@ -28,7 +28,7 @@ redis; DIRECT=$PORT
 NC=$(free_port); CUT=$(free_port); OTHER=$(free_port)
 bench_pool "$NC" "${BACKENDS[@]}" > "$WORK/nc.yml"; bench_pool "$CUT" "${BACKENDS[@]}" > "$WORK/cut.yml"
 bench_pool "$OTHER" "${BACKENDS[@]}" > "$WORK/other.yml"
-nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!); NCPID=$!
+nutcracker_start nc; NCPID=$NUTCRACKER_PID
 cutover_start cut "$BIN"; CUTPID=$CUTOVER_PID
 cutover_start other "$BIN" --busy-poll "$POLL"; OTHERPID=$CUTOVER_PID
 wait_port "$NC"; wait_port "$CUT"; wait_port "$OTHER"

@@ -27,6 +27,12 @@ servers() { for p in "$@"; do printf '   - 127.0.0.1:%s:1\n' "$p"; done; }
 # Pool `bench` (fnv1a_64, ketama, as the twemproxy configs we meet) listening on port $1,
 # over the servers on ports $2...
 bench_pool() { printf 'bench:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n' "$1"; shift; servers "$@"; }
+# Start nutcracker on the config $WORK/$1.yml (written beforehand), logging to
+# $WORK/$1.log, with its stats port free; in this shell, not a subshell, so cleanup stops
+# it. Its pid is left in $NUTCRACKER_PID.
+nutcracker_start() {
+  nutcracker -c "$WORK/$1.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/$1.log" >/dev/null 2>&1 & PIDS+=($!); NUTCRACKER_PID=$!
+}
 # Start the cutover binary $2 on the config $WORK/$1.yml (written beforehand), logging to
 # $WORK/$1.log, with its stats port and admin API on free ports (no admin token) and the
 # arguments $3..., and with the environment variables in $CUTOVER_ENV ("NAME=value ...",

@@ -26,7 +26,7 @@ pool() { printf '  servers:\n   - 127.0.0.1:%s:1 fleet1\n   - 127.0.0.1:%s:1 fle
 { printf 'fleet:\n  redis: true\n  hash: fnv1a_64\n'; pool; } > "$WORK/fleet.yml"
 NC=$(free_port)
 { printf 'fleet:\n  listen: 127.0.0.1:%s\n  redis: true\n  hash: fnv1a_64\n  timeout: 10000\n' "$NC"; pool; } > "$WORK/nc.yml"
-nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!); wait_port "$NC"
+nutcracker_start nc; wait_port "$NC"
 flush_targets() { for p in "$T1" "$T2" "$T3"; do redis-cli -p "$p" FLUSHALL >/dev/null; done; }
 
 if [[ $PARTS == *backfill* ]]; then

@@ -28,7 +28,7 @@ for name in "${names[@]}"; do
   port=$(free_port); ports+=("$port")
   if [[ $name == *1 ]]; then bench_pool "$port" "${BACKENDS[0]}"; else bench_pool "$port" "${BACKENDS[@]}"; fi > "$WORK/$name.yml"
   if [[ $name == nc* ]]; then
-    nutcracker -c "$WORK/$name.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/$name.log" >/dev/null 2>&1 & PIDS+=($!); pids+=($!)
+    nutcracker_start "$name"; pids+=("$NUTCRACKER_PID")
   else
     cutover_start "$name" "$BIN"; pids+=("$CUTOVER_PID")
   fi

@@ -27,7 +27,7 @@ names=(nutcracker cutover); ports=(); pids=()
 start_proxy() {
   local port; port=$(free_port); bench_pool "$port" "${BACKENDS[@]}" > "$WORK/$1.yml"
   if [ $# -eq 1 ]; then
-    nutcracker -c "$WORK/$1.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/$1.log" >/dev/null 2>&1 & PIDS+=($!); pids+=($!)
+    nutcracker_start "$1"; pids+=("$NUTCRACKER_PID")
   else
     cutover_start "$1" "$2" >/dev/null 2>&1; pids+=("$CUTOVER_PID")
   fi

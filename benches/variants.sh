@@ -28,7 +28,7 @@ NC=$(free_port); A=$(free_port); B=$(free_port)
 bench_pool "$NC" "${BACKENDS[@]}" > "$WORK/nc.yml"
 bench_pool "$A" "${BACKENDS[@]}" > "$WORK/a.yml"
 bench_pool "$B" "${BACKENDS[@]}" > "$WORK/b.yml"
-nutcracker -c "$WORK/nc.yml" -s "$(free_port)" -a 127.0.0.1 -o "$WORK/nc.log" >/dev/null 2>&1 & PIDS+=($!)
+nutcracker_start nc
 # shellcheck disable=SC2086 # the arguments are word lists
 CUTOVER_ENV=${A_ENV:-} cutover_start a "$A_BIN" ${A_ARGS:-}
 # shellcheck disable=SC2086

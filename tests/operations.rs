@@ -307,7 +307,13 @@ fn a_reload_starts_a_migration_without_dropping_a_client_and_refuses_other_chang
 /// latency sample until it folds them into buckets, so the proxy's memory stays flat only
 /// if that happens often, whatever the request rate (every 5 s, as it was, held 86 MB of
 /// samples at 900,000 requests/s; and the fold, on the runtime's thread, stalled every
-/// client for 30 ms). Every request must still be counted once in the histogram.
+/// client for 30 ms). Every request must be counted once, and timed once give or take
+/// the exporter's own losses: metrics-util's `AtomicBucket` (0.20.4, locked here; its main
+/// branch has the same code) drops a sample pushed while a fold swaps the bucket out (the
+/// push loaded the old block before the swap and writes into it after the fold read it).
+/// Measured apart from cutover, one writer pushing flat out against a fold every 200 µs
+/// lost 118 of 20,000,000 samples; here a CI run lost one of 1,115,136. The test allows
+/// one in ten thousand, and still fails if any path goes untimed or is timed twice.
 #[test]
 fn a_long_flood_keeps_memory_flat_and_every_request_is_timed() {
     const BATCH: usize = 512;
@@ -355,6 +361,12 @@ fn a_long_flood_keeps_memory_flat_and_every_request_is_timed() {
         peak < before + 16 * 1024,
         "RSS grew from {before} KiB to {peak} KiB over {requests} requests"
     );
+    let counted = cutover.metric_sum("cutover_requests_total") as u64;
+    assert_eq!(counted, requests, "every request counted once");
     let timed = cutover.metric_sum("cutover_request_duration_seconds_count") as u64;
-    assert_eq!(timed, requests, "every request timed once");
+    eprintln!("{counted} counted, {timed} timed");
+    assert!(
+        timed <= requests && requests - timed <= requests / 10_000,
+        "every request timed once, give or take the exporter's lost samples: {timed} timed of {requests}"
+    );
 }

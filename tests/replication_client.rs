@@ -137,9 +137,9 @@ fn a_server_that_refuses_psync_is_named_with_what_it_said() {
 /// a full sync of an `rdb`-byte payload, then sends `stream` and closes.
 async fn fake_master(rdb: Vec<u8>, stream: Vec<u8>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = support::listen_on_free_port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
     let addr = listener.local_addr().expect("addr").to_string();
     tokio::spawn(async move {
         let Ok((mut socket, _)) = listener.accept().await else {

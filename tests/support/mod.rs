@@ -41,6 +41,21 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A loopback listener of the test's own, on a port no other test of this process has
+/// been given, and which [`free_port`] will not hand out. A listener bound to port 0
+/// directly could take a port another test holds unbound for a while (a dead server's,
+/// started later): that test's proxy would then connect to this listener.
+pub fn listen_on_free_port() -> TcpListener {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
+        let port = listener.local_addr().expect("its address").port();
+        if handed_out.insert(port) {
+            return listener;
+        }
+    }
+}
+
 /// A synchronous `redis` client connection to a loopback port (a redis-server or a proxy).
 pub fn connect_to(port: u16) -> redis::Connection {
     redis::Client::open(format!("redis://127.0.0.1:{port}/"))
@@ -749,9 +764,13 @@ impl RespConn {
         self.reply()
     }
 
-    /// Append one reply's bytes to `out`; panics when the connection closes first.
+    /// Append one reply's bytes to `out`; panics when the connection closes or the read
+    /// times out first.
     fn read_reply(&mut self, out: &mut Vec<u8>) {
-        assert!(self.try_read_reply(out), "connection closed before a reply");
+        assert!(
+            self.try_read_reply(out),
+            "no reply: the connection closed or the read timed out"
+        );
     }
 
     /// Append one reply's bytes (RESP2 or RESP3) to `out`; false on EOF or timeout.
@@ -810,7 +829,7 @@ pub struct Blackhole {
 impl Blackhole {
     /// Start one on a free loopback port.
     pub fn start() -> Blackhole {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind blackhole");
+        let listener = listen_on_free_port();
         let port = listener.local_addr().expect("addr").port();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();

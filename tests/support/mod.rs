@@ -27,18 +27,12 @@ const START_ATTEMPTS: usize = 5;
 static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// A loopback port that was free a moment ago (the OS picks it) and that no other test of
-/// this process has been given.
+/// this process has been given: [`listen_on_free_port`]'s, its listener closed.
 pub fn free_port() -> u16 {
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind an ephemeral loopback port");
-        if handed_out.insert(port) {
-            return port;
-        }
-    }
+    listen_on_free_port()
+        .local_addr()
+        .expect("a listener's address")
+        .port()
 }
 
 /// A loopback listener of the test's own, on a port no other test of this process has

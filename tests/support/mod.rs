@@ -14,6 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// How long a started process gets to accept connections.
@@ -25,6 +26,15 @@ const START_ATTEMPTS: usize = 5;
 /// again once its probe socket is closed; two tests starting servers on the same port at
 /// once would then talk to each other's processes.
 static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// How many ports already handed out the OS may offer in a row before
+/// [`listen_on_free_port`] gives up (under a second of tries): even with nine in ten of the
+/// ephemeral ports handed out, a run this long is out of reach; only an exhausted range
+/// makes one.
+const PORT_TRIES: usize = 10_000;
+
+/// Set once [`listen_on_free_port`] found no port left, so later calls fail at once.
+static PORTS_EXHAUSTED: AtomicBool = AtomicBool::new(false);
 
 /// A loopback port that was free a moment ago (the OS picks it) and that no other test of
 /// this process has been given: [`listen_on_free_port`]'s, its listener closed.
@@ -39,15 +49,30 @@ pub fn free_port() -> u16 {
 /// been given, and which [`free_port`] will not hand out. A listener bound to port 0
 /// directly could take a port another test holds unbound for a while (a dead server's,
 /// started later): that test's proxy would then connect to this listener.
+///
+/// Panics once the OS offers nothing but ports already handed out: the process has used
+/// up the loopback's ephemeral ports (about 28,000), which a test that starts that many
+/// servers has to hear about rather than wait on forever.
 pub fn listen_on_free_port() -> TcpListener {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
+    let tries = if PORTS_EXHAUSTED.load(Relaxed) {
+        0
+    } else {
+        PORT_TRIES
+    };
+    for _ in 0..tries {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
         let port = listener.local_addr().expect("its address").port();
         if handed_out.insert(port) {
             return listener;
         }
     }
+    PORTS_EXHAUSTED.store(true, Relaxed);
+    panic!(
+        "no loopback port left that this test process has not handed out ({} handed out): \
+         the OS offered only used ones, {PORT_TRIES} in a row",
+        handed_out.len()
+    );
 }
 
 /// A synchronous `redis` client connection to a loopback port (a redis-server or a proxy).
@@ -817,7 +842,7 @@ pub struct Blackhole {
     /// Its port.
     pub port: u16,
     /// Set on drop to stop the accept thread.
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<AtomicBool>,
 }
 
 impl Blackhole {
@@ -825,12 +850,12 @@ impl Blackhole {
     pub fn start() -> Blackhole {
         let listener = listen_on_free_port();
         let port = listener.local_addr().expect("addr").port();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::spawn(move || {
             let mut held = Vec::new();
             for stream in listener.incoming() {
-                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if flag.load(Relaxed) {
                     break;
                 }
                 if let Ok(mut stream) = stream {
@@ -852,7 +877,7 @@ impl Blackhole {
 
 impl Drop for Blackhole {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Relaxed);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }

@@ -4,6 +4,8 @@
 use cutover::config::{Config, MIGRATE_KEYS, POOL_KEYS, ServerAddr, parse_server_line};
 use proptest::prelude::*;
 
+mod support;
+
 /// Check the invariants of one parse of `text`.
 fn check_parse(text: &str) -> Result<(), TestCaseError> {
     match Config::parse(text, "fuzz.yml") {
@@ -124,7 +126,7 @@ fn config_text() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: support::property_cases(2000), ..ProptestConfig::default() })]
 
     #[test]
     fn any_text_is_handled(text in "\\PC{0,300}") {

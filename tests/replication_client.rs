@@ -178,7 +178,7 @@ async fn fake_master(rdb: Vec<u8>, stream: Vec<u8>) -> String {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(support::property_cases(64)))]
 
     /// Whatever a master sends after the sync, the client returns commands or an error:
     /// it never panics, never hangs past the stream's end, and its offset counts exactly

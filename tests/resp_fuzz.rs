@@ -123,7 +123,7 @@ fn reply() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: support::property_cases(1000), ..ProptestConfig::default() })]
 
     #[test]
     fn valid_requests_parse_exactly_however_they_arrive(

@@ -75,6 +75,16 @@ pub fn listen_on_free_port() -> TcpListener {
     );
 }
 
+/// How many cases a property test runs: `default` (what CI runs), or `PROPTEST_CASES`
+/// when it is set, for a longer soak of the parsers
+/// (`PROPTEST_CASES=100000 cargo test --release --test resp_fuzz`).
+pub fn property_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A synchronous `redis` client connection to a loopback port (a redis-server or a proxy).
 pub fn connect_to(port: u16) -> redis::Connection {
     redis::Client::open(format!("redis://127.0.0.1:{port}/"))

@@ -2,7 +2,7 @@
 //! and `GET /status` (JSON). The migration controls join it with the migration engine.
 //!
 //! May import: everything below it (`proxy`, `migrate`, `upstream`, ...); nothing
-//! imports it but `main.rs`.
+//! imports it but the binary (`main.rs`, `cli/`).
 
 pub mod ctl;
 mod forward;

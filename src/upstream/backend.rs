@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::hook::ReplyHook;
 use super::pool::Pool;
+use super::version;
 use crate::config::ServerAddr;
 use crate::resp::{Protocol, ReplyScanner, encode};
 
@@ -23,7 +24,7 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
 /// Connect timeout when the pool has no `timeout:`.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request got no reply from its backend. Shown to clients as `-ERR <text>`, the
 /// `strerror` texts nutcracker uses.
@@ -246,7 +247,7 @@ fn fail_queued(
 }
 
 /// A connected backend socket.
-enum Stream {
+pub(super) enum Stream {
     /// TCP.
     Tcp(TcpStream),
     /// Unix socket.
@@ -254,7 +255,10 @@ enum Stream {
 }
 
 /// Connect to `addr`, within the pool's timeout.
-async fn connect(addr: &ServerAddr, timeout: Option<Duration>) -> Result<Stream, BackendError> {
+pub(super) async fn connect(
+    addr: &ServerAddr,
+    timeout: Option<Duration>,
+) -> Result<Stream, BackendError> {
     let limit = timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let attempt = async {
         match addr {
@@ -475,7 +479,7 @@ impl<'a> Connection<'a> {
             };
             if let Some(command) = f.setup {
                 if command == "INFO" {
-                    learn_version(s, &reply);
+                    version::learn(s, &reply);
                 } else if reply.first() == Some(&b'-') {
                     tracing::warn!(pool = pool.name(), server = %s.name, command, reply = %String::from_utf8_lossy(&reply).trim_end(), "backend refused connection setup");
                 }
@@ -709,70 +713,5 @@ impl Drop for Answered<'_> {
     fn drop(&mut self) {
         self.counters
             .finished(self.count, self.request_bytes, Some(self.reply_bytes));
-    }
-}
-
-/// Learn `server`'s `redis_version` with a short-lived connection (AUTH, INFO server), so
-/// HELLO and INFO can report it before any client has used the server. Failures are
-/// ignored: the first real connection learns it too.
-pub async fn probe_version(pool: Arc<Pool>, server: usize) {
-    let s = &pool.servers[server];
-    let Ok(stream) = connect(&s.addr, pool.timeout()).await else {
-        return;
-    };
-    let mut request = BytesMut::new();
-    if let Some(password) = &pool.config.redis_auth {
-        encode::command(&mut request, &[b"AUTH".as_slice(), password.as_bytes()]);
-    }
-    encode::command(&mut request, &[b"INFO".as_slice(), b"server"]);
-    let exchange = async {
-        let (mut rd, mut wr): (
-            Box<dyn AsyncRead + Unpin + Send>,
-            Box<dyn AsyncWrite + Unpin + Send>,
-        ) = match stream {
-            Stream::Tcp(t) => {
-                let (r, w) = t.into_split();
-                (Box::new(r), Box::new(w))
-            }
-            Stream::Unix(u) => {
-                let (r, w) = u.into_split();
-                (Box::new(r), Box::new(w))
-            }
-        };
-        wr.write_all(&request).await.ok()?;
-        let mut buf = BytesMut::with_capacity(8192);
-        let mut scanner = ReplyScanner::default();
-        let replies = if pool.config.redis_auth.is_some() {
-            2
-        } else {
-            1
-        };
-        for _ in 0..replies {
-            loop {
-                if let Some(len) = scanner.scan(&buf).ok()? {
-                    let reply = buf.split_to(len);
-                    learn_version(s, &reply);
-                    break;
-                }
-                if rd.read_buf(&mut buf).await.ok()? == 0 {
-                    return None;
-                }
-            }
-        }
-        Some(())
-    };
-    let _ = tokio::time::timeout(pool.timeout().unwrap_or(DEFAULT_CONNECT_TIMEOUT), exchange).await;
-}
-
-/// Keep the `redis_version:` line of an `INFO server` reply.
-fn learn_version(server: &super::pool::Server, reply: &[u8]) {
-    let text = String::from_utf8_lossy(reply);
-    if let Some(version) = text
-        .split("redis_version:")
-        .nth(1)
-        .and_then(|rest| rest.split(['\r', '\n']).next())
-        && let Ok(mut slot) = server.version.lock()
-    {
-        *slot = Some(version.to_string());
     }
 }

@@ -13,6 +13,7 @@ mod fence;
 mod hook;
 mod pool;
 pub mod replication;
+mod version;
 
 pub use backend::{
     BackendError, CONNECTION_NAME, CONNECTION_NAME_TEXT, ReplyResult, connection_member,

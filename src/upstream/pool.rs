@@ -13,6 +13,7 @@ use super::backend::{self, BackendError, BackendRequest, ReplyResult};
 use super::counters::{PoolCounters, ServerCounters};
 use super::fence::SendFence;
 use super::hook::ReplyHook;
+use super::version;
 use crate::config::{PoolConfig, ServerAddr};
 use crate::hash::Placement;
 use crate::resp::Protocol;
@@ -175,7 +176,7 @@ impl Pool {
             tokio::spawn(backend::run(pool.clone(), index, mark, rx, protocol));
         }
         for index in 0..pool.servers.len() {
-            tokio::spawn(backend::probe_version(pool.clone(), index));
+            tokio::spawn(version::probe(pool.clone(), index));
         }
         pool
     }

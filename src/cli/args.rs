@@ -171,9 +171,10 @@ pub enum Job {
     Ctl(CtlArgs),
 }
 
-/// `cutover verify` options.
+/// The two ends of an offline job (`cutover migrate`, `cutover verify`), and how it reads
+/// the source.
 #[derive(Debug, clap::Args)]
-pub struct VerifyArgs {
+pub struct Ends {
     /// The source Redis.
     #[arg(long, value_name = "HOST:PORT")]
     pub from: String,
@@ -183,15 +184,23 @@ pub struct VerifyArgs {
     /// The source's password.
     #[arg(long)]
     pub password: Option<String>,
+    /// COUNT for each SCAN (of the source, and for verify of the target too).
+    #[arg(long, default_value_t = 1000)]
+    pub scan_count: u32,
+}
+
+/// `cutover verify` options.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Where from, where to.
+    #[command(flatten)]
+    pub ends: Ends,
     /// Copy every key that still differs after the last round again.
     #[arg(long)]
     pub repair: bool,
     /// Rounds: the full pass, then re-checks of what differed.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
-    /// COUNT for each SCAN.
-    #[arg(long, default_value_t = 1000)]
-    pub scan_count: u32,
 }
 
 /// `cutover ctl` options.
@@ -253,21 +262,12 @@ pub enum CtlAction {
 /// `cutover migrate` options.
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
-    /// The source Redis.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub from: String,
-    /// The target: a nutcracker config, and the pool in it when it has several.
-    #[arg(long, value_name = "FILE[:POOL]")]
-    pub to: String,
-    /// The source's password.
-    #[arg(long)]
-    pub password: Option<String>,
+    /// Where from, where to.
+    #[command(flatten)]
+    pub ends: Ends,
     /// Keys per second (0: unlimited).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
-    /// COUNT for each SCAN of the source.
-    #[arg(long, default_value_t = 1000)]
-    pub scan_count: u32,
     /// Keep progress in FILE and resume from it after an interruption.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,

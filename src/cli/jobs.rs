@@ -2,9 +2,12 @@
 //! the offline `cutover migrate` and `cutover verify`. Each prints its result and turns
 //! it into the exit status scripts read.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::args::{CtlAction, CtlArgs, MigrateArgs, VerifyArgs};
+use cutover::migrate::offline::OfflineOptions;
+
+use super::args::{CtlAction, CtlArgs, Ends, MigrateArgs, VerifyArgs};
 use super::fail;
 
 /// Run `cutover ctl`.
@@ -53,21 +56,32 @@ pub fn run_offline_verify(args: VerifyArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let options = cutover::migrate::offline::OfflineOptions {
-        from: args.from,
-        to: args.to,
-        password: args.password,
-        rate: 0,
-        scan_count: args.scan_count,
-        checkpoint: None,
-        parallel: 16,
-    };
     let verify = cutover::migrate::verify::VerifyOptions {
         repair: args.repair,
         rounds: args.rounds.max(1),
-        scan_count: args.scan_count.max(1),
+        scan_count: args.ends.scan_count.max(1),
     };
+    let options = offline_options(args.ends, 0, None, 16);
     run_verify(&runtime, options, verify)
+}
+
+/// An offline job's options: its two ends, a rate limit (keys a second, 0: none), where
+/// it keeps its progress, and how many copies or comparisons it keeps in flight.
+fn offline_options(
+    ends: Ends,
+    rate: u64,
+    checkpoint: Option<PathBuf>,
+    parallel: u32,
+) -> OfflineOptions {
+    OfflineOptions {
+        from: ends.from,
+        to: ends.to,
+        password: ends.password,
+        rate,
+        scan_count: ends.scan_count,
+        checkpoint,
+        parallel,
+    }
 }
 
 /// Logging to standard error and a runtime, for the offline jobs.
@@ -86,7 +100,7 @@ fn offline_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 /// exit status 1, for scripts.
 fn run_verify(
     runtime: &tokio::runtime::Runtime,
-    options: cutover::migrate::offline::OfflineOptions,
+    options: OfflineOptions,
     verify: cutover::migrate::verify::VerifyOptions,
 ) -> ExitCode {
     match runtime.block_on(cutover::migrate::offline::verify(options, verify)) {
@@ -108,15 +122,7 @@ pub fn run_offline_migrate(args: MigrateArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let options = cutover::migrate::offline::OfflineOptions {
-        from: args.from,
-        to: args.to,
-        password: args.password,
-        rate: args.rate,
-        scan_count: args.scan_count,
-        checkpoint: args.checkpoint,
-        parallel: args.parallel,
-    };
+    let options = offline_options(args.ends, args.rate, args.checkpoint, args.parallel);
     let verify_after = args.verify.then(|| options.clone());
     match runtime.block_on(cutover::migrate::offline::run(options)) {
         Err(error) => fail(&error.to_string()),

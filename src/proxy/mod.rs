@@ -10,6 +10,7 @@ mod fragment;
 mod introspection;
 mod listener;
 mod local;
+mod pending;
 pub mod reload;
 mod session;
 

@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -19,8 +18,9 @@ use tokio::time::Instant;
 
 use super::Served;
 use super::busy_poll::ClientMark;
-use super::fragment::{self, MergeError, MergePlan};
+use super::fragment;
 use super::local::{self, ClientState};
+use super::pending::{Clock, PartState, Pending, backend_error_bytes, poll_reply};
 use crate::command::{self, Access, ArgClass, CommandClass, CommandSpec, LocalCommand};
 use crate::migrate::mirror::{self, MirrorHook, ShadowRead, WriteEffect};
 use crate::migrate::{Migration, Phase, placed_read, shadow};
@@ -35,40 +35,6 @@ const READ_CHUNK: usize = 16 * 1024;
 const LARGE_REPLY: usize = 64 * 1024;
 /// How long a request waits for a fleet member to renew its lease before it is refused.
 const FENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// A reply owed to the client, in request order.
-enum Pending {
-    /// Ready now (a local reply or an error).
-    Ready(Bytes),
-    /// Forwarded to one backend.
-    Forward {
-        /// The backend's reply.
-        rx: oneshot::Receiver<ReplyResult>,
-        /// The command's class, for latency.
-        class: CommandClass,
-        /// When the request was read.
-        started: Instant,
-    },
-    /// Split across backends.
-    Split {
-        /// Each part's reply, filled in as they arrive.
-        parts: Vec<PartState>,
-        /// How to merge them.
-        plan: MergePlan,
-        /// When the request was read.
-        started: Instant,
-    },
-    /// Close the connection once everything before this is written (QUIT, protocol error).
-    Close,
-}
-
-/// One part of a split command.
-enum PartState {
-    /// Still waiting.
-    Waiting(oneshot::Receiver<ReplyResult>),
-    /// Answered.
-    Done(ReplyResult),
-}
 
 /// Session state that outlives one request.
 struct Session {
@@ -589,91 +555,6 @@ fn mirror_hook(
     Some(MirrorHook::new(migration.clone(), effect))
 }
 
-/// The time replies were found ready, read once however many are found in one pass: a
-/// pipelining client's replies come in batches, and reading the clock for each one cost
-/// more than the rest of timing it.
-#[derive(Default)]
-struct Clock(Option<Instant>);
-
-impl Clock {
-    /// The time of this pass.
-    fn now(&mut self) -> Instant {
-        *self.0.get_or_insert_with(Instant::now)
-    }
-}
-
-/// Poll the reply at the front of the queue; its latency is taken at `clock`'s time.
-fn poll_reply(
-    pool: &Pool,
-    pending: &mut Pending,
-    cx: &mut Context<'_>,
-    clock: &mut Clock,
-) -> Poll<Bytes> {
-    match pending {
-        Pending::Ready(bytes) => Poll::Ready(std::mem::take(bytes)),
-        Pending::Close => Poll::Pending,
-        Pending::Forward { rx, class, started } => match Pin::new(rx).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(result) => {
-                pool.counters
-                    .latency(*class, (clock.now() - *started).as_secs_f64());
-                Poll::Ready(render(pool, result.unwrap_or(Err(BackendError::Reset))))
-            }
-        },
-        Pending::Split {
-            parts,
-            plan,
-            started,
-        } => {
-            let mut waiting = false;
-            for part in parts.iter_mut() {
-                if let PartState::Waiting(rx) = part {
-                    match Pin::new(rx).poll(cx) {
-                        Poll::Pending => waiting = true,
-                        Poll::Ready(result) => {
-                            *part = PartState::Done(result.unwrap_or(Err(BackendError::Reset)))
-                        }
-                    }
-                }
-            }
-            if waiting {
-                return Poll::Pending;
-            }
-            pool.counters
-                .latency(CommandClass::Split, (clock.now() - *started).as_secs_f64());
-            let replies = parts
-                .drain(..)
-                .map(|p| match p {
-                    PartState::Done(result) => result,
-                    PartState::Waiting(_) => Err(BackendError::Reset),
-                })
-                .collect();
-            Poll::Ready(match fragment::merge(plan, replies) {
-                Ok(bytes) => bytes,
-                Err(MergeError::Backend(text)) => {
-                    pool.counters.error(ErrorKind::Backend);
-                    error_bytes(&format!("ERR {text}"))
-                }
-                Err(MergeError::Shape) => {
-                    pool.counters.error(ErrorKind::Backend);
-                    error_bytes("ERR Invalid argument")
-                }
-            })
-        }
-    }
-}
-
-/// A backend reply as the client sees it: the raw bytes, or `-ERR <reason>`.
-fn render(pool: &Pool, result: ReplyResult) -> Bytes {
-    match result {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            pool.counters.error(ErrorKind::Backend);
-            backend_error_bytes(error)
-        }
-    }
-}
-
 /// A non-zero seed for a session's sampling, different for each session.
 fn sample_seed() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 =
@@ -683,19 +564,6 @@ fn sample_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
     (n ^ nanos.rotate_left(32)) | 1
-}
-
-/// A backend error as the client sees it: `-ERR Connection refused`, or `-TRYAGAIN ...`
-/// from a fenced fleet member.
-fn backend_error_bytes(error: BackendError) -> Bytes {
-    error_bytes(&format!("{} {error}", error.code()))
-}
-
-/// `-text\r\n` as bytes.
-fn error_bytes(text: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(text.len() + 3);
-    encode::error(&mut out, text);
-    out.freeze()
 }
 
 /// A command name fit to quote in an error: at most 64 bytes, control bytes escaped.

@@ -7,6 +7,7 @@
 pub mod ctl;
 mod forward;
 mod http;
+mod status_text;
 pub mod token;
 
 use std::sync::Arc;

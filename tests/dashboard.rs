@@ -1,6 +1,7 @@
-//! `conf/grafana-dashboard.json` only queries metrics cutover exports: every `cutover_*`
-//! name in its queries is found in `/metrics` of a proxy that migrated, was verified and
-//! cut over (busy-polling as it did).
+//! `conf/grafana-dashboard.json` and `conf/prometheus-alerts.yml` only query metrics
+//! cutover exports: every `cutover_*` name in their queries is found in `/metrics` of a
+//! proxy that migrated, was verified and cut over (busy-polling as it did). How the alerts
+//! behave in a real Prometheus: `tests/alerts.rs`.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use redis::Commands;
-use support::dashboard::{dashboard_queries, exported, fleet_only, metric_names};
+use support::dashboard::{alert_rules, dashboard_queries, exported, fleet_only, metric_names};
 use support::{Proxy, RedisServer, http, migration_config, redis_servers, wait_for};
 
 /// The proxies here busy-poll with a fixed window (whatever the test's clients do), so the
@@ -16,10 +17,16 @@ use support::{Proxy, RedisServer, http, migration_config, redis_servers, wait_fo
 const BUSY_POLL: &[&str] = &["--busy-poll", "100"];
 
 #[test]
-fn every_metric_the_dashboard_queries_is_exported() {
+fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
     let exprs = dashboard_queries();
     assert!(exprs.len() >= 20, "{} queries", exprs.len());
-    let wanted: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    let alerts = alert_rules();
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    let wanted: BTreeSet<String> = exprs
+        .iter()
+        .chain(alerts.iter().map(|(_, expr)| expr))
+        .flat_map(|e| metric_names(e))
+        .collect();
     for needed in [
         "cutover_migration_phase",
         "cutover_backfill_progress_ratio",
@@ -81,7 +88,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
         .collect();
     assert!(
         missing.is_empty(),
-        "queried by the dashboard, not exported: {missing:?}\n{metrics}"
+        "queried by the dashboard or the alerts, not exported: {missing:?}\n{metrics}"
     );
 }
 

@@ -1,5 +1,6 @@
-//! The Grafana dashboard's queries (`conf/grafana-dashboard.json`) and the metric names
-//! they use, for the tests that check cutover exports them.
+//! The Grafana dashboard's queries (`conf/grafana-dashboard.json`), the alerting rules'
+//! expressions (`conf/prometheus-alerts.yml`) and the metric names they use, for the tests
+//! that check cutover exports them.
 
 use std::collections::BTreeSet;
 
@@ -55,6 +56,28 @@ pub fn dashboard_queries() -> Vec<String> {
     let mut exprs = Vec::new();
     queries(dashboard["panels"].as_array().expect("panels"), &mut exprs);
     exprs
+}
+
+/// The alerting rules file.
+pub const ALERT_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/prometheus-alerts.yml");
+
+/// Every alerting rule's name and expression in [`ALERT_RULES`] (each `expr:` on one line,
+/// as the file keeps them).
+pub fn alert_rules() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(ALERT_RULES).expect("alert rules");
+    let mut rules = Vec::new();
+    let mut name = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(alert) = line.strip_prefix("- alert: ") {
+            name = Some(alert.to_string());
+        } else if let Some(expr) = line.strip_prefix("expr: ") {
+            rules.push((
+                name.take().expect("an alert before its expr"),
+                expr.to_string(),
+            ));
+        }
+    }
+    rules
 }
 
 /// The metric names `/metrics` text exports (histogram series named by their family).

@@ -964,12 +964,21 @@ pub struct Prometheus {
 impl Prometheus {
     /// Start it, scraping `targets`.
     pub fn start(targets: &[String]) -> Prometheus {
+        Prometheus::start_with_rules(targets, None)
+    }
+
+    /// Start it, scraping `targets` and evaluating the alerting rules in `rules` (a file),
+    /// every second.
+    pub fn start_with_rules(targets: &[String], rules: Option<&Path>) -> Prometheus {
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = free_port();
             let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            let rule_files = rules
+                .map(|r| format!("rule_files:\n  - '{}'\n", r.display()))
+                .unwrap_or_default();
             let config = format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: cutover\n    static_configs:\n      - targets: [{}]\n",
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: cutover\n    static_configs:\n      - targets: [{}]\n",
                 list.join(", ")
             );
             let conf = dir.path().join("prometheus.yml");
@@ -1009,6 +1018,29 @@ impl Prometheus {
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{query}: {e}: {body}"));
         assert_eq!(answer["status"], "success", "{query}: {body}");
         answer["data"]["result"].clone()
+    }
+
+    /// The alerts pending or firing now: each one's name and state, sorted.
+    pub fn alerts(&self) -> Vec<(String, String)> {
+        let url = format!("http://127.0.0.1:{}/api/v1/alerts", self.port);
+        let body = ureq::get(&url)
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap_or_else(|e| panic!("alerts: {e}"));
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("alerts: {e}: {body}"));
+        let mut alerts: Vec<(String, String)> = answer["data"]["alerts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("alerts: {body}"))
+            .iter()
+            .map(|a| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+                (text(&a["labels"]["alertname"]), text(&a["state"]))
+            })
+            .collect();
+        alerts.sort();
+        alerts.dedup();
+        alerts
     }
 
     /// The scrape targets, as the HTTP API lists them.

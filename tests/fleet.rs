@@ -203,12 +203,14 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
     let all: Vec<&Proxy> = members.iter().collect();
     let lead = leader(&all);
     let leader_admin = members[lead].admin_port;
-    // A real Prometheus scrapes every member, for the dashboard's fleet panels.
-    let prometheus = support::Prometheus::start(
+    // A real Prometheus scrapes every member, for the dashboard's fleet panels, and
+    // evaluates the alerting rules.
+    let prometheus = support::Prometheus::start_with_rules(
         &members
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.admin_port))
             .collect::<Vec<_>>(),
+        Some(std::path::Path::new(support::dashboard::ALERT_RULES)),
     );
     members[lead].wait_migration_drained(Duration::from_secs(30), 2);
     let stop = Arc::new(AtomicBool::new(false));
@@ -262,6 +264,19 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
         "fleet queries with no series: {empty:#?}\ntargets: {}",
         prometheus.targets()
     );
+    // The alerts' fleet metrics are exported by a member, and a fleet going right (a
+    // leader, etcd up, no member fenced) raises no alert.
+    let metrics = members[lead].admin_get("/metrics").1;
+    let exported = support::dashboard::exported(&metrics);
+    for (alert, expr) in support::dashboard::alert_rules() {
+        for name in support::dashboard::metric_names(&expr) {
+            assert!(
+                !support::dashboard::fleet_only(&name) || exported.contains(name.as_str()),
+                "{alert} queries {name}, not exported by a fleet member"
+            );
+        }
+    }
+    assert_eq!(prometheus.alerts(), Vec::<(String, String)>::new());
     stop.store(true, Relaxed);
     let acked: Vec<Vec<i64>> = joined(writers);
     members[lead].wait_migration_drained(Duration::from_secs(30), 3);

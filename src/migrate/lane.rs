@@ -284,92 +284,7 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
             }
             replay_batch(&migration, known, &mut memory, batch).await;
         } else {
-            match queued.event {
-                LaneEvent::Write { key, lag, .. } => {
-                    // Writes that may be replayed were batched above; this one may not:
-                    // copy the key (rule 3, or its last copy carried a TTL).
-                    if lock(known).expires(migration.lanes.salt.fingerprint(&key)) {
-                        migration.counters.ttl_copies.increment(1);
-                    }
-                    copy_with_retries(&migration, known, &mut memory, &key, CopyReason::Write)
-                        .await;
-                    migration.record_lag(lag);
-                }
-                LaneEvent::Copy {
-                    key,
-                    unless_known,
-                    reason,
-                    lag,
-                } => {
-                    let fp = migration.lanes.salt.fingerprint(&key);
-                    if unless_known && lock(known).is_copied(fp) {
-                        migration.counters.backfill_skipped.increment(1);
-                        migration.totals.skipped.fetch_add(1, Relaxed);
-                    } else {
-                        copy_with_retries(&migration, known, &mut memory, &key, reason).await;
-                        migration.record_lag(lag);
-                    }
-                }
-                LaneEvent::Shadow {
-                    read,
-                    seq,
-                    request,
-                    source_reply,
-                    answered,
-                    placed,
-                } => {
-                    let fp = migration.lanes.salt.fingerprint(&read.key);
-                    let (copied, copy_pending) = {
-                        let k = lock(known);
-                        let pending = match placed {
-                            // The target holds a later point than the read's while the
-                            // key's last copy waits for its marker (rule 12).
-                            Some(generation) => {
-                                memory.anchors.anchor(&read.key, generation) != Anchor::Settled
-                            }
-                            None => k.copied_at(fp).is_some_and(|at| at >= seq),
-                        };
-                        (k.is_copied(fp), pending)
-                    };
-                    if !copied {
-                        migration.shadow_skip("not_copied");
-                    } else if copy_pending {
-                        migration.shadow_skip("copy_pending");
-                    } else if migration.backlog().1 > 0 {
-                        migration.shadow_skip("dirty");
-                    } else {
-                        shadow_check(
-                            &migration,
-                            known,
-                            &mut memory,
-                            read,
-                            request,
-                            source_reply,
-                            answered,
-                        )
-                        .await;
-                    }
-                }
-                LaneEvent::Replicated {
-                    key, generation, ..
-                } => match memory.anchors.anchor(&key, generation) {
-                    Anchor::InCopy if !*BREAK_MARKERS => {
-                        migration.count_capture(CaptureAction::InCopy);
-                    }
-                    _ => {
-                        // Not replayable (batched above otherwise), or its key's last copy
-                        // may have lost its marker in a full sync's gap: copy the key.
-                        memory.anchors.forget(&migration.markers, &key);
-                        migration.count_capture(CaptureAction::Copied);
-                        copy_with_retries(&migration, known, &mut memory, &key, CopyReason::Write)
-                            .await;
-                    }
-                },
-                LaneEvent::Marker { key, token } => {
-                    memory.anchors.marker(&migration.markers, &key, token);
-                }
-                LaneEvent::DropKnown => lock(known).drop_membership(),
-            }
+            handle(&migration, known, &mut memory, queued.event).await;
         }
         // Every event, batched or not: forget old `copied_at`, and publish progress for
         // safe checkpoints (the set's size and the lane's depth are read at scrape time).
@@ -382,6 +297,100 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
             rx.is_empty(),
         );
         processed_slot.store(processed, SeqCst);
+    }
+}
+
+/// Handle one event that is neither folded into a copy nor replayed in a batch: copy its
+/// key, check a shadow read, or follow the capture's markers.
+async fn handle(
+    migration: &Arc<Migration>,
+    known: &Mutex<KnownCopied>,
+    memory: &mut Memory,
+    event: LaneEvent,
+) {
+    match event {
+        LaneEvent::Write { key, lag, .. } => {
+            // Writes that may be replayed were batched above; this one may not:
+            // copy the key (rule 3, or its last copy carried a TTL).
+            if lock(known).expires(migration.lanes.salt.fingerprint(&key)) {
+                migration.counters.ttl_copies.increment(1);
+            }
+            copy_with_retries(migration, known, memory, &key, CopyReason::Write).await;
+            migration.record_lag(lag);
+        }
+        LaneEvent::Copy {
+            key,
+            unless_known,
+            reason,
+            lag,
+        } => {
+            let fp = migration.lanes.salt.fingerprint(&key);
+            if unless_known && lock(known).is_copied(fp) {
+                migration.counters.backfill_skipped.increment(1);
+                migration.totals.skipped.fetch_add(1, Relaxed);
+            } else {
+                copy_with_retries(migration, known, memory, &key, reason).await;
+                migration.record_lag(lag);
+            }
+        }
+        LaneEvent::Shadow {
+            read,
+            seq,
+            request,
+            source_reply,
+            answered,
+            placed,
+        } => {
+            let fp = migration.lanes.salt.fingerprint(&read.key);
+            let (copied, copy_pending) = {
+                let k = lock(known);
+                let pending = match placed {
+                    // The target holds a later point than the read's while the
+                    // key's last copy waits for its marker (rule 12).
+                    Some(generation) => {
+                        memory.anchors.anchor(&read.key, generation) != Anchor::Settled
+                    }
+                    None => k.copied_at(fp).is_some_and(|at| at >= seq),
+                };
+                (k.is_copied(fp), pending)
+            };
+            if !copied {
+                migration.shadow_skip("not_copied");
+            } else if copy_pending {
+                migration.shadow_skip("copy_pending");
+            } else if migration.backlog().1 > 0 {
+                migration.shadow_skip("dirty");
+            } else {
+                shadow_check(
+                    migration,
+                    known,
+                    memory,
+                    read,
+                    request,
+                    source_reply,
+                    answered,
+                )
+                .await;
+            }
+        }
+        LaneEvent::Replicated {
+            key, generation, ..
+        } => match memory.anchors.anchor(&key, generation) {
+            Anchor::InCopy if !*BREAK_MARKERS => {
+                migration.count_capture(CaptureAction::InCopy);
+            }
+            _ => {
+                // Not replayable (batched above otherwise), or its key's last copy
+                // may have lost its marker in a full sync's gap: copy the key.
+                memory.anchors.forget(&migration.markers, &key);
+                migration.count_capture(CaptureAction::Copied);
+                copy_with_retries(migration, known, memory, &key, CopyReason::Write).await;
+            }
+        },
+        LaneEvent::Marker { key, token } => {
+            memory.anchors.marker(&migration.markers, &key, token);
+        }
+        LaneEvent::DropKnown => lock(known).drop_membership(),
     }
 }
 

@@ -699,6 +699,42 @@ fn a_killed_follower_and_a_restarted_etcd_do_not_stop_the_fleet() {
 }
 
 #[test]
+fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
+    let mut etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 100);
+    let targets = redis_servers(2);
+    let members = fleet(&etcd, &source, &targets, "");
+    let health = |m: &Proxy| m.admin_get("/health");
+    for member in &members {
+        assert_eq!(health(member).0, 200, "{}", health(member).1);
+    }
+    etcd.stop();
+    // Half a lease after its last renewal each member fences itself (rule 15): its
+    // requests get -TRYAGAIN, and `/health` tells a load balancer to send clients away.
+    wait_for("every member unhealthy", Duration::from_secs(15), || {
+        members.iter().all(|m| {
+            let (code, body) = health(m);
+            code == 503 && body.contains("fenced")
+        })
+    });
+    let mut conn = members[0].connect();
+    let refused = conn.call(&[b"SET", b"k", b"v"]);
+    assert!(
+        refused.starts_with(b"-TRYAGAIN"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    etcd.start_again();
+    wait_for(
+        "every member healthy again",
+        Duration::from_secs(30),
+        || members.iter().all(|m| health(m).0 == 200),
+    );
+    assert_eq!(conn.call(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+}
+
+#[test]
 fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
     let etcd = Etcd::start();
     let source = RedisServer::start();

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Proxy, RedisServer, RespConn, command};
+use support::{Proxy, RedisServer, RespConn, command, wait_for};
 
 /// Send each command alone and collect the replies ("<closed>" once the proxy closed).
 fn script(conn: &mut RespConn, lines: &[&[&[u8]]]) -> Vec<String> {
@@ -231,12 +231,21 @@ fn metrics_are_exported_by_pool_class_and_server() {
 fn sigterm_finishes_requests_in_flight_then_exits() {
     let hung = support::Blackhole::start();
     let backend = RedisServer::start();
-    // A slow backend: requests wait 600 ms (the timeout is longer), so one is in flight at SIGTERM.
-    let config = support::pool_config(&["timeout: 600"], &[format!("127.0.0.1:{}:1", hung.port)]);
+    // A backend that never answers, and a 1.5 s timeout: a request is in flight at SIGTERM,
+    // and the shutdown waits for it.
+    let config = support::pool_config(&["timeout: 1500"], &[format!("127.0.0.1:{}:1", hung.port)]);
     let mut cutover = Proxy::cutover(&config);
+    let (code, health) = cutover.admin_get("/health");
+    assert_eq!((code, health.trim_end()), (200, "{\"healthy\":true}"));
     let mut conn = cutover.connect();
     conn.send(&command(&[b"GET", b"k"]));
     std::thread::sleep(Duration::from_millis(100));
+    // While it finishes, a load balancer's health check is told to send clients elsewhere.
+    cutover.signal("TERM");
+    wait_for("/health to say it stops", Duration::from_secs(1), || {
+        let (code, health) = cutover.admin_get("/health");
+        code == 503 && health.contains("shutting down")
+    });
     assert!(
         cutover.terminate(Duration::from_secs(5)),
         "cutover exits after SIGTERM"

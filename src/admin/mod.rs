@@ -17,6 +17,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use http::{HttpRequest, HttpResponse};
 
@@ -87,6 +88,8 @@ pub struct Admin {
     reloader: Option<Arc<Reloader>>,
     /// The proxy's busy polling, when it is on (shown by `/status`).
     busy_poll: Option<Arc<BusyPoll>>,
+    /// Turns true when the proxy begins to shut down (`GET /health` then answers 503).
+    stopping: Option<watch::Receiver<bool>>,
 }
 
 impl Admin {
@@ -102,7 +105,14 @@ impl Admin {
             token,
             reloader: None,
             busy_poll: None,
+            stopping: None,
         }
+    }
+
+    /// Answer `GET /health` with 503 once `stopping` turns true.
+    pub fn with_stopping(mut self, stopping: watch::Receiver<bool>) -> Admin {
+        self.stopping = Some(stopping);
+        self
     }
 
     /// Show `busy_poll` in `/status`.
@@ -160,6 +170,7 @@ impl Admin {
                 None => HttpResponse::error(404, "metrics recorder not installed"),
             },
             ("GET", "/status") => HttpResponse::json(200, &self.status()),
+            ("GET", "/health") => self.health(),
             ("POST", "/backfill/pause") => {
                 self.each_migration(&request.query, |m| m.backfill.set_paused(true))
             }
@@ -238,8 +249,38 @@ impl Admin {
                     &json!({ "started": true, "status": migration.status_json() }),
                 )
             }
-            (_, "/metrics" | "/status") => HttpResponse::error(405, "use GET"),
+            (_, "/metrics" | "/status" | "/health") => HttpResponse::error(405, "use GET"),
             _ => HttpResponse::error(404, &format!("no such endpoint: {}", request.path)),
+        }
+    }
+
+    /// `GET /health`, for a load balancer or an orchestrator's readiness probe: 200 while
+    /// this proxy serves every pool; 503, with the reasons, while it should get no new
+    /// clients: it is shutting down (finishing what clients sent, accepting no one), or it
+    /// is a fleet member whose lease may have lapsed (every request gets `-TRYAGAIN` until
+    /// it is renewed, rule 15), when the other members can serve the client.
+    fn health(&self) -> HttpResponse {
+        let mut reasons = Vec::new();
+        if self.stopping.as_ref().is_some_and(|s| *s.borrow()) {
+            reasons.push(
+                "shutting down: accepting no new client, finishing requests in flight".to_string(),
+            );
+        }
+        for served in &self.pools {
+            if let Some(m) = served.migration()
+                && m.phase() != Phase::Finalized
+                && m.fenced()
+            {
+                reasons.push(format!(
+                    "pool '{}': fenced, lost contact with coordination: requests get -TRYAGAIN until the lease is renewed",
+                    served.name()
+                ));
+            }
+        }
+        if reasons.is_empty() {
+            HttpResponse::json(200, &json!({ "healthy": true }))
+        } else {
+            HttpResponse::json(503, &json!({ "healthy": false, "reasons": reasons }))
         }
     }
 

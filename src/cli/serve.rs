@@ -211,7 +211,8 @@ async fn serve(serving: Serving) -> Result<(), String> {
         admin_listener,
         admin::Admin::new(metrics, proxy.pools.clone(), required)
             .with_reloader(reloader.clone())
-            .with_busy_poll(proxy.busy_poll.clone()),
+            .with_busy_poll(proxy.busy_poll.clone())
+            .with_stopping(proxy.stopping()),
     ));
     tracing::info!(%stats_addr, %admin_addr, max_clients, "cutover {} started", env!("CARGO_PKG_VERSION"));
 

@@ -182,6 +182,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Turns true when the shutdown begins (for the admin API's `GET /health`).
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
     /// Bind every pool's listener and start serving. Binding happens first, for every
     /// pool, so a taken port fails start-up before any client is served.
     /// At most `max_clients` client connections are open at once, across every pool.

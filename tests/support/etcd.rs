@@ -49,8 +49,18 @@ impl Etcd {
 
     /// Stop it and start it again on the same ports and data.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Kill it (`kill -9`): the fleet loses contact until [`Etcd::start_again`].
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Start it again after [`Etcd::stop`], on the same ports and data.
+    pub fn start_again(&mut self) {
         let mut child = spawn(self.port, self.peer, self.dir.path());
         assert!(wait_for_port(&mut child, self.port), "etcd restarted");
         self.child = child;

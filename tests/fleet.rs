@@ -718,6 +718,12 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
             code == 503 && body.contains("fenced")
         })
     });
+    assert_eq!(view(&members[0])["fenced"], true);
+    assert!(
+        members[0].ctl_status().contains("fenced (lease lapsed)"),
+        "{}",
+        members[0].ctl_status()
+    );
     let mut conn = members[0].connect();
     let refused = conn.call(&[b"SET", b"k", b"v"]);
     assert!(
@@ -732,6 +738,7 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
         || members.iter().all(|m| health(m).0 == 200),
     );
     assert_eq!(conn.call(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    assert_eq!(view(&members[0])["fenced"], false);
 }
 
 #[test]

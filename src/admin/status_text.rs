@@ -114,10 +114,10 @@ fn fleet_text(fleet: &Value) -> String {
         fleet["role"].as_str().unwrap_or("?"),
         members.len(),
         fleet["last_pause_ms"].as_f64().unwrap_or(0.0),
-        if fleet["etcd_reachable"] == false {
-            "; etcd unreachable"
-        } else {
-            ""
+        match (fleet["etcd_reachable"] == false, fleet["fenced"] == true) {
+            (_, true) => "; fenced (lease lapsed): requests get -TRYAGAIN until it is renewed",
+            (true, false) => "; etcd unreachable",
+            (false, false) => "",
         },
         members.join("\n           "),
     )

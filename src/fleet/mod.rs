@@ -217,6 +217,7 @@ impl Fleet {
             "role": self.migration.role().name(),
             "leader": view.leader,
             "etcd_reachable": view.reachable,
+            "fenced": self.migration.fenced(),
             "last_pause_ms": self.last_pause_us.load(Relaxed) as f64 / 1000.0,
             "members": view.members.iter().map(|m| serde_json::json!({
                 "id": m.id,

@@ -47,11 +47,7 @@ fn alerts_stay_quiet_while_a_migration_goes_right_and_fire_when_it_goes_wrong() 
         &[format!("127.0.0.1:{}", proxy.admin_port)],
         Some(Path::new(ALERT_RULES)),
     );
-    wait_for(
-        "Prometheus to scrape cutover",
-        Duration::from_secs(60),
-        || prometheus.targets().contains("\"health\":\"up\""),
-    );
+    prometheus.wait_scraping();
 
     // Going right: the backfill, mirrored writes, shadow reads that agree.
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
@@ -70,14 +66,7 @@ fn alerts_stay_quiet_while_a_migration_goes_right_and_fire_when_it_goes_wrong() 
     );
 
     // Wrong, once: a key changed on the target behind cutover's back.
-    let owner = targets
-        .iter()
-        .find(|t| t.keys().iter().any(|k| k == b"k7"))
-        .expect("k7 on a target");
-    let _: () = owner
-        .client()
-        .set("k7", "diverged")
-        .expect("SET on the target");
+    support::diverge_on_target(&targets, "k7");
     let _: String = conn.get("k7").expect("GET");
     wait_for("the shadow mismatch alert", Duration::from_secs(30), || {
         prometheus

@@ -112,11 +112,7 @@ fn every_dashboard_query_returns_series_in_a_real_prometheus() {
         BUSY_POLL,
     );
     let prometheus = support::Prometheus::start(&[format!("127.0.0.1:{}", proxy.admin_port)]);
-    wait_for(
-        "Prometheus to scrape cutover",
-        Duration::from_secs(60),
-        || prometheus.targets().contains("\"health\":\"up\""),
-    );
+    prometheus.wait_scraping();
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     let mut conn = proxy.client();
     for i in 0..200 {
@@ -126,14 +122,7 @@ fn every_dashboard_query_returns_series_in_a_real_prometheus() {
     send_a_form_the_targets_lack(&mut conn);
     // A key changed behind cutover's back: a shadow mismatch, confirmed and repaired.
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    let owner = targets
-        .iter()
-        .find(|t| t.keys().iter().any(|k| k == b"k7"))
-        .expect("k7 on a target");
-    let _: () = owner
-        .client()
-        .set("k7", "diverged")
-        .expect("SET on the target");
+    support::diverge_on_target(&targets, "k7");
     let _: String = conn.get("k7").expect("GET");
     wait_for("the shadow mismatch", Duration::from_secs(10), || {
         proxy.admin_get("/status").1.contains("\"mismatches\":1")

@@ -941,6 +941,16 @@ pub fn busy_script(how_long: Duration) -> String {
     )
 }
 
+/// Change `key` on whichever of `targets` holds it, behind cutover's back: a shadow read
+/// of it then disagrees with the source.
+pub fn diverge_on_target(targets: &[RedisServer], key: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg("diverged")
+        .query(&mut owner(targets, key).client())
+        .expect("SET on the target");
+}
+
 /// Poll `done` every 50 ms until it holds; fail the test after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -1018,6 +1028,15 @@ impl Prometheus {
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{query}: {e}: {body}"));
         assert_eq!(answer["status"], "success", "{query}: {body}");
         answer["data"]["result"].clone()
+    }
+
+    /// Wait until it has scraped its targets (they show as up).
+    pub fn wait_scraping(&self) {
+        wait_for(
+            "Prometheus to scrape cutover",
+            Duration::from_secs(60),
+            || self.targets().contains("\"health\":\"up\""),
+        );
     }
 
     /// The alerts pending or firing now: each one's name and state, sorted.

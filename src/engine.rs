@@ -153,7 +153,7 @@ pub struct Requirement {
     pub since: Version,
 }
 
-/// The newest version any entry of [`COMMANDS_SINCE`] or [`requirement`] names: a server
+/// The newest version any entry of `COMMANDS_SINCE` or [`requirement`] names: a server
 /// at least this new lacks nothing there, and the per-request check stops at once.
 pub const NEWEST_REQUIREMENT: Version = Version(7, 2, 0);
 

@@ -117,7 +117,7 @@ pub struct MigrationCounters {
     /// (a heartbeat marker's way through it).
     pub capture_lag_seconds: Vec<Gauge>,
     /// `cutover_capture_events_total{action}`: what became of the stream's commands (in
-    /// [`CAPTURE_ACTIONS`]'s order).
+    /// `CAPTURE_ACTIONS`'s order).
     pub capture_actions: [Counter; 5],
     /// `cutover_capture_pending_markers`: copies whose marker has not come back yet.
     pub capture_pending: Gauge,
@@ -292,7 +292,7 @@ impl MigrationCounters {
         }
     }
 
-    /// A sampled read was not compared, for `reason` (one of [`SHADOW_SKIPS`]); its
+    /// A sampled read was not compared, for `reason` (one of `SHADOW_SKIPS`); its
     /// index, if it is one.
     pub fn shadow_skip(&self, reason: &str) -> Option<usize> {
         let i = SHADOW_SKIPS.iter().position(|r| *r == reason)?;

@@ -305,7 +305,7 @@ impl Engines {
 }
 
 /// Ask every server of both sides for its engine (retrying servers that do not answer,
-/// at most [`ATTEMPTS`] times), then log what copies will do each way.
+/// at most `ATTEMPTS` times), then log what copies will do each way.
 pub async fn detect(migration: Arc<Migration>) {
     let engines = &migration.engines;
     for attempt in 1..=ATTEMPTS {

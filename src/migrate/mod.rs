@@ -3,7 +3,7 @@
 //! of live writes and copies.
 //!
 //! One [`Migration`] serves one source pool (the pool clients use) and its `migrate_to`
-//! target. Writes through the proxy carry a [`MirrorHook`](mirror::MirrorHook) (an
+//! target. Writes through the proxy carry a [`MirrorHook`] (an
 //! upstream reply hook); the backfill scans the source; both feed the lanes, and only
 //! lanes write to the target. The offline jobs (`cutover migrate`, `cutover verify`) run
 //! the same engine with no client session at all.
@@ -119,7 +119,7 @@ pub struct Migration {
 }
 
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
-/// limits live in [`backfill::BackfillControl`]).
+/// limits live in `backfill::BackfillControl`).
 #[derive(Debug)]
 pub struct Tunables {
     /// `shadow_ratio`, as the bits of an `f64`.
@@ -197,9 +197,9 @@ pub struct Totals {
     pub shadow_repaired: AtomicU64,
     /// First disagreements that a second read did not confirm (the key was changing).
     pub shadow_unconfirmed: AtomicU64,
-    /// Reads not compared, by reason (in [`counters::SHADOW_SKIPS`]'s order).
+    /// Reads not compared, by reason (in `counters::SHADOW_SKIPS`'s order).
     pub shadow_skipped: [AtomicU64; 5],
-    /// Stream commands by what became of them (in [`counters::CAPTURE_ACTIONS`]' order).
+    /// Stream commands by what became of them (in `counters::CAPTURE_ACTIONS`' order).
     pub capture_actions: [AtomicU64; 5],
 }
 
@@ -455,7 +455,7 @@ impl Migration {
         };
     }
 
-    /// A sampled read was not compared, for `reason` (one of [`counters::SHADOW_SKIPS`]).
+    /// A sampled read was not compared, for `reason` (one of `counters::SHADOW_SKIPS`).
     pub fn shadow_skip(&self, reason: &str) {
         if let Some(i) = self.counters.shadow_skip(reason) {
             self.totals.shadow_skipped[i].fetch_add(1, Relaxed);

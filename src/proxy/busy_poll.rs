@@ -20,7 +20,7 @@
 //! servers and clients need (measured at 50 clients without the gate: 0.7-0.85x of
 //! nutcracker). The pause keeps it from starting again each time the count dips for a
 //! moment, as it does between bursts at 16 and more clients. `auto` polls only while
-//! clients send their next request soon after a reply ([`Adaptive`]): polling a client
+//! clients send their next request soon after a reply (`Adaptive`): polling a client
 //! that thinks between requests would cost a core and save nothing. And `auto` is off
 //! under a CPU quota, which polling would spend (a fixed window polls all the same, with
 //! a warning).
@@ -48,7 +48,7 @@ pub enum PollWindow {
     /// This long after every client I/O (`--busy-poll MICROSECONDS`).
     Fixed(Duration),
     /// [`AUTO_WINDOW`] while clients come back for more within [`AUTO_REACH`] of a reply,
-    /// nothing while they do not (`--busy-poll auto`, the default): see [`Adaptive`].
+    /// nothing while they do not (`--busy-poll auto`, the default): see `Adaptive`.
     Auto,
 }
 
@@ -241,7 +241,7 @@ impl BusyPoll {
 
     /// Poll until `shutdown` turns true: sleep until a client does I/O, then poll until
     /// the window passes without any, or more clients get busy (and then stand aside for
-    /// [`STAND_ASIDE`]). With `auto`, sessions wake it only while [`Adaptive`] says
+    /// [`STAND_ASIDE`]). With `auto`, sessions wake it only while `Adaptive` says
     /// clients come back quickly.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut crowded_at: Option<Instant> = None;

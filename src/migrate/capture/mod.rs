@@ -24,7 +24,7 @@ use crate::upstream::Pool;
 use crate::upstream::replication::{Position, ReplicationStream, Sync};
 
 /// What became of a command of the stream (the index of its counter in
-/// [`super::counters::CAPTURE_ACTIONS`]).
+/// `super::counters::CAPTURE_ACTIONS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureAction {
     /// Replayed on the target as the master propagated it.

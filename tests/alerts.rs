@@ -91,7 +91,7 @@ fn alerts_stay_quiet_while_a_migration_goes_right_and_fire_when_it_goes_wrong() 
                 let _: () = conn.set(format!("after{i}"), i).expect("SET");
                 i += 1;
             }
-            active("CutoverDirtyKeys") && active("CutoverTargetServerErrors")
+            active("CutoverDirtyKeys") && active("CutoverServerErrors")
         },
     );
     let alerts = prometheus.alerts();

@@ -742,6 +742,45 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
 }
 
 #[test]
+fn members_started_while_etcd_is_down_join_once_it_is_back() {
+    let mut etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 100);
+    let targets = redis_servers(2);
+    etcd.stop();
+    let members = fleet(&etcd, &source, &targets, "");
+    // They keep trying (a start does not fail on etcd restarting or slow), and say so.
+    wait_for(
+        "the members' first failed join",
+        Duration::from_secs(10),
+        || {
+            members
+                .iter()
+                .all(|m| m.log().contains("cannot join the fleet yet"))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    etcd.start_again();
+    wait_for("every member in the fleet", Duration::from_secs(40), || {
+        members
+            .iter()
+            .all(|m| view(m)["members"].as_array().map_or(0, Vec::len) == 3)
+    });
+    for member in &members {
+        assert_eq!(member.admin_get("/health").0, 200);
+        assert!(
+            member.metric_sum("cutover_fleet_etcd_errors_total") >= 1.0,
+            "its failed joins are counted"
+        );
+        assert_eq!(
+            member.connect().call(&[b"SET", b"k", b"v"]),
+            b"+OK\r\n",
+            "it serves"
+        );
+    }
+}
+
+#[test]
 fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
     let etcd = Etcd::start();
     let source = RedisServer::start();

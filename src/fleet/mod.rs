@@ -42,6 +42,12 @@ const FENCE_AFTER: Duration = Duration::from_millis(LEASE_TTL as u64 * 500);
 const TICK: Duration = Duration::from_millis(500);
 /// How long one etcd call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a member keeps trying to join its fleet at start ([`Fleet::join_patiently`]):
+/// etcd restarting, or slow under load, is no reason to fail the start, while a member that
+/// cannot join for this long most likely names the wrong etcd and says so by exiting.
+pub const JOIN_PATIENCE: Duration = Duration::from_secs(30);
+/// The wait between two attempts to join.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
 
 /// Why joining a fleet failed.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +193,32 @@ impl Fleet {
         tokio::spawn(member::run(fleet.clone(), lease));
         tokio::spawn(barrier::follow(fleet.clone()));
         Ok(fleet)
+    }
+
+    /// [`Fleet::join`], tried again every half second until it succeeds or `patience` has
+    /// passed (each failure logged and counted in `cutover_fleet_etcd_errors_total`); then
+    /// the last failure. An attempt that failed halfway leaves at most a member record
+    /// under a lease nobody renews, which etcd drops within [`LEASE_TTL`].
+    pub async fn join_patiently(
+        coordination: &Coordination,
+        pool: &str,
+        me: MemberInfo,
+        migration: Arc<Migration>,
+        patience: Duration,
+    ) -> Result<Arc<Fleet>, FleetError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let errors = counter!("cutover_fleet_etcd_errors_total", "pool" => pool.to_string());
+        loop {
+            match Fleet::join(coordination, pool, me.clone(), migration.clone()).await {
+                Ok(fleet) => return Ok(fleet),
+                Err(error) if tokio::time::Instant::now() + JOIN_RETRY < deadline => {
+                    errors.increment(1);
+                    tracing::warn!(pool, %error, "cannot join the fleet yet; trying again (giving up {patience:?} after start)");
+                    tokio::time::sleep(JOIN_RETRY).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// The etcd key `name` under this pool's root.

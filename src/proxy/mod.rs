@@ -270,13 +270,18 @@ impl Proxy {
                     listen: listen.clone(),
                     admin: admin.clone(),
                 };
-                let joined =
-                    crate::fleet::Fleet::join(&coordination, pool.name(), me, started.clone())
-                        .await
-                        .map_err(|source| StartError::Fleet {
-                            pool: pool.name().to_string(),
-                            source,
-                        })?;
+                let joined = crate::fleet::Fleet::join_patiently(
+                    &coordination,
+                    pool.name(),
+                    me,
+                    started.clone(),
+                    crate::fleet::JOIN_PATIENCE,
+                )
+                .await
+                .map_err(|source| StartError::Fleet {
+                    pool: pool.name().to_string(),
+                    source,
+                })?;
                 migration = Some(started);
                 fleet = Some(joined);
             } else if let Some(target) = config.migration_target(&pool_config) {

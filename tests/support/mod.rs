@@ -510,7 +510,16 @@ impl Proxy {
 
     /// `GET path` on cutover's admin API: `(status, body)`.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
-        http(self.admin_port, "GET", path)
+        try_http_with(self.admin_port, "GET", path, "").unwrap_or_else(|e| {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "GET {path} on the admin API at port {}: {e}; the proxy's log ends:\n{}",
+                self.admin_port,
+                tail.join("\n")
+            )
+        })
     }
 
     /// `/status` as JSON.
@@ -674,6 +683,17 @@ pub fn http(port: u16, method: &str, path: &str) -> (u16, String) {
 
 /// One HTTP/1.1 request with extra header lines (each ending in CRLF).
 pub fn http_with(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
+    try_http_with(port, method, path, headers)
+        .unwrap_or_else(|e| panic!("{method} {path} on the admin API at port {port}: {e}"))
+}
+
+/// [`http_with`], failing with the error instead of panicking.
+pub fn try_http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<(u16, String)> {
     // The token a cutover made at start (safe by default), as `cutover ctl` reads it,
     // unless the caller sends its own.
     let token = std::fs::read_to_string(admin_token_file(port))
@@ -682,17 +702,14 @@ pub fn http_with(port: u16, method: &str, path: &str, headers: &str) -> (u16, St
         .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
         .unwrap_or_default();
     let headers = format!("{token}{headers}");
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to admin");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Content-Length: 0\r\n\r\n"
-    )
-    .expect("send");
+    )?;
     let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read response");
+    stream.read_to_string(&mut text)?;
     let status = text
         .split(' ')
         .nth(1)
@@ -702,7 +719,7 @@ pub fn http_with(port: u16, method: &str, path: &str, headers: &str) -> (u16, St
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// Where a cutover whose admin API is on `port` writes the token it makes at start.

@@ -705,10 +705,18 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
     fill_numbered(&source, 100);
     let targets = redis_servers(2);
     let members = fleet(&etcd, &source, &targets, "");
+    let prometheus = support::Prometheus::start_with_rules(
+        &members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.admin_port))
+            .collect::<Vec<_>>(),
+        Some(std::path::Path::new(support::dashboard::ALERT_RULES)),
+    );
     let health = |m: &Proxy| m.admin_get("/health");
     for member in &members {
         assert_eq!(health(member).0, 200, "{}", health(member).1);
     }
+    prometheus.wait_scraping();
     etcd.stop();
     // Half a lease after its last renewal each member fences itself (rule 15): its
     // requests get -TRYAGAIN, and `/health` tells a load balancer to send clients away.
@@ -731,6 +739,16 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
         "{}",
         String::from_utf8_lossy(&refused)
     );
+    assert_eq!(
+        members[0].metric("cutover_request_errors_total{pool=\"legacy\",kind=\"fenced\"}"),
+        1.0
+    );
+    // An operator is told: the refusal, and etcd's errors (pending for their 5 minutes).
+    wait_for("the fleet's alerts", Duration::from_secs(20), || {
+        let alerts = prometheus.alerts();
+        alerts.contains(&("CutoverFencedRequests".into(), "firing".into()))
+            && alerts.contains(&("CutoverFleetEtcdErrors".into(), "pending".into()))
+    });
     etcd.start_again();
     wait_for(
         "every member healthy again",

@@ -128,7 +128,7 @@ pub(super) fn render(pool: &Pool, result: ReplyResult) -> Bytes {
     match result {
         Ok(bytes) => bytes,
         Err(error) => {
-            pool.counters.error(ErrorKind::Backend);
+            pool.counters.error(ErrorKind::of(error));
             backend_error_bytes(error)
         }
     }

@@ -308,7 +308,7 @@ impl Session {
             && m.fenced()
             && !m.wait_unfenced(FENCE_WAIT).await
         {
-            listen.counters.error(ErrorKind::Backend);
+            listen.counters.error(ErrorKind::Fenced);
             pending.push_back(Pending::Ready(backend_error_bytes(BackendError::Fenced)));
             return;
         }
@@ -535,7 +535,7 @@ impl Forwarding<'_> {
 
     /// Queue `-ERR <reason>` for a request that could not be forwarded.
     fn failed(&mut self, error: BackendError) {
-        self.counters.error(ErrorKind::Backend);
+        self.counters.error(ErrorKind::of(error));
         self.pending
             .push_back(Pending::Ready(backend_error_bytes(error)));
     }

@@ -21,17 +21,31 @@ pub enum ErrorKind {
     Auth,
     /// The backend could not be reached, timed out, or the connection broke.
     Backend,
+    /// Refused with `-TRYAGAIN` by a fleet member whose lease may have lapsed (rule 15):
+    /// not a backend's failure, and what an operator is alerted to.
+    Fenced,
 }
 
 impl ErrorKind {
     /// Every kind, for resolving handles up front.
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Unsupported,
         ErrorKind::Arity,
         ErrorKind::Protocol,
         ErrorKind::Auth,
         ErrorKind::Backend,
+        ErrorKind::Fenced,
     ];
+
+    /// The kind of a request's failure to be forwarded: `fenced` for a fleet member's
+    /// refusal, `backend` for the rest.
+    pub fn of(error: super::BackendError) -> ErrorKind {
+        if error == super::BackendError::Fenced {
+            ErrorKind::Fenced
+        } else {
+            ErrorKind::Backend
+        }
+    }
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -41,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Auth => "auth",
             ErrorKind::Backend => "backend",
+            ErrorKind::Fenced => "fenced",
         }
     }
 }
@@ -68,7 +83,7 @@ pub struct PoolCounters {
     /// `cutover_request_duration_seconds` by command class (time to the reply being ready).
     latency: [Histogram; 4],
     /// `cutover_request_errors_total` by kind.
-    errors: [Counter; 5],
+    errors: [Counter; ErrorKind::ALL.len()],
 }
 
 impl PoolCounters {
@@ -104,7 +119,8 @@ impl PoolCounters {
     /// Count an error reply of `kind`.
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].increment(1);
-        if kind == ErrorKind::Backend {
+        // nutcracker's `forward_error`: any request not forwarded.
+        if matches!(kind, ErrorKind::Backend | ErrorKind::Fenced) {
             self.forward_error.fetch_add(1, Relaxed);
         }
     }

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -43,10 +42,7 @@ fn alerts_stay_quiet_while_a_migration_goes_right_and_fire_when_it_goes_wrong() 
         &targets,
         "    shadow_ratio: 1.0\n",
     ));
-    let prometheus = Prometheus::start_with_rules(
-        &[format!("127.0.0.1:{}", proxy.admin_port)],
-        Some(Path::new(ALERT_RULES)),
-    );
+    let prometheus = Prometheus::over_with_alerts(std::slice::from_ref(&proxy));
     prometheus.wait_scraping();
 
     // Going right: the backfill, mirrored writes, shadow reads that agree.

@@ -205,13 +205,7 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
     let leader_admin = members[lead].admin_port;
     // A real Prometheus scrapes every member, for the dashboard's fleet panels, and
     // evaluates the alerting rules.
-    let prometheus = support::Prometheus::start_with_rules(
-        &members
-            .iter()
-            .map(|m| format!("127.0.0.1:{}", m.admin_port))
-            .collect::<Vec<_>>(),
-        Some(std::path::Path::new(support::dashboard::ALERT_RULES)),
-    );
+    let prometheus = support::Prometheus::over_with_alerts(&members);
     members[lead].wait_migration_drained(Duration::from_secs(30), 2);
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = members
@@ -705,13 +699,7 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
     fill_numbered(&source, 100);
     let targets = redis_servers(2);
     let members = fleet(&etcd, &source, &targets, "");
-    let prometheus = support::Prometheus::start_with_rules(
-        &members
-            .iter()
-            .map(|m| format!("127.0.0.1:{}", m.admin_port))
-            .collect::<Vec<_>>(),
-        Some(std::path::Path::new(support::dashboard::ALERT_RULES)),
-    );
+    let prometheus = support::Prometheus::over_with_alerts(&members);
     let health = |m: &Proxy| m.admin_get("/health");
     for member in &members {
         assert_eq!(health(member).0, 200, "{}", health(member).1);

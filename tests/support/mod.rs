@@ -1047,6 +1047,16 @@ impl Prometheus {
         answer["data"]["result"].clone()
     }
 
+    /// Start it scraping the admin APIs of `proxies`, with `conf/prometheus-alerts.yml`
+    /// loaded.
+    pub fn over_with_alerts(proxies: &[Proxy]) -> Prometheus {
+        let targets: Vec<String> = proxies
+            .iter()
+            .map(|p| format!("127.0.0.1:{}", p.admin_port))
+            .collect();
+        Prometheus::start_with_rules(&targets, Some(Path::new(dashboard::ALERT_RULES)))
+    }
+
     /// Wait until it has scraped its targets (they show as up).
     pub fn wait_scraping(&self) {
         wait_for(

@@ -703,7 +703,9 @@ pub fn try_http_with(
         .unwrap_or_default();
     let headers = format!("{token}{headers}");
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // As long as `cutover ctl` waits: a flip that cannot hold answers only after the
+    // barrier's 8 s, later still on a loaded machine.
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Content-Length: 0\r\n\r\n"

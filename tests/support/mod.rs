@@ -998,7 +998,7 @@ impl Prometheus {
 
     /// Start it, scraping `targets` and evaluating the alerting rules in `rules` (a file),
     /// every second.
-    pub fn start_with_rules(targets: &[String], rules: Option<&Path>) -> Prometheus {
+    fn start_with_rules(targets: &[String], rules: Option<&Path>) -> Prometheus {
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = free_port();

@@ -195,7 +195,7 @@ fn phase(member: &Proxy) -> Value {
 
 #[test]
 fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutover_again() {
-    let etcd = Etcd::start();
+    let mut etcd = Etcd::start();
     let source = RedisServer::start();
     fill_numbered(&source, 500);
     let targets = redis_servers(3);
@@ -288,6 +288,26 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
     wait_for("every member finalized", Duration::from_secs(10), || {
         members.iter().all(|m| phase(m) == "finalized")
     });
+    // Finalized, a fleet has no flip left to guard against: its members keep serving the
+    // target when etcd is gone, past the time their fences would have closed.
+    etcd.stop();
+    wait_for("etcd missed", Duration::from_secs(15), || {
+        members.iter().all(|m| view(m)["etcd_reachable"] == false)
+    });
+    assert!(
+        members[0].ctl_status().contains("etcd unreachable"),
+        "{}",
+        members[0].ctl_status()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    for (i, member) in members.iter().enumerate() {
+        let (code, body) = member.admin_get("/health");
+        assert_eq!(code, 200, "m{i}: {body}");
+        assert_eq!(view(member)["fenced"], false);
+        let key = format!("after-finalize-m{i}");
+        let mut conn = member.connect();
+        assert_eq!(conn.call(&[b"SET", key.as_bytes(), b"v"]), b"+OK\r\n");
+    }
 }
 
 /// A fleet ready for a cutover, and the follower a test will stop.
@@ -715,6 +735,7 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
         })
     });
     assert_eq!(view(&members[0])["fenced"], true);
+    assert_eq!(view(&members[0])["etcd_reachable"], false);
     assert!(
         members[0].ctl_status().contains("fenced (lease lapsed)"),
         "{}",

@@ -267,8 +267,10 @@ impl Admin {
             );
         }
         for served in &self.pools {
+            // A finalized migration's fence is retired (no flip is left to guard
+            // against), so `fenced` is what the session's gate refuses on, and what
+            // `/status` reports.
             if let Some(m) = served.migration()
-                && m.phase() != Phase::Finalized
                 && m.fenced()
             {
                 reasons.push(format!(

@@ -140,7 +140,7 @@ pub(super) async fn follow(fleet: Arc<Fleet>) {
         let now = match client.get(fleet.key("phase"), None).await {
             Ok(reply) => reply,
             Err(_) => {
-                fleet.counters.etcd_errors.increment(1);
+                fleet.etcd_failed();
                 tokio::time::sleep(TICK).await;
                 continue;
             }
@@ -152,7 +152,7 @@ pub(super) async fn follow(fleet: Arc<Fleet>) {
         let mut streams = fleet.streams.clone();
         let from = etcd_client::WatchOptions::new().with_start_revision(revision + 1);
         let Ok(mut stream) = streams.watch(fleet.key("phase"), Some(from)).await else {
-            fleet.counters.etcd_errors.increment(1);
+            fleet.etcd_failed();
             tokio::time::sleep(TICK).await;
             continue;
         };
@@ -164,7 +164,7 @@ pub(super) async fn follow(fleet: Arc<Fleet>) {
                 apply(&fleet, &record, &mut held).await;
             }
         }
-        fleet.counters.etcd_errors.increment(1);
+        fleet.etcd_failed();
         tokio::time::sleep(TICK).await;
     }
 }
@@ -212,7 +212,7 @@ async fn acknowledge(fleet: &Fleet, epoch: u64) {
         .await
         .is_err()
     {
-        fleet.counters.etcd_errors.increment(1);
+        fleet.etcd_failed();
     }
 }
 

@@ -59,7 +59,7 @@ pub(super) async fn run(fleet: Arc<Fleet>, mut lease: i64) {
                     break lease;
                 }
                 Err(error) => {
-                    fleet.counters.etcd_errors.increment(1);
+                    fleet.etcd_failed();
                     tracing::warn!(pool = %fleet.pool, %error, "cannot register in the fleet; retrying");
                 }
             }
@@ -81,7 +81,7 @@ async fn keep(fleet: &Fleet, lease: i64) {
             channel = client.lease_keep_alive(lease).await.ok();
         }
         let Some((keeper, responses)) = channel.as_mut() else {
-            fleet.counters.etcd_errors.increment(1);
+            fleet.etcd_failed();
             if lost(renewed) {
                 return;
             }
@@ -101,7 +101,7 @@ async fn keep(fleet: &Fleet, lease: i64) {
             Ok(Ok(Some(_))) => return,
             _ => {
                 channel = None;
-                fleet.counters.etcd_errors.increment(1);
+                fleet.etcd_failed();
                 if lost(renewed) {
                     return;
                 }
@@ -127,7 +127,7 @@ async fn campaign(fleet: Arc<Fleet>, lease: i64) {
         {
             Ok(_) => break,
             Err(error) => {
-                fleet.counters.etcd_errors.increment(1);
+                fleet.etcd_failed();
                 tracing::warn!(pool = %fleet.pool, %error, "campaign failed; retrying");
                 tokio::time::sleep(TICK).await;
             }
@@ -135,7 +135,7 @@ async fn campaign(fleet: Arc<Fleet>, lease: i64) {
     }
     super::barrier::abort_leftover(&fleet).await;
     if super::barrier::sync_phase(&fleet).await.is_err() {
-        fleet.counters.etcd_errors.increment(1);
+        fleet.etcd_failed();
     }
     let checkpoint = match client.get(fleet.key("checkpoint"), None).await {
         Ok(reply) => reply
@@ -202,6 +202,6 @@ async fn write_checkpoint(fleet: &Fleet, lease: i64) {
         .when([Compare::version(mine, CompareOp::Greater, 0)])
         .and_then([TxnOp::put(fleet.key("checkpoint"), text, None)]);
     if client.txn(txn).await.is_err() {
-        fleet.counters.etcd_errors.increment(1);
+        fleet.etcd_failed();
     }
 }

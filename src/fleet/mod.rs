@@ -221,6 +221,16 @@ impl Fleet {
         }
     }
 
+    /// A call to etcd failed: counted in `cutover_fleet_etcd_errors_total`, and `/status`
+    /// says etcd is unreachable until a look at it succeeds again. (While etcd is down the
+    /// lease is not renewed, and the member does not look, so only a failure can say so.)
+    fn etcd_failed(&self) {
+        self.counters.etcd_errors.increment(1);
+        if let Ok(mut view) = self.view.lock() {
+            view.reachable = false;
+        }
+    }
+
     /// The etcd key `name` under this pool's root.
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.root)

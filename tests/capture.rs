@@ -192,6 +192,74 @@ fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
 }
 
 #[test]
+fn a_stream_cut_off_from_its_source_is_reported_retried_less_often_and_continued() {
+    let source = RedisServer::start();
+    fill_numbered(&source, 200);
+    let targets = redis_servers(2);
+    let proxy = capturing(&source, &targets);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    // The source goes on serving its clients but refuses the replica (an ACL changed, say).
+    let mut direct = source.client();
+    let acl = |permission: &str, conn: &mut redis::Connection| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(permission)
+            .query::<()>(conn)
+            .expect("ACL SETUSER");
+    };
+    acl("-psync", &mut direct);
+    source.drop_replicas();
+    redis::cmd("SET")
+        .arg("during-outage")
+        .arg(1)
+        .query::<()>(&mut direct)
+        .expect("SET");
+    let stream = || proxy.migration()["capture"]["servers"][0].clone();
+    wait_for("3 s cut off", Duration::from_secs(20), || {
+        stream()["disconnected_seconds"].as_f64().unwrap_or(0.0) >= 3.0
+    });
+    // Said in /status, on the terminal and in the metrics, with the server's refusal.
+    let cut_off = stream();
+    let failures = cut_off["failed_reconnects"].as_u64().unwrap_or(0);
+    assert!(
+        cut_off["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NOPERM")),
+        "{cut_off}"
+    );
+    let text = proxy.ctl_status();
+    assert!(text.contains("DISCONNECTED for"), "{text}");
+    let series = format!(
+        "cutover_capture_disconnected_seconds{{pool=\"legacy\",server=\"{}\"}}",
+        source.addr()
+    );
+    assert!(proxy.metric(&series) >= 3.0);
+    assert!(
+        proxy.metric("cutover_capture_reconnects_total{pool=\"legacy\",outcome=\"failed\"}")
+            >= failures as f64
+    );
+    // Tried less and less often (every 100 ms, 30 tries in 3 s, before the backoff; a
+    // slower machine only tries less), and logged once, not once a try.
+    assert!((2..=8).contains(&failures), "{failures} tries in 3 s");
+    let warnings = proxy
+        .log()
+        .matches("cannot reconnect the replication stream")
+        .count();
+    assert_eq!(warnings, 1, "{}", proxy.log());
+    // Allowed again: continued from the source's backlog, so the outage's write arrives
+    // with no full resync.
+    acl("+psync", &mut direct);
+    wait_for("the stream continued", Duration::from_secs(10), || {
+        let s = stream();
+        s["continued"] == 1 && s["disconnected_seconds"] == 0.0
+    });
+    assert_eq!(stream()["full_resyncs"], 0);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    support::compare::assert_same(&source, &targets);
+}
+
+#[test]
 fn a_source_refusing_psync_fails_replication_and_auto_falls_back() {
     let source = RedisServer::start_with(&["--rename-command", "PSYNC", ""]);
     let targets = redis_servers(1);

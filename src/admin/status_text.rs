@@ -134,8 +134,18 @@ fn capture_text(capture: &Value) -> String {
         .map(|list| {
             list.iter()
                 .map(|s| {
+                    let down = s["disconnected_seconds"].as_f64().unwrap_or(0.0);
+                    let state = if down > 0.0 {
+                        format!(
+                            "DISCONNECTED for {down:.1} s ({} failed reconnects, last: {}), ",
+                            s["failed_reconnects"].as_u64().unwrap_or(0),
+                            s["last_error"].as_str().unwrap_or("?"),
+                        )
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "{} at offset {}, lag {} bytes / {:.3} s, {} reconnects continued, {} full resyncs",
+                        "{} {state}at offset {}, lag {} bytes / {:.3} s, {} reconnects continued, {} full resyncs",
                         s["server"].as_str().unwrap_or("?"),
                         s["offset"].as_u64().unwrap_or(0),
                         s["lag_bytes"].as_u64().unwrap_or(0),

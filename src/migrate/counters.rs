@@ -105,8 +105,8 @@ pub struct MigrationCounters {
     pub verify_repaired: Counter,
     /// `cutover_verify_runs_total`.
     pub verify_runs: Counter,
-    /// `cutover_capture_reconnects_total{outcome="continued"|"full_resync"}`.
-    pub capture_reconnects: [Counter; 2],
+    /// `cutover_capture_reconnects_total{outcome="continued"|"full_resync"|"failed"}`.
+    pub capture_reconnects: [Counter; 3],
     /// `cutover_capture_offset_bytes{server}`: stream offset applied, per source server.
     pub capture_offset: Vec<Gauge>,
     /// `cutover_capture_commands_total{server}`: commands taken from the stream.
@@ -116,6 +116,9 @@ pub struct MigrationCounters {
     /// `cutover_capture_lag_seconds{server}`: how long the stream takes to bring a write
     /// (a heartbeat marker's way through it).
     pub capture_lag_seconds: Vec<Gauge>,
+    /// `cutover_capture_disconnected_seconds{server}`: how long a followed server's stream
+    /// has been down (0 while it is open).
+    pub capture_disconnected: Vec<Gauge>,
     /// `cutover_capture_events_total{action}`: what became of the stream's commands (in
     /// `CAPTURE_ACTIONS`'s order).
     pub capture_actions: [Counter; 5],
@@ -214,13 +217,14 @@ impl MigrationCounters {
                 .map(|k| gauge!("cutover_verify_last_differences", "pool" => p.clone(), "kind" => k)),
             verify_repaired: counter!("cutover_verify_repaired_total", "pool" => p.clone()),
             verify_runs: counter!("cutover_verify_runs_total", "pool" => p.clone()),
-            capture_reconnects: ["continued", "full_resync"].map(|o| {
+            capture_reconnects: ["continued", "full_resync", "failed"].map(|o| {
                 counter!("cutover_capture_reconnects_total", "pool" => p.clone(), "outcome" => o)
             }),
             capture_offset: Vec::new(),
             capture_commands: Vec::new(),
             capture_lag: Vec::new(),
             capture_lag_seconds: Vec::new(),
+            capture_disconnected: Vec::new(),
             capture_actions: CAPTURE_ACTIONS
                 .map(|a| counter!("cutover_capture_events_total", "pool" => p.clone(), "action" => a)),
             capture_pending: gauge!("cutover_capture_pending_markers", "pool" => p.clone()),
@@ -250,6 +254,10 @@ impl MigrationCounters {
         self.capture_lag_seconds = servers
             .iter()
             .map(|s| gauge!("cutover_capture_lag_seconds", "pool" => pool.to_string(), "server" => s.clone()))
+            .collect();
+        self.capture_disconnected = servers
+            .iter()
+            .map(|s| gauge!("cutover_capture_disconnected_seconds", "pool" => pool.to_string(), "server" => s.clone()))
             .collect();
         self.capture_commands = servers
             .iter()

@@ -805,6 +805,9 @@ impl Migration {
                 lag.set(state.master_offset.load(Relaxed).saturating_sub(applied) as f64);
                 lag_seconds.set(state.lag.seconds(now));
             }
+            if let Some(disconnected) = c.capture_disconnected.get(i) {
+                disconnected.set(state.down_seconds(now));
+            }
         }
         c.capture_pending
             .set(self.markers.pending.load(Relaxed).max(0) as f64);

@@ -19,6 +19,15 @@ const ACK_EVERY: Duration = Duration::from_secs(1);
 /// the writes made meanwhile).
 const RECONNECT: Duration = Duration::from_millis(100);
 
+/// The longest wait between reconnects: the wait doubles after each failure up to this, so
+/// a server that is down (or refuses the replica) is not hammered, and one that comes
+/// back is followed again within a second.
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// How often a stream that stays down is logged again (each failure in between is logged
+/// at debug level, and counted).
+const STILL_DOWN_LOG: Duration = Duration::from_secs(10);
+
 /// Follow server `server` of `side` on `stream` (already open) until the capture stops
 /// following it, reconnecting with `PSYNC` from the last position after a drop.
 pub(super) async fn run(
@@ -32,6 +41,7 @@ pub(super) async fn run(
     let pool_db = side.pool(&migration).config.redis_db;
     let mut db: u32 = 0;
     let running = || state.term.load(Relaxed) == term;
+    state.down_since_ms.store(0, Relaxed);
     while running() {
         if let Ok(mut replid) = state.replid.lock() {
             replid.clone_from(&stream.position().replid);
@@ -92,7 +102,16 @@ pub(super) async fn run(
         if !running() {
             return;
         }
-        stream = reconnect(&migration, side, server, &position).await;
+        let down = crate::migrate::marker::now_ms().max(1);
+        let _ = state
+            .down_since_ms
+            .compare_exchange(0, down, Relaxed, Relaxed);
+        let Some(reopened) = reconnect(&migration, side, server, &position, &running).await else {
+            state.down_since_ms.store(0, Relaxed);
+            return;
+        };
+        state.down_since_ms.store(0, Relaxed);
+        stream = reopened;
     }
 }
 
@@ -110,24 +129,33 @@ async fn authority_is(migration: &Migration, side: Side, running: &impl Fn() -> 
     true
 }
 
-/// Reconnect to server `server` of `side` from `position`, until it answers.
+/// Reconnect to server `server` of `side` from `position`, until it answers (waiting
+/// longer after each failure, up to [`RECONNECT_MAX`]); `None` once the capture no longer
+/// follows it (`running` turned false).
 async fn reconnect(
     migration: &Arc<Migration>,
     side: Side,
     server: usize,
     position: &Position,
-) -> ReplicationStream {
+    running: &impl Fn() -> bool,
+) -> Option<ReplicationStream> {
     let state = &migration.capture.states(side)[server];
     let pool = side.pool(migration);
     let s = &pool.servers[server];
+    let mut wait = RECONNECT;
+    let mut failures: u64 = 0;
+    let mut logged: Option<tokio::time::Instant> = None;
     loop {
-        tokio::time::sleep(RECONNECT).await;
+        tokio::time::sleep(wait).await;
+        if !running() {
+            return None;
+        }
         match open(pool, server, Some(position)).await {
             Ok((stream, Sync::Continued)) => {
                 state.continued.fetch_add(1, Relaxed);
                 migration.counters.capture_reconnects[0].increment(1);
-                tracing::info!(pool = migration.source.name(), side = side.name(), server = %s.name, offset = position.offset, "replication stream continued");
-                return stream;
+                tracing::info!(pool = migration.source.name(), side = side.name(), server = %s.name, offset = position.offset, failures, "replication stream continued");
+                return Some(stream);
             }
             Ok((stream, Sync::Full)) => {
                 state.full_resyncs.fetch_add(1, Relaxed);
@@ -136,10 +164,23 @@ async fn reconnect(
                 migration.capture.new_generation();
                 tracing::error!(pool = migration.source.name(), side = side.name(), server = %s.name, "the master could not continue the stream (its backlog was overrun): the writes in the gap are unknown; every key of this server is copied again, and a verify pass is needed before the next flip");
                 tokio::spawn(copy_every_key(migration.clone(), side, server));
-                return stream;
+                return Some(stream);
             }
             Err(error) => {
-                tracing::warn!(pool = migration.source.name(), side = side.name(), server = %s.name, %error, "cannot reconnect the replication stream; retrying");
+                failures += 1;
+                state.failed_reconnects.fetch_add(1, Relaxed);
+                migration.counters.capture_reconnects[2].increment(1);
+                if logged.is_none_or(|at| at.elapsed() >= STILL_DOWN_LOG) {
+                    logged = Some(tokio::time::Instant::now());
+                    let down_for = state.down_seconds(crate::migrate::marker::now_ms());
+                    tracing::warn!(pool = migration.source.name(), side = side.name(), server = %s.name, failures, down_for_seconds = down_for, %error, "cannot reconnect the replication stream; retrying (logged again every 10 s while it fails)");
+                } else {
+                    tracing::debug!(pool = migration.source.name(), side = side.name(), server = %s.name, failures, %error, "cannot reconnect the replication stream; retrying");
+                }
+                if let Ok(mut last) = state.last_error.lock() {
+                    *last = error;
+                }
+                wait = (wait * 2).min(RECONNECT_MAX);
             }
         }
     }

@@ -21,7 +21,7 @@ use super::marker::LagClock;
 use crate::config::ServerAddr;
 use crate::resp::Request;
 use crate::upstream::Pool;
-use crate::upstream::replication::{Position, ReplicationStream, Sync};
+use crate::upstream::replication::{Position, ReplicationError, ReplicationStream, Sync};
 
 /// What became of a command of the stream (the index of its counter in
 /// `super::counters::CAPTURE_ACTIONS`).
@@ -207,6 +207,23 @@ pub struct CaptureState {
     pub full_resyncs: AtomicU64,
     /// The stream's delay, from heartbeat markers.
     pub lag: LagClock,
+    /// Since when (milliseconds on the marker clock) the stream of a server followed now
+    /// has been down and not yet back; 0 while it is open, or not followed.
+    pub down_since_ms: AtomicU64,
+    /// Reconnects tried and failed (the server down, or refusing the replica).
+    pub failed_reconnects: AtomicU64,
+    /// Why the last reconnect failed.
+    pub last_error: std::sync::Mutex<String>,
+}
+
+impl CaptureState {
+    /// Seconds the stream has been down at `now_ms` (0 while it is open).
+    pub fn down_seconds(&self, now_ms: u64) -> f64 {
+        match self.down_since_ms.load(Relaxed) {
+            0 => 0.0,
+            since => now_ms.saturating_sub(since) as f64 / 1000.0,
+        }
+    }
 }
 
 mod apply;
@@ -243,10 +260,11 @@ async fn open(
     let password = pool.config.redis_auth.as_deref();
     ReplicationStream::open(&format!("{host}:{port}"), &s.name, password, from)
         .await
-        .map_err(|error| {
-            format!(
+        .map_err(|error| match error {
+            ReplicationError::Refused { .. } => format!(
                 "{error} (replication capture needs PSYNC and REPLCONF on every server it follows: an ACL user with +psync +replconf, commands not renamed)"
-            )
+            ),
+            _ => error.to_string(),
         })
 }
 

@@ -60,6 +60,11 @@ fn alerts_stay_quiet_while_a_migration_goes_right_and_fire_when_it_goes_wrong() 
         Vec::<(String, String)>::new(),
         "a migration going right raises no alert"
     );
+    let text = proxy.ctl_status();
+    assert!(
+        text.contains("servers  all answering (legacy 1, fleet 2)"),
+        "{text}"
+    );
 
     // Wrong, once: a key changed on the target behind cutover's back.
     support::diverge_on_target(&targets, "k7");
@@ -71,7 +76,7 @@ fn alerts_stay_quiet_while_a_migration_goes_right_and_fire_when_it_goes_wrong() 
     });
 
     // Wrong, lastingly: a target server dies, and writes keep coming.
-    drop(targets.pop());
+    let dead = targets.pop().map(|t| t.addr()).unwrap_or_default();
     let active = |name: &str| {
         prometheus
             .alerts()
@@ -89,6 +94,13 @@ fn alerts_stay_quiet_while_a_migration_goes_right_and_fire_when_it_goes_wrong() 
             }
             active("CutoverDirtyKeys") && active("CutoverServerErrors")
         },
+    );
+    // `cutover ctl status` names it.
+    let text = proxy.ctl_status();
+    assert!(
+        text.contains(&format!("servers  fleet {dead}: "))
+            && text.contains("failures since its last answer"),
+        "{text}"
     );
     let alerts = prometheus.alerts();
     assert!(

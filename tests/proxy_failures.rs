@@ -110,6 +110,24 @@ fn dead_server_with_ejection_is_routed_around() {
         refused, 1,
         "only the request that found the server dead fails: {replies:?}"
     );
+    // `/status` and `cutover ctl status` say which server is ejected.
+    let proxy = Proxy::cutover(&config);
+    one_at_a_time(&proxy, &sets(60));
+    let servers = proxy.status()["pools"][0]["servers"].clone();
+    let ejected: Vec<&str> = servers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["ejected"] == true)
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    let dead_name = format!("127.0.0.1:{dead}");
+    assert_eq!(ejected, [dead_name.as_str()], "{servers}");
+    let text = proxy.ctl_status();
+    assert!(
+        text.contains(&format!("servers  p {dead_name}: ejected")),
+        "{text}"
+    );
 }
 
 #[test]

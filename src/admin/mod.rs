@@ -377,22 +377,10 @@ impl Admin {
             .pools
             .iter()
             .map(|p| {
-                let servers: Vec<serde_json::Value> = p
-                    .pool
-                    .servers
-                    .iter()
-                    .map(|s| {
-                        json!({
-                            "name": s.name,
-                            "address": s.addr.to_string(),
-                            "connections": s.counters.server_connections.load(Relaxed),
-                        })
-                    })
-                    .collect();
                 json!({
                     "name": p.name(),
                     "client_connections": p.pool.counters.client_connections.load(Relaxed),
-                    "servers": servers,
+                    "servers": p.pool.server_states(),
                     "migration": p.migration().map(|m| m.status_json()),
                     "fleet": p.fleet.get().map(|f| f.status_json()),
                 })

@@ -51,10 +51,48 @@ pub(super) fn summary(status: &Value) -> String {
         found.into_iter().map(migration_text).collect()
     };
     for pool in status["pools"].as_array().into_iter().flatten() {
+        out.push_str(&servers_text(pool));
         out.push_str(&fleet_text(&pool["fleet"]));
     }
     out.push_str(&busy_poll_text(&status["busy_poll"]));
     out
+}
+
+/// How a pool's servers fare (and its migration target's): those failing or ejected by
+/// name, or that all answer.
+fn servers_text(pool: &Value) -> String {
+    let mut sides = vec![(pool["name"].as_str().unwrap_or("?"), &pool["servers"])];
+    let migration = &pool["migration"];
+    if migration.is_object() {
+        sides.push((
+            migration["target"].as_str().unwrap_or("target"),
+            &migration["target_servers"],
+        ));
+    }
+    let mut counts = Vec::new();
+    let mut troubled = Vec::new();
+    for (name, servers) in sides {
+        let servers = servers.as_array().map(Vec::as_slice).unwrap_or_default();
+        counts.push(format!("{name} {}", servers.len()));
+        for server in servers {
+            let failing = server["failing"].as_u64().unwrap_or(0);
+            let state = match (server["ejected"] == true, failing) {
+                (true, _) => "ejected".to_string(),
+                (false, 0) => continue,
+                (false, 1) => "1 failure since its last answer".to_string(),
+                (false, n) => format!("{n} failures since its last answer"),
+            };
+            troubled.push(format!(
+                "{name} {}: {state}",
+                server["name"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    if troubled.is_empty() {
+        format!("  servers  all answering ({})\n", counts.join(", "))
+    } else {
+        format!("  servers  {}\n", troubled.join("; "))
+    }
 }
 
 /// The proxy's busy polling, unless `--busy-poll off` (or a CPU quota, for `auto`) left

@@ -45,6 +45,7 @@ impl Migration {
             "phase": self.phase().name(),
             "source": self.source.name(),
             "target": self.target.name(),
+            "target_servers": self.target.server_states(),
             "authority": self.authority().name(),
             "needs_verify": self.needs_verify(),
             "backfill": {

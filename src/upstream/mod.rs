@@ -22,4 +22,4 @@ pub use backend::{
 pub use counters::{ErrorKind, PoolCounters, ServerCounters};
 pub use fence::SendFence;
 pub use hook::ReplyHook;
-pub use pool::{Pool, ReplaySlot, Route, Server};
+pub use pool::{Pool, ReplaySlot, Route, Server, ServerState};

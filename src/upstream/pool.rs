@@ -47,6 +47,23 @@ pub struct Server {
     ejected_until_ms: AtomicU64,
 }
 
+/// How a server fares now, for `/status` and `cutover ctl status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServerState {
+    /// Its name (stats key, metrics label).
+    pub name: String,
+    /// Where it is.
+    pub address: String,
+    /// Open connections to it.
+    pub connections: u64,
+    /// Failures since its last answer (a connection refused or broken, a request timed
+    /// out, an `-OOM`/`-BUSY`/`-LOADING` reply); 0 while it answers. An ejection starts
+    /// the count again.
+    pub failing: u32,
+    /// Whether it is ejected now (`auto_eject_hosts`): its keys go to the other servers.
+    pub ejected: bool,
+}
+
 /// A pool at run time.
 pub struct Pool {
     /// The pool's configuration.
@@ -236,6 +253,20 @@ impl Pool {
         self.counters.server_ejects.fetch_add(1, Relaxed);
         tracing::warn!(pool = self.name(), server = %s.name, retry_ms = self.config.server_retry_timeout.as_millis() as u64, "server ejected");
         self.rebuild_placement();
+    }
+
+    /// How each server fares now.
+    pub fn server_states(&self) -> Vec<ServerState> {
+        self.servers
+            .iter()
+            .map(|s| ServerState {
+                name: s.name.clone(),
+                address: s.addr.to_string(),
+                connections: s.counters.server_connections.load(Relaxed).max(0) as u64,
+                failing: s.failures.load(Relaxed),
+                ejected: s.ejected_until_ms.load(Relaxed) != 0,
+            })
+            .collect()
     }
 
     /// Bring back ejected servers whose retry time has come.

@@ -213,6 +213,58 @@ fn status_is_valid_json_with_odd_names_and_blockers() {
 /// kept in memory, counted, copied again once the target is back (nothing lost); the
 /// migration needs a verify pass, and the cutover is refused until one has run.
 #[test]
+fn dirty_keys_a_crash_left_are_copied_after_the_restart() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    fill_numbered(&source, 100);
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("legacy.state");
+    let text = migration_config(
+        &source,
+        std::slice::from_ref(&target),
+        &format!("    state_file: {}\n", state.display()),
+    );
+    let first = Proxy::cutover(&text);
+    first.wait_migration_drained(Duration::from_secs(30), 2);
+    // The target dies; writes go on, and their keys are marked dirty, in the file.
+    let port = target.port;
+    drop(target);
+    let mut conn = first.client();
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("while-down:{i}"))
+            .arg(i)
+            .query(&mut conn)
+            .expect("SET");
+    }
+    let dirty = |proxy: &Proxy| proxy.migration()["mirror"]["dirty"].as_u64().unwrap_or(0);
+    wait_for("dirty keys", Duration::from_secs(30), || dirty(&first) > 0);
+    // The proxy crashes; the target comes back; the next run copies what the file holds.
+    drop(first);
+    let target = RedisServer::start_on(port);
+    let second = Proxy::cutover(&text);
+    assert!(
+        second.log().contains("dirty keys left by an earlier run"),
+        "{}",
+        second.log()
+    );
+    // Drained means those keys were copied again (counted from the start, they keep the
+    // migration from draining until then), and none is left.
+    second.wait_migration_drained(Duration::from_secs(30), 2);
+    let copied_again = second.migration()["copies"]["by_reason"]["dirty"].clone();
+    assert!(copied_again.as_u64().unwrap_or(0) > 0, "{copied_again}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(dirty(&second), 0, "{}", second.migration());
+    // A crash needs a verify pass anyway (the state file says unclean): it finds nothing.
+    assert_eq!(http(second.admin_port, "POST", "/verify").0, 202);
+    wait_for("a verify pass", Duration::from_secs(30), || {
+        second.migration()["verify"]["last"]["differences"] == 0
+    });
+    let written = target.keys().len();
+    assert!(written >= 50, "{written} keys on the target");
+}
+
+#[test]
 fn dirty_keys_survive_a_dirty_file_that_cannot_be_written() {
     let source = RedisServer::start();
     let targets = vec![RedisServer::start_with(&["--enable-debug-command", "yes"])];

@@ -2,6 +2,11 @@
 //! its lane full. They are appended to a file, not held in memory, and copied again later
 //! by [`drain`], so a slow or dead target never grows the proxy's memory.
 //!
+//! The file outlives the process: a restart counts the keys an earlier run left in it
+//! (they are copied again, which is always safe), and cuts off a record a crash or a full
+//! disk left half-written, so what is appended after it reads back. Once every key in it
+//! was taken, it starts over empty.
+//!
 //! When the file cannot be opened or written (a full disk, permissions, a directory in
 //! its place), a dirty key is never dropped: it is kept in a bounded in-memory set,
 //! counted (`cutover_dirty_keys_unpersisted`), logged, and the migration needs a verify
@@ -67,7 +72,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl DirtyKeys {
     /// Open (creating) the dirty file at `path`.
     pub fn open(path: PathBuf) -> DirtyKeys {
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
@@ -75,15 +80,29 @@ impl DirtyKeys {
         if let Err(error) = &file {
             tracing::error!(path = %path.display(), %error, "cannot open the dirty-key file; dirty keys will be kept in memory (bounded) and a verify pass will be needed before the cutover");
         }
+        let (left, damaged) = match file.as_mut().map(recover) {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                tracing::error!(path = %path.display(), %error, "cannot read the dirty-key file an earlier run left; a verify pass will be needed before the cutover");
+                (0, true)
+            }
+            Err(_) => (0, false),
+        };
+        if left > 0 {
+            tracing::info!(path = %path.display(), keys = left, "dirty keys left by an earlier run: they are copied again");
+        }
+        if damaged {
+            tracing::warn!(path = %path.display(), keys = left, "the dirty-key file ended in a damaged record (cut short by a crash or a full disk), now cut off; a verify pass will be needed before the cutover");
+        }
         DirtyKeys {
             file: Mutex::new(file.ok()),
             path,
             read_offset: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
+            pending: AtomicU64::new(left),
             memory: Mutex::new(VecDeque::new()),
             unpersisted: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
-            owed: AtomicU64::new(0),
+            owed: AtomicU64::new(u64::from(damaged)),
             verified_through: AtomicU64::new(0),
             logged: Mutex::new(None),
         }
@@ -97,13 +116,23 @@ impl DirtyKeys {
                 Some(file) => {
                     let mut record = (key.len() as u32).to_le_bytes().to_vec();
                     record.extend_from_slice(key);
-                    file.write_all(&record).map_err(|e| e.to_string())
+                    let end = file.seek(SeekFrom::End(0));
+                    let written = file.write_all(&record).map_err(|e| e.to_string());
+                    if written.is_ok() {
+                        // Counted under the lock: a reader never takes a key not yet
+                        // counted.
+                        self.pending.fetch_add(1, Relaxed);
+                    } else if let Ok(end) = end {
+                        // A record half-written (a full disk) would garble every one
+                        // appended after it.
+                        let _ = file.set_len(end);
+                    }
+                    written
                 }
                 None => Err("the file could not be opened".to_string()),
             }
         };
         let Err(error) = written else {
-            self.pending.fetch_add(1, Relaxed);
             return;
         };
         self.unpersisted.fetch_add(1, Relaxed);
@@ -201,12 +230,45 @@ impl DirtyKeys {
             offset += 4 + len as u64;
             keys.push(Bytes::from(key));
         }
-        let _ = file.seek(SeekFrom::End(0));
-        self.read_offset.store(offset, Relaxed);
         self.pending
             .fetch_sub((keys.len() - from_memory) as u64, Relaxed);
+        // Every key in the file taken: it starts over (appends go to its end, now 0).
+        let at_end = file.seek(SeekFrom::End(0)).is_ok_and(|end| end == offset);
+        if at_end && offset > 0 && file.set_len(0).is_ok() {
+            offset = 0;
+        }
+        self.read_offset.store(offset, Relaxed);
         keys
     }
+}
+
+/// Count the whole records of a dirty-key file an earlier run left, and cut off a damaged
+/// tail (a record cut short, or a length no key has) so that what is appended next reads
+/// back. The records found, and whether a tail was cut off.
+fn recover(file: &mut std::fs::File) -> std::io::Result<(u64, bool)> {
+    let total = file.metadata()?.len();
+    let (mut offset, mut records) = (0u64, 0u64);
+    {
+        let mut reader = std::io::BufReader::new(&mut *file);
+        reader.seek(SeekFrom::Start(0))?;
+        while offset + 4 <= total {
+            let mut len = [0u8; 4];
+            reader.read_exact(&mut len)?;
+            let len = u64::from(u32::from_le_bytes(len));
+            if len > MAX_KEY as u64 || offset + 4 + len > total {
+                break;
+            }
+            reader.seek_relative(len as i64)?;
+            offset += 4 + len;
+            records += 1;
+        }
+    }
+    let damaged = offset < total;
+    if damaged {
+        file.set_len(offset)?;
+    }
+    file.seek(SeekFrom::End(0))?;
+    Ok((records, damaged))
 }
 
 /// Copy dirty keys again, through their lanes, as they come.
@@ -224,5 +286,69 @@ pub async fn drain(migration: Arc<Migration>) {
                 .await;
         }
         migration.publish_dirty();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dirty-key file in a fresh directory (kept while the directory lives).
+    fn fresh() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("m.dirty");
+        (dir, path)
+    }
+
+    #[test]
+    fn keys_an_earlier_run_left_are_counted_and_taken_again() {
+        let (_dir, path) = fresh();
+        let first = DirtyKeys::open(path.clone());
+        for key in [b"a".as_slice(), b"bb", b"ccc"] {
+            first.mark(key);
+        }
+        assert_eq!(first.take(1), vec![Bytes::from_static(b"a")]);
+        drop(first);
+        // A restart does not know how far the last run got: every key is copied again.
+        let second = DirtyKeys::open(path);
+        assert_eq!(second.pending.load(Relaxed), 3);
+        assert_eq!(second.take(10).len(), 3);
+        assert_eq!(second.pending.load(Relaxed), 0);
+        assert!(!second.needs_verify(), "nothing was lost");
+    }
+
+    #[test]
+    fn a_record_cut_short_is_cut_off_and_what_follows_reads_back() {
+        let (_dir, path) = fresh();
+        let mut bytes = Vec::new();
+        for key in [b"k1".as_slice(), b"k2"] {
+            bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(key);
+        }
+        // A third record whose key was never wholly written.
+        bytes.extend_from_slice(&10u32.to_le_bytes());
+        bytes.extend_from_slice(b"k3");
+        std::fs::write(&path, &bytes).expect("write");
+        let dirty = DirtyKeys::open(path);
+        assert_eq!(dirty.pending.load(Relaxed), 2);
+        assert!(dirty.needs_verify(), "the cut-short key may be lost");
+        dirty.mark(b"k4");
+        let keys: Vec<Bytes> = dirty.take(10);
+        assert_eq!(keys, [&b"k1"[..], b"k2", b"k4"]);
+        assert_eq!(dirty.pending.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn the_file_starts_over_once_every_key_was_taken() {
+        let (_dir, path) = fresh();
+        let dirty = DirtyKeys::open(path.clone());
+        dirty.mark(b"x");
+        dirty.mark(b"y");
+        assert_eq!(dirty.take(1).len(), 1);
+        assert!(std::fs::metadata(&path).expect("file").len() > 0, "y waits");
+        assert_eq!(dirty.take(1).len(), 1);
+        assert_eq!(std::fs::metadata(&path).expect("file").len(), 0);
+        dirty.mark(b"z");
+        assert_eq!(dirty.take(10), vec![Bytes::from_static(b"z")]);
     }
 }

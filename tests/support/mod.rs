@@ -581,9 +581,21 @@ impl Proxy {
                 Instant::now() < deadline,
                 "the migration did not drain: {status}"
             );
-            let drained = status.contains("\"done\":true")
-                && status.contains("\"queued\":0")
-                && status.contains("\"dirty\":0");
+            let document: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+            // Every migrating pool's: its backfill done, its lanes empty, no dirty key.
+            let migrations: Vec<&serde_json::Value> = document["pools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|pool| &pool["migration"])
+                .filter(|m| m.is_object())
+                .collect();
+            let drained = !migrations.is_empty()
+                && migrations.iter().all(|m| {
+                    m["backfill"]["done"] == true
+                        && m["mirror"]["queued"] == 0
+                        && m["mirror"]["dirty"] == 0
+                });
             quiet = if drained { quiet + 1 } else { 0 };
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -184,6 +184,64 @@ fn resumes_from_its_checkpoint_after_being_killed() {
 }
 
 #[test]
+fn a_target_server_lost_part_way_stops_the_job_and_a_rerun_finishes() {
+    let source = RedisServer::start();
+    let mut targets = redis_servers(3);
+    fill(&source, 5_000);
+    let dir = tempfile::tempdir().expect("dir");
+    let config = fleet(&targets, dir.path());
+    let checkpoint = dir.path().join("job.state");
+    let args = |extra: &[&str]| {
+        let mut args = vec![
+            "migrate".to_string(),
+            "--from".to_string(),
+            source.addr(),
+            "--to".to_string(),
+            config.display().to_string(),
+            "--checkpoint".to_string(),
+            checkpoint.display().to_string(),
+            "--scan-count".to_string(),
+            "100".to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let first = Command::new(cutover_bin())
+        .args(args(&["--rate", "1500", "--give-up-after", "2"]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    wait_for("a part-way checkpoint", Duration::from_secs(60), || {
+        std::fs::read_to_string(&checkpoint).is_ok_and(|state| {
+            state
+                .lines()
+                .any(|l| l.starts_with("server 0 0 ") && l != "server 0 0 0")
+        })
+    });
+    // One target server goes away (its keys kept): the job stops, says why, and says
+    // what to do.
+    targets[1].shut_down();
+    let out = first.wait_with_output().expect("the first run ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no key scanned or copied for 2 s")
+            && stderr.contains("fleet1 failed")
+            && stderr.contains("run the same command again"),
+        "{stderr}"
+    );
+    // Back, and the same command finishes the job: every key, the ones its keys queued
+    // and those marked dirty when the first run stopped included.
+    targets[1].start_again();
+    let rerun = args(&[]);
+    let rerun: Vec<&str> = rerun[1..].iter().map(String::as_str).collect();
+    let (ok, output) = migrate(&rerun);
+    assert!(ok, "{output}");
+    assert_same(&source, &targets);
+}
+
+#[test]
 fn errors_say_what_is_wrong() {
     let dir = tempfile::tempdir().expect("dir");
     let targets = redis_servers(1);
@@ -224,4 +282,27 @@ fn errors_say_what_is_wrong() {
         &config.display().to_string(),
     ]);
     assert!(!ok && output.contains("--from"), "{output}");
+    // A target server that does not answer at the start: said at once, by name.
+    let dead = support::free_port();
+    let half_dead = dir.path().join("half.yml");
+    std::fs::write(
+        &half_dead,
+        format!(
+            "fleet:\n  redis: true\n  servers:\n   - {}:1\n   - 127.0.0.1:{dead}:1\n",
+            targets[0].addr()
+        ),
+    )
+    .expect("write");
+    let (ok, output) = migrate(&[
+        "--from",
+        &targets[0].addr(),
+        "--to",
+        &half_dead.display().to_string(),
+    ]);
+    assert!(
+        !ok && output.contains(&format!(
+            "cannot reach target server 127.0.0.1:{dead} of pool 'fleet': Connection refused"
+        )),
+        "{output}"
+    );
 }

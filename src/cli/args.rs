@@ -274,6 +274,10 @@ pub struct MigrateArgs {
     /// Copies in flight at once.
     #[arg(long, default_value_t = 64)]
     pub parallel: u32,
+    /// Give up, with the failing target servers named, when no key was scanned or copied
+    /// for this many seconds while keys are left to copy (0: wait for ever).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub give_up_after: u64,
     /// After the copy, compare source and target key by key (as `cutover verify`); the
     /// exit status is 1 if they differ.
     #[arg(long)]

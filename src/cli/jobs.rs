@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use cutover::migrate::offline::OfflineOptions;
 
@@ -61,7 +62,7 @@ pub fn run_offline_verify(args: VerifyArgs) -> ExitCode {
         rounds: args.rounds.max(1),
         scan_count: args.ends.scan_count.max(1),
     };
-    let options = offline_options(args.ends, 0, None, 16);
+    let options = offline_options(args.ends, 0, None, 16, None);
     run_verify(&runtime, options, verify)
 }
 
@@ -72,6 +73,7 @@ fn offline_options(
     rate: u64,
     checkpoint: Option<PathBuf>,
     parallel: u32,
+    give_up_after: Option<Duration>,
 ) -> OfflineOptions {
     OfflineOptions {
         from: ends.from,
@@ -81,6 +83,7 @@ fn offline_options(
         scan_count: ends.scan_count,
         checkpoint,
         parallel,
+        give_up_after,
     }
 }
 
@@ -122,7 +125,14 @@ pub fn run_offline_migrate(args: MigrateArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    let options = offline_options(args.ends, args.rate, args.checkpoint, args.parallel);
+    let give_up_after = (args.give_up_after > 0).then(|| Duration::from_secs(args.give_up_after));
+    let options = offline_options(
+        args.ends,
+        args.rate,
+        args.checkpoint,
+        args.parallel,
+        give_up_after,
+    );
     let verify_after = args.verify.then(|| options.clone());
     match runtime.block_on(cutover::migrate::offline::run(options)) {
         Err(error) => fail(&error.to_string()),

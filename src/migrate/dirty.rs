@@ -2,10 +2,11 @@
 //! its lane full. They are appended to a file, not held in memory, and copied again later
 //! by [`drain`], so a slow or dead target never grows the proxy's memory.
 //!
-//! The file outlives the process: a restart counts the keys an earlier run left in it
-//! (they are copied again, which is always safe), and cuts off a record a crash or a full
-//! disk left half-written, so what is appended after it reads back. Once every key in it
-//! was taken, it starts over empty.
+//! The file outlives the process: a restart copies again every key an earlier run left in
+//! it (always safe), and cuts off a record a crash or a full disk left half-written, so
+//! what is appended after it reads back. A key taken from the file lives only in its
+//! lane's queue until its copy is done, so the file keeps it until then: it starts over
+//! empty only once every key taken from it has been copied (or marked dirty again).
 //!
 //! When the file cannot be opened or written (a full disk, permissions, a directory in
 //! its place), a dirty key is never dropped: it is kept in a bounded in-memory set,
@@ -230,15 +231,26 @@ impl DirtyKeys {
             offset += 4 + len as u64;
             keys.push(Bytes::from(key));
         }
+        let _ = file.seek(SeekFrom::End(0));
+        self.read_offset.store(offset, Relaxed);
         self.pending
             .fetch_sub((keys.len() - from_memory) as u64, Relaxed);
-        // Every key in the file taken: it starts over (appends go to its end, now 0).
+        keys
+    }
+
+    /// Start the file over if every key in it was taken (none was marked since). Only for
+    /// the drainer, once the lanes have processed every copy it queued: until then a
+    /// taken key's only record is the file.
+    fn compact(&self) {
+        let mut guard = lock(&self.file);
+        let Some(file) = guard.as_mut() else {
+            return;
+        };
+        let offset = self.read_offset.load(Relaxed);
         let at_end = file.seek(SeekFrom::End(0)).is_ok_and(|end| end == offset);
         if at_end && offset > 0 && file.set_len(0).is_ok() {
-            offset = 0;
+            self.read_offset.store(0, Relaxed);
         }
-        self.read_offset.store(offset, Relaxed);
-        keys
     }
 }
 
@@ -271,11 +283,17 @@ fn recover(file: &mut std::fs::File) -> std::io::Result<(u64, bool)> {
     Ok((records, damaged))
 }
 
-/// Copy dirty keys again, through their lanes, as they come.
+/// Copy dirty keys again, through their lanes, as they come; start the file over once
+/// the lanes have processed every copy taken from it.
 pub async fn drain(migration: Arc<Migration>) {
+    // The lanes' queued counts after the last keys taken were queued: once each lane has
+    // processed that many events, those copies are done (or their keys marked again).
+    let mut unconfirmed: Option<Vec<u64>> = None;
     loop {
         tokio::time::sleep(DRAIN_INTERVAL).await;
-        for key in migration.dirty.take(1024) {
+        let keys = migration.dirty.take(1024);
+        let took = !keys.is_empty();
+        for key in keys {
             migration
                 .send(LaneEvent::Copy {
                     key,
@@ -284,6 +302,19 @@ pub async fn drain(migration: Arc<Migration>) {
                     lag: super::lag::LagStart(None),
                 })
                 .await;
+        }
+        if took {
+            unconfirmed = Some(migration.lanes.enqueued_now());
+        } else if let Some(queued) = &unconfirmed {
+            let processed = migration.lanes.processed_now();
+            if processed
+                .iter()
+                .zip(queued)
+                .all(|(done, queued)| done >= queued)
+            {
+                migration.dirty.compact();
+                unconfirmed = None;
+            }
         }
         migration.publish_dirty();
     }
@@ -339,16 +370,24 @@ mod tests {
     }
 
     #[test]
-    fn the_file_starts_over_once_every_key_was_taken() {
+    fn the_file_keeps_taken_keys_until_compacted_and_starts_over_only_when_all_were_taken() {
         let (_dir, path) = fresh();
+        let len = || std::fs::metadata(&path).expect("file").len();
         let dirty = DirtyKeys::open(path.clone());
         dirty.mark(b"x");
         dirty.mark(b"y");
         assert_eq!(dirty.take(1).len(), 1);
-        assert!(std::fs::metadata(&path).expect("file").len() > 0, "y waits");
+        dirty.compact();
+        assert!(len() > 0, "y waits");
         assert_eq!(dirty.take(1).len(), 1);
-        assert_eq!(std::fs::metadata(&path).expect("file").len(), 0);
+        assert!(len() > 0, "taken, but their copies may not be done: kept");
+        dirty.compact();
+        assert_eq!(len(), 0);
         dirty.mark(b"z");
         assert_eq!(dirty.take(10), vec![Bytes::from_static(b"z")]);
+        dirty.mark(b"w");
+        dirty.compact();
+        assert!(len() > 0, "w was marked after the last take");
+        assert_eq!(dirty.take(10), vec![Bytes::from_static(b"w")]);
     }
 }

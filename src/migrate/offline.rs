@@ -31,6 +31,9 @@ pub struct OfflineOptions {
     pub checkpoint: Option<PathBuf>,
     /// Copies in flight at once.
     pub parallel: u32,
+    /// Give up when nothing moved (no key scanned, none copied) for this long while work
+    /// remains: a target server that stays down. `None`: wait for ever.
+    pub give_up_after: Option<Duration>,
 }
 
 /// What a finished run did.
@@ -65,6 +68,28 @@ pub enum OfflineError {
         from: String,
         /// Why.
         reason: String,
+    },
+    /// A server of the target pool does not answer at the start.
+    #[error("cannot reach target server {server} of pool '{pool}': {reason}")]
+    Target {
+        /// The target pool.
+        pool: String,
+        /// The server.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing moved for `--give-up-after` while keys were left to copy.
+    #[error(
+        "no key scanned or copied for {seconds} s (--give-up-after), with {waiting} keys still to copy; {servers}. Nothing is lost: run the same command again once the target answers (with --checkpoint it continues where this run stopped)"
+    )]
+    Stalled {
+        /// How long nothing moved.
+        seconds: u64,
+        /// Keys queued or waiting to be copied again.
+        waiting: u64,
+        /// The target servers that fail, or that none does.
+        servers: String,
     },
 }
 
@@ -170,16 +195,27 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
         total,
     } = open(&options).await?;
     let migration = Migration::start(pool, &source, &target);
+    if let Err(error) = target_answers(&migration).await {
+        migration.stop(Duration::from_secs(1)).await;
+        return Err(error);
+    }
     let mut progress = JobProgress::new("cutover migrate", "scanned", total);
+    let mut stall = Stall::new(options.give_up_after);
     loop {
         let finished = migration.drained();
         let t = &migration.totals;
         let bytes = t.bytes.load(Relaxed);
         let seconds = started.elapsed().as_secs_f64().max(0.001);
+        let (queued, dirty) = migration.backlog();
+        let again = if dirty > 0 {
+            format!(", {dirty} to copy again")
+        } else {
+            String::new()
+        };
         progress.update(
             t.scanned.load(Relaxed),
             &format!(
-                "{} copied, {:.1} MB, {:.1} MB/s",
+                "{} copied, {:.1} MB, {:.1} MB/s{again}",
                 t.backfill_copied.load(Relaxed),
                 bytes as f64 / 1e6,
                 bytes as f64 / 1e6 / seconds
@@ -188,6 +224,20 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
         );
         if finished {
             break;
+        }
+        let moved = (
+            t.scanned.load(Relaxed),
+            bytes,
+            t.backfill_copied.load(Relaxed),
+        );
+        if let Some(seconds) = stall.stuck(moved) {
+            progress.finish();
+            migration.stop(Duration::from_secs(1)).await;
+            return Err(OfflineError::Stalled {
+                seconds,
+                waiting: queued + dirty,
+                servers: failing_servers(&migration.copy_target),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -203,6 +253,77 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
         retried: t.dirtied.load(Relaxed),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Whether every server of the target pool answers a PING: a job whose target is down
+/// from the start says so at once, instead of scanning everything into dirty keys.
+async fn target_answers(migration: &Migration) -> Result<(), OfflineError> {
+    let pool = &migration.copy_target;
+    for (index, server) in pool.servers.iter().enumerate() {
+        let answer = pool.call(index, 0, &[b"PING"]).await;
+        let reason = match answer {
+            Ok(reply) if reply.starts_with(b"+") => continue,
+            Ok(reply) => String::from_utf8_lossy(&reply).trim_end().to_string(),
+            Err(error) => error.to_string(),
+        };
+        return Err(OfflineError::Target {
+            pool: migration.target.name().to_string(),
+            server: server.name.clone(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// The target servers that fail now, for a stalled job's error.
+fn failing_servers(pool: &Pool) -> String {
+    let failing: Vec<String> = pool
+        .server_states()
+        .into_iter()
+        .filter(|s| s.failing > 0 || s.ejected)
+        .map(|s| {
+            format!(
+                "{} failed {} times since its last answer",
+                s.name, s.failing
+            )
+        })
+        .collect();
+    if failing.is_empty() {
+        "no target server reports a failure".to_string()
+    } else {
+        format!("target {}", failing.join(", "))
+    }
+}
+
+/// Watches an offline job for a standstill: how long its counts have not moved.
+struct Stall {
+    /// The limit (`None`: never give up).
+    limit: Option<Duration>,
+    /// The counts last seen, and since when they have not moved.
+    last: Option<((u64, u64, u64), Instant)>,
+}
+
+impl Stall {
+    /// A watch giving up after `limit` without movement.
+    fn new(limit: Option<Duration>) -> Stall {
+        Stall { limit, last: None }
+    }
+
+    /// The counts now; the whole seconds they have stood still, once that reaches the
+    /// limit.
+    fn stuck(&mut self, moved: (u64, u64, u64)) -> Option<u64> {
+        let limit = self.limit?;
+        match self.last {
+            Some((seen, since)) if seen == moved => {
+                let still = since.elapsed();
+                (still >= limit).then(|| still.as_secs())
+            }
+            _ => {
+                self.last = Some((moved, Instant::now()));
+                None
+            }
+        }
+    }
 }
 
 /// Progress of an offline job: an indicatif bar on a terminal, a plain log line every few

@@ -208,10 +208,22 @@ impl RedisServer {
     /// Stop it after saving its data (SHUTDOWN SAVE) and start it again on the same port
     /// and directory, so it comes back with the same keys.
     pub fn restart(&mut self) {
+        self.shut_down();
+        self.start_again();
+    }
+
+    /// Stop it after saving its data (SHUTDOWN SAVE): its port refuses connections until
+    /// [`RedisServer::start_again`].
+    pub fn shut_down(&mut self) {
         let _ = redis::cmd("SHUTDOWN")
             .arg("SAVE")
             .query::<()>(&mut self.client());
         let _ = self.child.wait();
+    }
+
+    /// Start it again after [`RedisServer::shut_down`], on the same port and directory,
+    /// with the keys it saved.
+    pub fn start_again(&mut self) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let mut child = RedisServer::spawn(&self.program, self.port, self.dir.path(), &extra);
         assert!(

@@ -316,7 +316,7 @@ impl Stall {
         match self.last {
             Some((seen, since)) if seen == moved => {
                 let still = since.elapsed();
-                (still >= limit).then(|| still.as_secs())
+                (still >= limit).then_some(still.as_secs())
             }
             _ => {
                 self.last = Some((moved, Instant::now()));

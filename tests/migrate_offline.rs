@@ -227,7 +227,7 @@ fn a_target_server_lost_part_way_stops_the_job_and_a_rerun_finishes() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("no key scanned or copied for 2 s")
-            && stderr.contains("fleet1 failed")
+            && stderr.contains("target server fleet1: ")
             && stderr.contains("run the same command again"),
         "{stderr}"
     );

@@ -281,17 +281,15 @@ fn failing_servers(pool: &Pool) -> String {
         .server_states()
         .into_iter()
         .filter(|s| s.failing > 0 || s.ejected)
-        .map(|s| {
-            format!(
-                "{} failed {} times since its last answer",
-                s.name, s.failing
-            )
+        .map(|s| match s.failing {
+            1 => format!("{}: 1 failure since its last answer", s.name),
+            n => format!("{}: {n} failures since its last answer", s.name),
         })
         .collect();
     if failing.is_empty() {
         "no target server reports a failure".to_string()
     } else {
-        format!("target {}", failing.join(", "))
+        format!("target server {}", failing.join("; "))
     }
 }
 

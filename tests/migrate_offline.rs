@@ -305,4 +305,16 @@ fn errors_say_what_is_wrong() {
         )),
         "{output}"
     );
+    // So does `cutover verify` (every key of that server would look different).
+    let out = Command::new(cutover_bin())
+        .args(["verify", "--from", &targets[0].addr(), "--to"])
+        .arg(&half_dead)
+        .output()
+        .expect("run cutover verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("cannot reach target server 127.0.0.1:{dead}")),
+        "{stderr}"
+    );
 }

@@ -18,18 +18,29 @@ use support::{
 /// Three members of one fleet migrating `source` into `targets` (`extra` adds `migrate:`
 /// settings).
 fn fleet(etcd: &Etcd, source: &RedisServer, targets: &[RedisServer], extra: &str) -> Vec<Proxy> {
-    let config = migration_config(
+    let config = member_config(etcd, source, targets, extra);
+    let token = ["--admin-token", TOKEN];
+    (0..3)
+        .map(|_| Proxy::cutover_with(&config, &token))
+        .collect()
+}
+
+/// A member's config: `source` into `targets` through the fleet that meets in `etcd`
+/// (`extra` adds `migrate:` settings).
+fn member_config(
+    etcd: &Etcd,
+    source: &RedisServer,
+    targets: &[RedisServer],
+    extra: &str,
+) -> String {
+    migration_config(
         source,
         targets,
         &format!(
             "    capture: replication\n    coordination: {}\n{extra}",
             etcd.coordination("cutover/test")
         ),
-    );
-    let token = ["--admin-token", TOKEN];
-    (0..3)
-        .map(|_| Proxy::cutover_with(&config, &token))
-        .collect()
+    )
 }
 
 /// The admin token every member of the test fleet shares (a follower sends controls on
@@ -766,6 +777,61 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
     );
     assert_eq!(conn.call(&[b"SET", b"k", b"v"]), b"+OK\r\n");
     assert_eq!(view(&members[0])["fenced"], false);
+}
+
+#[test]
+fn a_member_whose_pools_place_keys_differently_is_refused_and_the_fleet_goes_on() {
+    let etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 100);
+    let targets = redis_servers(2);
+    let members = fleet(&etcd, &source, &targets, "");
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    // A fourth member, started from a config whose target pool lacks a server: it would
+    // send that server's keys elsewhere than the other members do (rule 16).
+    let dir = tempfile::tempdir().expect("dir");
+    let conf = dir.path().join("stale.yml");
+    let text = member_config(&etcd, &source, &targets[..1], "")
+        .replace("LISTEN", &format!("127.0.0.1:{}", support::free_port()));
+    std::fs::write(&conf, text).expect("config");
+    let mut stale = std::process::Command::new(support::cutover_bin())
+        .arg("-c")
+        .arg(&conf)
+        .args(["-s", &support::free_port().to_string(), "-a", "127.0.0.1"])
+        .args(["--admin", &format!("127.0.0.1:{}", support::free_port())])
+        .args(["--admin-token", TOKEN])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the fourth member");
+    let mut exited = None;
+    for _ in 0..200 {
+        if let Ok(Some(status)) = stale.try_wait() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if exited.is_none() {
+        let _ = stale.kill();
+    }
+    let out = stale.wait_with_output().expect("its output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        exited.is_some_and(|status| !status.success()),
+        "a member that places keys differently must not join: {stderr}"
+    );
+    assert!(
+        stderr.contains("place keys differently from those of fleet member")
+            && stderr.contains(&targets[1].addr()),
+        "{stderr}"
+    );
+    // The fleet goes on as it was: three members, the same leader.
+    std::thread::sleep(Duration::from_secs(1));
+    let view = view(&members[lead]);
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
+    assert_eq!(view["role"], "leader");
 }
 
 #[test]

@@ -93,6 +93,30 @@ pub const POOL_KEYS: [&str; 20] = [
 ];
 
 impl PoolConfig {
+    /// What decides where a key goes and into which database: the hash, the hash tag,
+    /// the distribution, the database, and each server's name, address and weight in
+    /// name order (the order placement takes them in). Two pools with the same text
+    /// place every key alike; a fleet's members must agree on it (rule 16).
+    pub fn placement_text(&self) -> String {
+        let mut servers: Vec<&ServerConfig> = self.servers.iter().collect();
+        servers.sort_by(|a, b| a.name.cmp(&b.name));
+        let servers: Vec<String> = servers
+            .iter()
+            .map(|s| format!("{} at {} weight {}", s.name, s.addr, s.weight))
+            .collect();
+        let tag = self
+            .hash_tag
+            .map(|t| format!("\"{}{}\"", char::from(t.open), char::from(t.close)))
+            .unwrap_or_else(|| "none".to_string());
+        format!(
+            "hash {}, hash_tag {tag}, distribution {}, db {}, servers {}",
+            self.hash.name(),
+            self.distribution.name(),
+            self.redis_db,
+            servers.join(", ")
+        )
+    }
+
     /// A pool with nutcracker's defaults and no servers.
     fn with_defaults(name: &str, line: usize) -> PoolConfig {
         PoolConfig {
@@ -356,4 +380,45 @@ fn read_servers(node: &Node, problems: &mut Vec<Problem>) -> Vec<ServerConfig> {
     let mut servers: Vec<ServerConfig> = servers.into_iter().map(|(s, _)| s).collect();
     server::sort_by_name(&mut servers);
     servers
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// The placement text of the only pool of a config with these server lines and keys.
+    fn placement(servers: &[&str], keys: &str) -> String {
+        let mut text = format!("p:\n  listen: 127.0.0.1:1\n  redis: true\n{keys}  servers:\n");
+        for server in servers {
+            text.push_str(&format!("   - {server}\n"));
+        }
+        Config::parse(&text, "t.yml").expect("config").pools[0].placement_text()
+    }
+
+    #[test]
+    fn placement_text_ignores_server_order_and_tells_what_places_keys_apart() {
+        let base = placement(&["127.0.0.1:7001:1", "127.0.0.1:7002:1"], "");
+        assert_eq!(
+            base,
+            placement(&["127.0.0.1:7002:1", "127.0.0.1:7001:1"], ""),
+            "placement takes servers in name order"
+        );
+        for other in [
+            placement(&["127.0.0.1:7001:1"], ""),
+            placement(&["127.0.0.1:7001:1", "127.0.0.1:7002:2"], ""),
+            placement(&["127.0.0.1:7001:1", "127.0.0.1:7003:1"], ""),
+            placement(&["127.0.0.1:7001:1", "127.0.0.1:7002:1"], "  hash: md5\n"),
+            placement(
+                &["127.0.0.1:7001:1", "127.0.0.1:7002:1"],
+                "  hash_tag: \"{}\"\n",
+            ),
+            placement(
+                &["127.0.0.1:7001:1", "127.0.0.1:7002:1"],
+                "  distribution: modula\n",
+            ),
+            placement(&["127.0.0.1:7001:1", "127.0.0.1:7002:1"], "  redis_db: 2\n"),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
 }

@@ -27,6 +27,52 @@ pub(super) async fn enter(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
     Ok(lease)
 }
 
+/// Rule 16: after registering, compare this member's placement with every other
+/// member's; if one that registered before it (a lower create revision) disagrees, leave
+/// (revoke the lease, so the record goes at once) and say who and how. Of two members
+/// joining at once with different configs, the later one leaves and the earlier one
+/// stays. `Err(Ok(_))`: the disagreement; `Err(Err(_))`: etcd failed.
+pub(super) async fn agree_on_placement(
+    fleet: &Fleet,
+    lease: i64,
+) -> Result<(), Result<super::FleetError, etcd_client::Error>> {
+    let mut client = fleet.client.clone();
+    let reply = client
+        .get(
+            fleet.key("members/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(Err)?;
+    let records: Vec<(i64, MemberInfo)> = reply
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let info = serde_json::from_slice::<MemberInfo>(kv.value()).ok()?;
+            Some((kv.create_revision(), info))
+        })
+        .collect();
+    let mine = records
+        .iter()
+        .find(|(_, info)| info.id == fleet.me.id)
+        .map_or(i64::MAX, |(revision, _)| *revision);
+    let first_disagreeing = records
+        .iter()
+        .filter(|(revision, info)| {
+            *revision < mine && info.placement.is_some() && info.placement != fleet.me.placement
+        })
+        .min_by_key(|(revision, _)| *revision);
+    let Some((_, theirs)) = first_disagreeing else {
+        return Ok(());
+    };
+    let _ = client.lease_revoke(lease).await;
+    Err(Ok(super::FleetError::Placement {
+        member: theirs.id.clone(),
+        theirs: theirs.placement.clone().unwrap_or_default(),
+        ours: fleet.me.placement.clone().unwrap_or_default(),
+    }))
+}
+
 /// Put this member's record under a new lease; the lease's id.
 async fn register(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
     let mut client = fleet.client.clone();

@@ -60,6 +60,18 @@ pub enum FleetError {
         /// What went wrong.
         reason: String,
     },
+    /// A member that joined first places keys differently (rule 16): this one left.
+    #[error(
+        "this member's pools place keys differently from those of fleet member {member}, which joined first. It has {theirs}; this member has {ours}. Every member of a fleet needs the same source and target pools (servers, hash, hash tag, distribution, database): start them all from the same config"
+    )]
+    Placement {
+        /// The member that joined first.
+        member: String,
+        /// Its placement.
+        theirs: String,
+        /// This member's.
+        ours: String,
+    },
 }
 
 /// What a member says of itself in etcd (`members/<id>`).
@@ -71,6 +83,11 @@ pub struct MemberInfo {
     pub listen: String,
     /// Its admin API (`/status`, flips), if it has one.
     pub admin: Option<String>,
+    /// Where its source and target pools place keys ([`crate::config::PoolConfig::placement_text`]);
+    /// set when it joins. Members that disagree would route one key to different servers,
+    /// so a member that disagrees with one that joined before it leaves (rule 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
 }
 
 /// One member's view of its fleet.
@@ -142,9 +159,14 @@ impl Fleet {
     pub async fn join(
         coordination: &Coordination,
         pool: &str,
-        me: MemberInfo,
+        mut me: MemberInfo,
         migration: Arc<Migration>,
     ) -> Result<Arc<Fleet>, FleetError> {
+        me.placement = Some(format!(
+            "source {}; target {}",
+            migration.source.config.placement_text(),
+            migration.target.config.placement_text()
+        ));
         let endpoints = coordination.endpoints.join(",");
         let failed = |reason: String| FleetError::Etcd {
             endpoints: endpoints.clone(),
@@ -189,6 +211,9 @@ impl Fleet {
         let lease = member::enter(&fleet)
             .await
             .map_err(|e| failed(e.to_string()))?;
+        member::agree_on_placement(&fleet, lease)
+            .await
+            .map_err(|error| error.unwrap_or_else(|e| failed(e.to_string())))?;
         tracing::info!(pool, member = %fleet.me.id, %endpoints, "joined the fleet");
         tokio::spawn(member::run(fleet.clone(), lease));
         tokio::spawn(barrier::follow(fleet.clone()));
@@ -211,6 +236,8 @@ impl Fleet {
         loop {
             match Fleet::join(coordination, pool, me.clone(), migration.clone()).await {
                 Ok(fleet) => return Ok(fleet),
+                // Trying again would not change anyone's config.
+                Err(error @ FleetError::Placement { .. }) => return Err(error),
                 Err(error) if tokio::time::Instant::now() + JOIN_RETRY < deadline => {
                     errors.increment(1);
                     tracing::warn!(pool, %error, "cannot join the fleet yet; trying again (giving up {patience:?} after start)");

@@ -269,6 +269,8 @@ impl Proxy {
                     id,
                     listen: listen.clone(),
                     admin: admin.clone(),
+                    // Set by the fleet as it joins.
+                    placement: None,
                 };
                 let joined = crate::fleet::Fleet::join_patiently(
                     &coordination,

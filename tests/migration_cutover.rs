@@ -395,3 +395,34 @@ fn a_client_connected_straight_to_the_source_blocks_the_cutover() {
         http(proxy.admin_port, "POST", "/cutover").0 == 200
     });
 }
+
+/// Two cutover processes migrating one source, outside a fleet (say, one beside each app
+/// host): each flips on its own, so one that cut over while the other still serves from
+/// the source would leave the other's writes behind. Each process names its connections
+/// after itself, and the other's block the cutover until it is gone.
+#[test]
+fn another_cutover_process_on_the_same_source_blocks_the_cutover() {
+    let source = RedisServer::start();
+    let targets = redis_servers(1);
+    support::fill_numbered(&source, 100);
+    let config = migration_config(&source, &targets, "");
+    let proxy = Proxy::cutover(&config);
+    let other = Proxy::cutover(&config);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    other.wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
+    wait_for("a verify pass", Duration::from_secs(30), || {
+        proxy.migration()["verify"]["last"]["differences"] == 0
+    });
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("1 other cutover processes are connected to source server")
+            && body.contains(&format!("'cutover-{}-", other.pid())),
+        "{body}"
+    );
+    drop(other);
+    wait_for("the cutover", Duration::from_secs(30), || {
+        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    });
+}

@@ -79,10 +79,18 @@ impl Migration {
         }
     }
 
-    /// Clients connected straight to a source server that are not cutover's own (every
-    /// connection of cutover's is named `cutover`; replicas are left out): a writer among
-    /// them would keep writing to the old servers after the flip. One reason per server.
+    /// Clients connected straight to a source server that are not this migration's own
+    /// (its connections are named after this process, or after their fleet member; the
+    /// fleet flips together; replicas are left out): a writer among them would keep
+    /// writing to the old servers after the flip. Another cutover process's connections
+    /// count too, said apart: one outside this fleet flips on its own, and would keep
+    /// serving from the old servers. One reason per server and kind.
     async fn direct_clients(&self) -> Vec<String> {
+        let own = String::from_utf8_lossy(&self.copy_source.connection_name()).into_owned();
+        let in_fleet = self.copy_source.member().is_some();
+        let mine = |name: &str| {
+            name == own || (in_fleet && crate::upstream::connection_member(name).is_some())
+        };
         let mut reasons = Vec::new();
         for (server, s) in self.copy_source.servers.iter().enumerate() {
             let Ok(reply) = self
@@ -93,22 +101,35 @@ impl Migration {
                 continue;
             };
             let text = String::from_utf8_lossy(&reply);
-            let others: Vec<String> = text
-                .lines()
-                .filter_map(|line| {
-                    let field = |name: &str| client_field(line, name);
-                    let name = field("name").unwrap_or("");
-                    let flags = field("flags").unwrap_or("");
-                    let addr = field("addr")?;
-                    let mine = crate::upstream::is_cutover_connection(name);
-                    (!mine && !flags.contains('S') && !flags.contains('M')).then(|| {
-                        format!(
-                            "{addr} (name '{name}', last command {})",
-                            field("cmd").unwrap_or("?")
-                        )
-                    })
-                })
-                .collect();
+            let (mut others, mut processes) = (Vec::new(), Vec::new());
+            for line in text.lines() {
+                let field = |name: &str| client_field(line, name);
+                let name = field("name").unwrap_or("");
+                let flags = field("flags").unwrap_or("");
+                let Some(addr) = field("addr") else {
+                    continue;
+                };
+                if mine(name) || flags.contains('S') || flags.contains('M') {
+                    continue;
+                }
+                if crate::upstream::is_cutover_connection(name) {
+                    processes.push(name.to_string());
+                } else {
+                    others.push(format!(
+                        "{addr} (name '{name}', last command {})",
+                        field("cmd").unwrap_or("?")
+                    ));
+                }
+            }
+            processes.sort();
+            processes.dedup();
+            if let Some(first) = processes.first() {
+                reasons.push(format!(
+                    "{} other cutover processes are connected to source server {} (e.g. '{first}'), not in this one's fleet: each flips on its own, and would keep serving from the old servers after this cutover; stop them, run them all as one fleet (migrate.coordination), or force",
+                    processes.len(),
+                    s.name
+                ));
+            }
             if let Some(first) = others.first() {
                 reasons.push(format!(
                     "{} clients are connected straight to source server {} (e.g. {first}): a writer among them would keep writing to the old servers after the cutover; stop them, or force",

@@ -149,13 +149,28 @@ pub const CONNECTION_NAME_TEXT: &str = "cutover";
 /// [`CONNECTION_NAME_TEXT`] as bytes.
 pub const CONNECTION_NAME: &[u8] = CONNECTION_NAME_TEXT.as_bytes();
 
-/// Whether a connection named `name` (in `CLIENT LIST`) is one of cutover's: `cutover`, or
-/// a fleet member's `cutover.<member id>`.
+/// The name the connections of a process outside a fleet give themselves:
+/// `cutover-<pid>-<start time>`, unique to the process, so that a migration tells its own
+/// connections from those of another cutover process on the same servers (one not
+/// coordinated with it, which would go on writing to the old servers after its cutover).
+pub fn process_connection_name() -> &'static str {
+    static NAME: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!("{CONNECTION_NAME_TEXT}-{}-{started}", std::process::id())
+    });
+    &NAME
+}
+
+/// Whether a connection named `name` (in `CLIENT LIST`) is some cutover process's:
+/// `cutover` (a replication stream), `cutover-<pid>-<start>` (a process outside a fleet),
+/// or a fleet member's `cutover.<member id>`.
 pub fn is_cutover_connection(name: &str) -> bool {
     name == CONNECTION_NAME_TEXT
         || name
             .strip_prefix(CONNECTION_NAME_TEXT)
-            .is_some_and(|rest| rest.starts_with('.'))
+            .is_some_and(|rest| rest.starts_with(['.', '-']))
 }
 
 /// The fleet member a connection named `name` belongs to, if it is a member's.
@@ -330,8 +345,9 @@ impl<'a> Connection<'a> {
     }
 
     /// The connection's own setup, ahead of any request: HELLO 3 (with AUTH) or AUTH,
-    /// then SELECT, then `CLIENT SETNAME cutover` (so a migration can tell its own
-    /// connections from clients that write to a source server directly), then INFO once
+    /// then SELECT, then `CLIENT SETNAME` with the pool's connection name (so a migration
+    /// can tell its own connections from clients, or other cutover processes, that write
+    /// to a source server directly), then INFO once
     /// per server to learn its version. Setup commands time
     /// out like requests: a server that never answers them must not hold the requests
     /// queued behind them past their timeout.

@@ -17,7 +17,7 @@ mod version;
 
 pub use backend::{
     BackendError, CONNECTION_NAME, CONNECTION_NAME_TEXT, ReplyResult, connection_member,
-    is_cutover_connection,
+    is_cutover_connection, process_connection_name,
 };
 pub use counters::{ErrorKind, PoolCounters, ServerCounters};
 pub use fence::SendFence;

@@ -109,12 +109,12 @@ impl Pool {
         self.member.as_deref()
     }
 
-    /// The name the pool's connections give themselves: `cutover`, or `cutover.<member>`
-    /// in a fleet.
+    /// The name the pool's connections give themselves: `cutover.<member>` in a fleet,
+    /// else this process's own ([`super::process_connection_name`]).
     pub fn connection_name(&self) -> Vec<u8> {
         match &self.member {
             Some(member) => format!("{}.{member}", super::CONNECTION_NAME_TEXT).into_bytes(),
-            None => super::CONNECTION_NAME.to_vec(),
+            None => super::process_connection_name().as_bytes().to_vec(),
         }
     }
 

@@ -69,6 +69,37 @@ fn fleet(targets: &[RedisServer], dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// `cutover migrate`'s arguments from `source` into the pool of `config`, keeping its
+/// progress in `checkpoint`, 100 keys a SCAN, then `extra`.
+fn checkpointed(
+    source: &RedisServer,
+    config: &std::path::Path,
+    checkpoint: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = ["--from", &source.addr(), "--to"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.push(config.display().to_string());
+    args.push("--checkpoint".into());
+    args.push(checkpoint.display().to_string());
+    args.extend(["--scan-count", "100"].iter().map(|a| a.to_string()));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// Wait until `checkpoint` shows a scan part-way (however slow the machine).
+fn wait_part_way(checkpoint: &std::path::Path) {
+    wait_for("a part-way checkpoint", Duration::from_secs(60), || {
+        std::fs::read_to_string(checkpoint).is_ok_and(|state| {
+            state
+                .lines()
+                .any(|l| l.starts_with("server 0 0 ") && l != "server 0 0 0")
+        })
+    });
+}
+
 fn migrate(args: &[&str]) -> (bool, String) {
     let out = Command::new(cutover_bin())
         .arg("migrate")
@@ -121,36 +152,20 @@ fn resumes_from_its_checkpoint_after_being_killed() {
     let dir = tempfile::tempdir().expect("dir");
     let config = fleet(&targets, dir.path());
     let checkpoint = dir.path().join("job.state");
-    let args = |rate: &str| {
-        vec![
-            "--from".to_string(),
-            source.addr(),
-            "--to".to_string(),
-            config.display().to_string(),
-            "--checkpoint".to_string(),
-            checkpoint.display().to_string(),
-            "--rate".to_string(),
-            rate.to_string(),
-            "--scan-count".to_string(),
-            "100".to_string(),
-        ]
-    };
-    // A slow first run, killed part-way.
+    // A slow first run, killed once its checkpoint shows a part-way cursor.
     let mut first = Command::new(cutover_bin())
         .arg("migrate")
-        .args(args("4000"))
+        .args(checkpointed(
+            &source,
+            &config,
+            &checkpoint,
+            &["--rate", "4000"],
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start");
-    // Killed once its checkpoint shows a part-way cursor (however slow the machine).
-    wait_for("a part-way checkpoint", Duration::from_secs(60), || {
-        std::fs::read_to_string(&checkpoint).is_ok_and(|state| {
-            state
-                .lines()
-                .any(|l| l.starts_with("server 0 0 ") && l != "server 0 0 0")
-        })
-    });
+    wait_part_way(&checkpoint);
     let _ = first.kill();
     let _ = first.wait();
     let state = std::fs::read_to_string(&checkpoint).expect("a checkpoint was written");
@@ -171,7 +186,7 @@ fn resumes_from_its_checkpoint_after_being_killed() {
     );
 
     // The second run resumes and finishes.
-    let args = args("0");
+    let args = checkpointed(&source, &config, &checkpoint, &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, output) = migrate(&args);
     assert!(ok, "{output}");
@@ -191,34 +206,19 @@ fn a_target_server_lost_part_way_stops_the_job_and_a_rerun_finishes() {
     let dir = tempfile::tempdir().expect("dir");
     let config = fleet(&targets, dir.path());
     let checkpoint = dir.path().join("job.state");
-    let args = |extra: &[&str]| {
-        let mut args = vec![
-            "migrate".to_string(),
-            "--from".to_string(),
-            source.addr(),
-            "--to".to_string(),
-            config.display().to_string(),
-            "--checkpoint".to_string(),
-            checkpoint.display().to_string(),
-            "--scan-count".to_string(),
-            "100".to_string(),
-        ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        args
-    };
     let first = Command::new(cutover_bin())
-        .args(args(&["--rate", "1500", "--give-up-after", "2"]))
+        .arg("migrate")
+        .args(checkpointed(
+            &source,
+            &config,
+            &checkpoint,
+            &["--rate", "1500", "--give-up-after", "2"],
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start");
-    wait_for("a part-way checkpoint", Duration::from_secs(60), || {
-        std::fs::read_to_string(&checkpoint).is_ok_and(|state| {
-            state
-                .lines()
-                .any(|l| l.starts_with("server 0 0 ") && l != "server 0 0 0")
-        })
-    });
+    wait_part_way(&checkpoint);
     // One target server goes away (its keys kept): the job stops, says why, and says
     // what to do.
     targets[1].shut_down();
@@ -234,8 +234,8 @@ fn a_target_server_lost_part_way_stops_the_job_and_a_rerun_finishes() {
     // Back, and the same command finishes the job: every key, the ones its keys queued
     // and those marked dirty when the first run stopped included.
     targets[1].start_again();
-    let rerun = args(&[]);
-    let rerun: Vec<&str> = rerun[1..].iter().map(String::as_str).collect();
+    let rerun = checkpointed(&source, &config, &checkpoint, &[]);
+    let rerun: Vec<&str> = rerun.iter().map(String::as_str).collect();
     let (ok, output) = migrate(&rerun);
     assert!(ok, "{output}");
     assert_same(&source, &targets);

@@ -94,8 +94,9 @@ pub const POOL_KEYS: [&str; 20] = [
 
 impl PoolConfig {
     /// What decides where a key goes and into which database: the hash, the hash tag,
-    /// the distribution, the database, and each server's name, address and weight in
-    /// name order (the order placement takes them in). Two pools with the same text
+    /// the distribution, whether failing servers are ejected (their keys then go to
+    /// others), the database, and each server's name, address and weight in name order
+    /// (the order placement takes them in). Two pools with the same text
     /// place every key alike; a fleet's members must agree on it (rule 16).
     pub fn placement_text(&self) -> String {
         let mut servers: Vec<&ServerConfig> = self.servers.iter().collect();
@@ -109,9 +110,10 @@ impl PoolConfig {
             .map(|t| format!("\"{}{}\"", char::from(t.open), char::from(t.close)))
             .unwrap_or_else(|| "none".to_string());
         format!(
-            "hash {}, hash_tag {tag}, distribution {}, db {}, servers {}",
+            "hash {}, hash_tag {tag}, distribution {}, auto_eject_hosts {}, db {}, servers {}",
             self.hash.name(),
             self.distribution.name(),
+            self.auto_eject_hosts,
             self.redis_db,
             servers.join(", ")
         )
@@ -417,6 +419,10 @@ mod tests {
                 "  distribution: modula\n",
             ),
             placement(&["127.0.0.1:7001:1", "127.0.0.1:7002:1"], "  redis_db: 2\n"),
+            placement(
+                &["127.0.0.1:7001:1", "127.0.0.1:7002:1"],
+                "  auto_eject_hosts: true\n",
+            ),
         ] {
             assert_ne!(base, other);
         }

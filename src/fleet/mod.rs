@@ -62,7 +62,7 @@ pub enum FleetError {
     },
     /// A member that joined first places keys differently (rule 16): this one left.
     #[error(
-        "this member's pools place keys differently from those of fleet member {member}, which joined first. It has {theirs}; this member has {ours}. Every member of a fleet needs the same source and target pools (servers, hash, hash tag, distribution, database): start them all from the same config"
+        "this member's pools place keys differently from those of fleet member {member}, which joined first. It has {theirs}; this member has {ours}. Every member of a fleet needs the same source and target pools (servers, hash, hash tag, distribution, auto_eject_hosts, database): start them all from the same config"
     )]
     Placement {
         /// The member that joined first.

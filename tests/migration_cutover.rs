@@ -426,3 +426,24 @@ fn another_cutover_process_on_the_same_source_blocks_the_cutover() {
         http(proxy.admin_port, "POST", "/cutover").0 == 200
     });
 }
+
+/// A target that refuses every copy (here it needs a password the config does not give):
+/// the keys wait as dirty, and the cutover's refusal says what the target answered, so the
+/// operator need not search the log.
+#[test]
+fn a_target_refusing_copies_is_named_in_the_cutover_refusal() {
+    let source = RedisServer::start();
+    let target = RedisServer::start_with(&["--requirepass", "not-in-the-config"]);
+    fill_numbered(&source, 50);
+    let proxy = Proxy::cutover(&migration_config(
+        &source,
+        std::slice::from_ref(&target),
+        "",
+    ));
+    wait_for("the refusal", Duration::from_secs(30), || {
+        let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+        assert_ne!(code, 200, "{body}");
+        body.contains("dirty keys wait to be copied again (the last copy that failed: ")
+            && body.contains("NOAUTH")
+    });
+}

@@ -154,8 +154,14 @@ impl Migration {
         }
         let (_, dirty) = self.backlog();
         if dirty > 0 {
+            use super::retries::RetryReason;
+            let why = [RetryReason::CopyFailed, RetryReason::CopyUnavailable]
+                .into_iter()
+                .find_map(|reason| self.counters.retries.last_detail(reason))
+                .map(|detail| format!(" (the last copy that failed: {detail})"))
+                .unwrap_or_default();
             reasons.push(format!(
-                "{dirty} dirty keys wait to be copied again; wait, and check the target's health"
+                "{dirty} dirty keys wait to be copied again{why}; wait, and check the target's health"
             ));
         }
         if !lanes_idle {

@@ -75,7 +75,12 @@ pub struct Retries {
     since_log: [AtomicU64; 4],
     /// When each reason was last logged.
     logged: [Mutex<Option<Instant>>; 4],
+    /// Each reason's latest detail, and when: what `/status` says of dirty keys.
+    last: [Mutex<Option<(Instant, String)>>; 4],
 }
+
+/// How long a failure's detail stays the one `/status` gives.
+const DETAIL_FRESH: Duration = Duration::from_secs(60);
 
 impl Retries {
     /// Resolve the handles for the migration of `pool`.
@@ -87,13 +92,25 @@ impl Retries {
             }),
             since_log: Default::default(),
             logged: Default::default(),
+            last: Default::default(),
         }
+    }
+
+    /// What happened at the latest retry for `reason`, if within the last minute.
+    pub fn last_detail(&self, reason: RetryReason) -> Option<String> {
+        let last = self.last[reason as usize].lock().ok()?;
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < DETAIL_FRESH)
+            .map(|(_, detail)| detail.clone())
     }
 
     /// One retry for `reason`, about `key`; `detail` says what happened.
     pub fn record(&self, reason: RetryReason, key: &[u8], detail: &dyn std::fmt::Display) {
         let i = reason as usize;
         self.counters[i].increment(1);
+        if let Ok(mut last) = self.last[i].lock() {
+            *last = Some((Instant::now(), detail.to_string()));
+        }
         let count = self.since_log[i].fetch_add(1, Relaxed) + 1;
         let due = self.logged[i].lock().is_ok_and(|mut last| {
             let due = last.is_none_or(|at| at.elapsed() >= LOG_EVERY);

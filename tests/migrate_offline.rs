@@ -301,7 +301,7 @@ fn errors_say_what_is_wrong() {
     ]);
     assert!(
         !ok && output.contains(&format!(
-            "cannot reach target server 127.0.0.1:{dead} of pool 'fleet': Connection refused"
+            "cannot reach server 127.0.0.1:{dead} of pool 'fleet': Connection refused"
         )),
         "{output}"
     );
@@ -313,8 +313,7 @@ fn errors_say_what_is_wrong() {
         .expect("run cutover verify");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success()
-            && stderr.contains(&format!("cannot reach target server 127.0.0.1:{dead}")),
+        !out.status.success() && stderr.contains(&format!("cannot reach server 127.0.0.1:{dead}")),
         "{stderr}"
     );
 }

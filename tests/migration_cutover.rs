@@ -447,3 +447,29 @@ fn a_target_refusing_copies_is_named_in_the_cutover_refusal() {
             && body.contains("NOAUTH")
     });
 }
+
+/// A verify pass with a target server down would count each of its keys as a difference:
+/// `POST /verify` refuses, naming the server, until it is back.
+#[test]
+fn verify_waits_for_a_target_server_that_does_not_answer() {
+    let source = RedisServer::start();
+    let mut targets = redis_servers(2);
+    fill_numbered(&source, 100);
+    let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    targets[1].shut_down();
+    let (code, body) = http(proxy.admin_port, "POST", "/verify");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains(&format!(
+            "server {} of pool 'fleet' does not answer",
+            targets[1].addr()
+        )),
+        "{body}"
+    );
+    targets[1].start_again();
+    assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
+    wait_for("a verify pass", Duration::from_secs(30), || {
+        proxy.migration()["verify"]["last"]["differences"] == 0
+    });
+}

@@ -238,6 +238,15 @@ impl Admin {
                 let Some(migration) = self.migration(&request.query) else {
                     return no_migration();
                 };
+                if let Some(silent) = verify::silent_server(&migration).await {
+                    return HttpResponse::error(
+                        409,
+                        &format!(
+                            "server {} of pool '{}' does not answer ({}): a verify pass now would count each of its keys as a difference; bring it back first",
+                            silent.server, silent.pool, silent.reason
+                        ),
+                    );
+                }
                 if !verify::start(&migration, options) {
                     return HttpResponse::error(
                         409,

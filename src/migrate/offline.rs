@@ -69,16 +69,9 @@ pub enum OfflineError {
         /// Why.
         reason: String,
     },
-    /// A server of the target pool does not answer at the start.
-    #[error("cannot reach target server {server} of pool '{pool}': {reason}")]
-    Target {
-        /// The target pool.
-        pool: String,
-        /// The server.
-        server: String,
-        /// Why.
-        reason: String,
-    },
+    /// A server of either end does not answer at the start.
+    #[error("cannot reach server {} of pool '{}': {}", .0.server, .0.pool, .0.reason)]
+    Silent(super::verify::SilentServer),
     /// Nothing moved for `--give-up-after` while keys were left to copy.
     #[error(
         "no key scanned or copied for {seconds} s (--give-up-after), with {waiting} keys still to copy; {servers}. Nothing is lost: run the same command again once the target answers (with --checkpoint it continues where this run stopped)"
@@ -195,7 +188,7 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
         total,
     } = open(&options).await?;
     let migration = Migration::start(pool, &source, &target);
-    if let Err(error) = target_answers(&migration).await {
+    if let Err(error) = both_ends_answer(&migration).await {
         migration.stop(Duration::from_secs(1)).await;
         return Err(error);
     }
@@ -255,24 +248,14 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
     })
 }
 
-/// Whether every server of the target pool answers a PING: a job whose target is down
-/// from the start says so at once, instead of scanning everything into dirty keys.
-async fn target_answers(migration: &Migration) -> Result<(), OfflineError> {
-    let pool = &migration.copy_target;
-    for (index, server) in pool.servers.iter().enumerate() {
-        let answer = pool.call(index, 0, &[b"PING"]).await;
-        let reason = match answer {
-            Ok(reply) if reply.starts_with(b"+") => continue,
-            Ok(reply) => String::from_utf8_lossy(&reply).trim_end().to_string(),
-            Err(error) => error.to_string(),
-        };
-        return Err(OfflineError::Target {
-            pool: migration.target.name().to_string(),
-            server: server.name.clone(),
-            reason,
-        });
+/// Every server of both ends answers: a job whose target is down from the start says so
+/// at once, instead of scanning everything into dirty keys (or, verifying, counting every
+/// key of that server as a difference).
+async fn both_ends_answer(migration: &Migration) -> Result<(), OfflineError> {
+    match super::verify::silent_server(migration).await {
+        None => Ok(()),
+        Some(silent) => Err(OfflineError::Silent(silent)),
     }
-    Ok(())
 }
 
 /// The target servers that fail now, for a stalled job's error.
@@ -416,7 +399,7 @@ pub async fn verify(
     } = open(&options).await?;
     let migration = Migration::start_with(pool, &source, &target, false);
     // A server that does not answer would make every key of its own look different.
-    target_answers(&migration).await?;
+    both_ends_answer(&migration).await?;
     let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
     let ticker = {
         let migration = migration.clone();

@@ -238,6 +238,46 @@ impl VerifyState {
     }
 }
 
+/// A server that does not answer now, found by [`silent_server`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SilentServer {
+    /// Its pool (the migration's source or target).
+    pub pool: String,
+    /// The server.
+    pub server: String,
+    /// What happened: the error, the reply, or no answer in time.
+    pub reason: String,
+}
+
+/// How long a server has to answer [`silent_server`]'s PING.
+const PING_LIMIT: Duration = Duration::from_secs(5);
+
+/// The first server of either side that does not answer a PING now: a verify pass would
+/// count each of its keys as a difference, and a copy job would only mark them dirty.
+pub async fn silent_server(migration: &Migration) -> Option<SilentServer> {
+    let sides = [
+        (&migration.copy_source, migration.source.name()),
+        (&migration.copy_target, migration.target.name()),
+    ];
+    for (pool, name) in sides {
+        for (index, server) in pool.servers.iter().enumerate() {
+            let answer = tokio::time::timeout(PING_LIMIT, pool.call(index, 0, &[b"PING"])).await;
+            let reason = match answer {
+                Ok(Ok(reply)) if reply.starts_with(b"+") => continue,
+                Ok(Ok(reply)) => String::from_utf8_lossy(&reply).trim_end().to_string(),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {} s", PING_LIMIT.as_secs()),
+            };
+            return Some(SilentServer {
+                pool: name.to_string(),
+                server: server.name.clone(),
+                reason,
+            });
+        }
+    }
+    None
+}
+
 /// Start a pass in the background (`POST /verify`); false if one is already running.
 pub fn start(migration: &Arc<Migration>, options: VerifyOptions) -> bool {
     if !migration.verify.begin() {

@@ -265,6 +265,50 @@ fn dirty_keys_a_crash_left_are_copied_after_the_restart() {
 }
 
 #[test]
+fn a_stop_with_the_target_down_spills_the_lanes_into_dirty_keys_and_stays_clean() {
+    let source = RedisServer::start();
+    let mut target = RedisServer::start();
+    fill_numbered(&source, 100);
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("legacy.state");
+    let text = migration_config(
+        &source,
+        std::slice::from_ref(&target),
+        &format!("    lanes: 4\n    state_file: {}\n", state.display()),
+    );
+    let mut first = Proxy::cutover(&text);
+    first.wait_migration_drained(Duration::from_secs(30), 2);
+    // The target goes away (its keys kept); writes pile up in the lanes, each lane
+    // retrying one copy at a time.
+    target.shut_down();
+    let mut conn = first.client();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET").arg(format!("queued:{i}")).arg(i).ignore();
+    }
+    pipe.query::<()>(&mut conn).expect("SETs");
+    drop(conn);
+    let queued = first.migration()["mirror"]["queued"].as_u64().unwrap_or(0);
+    assert!(queued > 100, "{queued} events queued");
+    // SIGTERM: the lanes cannot empty into a dead target within the stop's 10 s, so what
+    // they hold goes to the dirty-key file, and the stop is still clean.
+    assert!(first.terminate(Duration::from_secs(30)), "stops on SIGTERM");
+    assert!(
+        first
+            .log()
+            .contains("their keys are marked dirty, and the next run copies them")
+    );
+    let saved = std::fs::read_to_string(&state).expect("state file");
+    assert!(saved.contains("clean true"), "{saved}");
+    // The next run copies them, needing no verify pass: the target ends equal.
+    target.start_again();
+    let second = Proxy::cutover(&text);
+    assert_eq!(second.migration()["needs_verify"], false);
+    second.wait_migration_drained(Duration::from_secs(60), 2);
+    support::compare::assert_same(&source, std::slice::from_ref(&target));
+}
+
+#[test]
 fn dirty_keys_survive_a_dirty_file_that_cannot_be_written() {
     let source = RedisServer::start();
     let targets = vec![RedisServer::start_with(&["--enable-debug-command", "yes"])];

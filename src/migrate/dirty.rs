@@ -291,6 +291,10 @@ pub async fn drain(migration: Arc<Migration>) {
     let mut unconfirmed: Option<Vec<u64>> = None;
     loop {
         tokio::time::sleep(DRAIN_INTERVAL).await;
+        if migration.lanes.spilling() {
+            // Stopping: what is in the file stays there for the next run.
+            continue;
+        }
         let keys = migration.dirty.take(1024);
         let took = !keys.is_empty();
         for key in keys {

@@ -229,6 +229,15 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
         };
         processed += 1;
         let processed_slot = &migration.lanes.processed[index];
+        if migration.lanes.spilling() {
+            // The process is stopping and the target is slow or down: the key is copied
+            // by the next run instead (rule 7). A shadow read changes nothing.
+            if let Some(key) = spilled_key(&queued.event) {
+                migration.mark_dirty(key);
+            }
+            processed_slot.store(processed, SeqCst);
+            continue;
+        }
         if migration.fenced() && !migration.wait_while_fenced().await {
             // A fleet leader whose lease may be expiring writes nothing (rule 15) until it
             // is renewed; once it no longer leads, its successor copies every key it
@@ -297,6 +306,18 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
             rx.is_empty(),
         );
         processed_slot.store(processed, SeqCst);
+    }
+}
+
+/// The key a stopping lane marks dirty for `event`: any that may change the target's
+/// copy of a key (a shadow read does not; forgetting known keys has none).
+fn spilled_key(event: &LaneEvent) -> Option<&Bytes> {
+    match event {
+        LaneEvent::Write { key, .. }
+        | LaneEvent::Copy { key, .. }
+        | LaneEvent::Replicated { key, .. }
+        | LaneEvent::Marker { key, .. } => Some(key),
+        LaneEvent::Shadow { .. } | LaneEvent::DropKnown => None,
     }
 }
 

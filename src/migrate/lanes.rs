@@ -28,6 +28,10 @@ pub struct Lanes {
     seq: AtomicU64,
     /// The stamp counter (rule 9).
     stamps: AtomicU64,
+    /// Set by a stop that found the lanes still busy: each lane marks the key of every
+    /// event it takes dirty instead of acting on it (rule 7: the dirty file outlives the
+    /// process, so the next run copies those keys).
+    spilling: std::sync::atomic::AtomicBool,
 }
 
 impl Lanes {
@@ -42,6 +46,7 @@ impl Lanes {
             salt,
             seq: AtomicU64::new(1),
             stamps: AtomicU64::new(0),
+            spilling: std::sync::atomic::AtomicBool::new(false),
         };
         (lanes, receivers)
     }
@@ -123,6 +128,17 @@ impl Lanes {
         {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+    }
+
+    /// From now on, every event a lane takes only marks its key dirty (a stop that cannot
+    /// wait for the target).
+    pub fn spill(&self) {
+        self.spilling.store(true, SeqCst);
+    }
+
+    /// Whether the lanes spill their events into dirty keys.
+    pub fn spilling(&self) -> bool {
+        self.spilling.load(SeqCst)
     }
 
     /// Whether every lane has processed every event queued to it.

@@ -757,15 +757,32 @@ impl Migration {
         self.backfill.done.load(Relaxed) && queued == 0 && dirty == 0
     }
 
-    /// A clean stop: wait (at most `limit`) for the lanes to empty, then save the state
-    /// file as clean so the next start resumes without requiring a verify pass.
+    /// A clean stop: wait (at most `limit`) until every lane has processed every event
+    /// (the one it is acting on included); if they are still busy (a slow or dead
+    /// target), spill what is left into dirty keys, which the dirty-key file keeps for the
+    /// next run (rule 7), and wait (at most [`SPILL_LIMIT`]) for that. The state file is
+    /// then saved as clean, so the next start needs no verify pass, unless an event was
+    /// still being acted on, or a dirty key could not be written to the file.
     pub async fn stop(&self, limit: std::time::Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.backlog().0 > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let settled = |deadline: tokio::time::Instant| async move {
+            while !self.lanes.all_idle() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            self.lanes.all_idle()
+        };
+        let mut idle = settled(tokio::time::Instant::now() + limit).await;
+        if !idle {
+            let (queued, _) = self.backlog();
+            tracing::warn!(
+                pool = self.source.name(),
+                queued,
+                "stopping with mirror events still queued (the target is slow or down): their keys are marked dirty, and the next run copies them"
+            );
+            self.lanes.spill();
+            idle = settled(tokio::time::Instant::now() + SPILL_LIMIT).await;
         }
         self.progress.advance_to(&self.lanes.processed_now());
-        let clean = self.backlog().0 == 0;
+        let clean = idle && !self.dirty.needs_verify();
         self.save_state(clean);
     }
 
@@ -829,6 +846,9 @@ impl Migration {
         self.counters.eta.set(eta.unwrap_or(-1.0));
     }
 }
+
+/// How long a stop waits for the lanes to spill what they still hold into dirty keys.
+const SPILL_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The key an event is about.
 fn event_key(event: &LaneEvent) -> Option<&Bytes> {

@@ -760,7 +760,7 @@ impl Migration {
     /// A clean stop: wait (at most `limit`) until every lane has processed every event
     /// (the one it is acting on included); if they are still busy (a slow or dead
     /// target), spill what is left into dirty keys, which the dirty-key file keeps for the
-    /// next run (rule 7), and wait (at most [`SPILL_LIMIT`]) for that. The state file is
+    /// next run (rule 7), and wait (at most `SPILL_LIMIT`, 3 s) for that. The state file is
     /// then saved as clean, so the next start needs no verify pass, unless an event was
     /// still being acted on, or a dirty key could not be written to the file.
     pub async fn stop(&self, limit: std::time::Duration) {

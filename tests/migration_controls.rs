@@ -125,7 +125,7 @@ fn the_state_file_records_clean_and_unclean_stops() {
     );
     // A crash: the state file still says unclean.
     drop(second);
-    let mut third = Proxy::cutover(&text);
+    let third = Proxy::cutover(&text);
     let status = third.admin_get("/status").1;
     assert!(
         status.contains("\"needs_verify\":true"),
@@ -135,10 +135,6 @@ fn the_state_file_records_clean_and_unclean_stops() {
         status.contains("\"done\":true"),
         "the finished backfill is not repeated: {status}"
     );
-    // Stopped cleanly before any verify pass: the pass owed since the crash is still owed.
-    assert!(third.terminate(Duration::from_secs(15)), "stops on SIGTERM");
-    let fourth = Proxy::cutover(&text);
-    assert_eq!(fourth.migration()["needs_verify"], true);
 }
 
 #[test]

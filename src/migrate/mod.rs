@@ -782,9 +782,7 @@ impl Migration {
             idle = settled(tokio::time::Instant::now() + SPILL_LIMIT).await;
         }
         self.progress.advance_to(&self.lanes.processed_now());
-        // A pass owed since an unclean stop before this run stays owed until one runs.
-        let owed_from_before = self.progress.needs_verify() && self.verify.last().is_none();
-        let clean = idle && !self.dirty.needs_verify() && !owed_from_before;
+        let clean = idle && !self.dirty.needs_verify();
         self.save_state(clean);
     }
 

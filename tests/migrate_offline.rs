@@ -89,9 +89,17 @@ fn checkpointed(
     args
 }
 
-/// Wait until `checkpoint` shows a scan part-way (however slow the machine).
-fn wait_part_way(checkpoint: &std::path::Path) {
+/// Wait until `checkpoint` shows the scan of `job` part-way (however slow the machine);
+/// a job that ends first fails the test with what it printed.
+fn wait_part_way(checkpoint: &std::path::Path, job: &mut std::process::Child) {
     wait_for("a part-way checkpoint", Duration::from_secs(60), || {
+        if let Ok(Some(status)) = job.try_wait() {
+            let mut said = String::new();
+            if let Some(mut stderr) = job.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+            }
+            panic!("the job ended before it was part-way ({status}): {said}");
+        }
         std::fs::read_to_string(checkpoint).is_ok_and(|state| {
             state
                 .lines()
@@ -165,7 +173,7 @@ fn resumes_from_its_checkpoint_after_being_killed() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start");
-    wait_part_way(&checkpoint);
+    wait_part_way(&checkpoint, &mut first);
     let _ = first.kill();
     let _ = first.wait();
     let state = std::fs::read_to_string(&checkpoint).expect("a checkpoint was written");
@@ -206,19 +214,19 @@ fn a_target_server_lost_part_way_stops_the_job_and_a_rerun_finishes() {
     let dir = tempfile::tempdir().expect("dir");
     let config = fleet(&targets, dir.path());
     let checkpoint = dir.path().join("job.state");
-    let first = Command::new(cutover_bin())
+    let mut first = Command::new(cutover_bin())
         .arg("migrate")
         .args(checkpointed(
             &source,
             &config,
             &checkpoint,
-            &["--rate", "1500", "--give-up-after", "2"],
+            &["--rate", "1500", "--give-up-after", "3"],
         ))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start");
-    wait_part_way(&checkpoint);
+    wait_part_way(&checkpoint, &mut first);
     // One target server goes away (its keys kept): the job stops, says why, and says
     // what to do.
     targets[1].shut_down();
@@ -226,7 +234,7 @@ fn a_target_server_lost_part_way_stops_the_job_and_a_rerun_finishes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("no key scanned or copied for 2 s")
+        stderr.contains("no key scanned or copied for 3 s")
             && stderr.contains("target server fleet1: ")
             && stderr.contains("run the same command again"),
         "{stderr}"

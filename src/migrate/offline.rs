@@ -291,9 +291,14 @@ impl Stall {
     }
 
     /// The counts now; the whole seconds they have stood still, once that reaches the
-    /// limit.
+    /// limit. A job that has not yet scanned or copied anything is not judged: its first
+    /// SCAN page may be slow on a loaded machine, and a target down from the start was
+    /// found before the job began.
     fn stuck(&mut self, moved: (u64, u64, u64)) -> Option<u64> {
         let limit = self.limit?;
+        if moved == (0, 0, 0) {
+            return None;
+        }
         match self.last {
             Some((seen, since)) if seen == moved => {
                 let still = since.elapsed();

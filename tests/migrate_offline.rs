@@ -89,6 +89,23 @@ fn checkpointed(
     args
 }
 
+/// Start `cutover migrate` from `source` into the pool of `config`, keeping its progress
+/// in `checkpoint`, with `extra` arguments; its standard error is kept for the test.
+fn spawn_job(
+    source: &RedisServer,
+    config: &std::path::Path,
+    checkpoint: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    Command::new(cutover_bin())
+        .arg("migrate")
+        .args(checkpointed(source, config, checkpoint, extra))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cutover migrate")
+}
+
 /// Wait until `checkpoint` shows the scan of `job` part-way (however slow the machine);
 /// a job that ends first fails the test with what it printed.
 fn wait_part_way(checkpoint: &std::path::Path, job: &mut std::process::Child) {
@@ -161,18 +178,7 @@ fn resumes_from_its_checkpoint_after_being_killed() {
     let config = fleet(&targets, dir.path());
     let checkpoint = dir.path().join("job.state");
     // A slow first run, killed once its checkpoint shows a part-way cursor.
-    let mut first = Command::new(cutover_bin())
-        .arg("migrate")
-        .args(checkpointed(
-            &source,
-            &config,
-            &checkpoint,
-            &["--rate", "4000"],
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
+    let mut first = spawn_job(&source, &config, &checkpoint, &["--rate", "4000"]);
     wait_part_way(&checkpoint, &mut first);
     let _ = first.kill();
     let _ = first.wait();
@@ -214,18 +220,12 @@ fn a_target_server_lost_part_way_stops_the_job_and_a_rerun_finishes() {
     let dir = tempfile::tempdir().expect("dir");
     let config = fleet(&targets, dir.path());
     let checkpoint = dir.path().join("job.state");
-    let mut first = Command::new(cutover_bin())
-        .arg("migrate")
-        .args(checkpointed(
-            &source,
-            &config,
-            &checkpoint,
-            &["--rate", "1500", "--give-up-after", "3"],
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
+    let mut first = spawn_job(
+        &source,
+        &config,
+        &checkpoint,
+        &["--rate", "1500", "--give-up-after", "3"],
+    );
     wait_part_way(&checkpoint, &mut first);
     // One target server goes away (its keys kept): the job stops, says why, and says
     // what to do.

@@ -5,6 +5,8 @@
 
 use serde_json::Value;
 
+use crate::upstream::ServerState;
+
 /// Width of the backfill bar.
 const BAR: usize = 30;
 
@@ -72,21 +74,12 @@ fn servers_text(pool: &Value) -> String {
     let mut counts = Vec::new();
     let mut troubled = Vec::new();
     for (name, servers) in sides {
-        let servers = servers.as_array().map(Vec::as_slice).unwrap_or_default();
+        let servers: Vec<ServerState> = serde_json::from_value(servers.clone()).unwrap_or_default();
         counts.push(format!("{name} {}", servers.len()));
-        for server in servers {
-            let failing = server["failing"].as_u64().unwrap_or(0);
-            let state = match (server["ejected"] == true, failing) {
-                (true, _) => "ejected".to_string(),
-                (false, 0) => continue,
-                (false, 1) => "1 failure since its last answer".to_string(),
-                (false, n) => format!("{n} failures since its last answer"),
-            };
-            troubled.push(format!(
-                "{name} {}: {state}",
-                server["name"].as_str().unwrap_or("?")
-            ));
-        }
+        troubled.extend(servers.iter().filter_map(|server| {
+            let trouble = server.trouble()?;
+            Some(format!("{name} {}: {trouble}", server.name))
+        }));
     }
     if troubled.is_empty() {
         format!("  servers  all answering ({})\n", counts.join(", "))

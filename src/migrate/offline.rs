@@ -263,11 +263,7 @@ fn failing_servers(pool: &Pool) -> String {
     let failing: Vec<String> = pool
         .server_states()
         .into_iter()
-        .filter(|s| s.failing > 0 || s.ejected)
-        .map(|s| match s.failing {
-            1 => format!("{}: 1 failure since its last answer", s.name),
-            n => format!("{}: {n} failures since its last answer", s.name),
-        })
+        .filter_map(|s| Some(format!("{}: {}", s.name, s.trouble()?)))
         .collect();
     if failing.is_empty() {
         "no target server reports a failure".to_string()

@@ -48,7 +48,7 @@ pub struct Server {
 }
 
 /// How a server fares now, for `/status` and `cutover ctl status`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServerState {
     /// Its name (stats key, metrics label).
     pub name: String,
@@ -62,6 +62,19 @@ pub struct ServerState {
     pub failing: u32,
     /// Whether it is ejected now (`auto_eject_hosts`): its keys go to the other servers.
     pub ejected: bool,
+}
+
+impl ServerState {
+    /// What is wrong with it, in words (`None`: it answers): ejected, or how many times
+    /// it failed since its last answer.
+    pub fn trouble(&self) -> Option<String> {
+        match (self.ejected, self.failing) {
+            (true, _) => Some("ejected".to_string()),
+            (false, 0) => None,
+            (false, 1) => Some("1 failure since its last answer".to_string()),
+            (false, n) => Some(format!("{n} failures since its last answer")),
+        }
+    }
 }
 
 /// A pool at run time.

@@ -27,31 +27,37 @@ pub(super) async fn enter(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
     Ok(lease)
 }
 
-/// Rule 16: after registering, compare this member's placement with every other
-/// member's; if one that registered before it (a lower create revision) disagrees, leave
-/// (revoke the lease, so the record goes at once) and say who and how. Of two members
-/// joining at once with different configs, the later one leaves and the earlier one
-/// stays. `Err(Ok(_))`: the disagreement; `Err(Err(_))`: etcd failed.
-pub(super) async fn agree_on_placement(
-    fleet: &Fleet,
-    lease: i64,
-) -> Result<(), Result<super::FleetError, etcd_client::Error>> {
-    let mut client = fleet.client.clone();
-    let reply = client
+/// Every member's record in etcd, each with the revision that created it (the order the
+/// members registered in).
+async fn members(fleet: &Fleet) -> Result<Vec<(i64, MemberInfo)>, etcd_client::Error> {
+    let reply = fleet
+        .client
+        .clone()
         .get(
             fleet.key("members/"),
             Some(etcd_client::GetOptions::new().with_prefix()),
         )
-        .await
-        .map_err(Err)?;
-    let records: Vec<(i64, MemberInfo)> = reply
+        .await?;
+    Ok(reply
         .kvs()
         .iter()
         .filter_map(|kv| {
             let info = serde_json::from_slice::<MemberInfo>(kv.value()).ok()?;
             Some((kv.create_revision(), info))
         })
-        .collect();
+        .collect())
+}
+
+/// Rule 16: after registering, compare this member's placement with every other
+/// member's; if one that registered before it (a lower create revision) disagrees, leave
+/// (revoke the lease, so the record goes at once) and say who and how. Of two members
+/// joining at once with different configs, the later one leaves and the earlier one
+/// stays. `Ok(Some(_))`: the disagreement.
+pub(super) async fn agree_on_placement(
+    fleet: &Fleet,
+    lease: i64,
+) -> Result<Option<super::FleetError>, etcd_client::Error> {
+    let records = members(fleet).await?;
     let mine = records
         .iter()
         .find(|(_, info)| info.id == fleet.me.id)
@@ -63,10 +69,10 @@ pub(super) async fn agree_on_placement(
         })
         .min_by_key(|(revision, _)| *revision);
     let Some((_, theirs)) = first_disagreeing else {
-        return Ok(());
+        return Ok(None);
     };
-    let _ = client.lease_revoke(lease).await;
-    Err(Ok(super::FleetError::Placement {
+    let _ = fleet.client.clone().lease_revoke(lease).await;
+    Ok(Some(super::FleetError::Placement {
         member: theirs.id.clone(),
         theirs: theirs.placement.clone().unwrap_or_default(),
         ours: fleet.me.placement.clone().unwrap_or_default(),
@@ -206,24 +212,14 @@ async fn campaign(fleet: Arc<Fleet>, lease: i64) {
 
 /// Read the members and the leader into the fleet's view.
 async fn look(fleet: &Fleet) {
-    let mut client = fleet.client.clone();
-    let members = client
-        .get(
-            fleet.key("members/"),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await;
-    let leader = client.leader(fleet.key("election")).await;
+    let members = members(fleet).await;
+    let leader = fleet.client.clone().leader(fleet.key("election")).await;
     let Ok(mut view) = fleet.view.lock() else {
         return;
     };
     view.reachable = members.is_ok();
-    if let Ok(reply) = members {
-        view.members = reply
-            .kvs()
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<MemberInfo>(kv.value()).ok())
-            .collect();
+    if let Ok(members) = members {
+        view.members = members.into_iter().map(|(_, info)| info).collect();
         fleet.counters.members.set(view.members.len() as f64);
     }
     let now = leader.ok().and_then(|r| {

@@ -211,9 +211,12 @@ impl Fleet {
         let lease = member::enter(&fleet)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        member::agree_on_placement(&fleet, lease)
+        if let Some(disagreement) = member::agree_on_placement(&fleet, lease)
             .await
-            .map_err(|error| error.unwrap_or_else(|e| failed(e.to_string())))?;
+            .map_err(|e| failed(e.to_string()))?
+        {
+            return Err(disagreement);
+        }
         tracing::info!(pool, member = %fleet.me.id, %endpoints, "joined the fleet");
         tokio::spawn(member::run(fleet.clone(), lease));
         tokio::spawn(barrier::follow(fleet.clone()));

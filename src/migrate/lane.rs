@@ -309,16 +309,13 @@ pub async fn run(migration: Arc<Migration>, index: usize, mut rx: mpsc::Receiver
     }
 }
 
-/// The key a stopping lane marks dirty for `event`: any that may change the target's
-/// copy of a key (a shadow read does not; forgetting known keys has none).
+/// The key a stopping lane marks dirty for `event`: that of any event that may change
+/// the target's copy of its key (a shadow read does not).
 fn spilled_key(event: &LaneEvent) -> Option<&Bytes> {
-    match event {
-        LaneEvent::Write { key, .. }
-        | LaneEvent::Copy { key, .. }
-        | LaneEvent::Replicated { key, .. }
-        | LaneEvent::Marker { key, .. } => Some(key),
-        LaneEvent::Shadow { .. } | LaneEvent::DropKnown => None,
+    if matches!(event, LaneEvent::Shadow { .. }) {
+        return None;
     }
+    super::event_key(event)
 }
 
 /// Handle one event that is neither folded into a copy nor replayed in a batch: copy its

@@ -288,6 +288,53 @@ fn dirty_keys_a_crash_left_are_copied_after_the_restart() {
     support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
 }
 
+/// Rule 7 through a long outage: every copy of a dirty key fails while the target is
+/// down, and the drainer backs off to a probe of a few keys every few seconds instead of
+/// appending each key to the dirty-key file again and again; once the target is back, the
+/// drain resumes, the file starts over empty, and the target ends equal.
+#[test]
+fn the_dirty_key_file_stops_growing_while_the_target_stays_down() {
+    let mut scene = WithState::new("    lanes: 4\n");
+    let proxy = Proxy::cutover(&scene.text);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    scene.target.shut_down();
+    let mut conn = proxy.client();
+    let mut pipe = redis::pipe();
+    for i in 0..100 {
+        pipe.cmd("SET").arg(format!("down:{i:03}")).arg(i).ignore();
+    }
+    pipe.query::<()>(&mut conn).expect("SETs");
+    let mirror = |proxy: &Proxy, field: &str| proxy.migration()["mirror"][field].as_u64();
+    wait_for("the drainer to back off", Duration::from_secs(60), || {
+        mirror(&proxy, "dirty_backoff_ms").unwrap_or(0) >= 2000
+    });
+    let ctl = proxy.ctl_status();
+    assert!(ctl.contains("copies of dirty keys keep failing"), "{ctl}");
+    // From a 2 s wait on, 6 s hold at most two probes. Each record is a 4-byte length
+    // and an 8-byte key.
+    let file = scene.state.with_extension("dirty");
+    let size = || std::fs::metadata(&file).map_or(0, |m| m.len());
+    let before = size();
+    std::thread::sleep(Duration::from_secs(6));
+    let grown = size() - before;
+    assert!(
+        grown <= 2 * cutover::migrate::DIRTY_PROBE as u64 * 12,
+        "{grown} bytes appended to the dirty-key file in 6 s ({})",
+        proxy.migration()["mirror"]
+    );
+    assert!(mirror(&proxy, "dirty").unwrap_or(0) >= 100);
+    // The target comes back: within a probe's wait the drain resumes at full speed.
+    scene.target.start_again();
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(mirror(&proxy, "dirty_backoff_ms"), Some(0));
+    wait_for(
+        "the dirty-key file to start over",
+        Duration::from_secs(10),
+        || size() == 0,
+    );
+    support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
+}
+
 /// Rule 7 at a SIGTERM that cannot wait for a dead target: the lanes spill what they
 /// hold into dirty keys, the stop stays clean, and the next run copies them with no
 /// verify pass needed.

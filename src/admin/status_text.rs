@@ -321,6 +321,16 @@ fn migration_text(m: &Value) -> String {
         n(&mirror["replayed"]),
         n(&mirror["copied"]),
     ));
+    let backoff = n(&mirror["dirty_backoff_ms"]);
+    if backoff > 0 {
+        out.push_str(&format!(
+            "           copies of dirty keys keep failing ({} so far): {} keys tried every {:.1} s until they succeed
+",
+            n(&mirror["dirty_failed_again"]),
+            crate::migrate::DIRTY_PROBE,
+            backoff as f64 / 1000.0,
+        ));
+    }
     out.push_str(&engines_text(m));
     out.push_str(&capture_text(&m["capture"]));
     out.push_str(&format!(

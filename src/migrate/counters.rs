@@ -37,6 +37,11 @@ pub struct MigrationCounters {
     pub dirtied: Counter,
     /// `cutover_mirror_redirty_copies_total`: dirty keys copied again.
     pub redirty: Counter,
+    /// `cutover_mirror_redirty_failures_total`: copies of dirty keys that failed again.
+    pub redirty_failed: Counter,
+    /// `cutover_dirty_drain_backoff_seconds`: the dirty-key drainer's wait between probes
+    /// while copies of dirty keys keep failing (0 while they succeed).
+    pub dirty_backoff: Gauge,
     /// `cutover_dirty_keys`: dirty keys waiting.
     pub dirty_pending: Gauge,
     /// `cutover_dirty_keys_unpersisted`: dirty keys the dirty-key file could not take,
@@ -168,6 +173,8 @@ impl MigrationCounters {
             retries: super::retries::Retries::new(pool),
             dirtied: counter!("cutover_mirror_dirty_total", "pool" => p.clone()),
             redirty: counter!("cutover_mirror_redirty_copies_total", "pool" => p.clone()),
+            redirty_failed: counter!("cutover_mirror_redirty_failures_total", "pool" => p.clone()),
+            dirty_backoff: gauge!("cutover_dirty_drain_backoff_seconds", "pool" => p.clone()),
             dirty_pending: gauge!("cutover_dirty_keys", "pool" => p.clone()),
             dirty_unpersisted: gauge!("cutover_dirty_keys_unpersisted", "pool" => p.clone()),
             lane_depth: gauge!("cutover_lane_queue_depth", "pool" => p.clone()),

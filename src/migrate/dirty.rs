@@ -8,6 +8,14 @@
 //! lane's queue until its copy is done, so the file keeps it until then: it starts over
 //! empty only once every key taken from it has been copied (or marked dirty again).
 //!
+//! While the target is down every copy of a dirty key fails and marks its key dirty
+//! again, so a drainer at full speed would append to the file for as long as the outage
+//! lasts. When most of a batch fails again the drainer backs off instead: it takes a probe
+//! of [`PROBE`] keys after a wait that doubles up to [`MOST_BACKOFF`], and goes back to
+//! full batches once a probe's copies mostly succeed. The file then grows by at most a
+//! probe every few seconds during an outage, and the drain resumes within
+//! [`MOST_BACKOFF`] of the target's return.
+//!
 //! When the file cannot be opened or written (a full disk, permissions, a directory in
 //! its place), a dirty key is never dropped: it is kept in a bounded in-memory set,
 //! counted (`cutover_dirty_keys_unpersisted`), logged, and the migration needs a verify
@@ -29,6 +37,12 @@ use super::lane::LaneEvent;
 
 /// How often the drainer looks for dirty keys.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
+/// Most keys taken in one turn while their copies succeed.
+const BATCH: usize = 1024;
+/// Keys taken in one turn while the drainer backs off (most of its last batch failed).
+pub const PROBE: usize = 16;
+/// Longest wait between two probes while copies keep failing.
+const MOST_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest key accepted back from the file (guards against a damaged file).
 const MAX_KEY: usize = 512 * 1024 * 1024;
 /// Most dirty keys held in memory when the file fails.
@@ -56,6 +70,11 @@ pub struct DirtyKeys {
     /// Times a verify pass was owed for another reason (a replication stream's gap, a
     /// replicated command whose keys could not be told).
     pub owed: AtomicU64,
+    /// Copies of dirty keys that failed again (each marked its key dirty once more).
+    pub failed_again: AtomicU64,
+    /// How long the drainer waits before its next probe, in milliseconds: 0 while copies
+    /// of dirty keys succeed.
+    pub backoff_ms: AtomicU64,
     /// `unpersisted + owed` when the last verify pass that has finished began.
     verified_through: AtomicU64,
     /// When the file's failure was last logged.
@@ -104,6 +123,8 @@ impl DirtyKeys {
             unpersisted: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             owed: AtomicU64::new(u64::from(damaged)),
+            failed_again: AtomicU64::new(0),
+            backoff_ms: AtomicU64::new(0),
             verified_through: AtomicU64::new(0),
             logged: Mutex::new(None),
         }
@@ -198,6 +219,11 @@ impl DirtyKeys {
         self.verified_through.fetch_max(mark, Relaxed);
     }
 
+    /// The drainer's wait before its next probe (zero while copies succeed).
+    fn backoff(&self, wait: Duration) {
+        self.backoff_ms.store(wait.as_millis() as u64, Relaxed);
+    }
+
     /// Up to `max` dirty keys not yet taken, advancing past them.
     fn take(&self, max: usize) -> Vec<Bytes> {
         let mut keys: Vec<Bytes> = {
@@ -283,20 +309,103 @@ fn recover(file: &mut std::fs::File) -> std::io::Result<(u64, bool)> {
     Ok((records, damaged))
 }
 
-/// Copy dirty keys again, through their lanes, as they come; start the file over once
-/// the lanes have processed every copy taken from it.
+/// A batch of dirty keys queued on the lanes and not yet judged.
+struct InFlight {
+    /// Keys taken.
+    taken: u64,
+    /// [`DirtyKeys::failed_again`] before they were queued.
+    failed_before: u64,
+    /// The lanes' queued counts once they were queued: once each lane has processed that
+    /// many events, every copy of the batch is done (or its key marked again).
+    queued: Vec<u64>,
+}
+
+/// How fast the drainer takes keys: full batches while copies succeed, probes after a
+/// doubling wait while most of a batch fails again.
+#[derive(Debug, Default)]
+struct Pace {
+    /// Wait before the next take (zero while copies succeed).
+    backoff: Duration,
+    /// When the next take may happen.
+    next: Option<Instant>,
+}
+
+impl Pace {
+    /// Judge a batch of `taken` keys of which `failed` failed again.
+    fn judge(&mut self, taken: u64, failed: u64) {
+        let was = self.backoff;
+        self.backoff = if failed * 2 > taken {
+            (was * 2).clamp(DRAIN_INTERVAL, MOST_BACKOFF)
+        } else {
+            Duration::ZERO
+        };
+        self.next = Some(Instant::now() + self.backoff);
+        if was.is_zero() && !self.backoff.is_zero() {
+            tracing::warn!(
+                failed,
+                taken,
+                "copies of dirty keys keep failing (the target is down?): the drainer now tries a few keys at a time, waiting up to {} s between tries, so that the dirty-key file does not grow with the outage",
+                MOST_BACKOFF.as_secs()
+            );
+        } else if !was.is_zero() && self.backoff.is_zero() {
+            tracing::info!(
+                taken,
+                "copies of dirty keys succeed again: the drainer goes back to full speed"
+            );
+        }
+    }
+
+    /// Whether the drainer may take keys now.
+    fn due(&self) -> bool {
+        self.next.is_none_or(|next| Instant::now() >= next)
+    }
+
+    /// Keys to take now.
+    fn batch(&self) -> usize {
+        if self.backoff.is_zero() { BATCH } else { PROBE }
+    }
+}
+
+/// Copy dirty keys again, through their lanes, one batch at a time; judge each batch once
+/// the lanes have processed it (backing off while copies fail, see the module's doc), and
+/// start the file over once every key taken from it was processed.
 pub async fn drain(migration: Arc<Migration>) {
-    // The lanes' queued counts after the last keys taken were queued: once each lane has
-    // processed that many events, those copies are done (or their keys marked again).
-    let mut unconfirmed: Option<Vec<u64>> = None;
+    let mut in_flight: Option<InFlight> = None;
+    let mut pace = Pace::default();
     loop {
         tokio::time::sleep(DRAIN_INTERVAL).await;
         if migration.lanes.spilling() {
             // Stopping: what is in the file stays there for the next run.
             continue;
         }
-        let keys = migration.dirty.take(1024);
-        let took = !keys.is_empty();
+        if let Some(batch) = &in_flight {
+            let processed = migration.lanes.processed_now();
+            if !processed
+                .iter()
+                .zip(&batch.queued)
+                .all(|(done, queued)| done >= queued)
+            {
+                continue;
+            }
+            let failed = migration.dirty.failed_again.load(Relaxed) - batch.failed_before;
+            pace.judge(batch.taken, failed);
+            migration.dirty.backoff(pace.backoff);
+            migration
+                .counters
+                .dirty_backoff
+                .set(pace.backoff.as_secs_f64());
+            in_flight = None;
+            migration.dirty.compact();
+        }
+        if !pace.due() {
+            continue;
+        }
+        let failed_before = migration.dirty.failed_again.load(Relaxed);
+        let keys = migration.dirty.take(pace.batch());
+        if keys.is_empty() {
+            continue;
+        }
+        let taken = keys.len() as u64;
         for key in keys {
             migration
                 .send(LaneEvent::Copy {
@@ -307,19 +416,11 @@ pub async fn drain(migration: Arc<Migration>) {
                 })
                 .await;
         }
-        if took {
-            unconfirmed = Some(migration.lanes.enqueued_now());
-        } else if let Some(queued) = &unconfirmed {
-            let processed = migration.lanes.processed_now();
-            if processed
-                .iter()
-                .zip(queued)
-                .all(|(done, queued)| done >= queued)
-            {
-                migration.dirty.compact();
-                unconfirmed = None;
-            }
-        }
+        in_flight = Some(InFlight {
+            taken,
+            failed_before,
+            queued: migration.lanes.enqueued_now(),
+        });
         migration.publish_dirty();
     }
 }
@@ -333,6 +434,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("m.dirty");
         (dir, path)
+    }
+
+    #[test]
+    fn the_drainer_backs_off_to_probes_while_batches_mostly_fail_and_resumes_when_one_succeeds() {
+        let mut pace = Pace::default();
+        assert!(pace.due());
+        assert_eq!(pace.batch(), BATCH);
+        // Half failing is not "most": full speed still.
+        pace.judge(10, 5);
+        assert_eq!((pace.backoff, pace.batch()), (Duration::ZERO, BATCH));
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            pace.judge(16, 16);
+            waits.push(pace.backoff.as_millis());
+        }
+        assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(pace.batch(), PROBE);
+        assert!(!pace.due(), "a probe waits for its turn");
+        pace.judge(16, 3);
+        assert_eq!((pace.backoff, pace.batch()), (Duration::ZERO, BATCH));
+        assert!(pace.due());
     }
 
     #[test]

@@ -704,6 +704,7 @@ async fn copy_with_retries(
     key: &Bytes,
     reason: CopyReason,
 ) {
+    let reason_is_dirty = matches!(reason, CopyReason::Dirty);
     let mut backoff = FIRST_BACKOFF;
     let Ok(_slot) = migration.backfill.copy_slots.acquire().await else {
         return;
@@ -742,6 +743,12 @@ async fn copy_with_retries(
             Err(error) => {
                 let reason = RetryReason::CopyFailed;
                 migration.counters.retries.record(reason, key, &error);
+                if reason_is_dirty {
+                    // The drainer judges its batches by these (it backs off while they
+                    // mostly fail).
+                    migration.dirty.failed_again.fetch_add(1, Relaxed);
+                    migration.counters.redirty_failed.increment(1);
+                }
                 migration.mark_dirty(key);
                 return;
             }

@@ -45,6 +45,7 @@ use bytes::Bytes;
 
 pub use copy::CopyReason;
 pub use counters::MigrationCounters;
+pub use dirty::PROBE as DIRTY_PROBE;
 pub use flip::{FlipError, Flipped};
 pub use lane::{LaneEvent, Queued};
 pub use lanes::Lanes;

@@ -94,6 +94,8 @@ impl Migration {
                 "dirtied": t.dirtied.load(Relaxed),
                 "dirty_unpersisted": self.dirty.unpersisted.load(Relaxed),
                 "dirty_in_memory": self.dirty.in_memory(),
+                "dirty_failed_again": self.dirty.failed_again.load(Relaxed),
+                "dirty_backoff_ms": self.dirty.backoff_ms.load(Relaxed),
                 "folded": t.folded.load(Relaxed),
             },
             "copies": {

@@ -227,7 +227,7 @@ fn a_target_server_lost_part_way_stops_the_job_and_a_rerun_finishes() {
         &["--rate", "1500", "--give-up-after", "3"],
     );
     wait_part_way(&checkpoint, &mut first);
-    // One target server goes away (its keys kept): the job stops, says why, and says
+    // One target server goes away: the job stops, says why, and says
     // what to do.
     targets[1].shut_down();
     let out = first.wait_with_output().expect("the first run ends");
@@ -239,9 +239,11 @@ fn a_target_server_lost_part_way_stops_the_job_and_a_rerun_finishes() {
             && stderr.contains("run the same command again"),
         "{stderr}"
     );
-    // Back, and the same command finishes the job: every key, the ones its keys queued
-    // and those marked dirty when the first run stopped included.
-    targets[1].start_again();
+    // Back, but empty (its saved keys lost, as after a crash without persistence), and
+    // the same command finishes the job: every key, the ones its keys queued and those
+    // marked dirty when the first run stopped included, and (rule 17: its run_id changed
+    // since the checkpoint) those the server held before it went away.
+    targets[1].restart_empty();
     let rerun = checkpointed(&source, &config, &checkpoint, &[]);
     let rerun: Vec<&str> = rerun.iter().map(String::as_str).collect();
     let (ok, output) = migrate(&rerun);

@@ -335,9 +335,72 @@ fn the_dirty_key_file_stops_growing_while_the_target_stays_down() {
     support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
 }
 
+/// Keys on a server.
+fn dbsize(server: &RedisServer) -> u64 {
+    redis::cmd("DBSIZE")
+        .query(&mut server.client())
+        .expect("DBSIZE")
+}
+
+/// Rule 17: a target server restarts empty after a verify pass found no difference. The
+/// cutover would have gone through and served keys the target lost; instead the restart is
+/// found (its run_id changed), every source key is copied again, and the cutover waits for
+/// a verify pass that starts after the restart. Then the same across a stop of cutover
+/// itself: the state file keeps the run_id it saw.
+#[test]
+fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
+    let mut scene = WithState::new("");
+    let mut proxy = Proxy::cutover(&scene.text);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let verified = |proxy: &Proxy| {
+        assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
+        wait_for("a verify pass", Duration::from_secs(30), || {
+            let m = proxy.migration();
+            m["verify"]["running"] == false && m["verify"]["last"]["differences"] == 0
+        });
+    };
+    verified(&proxy);
+    // The cutover would be allowed now (once the test's own connections to the source
+    // have been seen gone).
+    wait_for("no blocker", Duration::from_secs(10), || {
+        proxy.migration()["cutover"]["blockers"] == serde_json::json!([])
+    });
+
+    scene.target.restart_empty();
+    assert_eq!(dbsize(&scene.target), 0);
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("restarted (its run_id changed)"), "{body}");
+    wait_for("every key copied again", Duration::from_secs(30), || {
+        dbsize(&scene.target) == dbsize(&scene.source)
+    });
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("run a verify pass with repair"), "{body}");
+    let status = proxy.ctl_status();
+    assert!(status.contains("restarts target server"), "{status}");
+    support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
+
+    // While cutover is stopped (cleanly), the target server restarts empty again.
+    verified(&proxy);
+    assert!(proxy.terminate(Duration::from_secs(30)), "stops on SIGTERM");
+    scene.target.restart_empty();
+    let proxy = Proxy::cutover(&scene.text);
+    wait_for("every key copied again", Duration::from_secs(30), || {
+        dbsize(&scene.target) == dbsize(&scene.source)
+    });
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert!(proxy.migration()["target_restarts"]["seen"][0]["server"].is_string());
+    verified(&proxy);
+    wait_for("the cutover", Duration::from_secs(10), || {
+        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    });
+    support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
+}
+
 /// Rule 7 at a SIGTERM that cannot wait for a dead target: the lanes spill what they
-/// hold into dirty keys, the stop stays clean, and the next run copies them with no
-/// verify pass needed.
+/// hold into dirty keys, the stop stays clean, and the next run copies them.
 #[test]
 fn a_stop_with_the_target_down_spills_the_lanes_into_dirty_keys_and_stays_clean() {
     let mut scene = WithState::new("    lanes: 4\n");
@@ -366,10 +429,20 @@ fn a_stop_with_the_target_down_spills_the_lanes_into_dirty_keys_and_stays_clean(
     );
     let saved = std::fs::read_to_string(&state).expect("state file");
     assert!(saved.contains("clean true"), "{saved}");
-    // The next run copies them, needing no verify pass: the target ends equal.
+    // The next run copies them: the target ends equal. (The target restarted meanwhile,
+    // its keys saved: its run_id changed, so rule 17 has every key copied again too, and
+    // owes a verify pass for that, not for the stop, which was clean.)
     scene.target.start_again();
     let second = Proxy::cutover(&text);
-    assert_eq!(second.migration()["needs_verify"], false);
+    wait_for(
+        "the target's restart to be seen",
+        Duration::from_secs(10),
+        || {
+            second.migration()["target_restarts"]["seen"]
+                .as_array()
+                .is_some_and(|seen| seen.len() == 1)
+        },
+    );
     second.wait_migration_drained(Duration::from_secs(60), 2);
     support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
 }

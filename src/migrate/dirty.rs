@@ -50,6 +50,31 @@ const MEMORY_KEYS: usize = 100_000;
 /// Shortest time between two log lines about the file failing.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Why a verify pass is owed, besides dirty keys the file could not take: each says what
+/// may differ that no lane saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owed {
+    /// Part of a source's replication stream was lost, or a replicated command's keys
+    /// could not be told.
+    StreamGap = 0,
+    /// This member took over from a fleet leader, whose dirty keys died with it.
+    Takeover = 1,
+    /// The dirty-key file ended in a damaged record (a crash, a full disk).
+    DamagedFile = 2,
+    /// A target server restarted: what it reloaded may hold keys since deleted.
+    TargetRestart = 3,
+}
+
+impl Owed {
+    /// Every cause, in the order of their numbers.
+    pub const ALL: [Owed; 4] = [
+        Owed::StreamGap,
+        Owed::Takeover,
+        Owed::DamagedFile,
+        Owed::TargetRestart,
+    ];
+}
+
 /// The dirty-key file and its progress.
 pub struct DirtyKeys {
     /// The file, opened for reading and appending (`None` when it could not be opened).
@@ -67,9 +92,11 @@ pub struct DirtyKeys {
     pub unpersisted: AtomicU64,
     /// Keys that could be neither written nor kept (memory full): only a verify finds them.
     pub overflowed: AtomicU64,
-    /// Times a verify pass was owed for another reason (a replication stream's gap, a
-    /// replicated command whose keys could not be told).
+    /// Times a verify pass was owed for another reason ([`Owed`]).
     pub owed: AtomicU64,
+    /// Per [`Owed`] cause: `unpersisted + owed` right after it was last owed (a verify pass
+    /// that began at or after that mark and finished pays it).
+    owed_marks: [AtomicU64; Owed::ALL.len()],
     /// Copies of dirty keys that failed again (each marked its key dirty once more).
     pub failed_again: AtomicU64,
     /// How long the drainer waits before its next probe, in milliseconds: 0 while copies
@@ -123,6 +150,8 @@ impl DirtyKeys {
             unpersisted: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             owed: AtomicU64::new(u64::from(damaged)),
+            owed_marks: Owed::ALL
+                .map(|cause| AtomicU64::new(u64::from(damaged && cause == Owed::DamagedFile))),
             failed_again: AtomicU64::new(0),
             backoff_ms: AtomicU64::new(0),
             verified_through: AtomicU64::new(0),
@@ -203,10 +232,16 @@ impl DirtyKeys {
         self.verify_mark() > self.verified_through.load(Relaxed)
     }
 
-    /// Something outside the lanes' view may differ (a replication stream's gap): a
-    /// verify pass that begins after now is needed before the cutover.
-    pub fn owe_verify(&self) {
-        self.owed.fetch_add(1, Relaxed);
+    /// Something outside the lanes' view may differ (`cause`): a verify pass that begins
+    /// after now is needed before the cutover.
+    pub fn owe_verify(&self, cause: Owed) {
+        let _ = self.owed.fetch_add(1, Relaxed);
+        self.owed_marks[cause as usize].fetch_max(self.verify_mark(), Relaxed);
+    }
+
+    /// Whether a verify pass is still owed for `cause`.
+    pub fn owes(&self, cause: Owed) -> bool {
+        self.owed_marks[cause as usize].load(Relaxed) > self.verified_through.load(Relaxed)
     }
 
     /// A verify pass is starting: what it will have covered once it finishes.
@@ -455,6 +490,27 @@ mod tests {
         pace.judge(16, 3);
         assert_eq!((pace.backoff, pace.batch()), (Duration::ZERO, BATCH));
         assert!(pace.due());
+    }
+
+    #[test]
+    fn a_verify_owed_is_owed_for_its_cause_until_a_pass_that_began_after_it_finishes() {
+        let (_dir, path) = fresh();
+        let dirty = DirtyKeys::open(path);
+        let before = dirty.verify_mark();
+        dirty.owe_verify(Owed::TargetRestart);
+        assert!(dirty.owes(Owed::TargetRestart) && dirty.needs_verify());
+        assert!(
+            !dirty.owes(Owed::StreamGap),
+            "each cause says its own reason"
+        );
+        dirty.verified(before);
+        assert!(
+            dirty.owes(Owed::TargetRestart),
+            "a pass that began before does not pay"
+        );
+        let mark = dirty.verify_mark();
+        dirty.verified(mark);
+        assert!(!dirty.owes(Owed::TargetRestart) && !dirty.needs_verify());
     }
 
     #[test]

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Migration;
 use super::capture::Side;
 use super::phase::Phase;
+use super::{Migration, Owed};
 use crate::config::Capture;
 
 /// Longest a flip waits for in-flight requests and lanes before giving up (the gate then
@@ -64,10 +64,15 @@ pub struct Flipped {
 impl Migration {
     /// What stands between the migration and a safe cutover (empty: ready), waiting a
     /// little for a moment when the lanes are empty.
-    pub async fn cutover_blockers(&self) -> Vec<String> {
+    pub async fn cutover_blockers(self: &Arc<Self>) -> Vec<String> {
+        // A target server that restarted since the last look is found now, not after the
+        // flip (rule 17).
+        let unread = self.watch_target_runs().await;
         let idle = self.wait_lanes_idle(IDLE_WAIT).await;
         self.refresh_direct_clients().await;
-        self.readiness(idle)
+        let mut reasons = self.readiness(idle);
+        reasons.extend(unread);
+        reasons
     }
 
     /// Look again for clients connected straight to a source server (`/status` shows what
@@ -170,8 +175,18 @@ impl Migration {
                 self.backlog().0
             ));
         }
-        if self.dirty.needs_verify() && self.dirty.owed.load(Relaxed) > 0 {
-            reasons.push("part of a source's replication stream was lost (or a replicated command's keys could not be told); run a verify pass with repair (cutover ctl verify --repair) that starts now".to_string());
+        reasons.extend(self.target_runs.blockers());
+        for cause in Owed::ALL {
+            if !self.dirty.owes(cause) {
+                continue;
+            }
+            let what = match cause {
+                Owed::StreamGap => "part of a source's replication stream was lost (or a replicated command's keys could not be told)".to_string(),
+                Owed::Takeover => "this member took over from a fleet leader, whose dirty keys died with it".to_string(),
+                Owed::DamagedFile => format!("the dirty-key file {} ended in a damaged record (a crash or a full disk), now cut off", self.dirty.path.display()),
+                Owed::TargetRestart => format!("{}; what it reloaded may hold keys the source has since deleted", self.target_runs.restarted_text()),
+            };
+            reasons.push(format!("{what}; run a verify pass with repair (cutover ctl verify --repair) that starts now"));
         }
         if self.dirty.needs_verify() && self.dirty.unpersisted.load(Relaxed) > 0 {
             reasons.push(format!(
@@ -228,7 +243,7 @@ impl Migration {
 
     /// Whether the migration may flip to `to` now (the phase it flips from), with every
     /// reason it may not; `force` overrides the readiness checks, not the phase.
-    pub async fn check_flip(&self, to: Phase, force: bool) -> Result<Phase, FlipError> {
+    pub async fn check_flip(self: &Arc<Self>, to: Phase, force: bool) -> Result<Phase, FlipError> {
         let phase = self.phase();
         match to {
             Phase::Cutover if phase != Phase::Migrating => {

@@ -36,6 +36,7 @@ mod state;
 mod status;
 mod stream;
 mod structural;
+mod target_runs;
 pub mod verify;
 
 use std::sync::Arc;
@@ -45,7 +46,7 @@ use bytes::Bytes;
 
 pub use copy::CopyReason;
 pub use counters::MigrationCounters;
-pub use dirty::PROBE as DIRTY_PROBE;
+pub use dirty::{Owed, PROBE as DIRTY_PROBE};
 pub use flip::{FlipError, Flipped};
 pub use lane::{LaneEvent, Queued};
 pub use lanes::Lanes;
@@ -117,6 +118,8 @@ pub struct Migration {
     send_fence: Arc<crate::upstream::SendFence>,
     /// Clients last found connected straight to a source server (cutover blockers).
     direct_seen: std::sync::Mutex<Vec<String>>,
+    /// The target servers' runs: a restart means copying every key again (rule 17).
+    pub target_runs: target_runs::TargetRuns,
 }
 
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
@@ -297,6 +300,10 @@ impl Migration {
             copy_target.servers.len(),
         );
         let (lanes, receivers) = Lanes::new(lane_count, per_lane, progress.salt());
+        let target_names: Vec<String> =
+            copy_target.servers.iter().map(|s| s.name.clone()).collect();
+        let target_runs =
+            target_runs::TargetRuns::new(&source_config.name, &target_names, &progress.target_ids);
         let (source_servers, target_servers) =
             (copy_source.servers.len(), copy_target.servers.len());
         let migration = Arc::new(Migration {
@@ -324,6 +331,7 @@ impl Migration {
             role: std::sync::atomic::AtomicU8::new(Role::Solo as u8),
             send_fence: Arc::new(crate::upstream::SendFence::new()),
             direct_seen: std::sync::Mutex::new(Vec::new()),
+            target_runs,
             progress,
             tunables: Tunables::new(&settings),
             settings,
@@ -340,6 +348,7 @@ impl Migration {
         }
         tokio::spawn(dirty::drain(migration.clone()));
         tokio::spawn(state::checkpoints(migration.clone()));
+        tokio::spawn(target_runs::watch(migration.clone()));
         tracing::info!(
             source = migration.source.name(),
             target = migration.target.name(),
@@ -752,10 +761,14 @@ impl Migration {
         self.counters.rate_limit.set(keys_per_second as f64);
     }
 
-    /// Whether the backfill is complete, every lane is empty and no dirty key waits.
+    /// Whether the backfill is complete, no full pass after a target server's restart is
+    /// still queueing keys (rule 17), every lane is empty and no dirty key waits.
     pub fn drained(&self) -> bool {
         let (queued, dirty) = self.backlog();
-        self.backfill.done.load(Relaxed) && queued == 0 && dirty == 0
+        self.backfill.done.load(Relaxed)
+            && !self.target_runs.passes_running()
+            && queued == 0
+            && dirty == 0
     }
 
     /// A clean stop: wait (at most `limit`) until every lane has processed every event

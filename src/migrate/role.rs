@@ -72,7 +72,7 @@ impl Migration {
         };
         let positions = checkpoint.and_then(|text| state::adopt(self, text, side));
         if positions.is_some() {
-            self.dirty.owe_verify();
+            self.dirty.owe_verify(super::dirty::Owed::Takeover);
             let scanned = self.totals.scanned.load(Relaxed);
             self.backfill.taken_over_at.store(scanned, Relaxed);
         }

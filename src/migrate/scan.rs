@@ -1,12 +1,19 @@
-//! Every key of one server, a `SCAN` page at a time: what verify and the capture's full
-//! passes walk. (The backfill has its own loop: it resumes from a saved cursor and paces
+//! Every key of one server, a `SCAN` page at a time: what verify and the full passes (a
+//! capture's gap, a target server's restart) walk. (The backfill has its own loop: it resumes from a saved cursor and paces
 //! itself.)
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::Migration;
+use super::copy::CopyReason;
+use super::lag::LagStart;
+use super::lane::LaneEvent;
 use crate::upstream::Pool;
+
+/// Keys a page of a full pass.
+const FULL_PASS_COUNT: u32 = 1000;
 
 /// Tries of one page before the rest of the server is given up (logged).
 const PAGE_TRIES: usize = 20;
@@ -59,4 +66,30 @@ impl<'a> KeyScan<'a> {
         tracing::error!(pool = self.pool.name(), server = %self.pool.servers[self.server].name, "{}: cannot SCAN this server; the rest of its keys are skipped", self.purpose);
         None
     }
+}
+
+/// Copy every key of server `server` of `pool` again, through the lanes (not "unless
+/// copied": what the other side holds of them is unknown); `purpose` names the pass in the
+/// log line of a scan cut short. The keys queued.
+pub(super) async fn copy_every_key(
+    migration: &Migration,
+    pool: &Pool,
+    server: usize,
+    purpose: &'static str,
+) -> u64 {
+    let mut queued = 0u64;
+    let mut scan = KeyScan::new(pool, server, FULL_PASS_COUNT, purpose);
+    while let Some(keys) = scan.next_page().await {
+        for key in keys {
+            queued += 1;
+            let event = LaneEvent::Copy {
+                key,
+                unless_known: false,
+                reason: CopyReason::Backfill,
+                lag: LagStart(None),
+            };
+            migration.send(event).await;
+        }
+    }
+    queued
 }

@@ -47,6 +47,8 @@ pub struct Progress {
     pub phase: Phase,
     /// Per source server.
     servers: Vec<ServerProgress>,
+    /// The target servers' `run_id`s an earlier run saw last (name, run_id): rule 17.
+    pub target_ids: Vec<(String, String)>,
 }
 
 impl Progress {
@@ -64,6 +66,7 @@ impl Progress {
                     ..Default::default()
                 })
                 .collect(),
+            target_ids: Vec::new(),
         };
         let Some(file) = path.as_deref() else {
             return fresh(None);
@@ -147,6 +150,7 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
     let mut loaded = [0u64; 3];
     let mut phase = Phase::Migrating;
     let mut saved = vec![("0".to_string(), false); servers];
+    let mut target_ids = Vec::new();
     for line in lines {
         let words: Vec<&str> = line.split(' ').collect();
         match words.as_slice() {
@@ -159,6 +163,7 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
                 *saved.get_mut(index)? = (cursor.to_string(), *done == "1");
             }
             ["capture", _, _, _] => {}
+            ["target", name, run_id] => target_ids.push((name.to_string(), run_id.to_string())),
             _ => return None,
         }
     }
@@ -175,6 +180,7 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
                 ..Default::default()
             })
             .collect(),
+        target_ids,
     })
 }
 
@@ -190,8 +196,9 @@ pub fn save(migration: &Migration, clean: bool) {
 }
 
 /// The migration's state as the state file's text: the phase, the salt, the totals, each
-/// source server's safe cursor and, under capture, each source server's safe stream
-/// position (`capture <server> <replid> <offset>`).
+/// source server's safe cursor, under capture each source server's safe stream position
+/// (`capture <server> <replid> <offset>`), and each target server's last `run_id` seen
+/// (`target <name> <run_id>`, rule 17).
 pub fn render(migration: &Migration, clean: bool) -> String {
     let progress = &migration.progress;
     let t = &migration.totals;
@@ -218,6 +225,9 @@ pub fn render(migration: &Migration, clean: bool) -> String {
             let name = side.name();
             text.push_str(&format!("capture {name}:{i} {} {}\n", p.replid, p.offset));
         }
+    }
+    for (name, run_id) in migration.target_runs.saved() {
+        text.push_str(&format!("target {name} {run_id}\n"));
     }
     text
 }
@@ -252,6 +262,7 @@ pub fn adopt(
             *saved = cursor;
         }
     }
+    migration.target_runs.adopt(&taken.target_ids);
     let t = &migration.totals;
     t.scanned.store(taken.loaded[0], Relaxed);
     t.backfill_copied.store(taken.loaded[1], Relaxed);
@@ -280,6 +291,7 @@ pub async fn checkpoints(migration: Arc<Migration>) {
         if migration.phase() == Phase::Migrating && ticks.is_multiple_of(DIRECT_CLIENTS_TICKS) {
             migration.refresh_direct_clients().await;
         }
+
         ticks += 1;
         if ticks.is_multiple_of(LAG_WINDOW_TICKS) {
             migration.lag.rotate();
@@ -295,9 +307,13 @@ mod tests {
     #[test]
     fn round_trip_through_text() {
         let text = format!(
-            "{HEADER}\nclean false\nphase cutover\nsalt 1 2\ntotals 10 8 1000\nserver 0 1 0\nserver 1 0 1234\n"
+            "{HEADER}\nclean false\nphase cutover\nsalt 1 2\ntotals 10 8 1000\nserver 0 1 0\nserver 1 0 1234\ntarget t1 4f2a\n"
         );
         let progress = parse(&text, 2).expect("valid");
+        assert_eq!(
+            progress.target_ids,
+            [("t1".to_string(), "4f2a".to_string())]
+        );
         assert!(progress.needs_verify());
         assert_eq!(progress.salt(), Salt(1, 2));
         assert_eq!(progress.loaded, [10, 8, 1000]);

@@ -48,6 +48,11 @@ impl Migration {
             "target_servers": self.target.server_states(),
             "authority": self.authority().name(),
             "needs_verify": self.needs_verify(),
+            "target_restarts": {
+                "seen": self.target_runs.restarts(),
+                "recopying": self.target_runs.passes_running(),
+                "keys_queued": self.target_runs.keys_queued.load(Relaxed),
+            },
             "backfill": {
                 "state": state,
                 "done": done,

@@ -23,3 +23,4 @@ pub use counters::{ErrorKind, PoolCounters, ServerCounters};
 pub use fence::SendFence;
 pub use hook::ReplyHook;
 pub use pool::{Pool, ReplaySlot, Route, Server, ServerState};
+pub use version::info_field;

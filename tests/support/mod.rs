@@ -221,6 +221,19 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Stop it without saving (if it runs) and start it again, on the same port, empty (as
+    /// a server without persistence comes back from a crash): a new `run_id`, no keys.
+    pub fn restart_empty(&mut self) {
+        // Down already (after `shut_down`), it is only started again, without its dump.
+        let address = format!("redis://127.0.0.1:{}", self.port);
+        if let Ok(mut conn) = redis::Client::open(address).and_then(|c| c.get_connection()) {
+            let _ = redis::cmd("SHUTDOWN").arg("NOSAVE").query::<()>(&mut conn);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
+        self.start_again();
+    }
+
     /// Start it again after [`RedisServer::shut_down`], on the same port and directory,
     /// with the keys it saved.
     pub fn start_again(&mut self) {

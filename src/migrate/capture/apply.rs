@@ -11,7 +11,7 @@ use crate::command::{self, Access};
 use crate::migrate::lag::LagStart;
 use crate::migrate::lane::LaneEvent;
 use crate::migrate::marker::Marked;
-use crate::migrate::scan::KeyScan;
+use crate::migrate::scan::{self, KeyScan};
 use crate::migrate::{CopyReason, Migration};
 use crate::resp::Request;
 
@@ -167,7 +167,7 @@ async fn getkeys(migration: &Migration, here: Here, request: &Request) -> Vec<By
             .collect(),
         _ => {
             tracing::warn!(pool = migration.source.name(), command = %String::from_utf8_lossy(request.name()), reply = %String::from_utf8_lossy(&reply).trim_end(), "cannot tell which keys a replicated command writes; a verify pass will find them");
-            migration.dirty.owe_verify();
+            migration.dirty.owe_verify(crate::migrate::Owed::StreamGap);
             Vec::new()
         }
     }
@@ -206,14 +206,7 @@ async fn flush_owned(migration: &Migration, here: Here) {
 /// A full pass over server `server` of `side` after a gap in its stream: every key is
 /// copied again (not "unless copied": what the gap changed is unknown).
 pub(super) async fn copy_every_key(migration: Arc<Migration>, side: Side, server: usize) {
-    let mut copied = 0u64;
     let pool = side.copy_pool(&migration);
-    let mut scan = KeyScan::new(pool, server, SCAN_COUNT, "capture (full pass)");
-    while let Some(keys) = scan.next_page().await {
-        for key in keys {
-            copied += 1;
-            copy(&migration, key, CopyReason::Backfill).await;
-        }
-    }
+    let copied = scan::copy_every_key(&migration, pool, server, "capture (full pass)").await;
     tracing::info!(pool = migration.source.name(), server = %pool.servers[server].name, keys = copied, "full pass after a stream gap: every key copied again");
 }

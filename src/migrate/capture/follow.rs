@@ -160,7 +160,7 @@ async fn reconnect(
             Ok((stream, Sync::Full)) => {
                 state.full_resyncs.fetch_add(1, Relaxed);
                 migration.counters.capture_reconnects[1].increment(1);
-                migration.dirty.owe_verify();
+                migration.dirty.owe_verify(crate::migrate::Owed::StreamGap);
                 migration.capture.new_generation();
                 tracing::error!(pool = migration.source.name(), side = side.name(), server = %s.name, "the master could not continue the stream (its backlog was overrun): the writes in the gap are unknown; every key of this server is copied again, and a verify pass is needed before the next flip");
                 tokio::spawn(copy_every_key(migration.clone(), side, server));

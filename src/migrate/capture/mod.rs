@@ -320,7 +320,7 @@ pub async fn follow_from(
         let from = positions.get(server).and_then(Option::as_ref);
         let (stream, sync) = open(pool, server, from).await?;
         if from.is_some() && sync == Sync::Full {
-            migration.dirty.owe_verify();
+            migration.dirty.owe_verify(crate::migrate::Owed::StreamGap);
             tracing::warn!(pool = migration.source.name(), server = %pool.servers[server].name, "the checkpoint's stream position is gone from the server's backlog: every key of this server is copied again, and a verify pass is needed before the cutover");
             tokio::spawn(copy_every_key(migration.clone(), side, server));
         }

@@ -346,7 +346,8 @@ fn dbsize(server: &RedisServer) -> u64 {
 /// cutover would have gone through and served keys the target lost; instead the restart is
 /// found (its run_id changed), every source key is copied again, and the cutover waits for
 /// a verify pass that starts after the restart. Then the same across a stop of cutover
-/// itself: the state file keeps the run_id it saw.
+/// itself (the state file keeps the run_id it saw), and, after the cutover, for the
+/// source before a rollback.
 #[test]
 fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
     let mut scene = WithState::new("");
@@ -391,11 +392,26 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
         dbsize(&scene.target) == dbsize(&scene.source)
     });
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    assert!(proxy.migration()["target_restarts"]["seen"][0]["server"].is_string());
+    assert_eq!(proxy.migration()["restarts"]["seen"][0]["side"], "target");
     verified(&proxy);
     wait_for("the cutover", Duration::from_secs(10), || {
         http(proxy.admin_port, "POST", "/cutover").0 == 200
     });
+    support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
+
+    // After the cutover the source is the mirrored side: one that restarts empty is
+    // filled again from the target before a rollback may go to it.
+    scene.source.restart_empty();
+    let (code, body) = http(proxy.admin_port, "POST", "/rollback");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("source server"), "{body}");
+    wait_for("every key copied back", Duration::from_secs(30), || {
+        dbsize(&scene.source) == dbsize(&scene.target)
+    });
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    verified(&proxy);
+    let (code, body) = http(proxy.admin_port, "POST", "/rollback");
+    assert_eq!(code, 200, "{body}");
     support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
 }
 
@@ -438,7 +454,7 @@ fn a_stop_with_the_target_down_spills_the_lanes_into_dirty_keys_and_stays_clean(
         "the target's restart to be seen",
         Duration::from_secs(10),
         || {
-            second.migration()["target_restarts"]["seen"]
+            second.migration()["restarts"]["seen"]
                 .as_array()
                 .is_some_and(|seen| seen.len() == 1)
         },

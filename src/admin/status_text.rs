@@ -156,30 +156,37 @@ fn fleet_text(fleet: &Value) -> String {
 
 /// The capture line, under replication capture: each source server's applied offset,
 /// lag and reconnects.
-/// The target servers seen restarting (rule 17), if any: `  restarts target server s1 12 s
-/// ago (run_id changed); every source key was copied again (N keys queued)`.
+/// The servers seen restarting (rule 17), if any: `  restarts target server s1 12 s ago
+/// (run_id changed); every key was copied to the mirrored side again (N keys queued)`.
 fn restarts_text(restarts: &Value) -> String {
     let Some(seen) = restarts["seen"].as_array().filter(|seen| !seen.is_empty()) else {
         return String::new();
     };
-    let names: Vec<String> = seen
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let servers: Vec<String> = seen
         .iter()
         .map(|r| {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
             let ago = now_ms.saturating_sub(r["at_ms"].as_u64().unwrap_or(0)) / 1000;
-            format!("{} {ago} s ago", r["server"].as_str().unwrap_or("?"))
+            format!(
+                "{} server {} {ago} s ago",
+                r["side"].as_str().unwrap_or("?"),
+                r["server"].as_str().unwrap_or("?")
+            )
         })
         .collect();
+    let recopied = seen.iter().any(|r| r["recopied"].as_bool() == Some(true));
     let pass = if restarts["recopying"].as_bool() == Some(true) {
-        "every source key is being copied again"
+        "every key is being copied to the mirrored side again"
+    } else if recopied {
+        "every key was copied to the mirrored side again"
     } else {
-        "every source key was copied again"
+        "the side clients use: nothing to copy"
     };
     format!(
-        "  restarts target server {} (run_id changed); {pass} ({} keys queued)\n",
-        names.join(", "),
+        "  restarts {} (run_id changed); {pass} ({} keys queued)\n",
+        servers.join(", "),
         restarts["keys_queued"].as_u64().unwrap_or(0),
     )
 }
@@ -359,7 +366,7 @@ fn migration_text(m: &Value) -> String {
             backoff as f64 / 1000.0,
         ));
     }
-    out.push_str(&restarts_text(&m["target_restarts"]));
+    out.push_str(&restarts_text(&m["restarts"]));
     out.push_str(&engines_text(m));
     out.push_str(&capture_text(&m["capture"]));
     out.push_str(&format!(

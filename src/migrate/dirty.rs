@@ -61,8 +61,9 @@ pub enum Owed {
     Takeover = 1,
     /// The dirty-key file ended in a damaged record (a crash, a full disk).
     DamagedFile = 2,
-    /// A target server restarted: what it reloaded may hold keys since deleted.
-    TargetRestart = 3,
+    /// A server of the mirrored side restarted: what it reloaded may hold keys since
+    /// deleted.
+    Restart = 3,
 }
 
 impl Owed {
@@ -71,7 +72,7 @@ impl Owed {
         Owed::StreamGap,
         Owed::Takeover,
         Owed::DamagedFile,
-        Owed::TargetRestart,
+        Owed::Restart,
     ];
 }
 
@@ -497,20 +498,20 @@ mod tests {
         let (_dir, path) = fresh();
         let dirty = DirtyKeys::open(path);
         let before = dirty.verify_mark();
-        dirty.owe_verify(Owed::TargetRestart);
-        assert!(dirty.owes(Owed::TargetRestart) && dirty.needs_verify());
+        dirty.owe_verify(Owed::Restart);
+        assert!(dirty.owes(Owed::Restart) && dirty.needs_verify());
         assert!(
             !dirty.owes(Owed::StreamGap),
             "each cause says its own reason"
         );
         dirty.verified(before);
         assert!(
-            dirty.owes(Owed::TargetRestart),
+            dirty.owes(Owed::Restart),
             "a pass that began before does not pay"
         );
         let mark = dirty.verify_mark();
         dirty.verified(mark);
-        assert!(!dirty.owes(Owed::TargetRestart) && !dirty.needs_verify());
+        assert!(!dirty.owes(Owed::Restart) && !dirty.needs_verify());
     }
 
     #[test]

@@ -66,12 +66,34 @@ impl Migration {
     /// little for a moment when the lanes are empty.
     pub async fn cutover_blockers(self: &Arc<Self>) -> Vec<String> {
         // A target server that restarted since the last look is found now, not after the
-        // flip (rule 17).
-        let unread = self.watch_target_runs().await;
+        // flip (rule 17); the source's run_ids are read too, for after the flip.
+        let unread = self.watch_restarts().await;
         let idle = self.wait_lanes_idle(IDLE_WAIT).await;
         self.refresh_direct_clients().await;
         let mut reasons = self.readiness(idle);
         reasons.extend(unread);
+        reasons
+    }
+
+    /// What stands between the migration and a rollback now: dirty keys the source would
+    /// miss, and (rule 17) a source server that restarted after the cutover until every
+    /// key is copied back to it and a verify pass that started after has run, or one whose
+    /// `run_id` cannot be read.
+    async fn rollback_blockers(self: &Arc<Self>) -> Vec<String> {
+        let mut reasons = self.watch_restarts().await;
+        let (_, dirty) = self.backlog();
+        if dirty > 0 {
+            reasons.push(format!(
+                "{dirty} dirty keys wait to be copied to the source; wait, or force"
+            ));
+        }
+        reasons.extend(self.restarts.blocker());
+        if self.dirty.owes(Owed::Restart) {
+            reasons.push(format!(
+                "{}; what it reloaded may hold keys deleted since, which a rollback would bring back: run a verify pass with repair (cutover ctl verify --repair) that starts now",
+                self.restarts.restarted_text()
+            ));
+        }
         reasons
     }
 
@@ -175,7 +197,7 @@ impl Migration {
                 self.backlog().0
             ));
         }
-        reasons.extend(self.target_runs.blockers());
+        reasons.extend(self.restarts.blocker());
         for cause in Owed::ALL {
             if !self.dirty.owes(cause) {
                 continue;
@@ -184,7 +206,7 @@ impl Migration {
                 Owed::StreamGap => "part of a source's replication stream was lost (or a replicated command's keys could not be told)".to_string(),
                 Owed::Takeover => "this member took over from a fleet leader, whose dirty keys died with it".to_string(),
                 Owed::DamagedFile => format!("the dirty-key file {} ended in a damaged record (a crash or a full disk), now cut off", self.dirty.path.display()),
-                Owed::TargetRestart => format!("{}; what it reloaded may hold keys the source has since deleted", self.target_runs.restarted_text()),
+                Owed::Restart => format!("{}; what it reloaded may hold keys since deleted", self.restarts.restarted_text()),
             };
             reasons.push(format!("{what}; run a verify pass with repair (cutover ctl verify --repair) that starts now"));
         }
@@ -269,12 +291,13 @@ impl Migration {
                 Ok(phase)
             }
             Phase::Migrating => {
-                let (_, dirty) = self.backlog();
-                if dirty > 0 && !force {
-                    self.counters.refusals.increment(1);
-                    return Err(FlipError::NotReady(vec![format!(
-                        "{dirty} dirty keys wait to be copied to the source; wait, or force"
-                    )]));
+                let blockers = self.rollback_blockers().await;
+                if !blockers.is_empty() {
+                    if !force {
+                        self.counters.refusals.increment(1);
+                        return Err(FlipError::NotReady(blockers));
+                    }
+                    tracing::warn!(pool = self.source.name(), reasons = %blockers.join("; "), "rollback forced past its checks");
                 }
                 Ok(phase)
             }

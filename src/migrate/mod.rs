@@ -28,6 +28,7 @@ pub mod mirror;
 pub mod offline;
 pub mod phase;
 pub mod placed_read;
+mod restarts;
 mod retries;
 mod role;
 mod scan;
@@ -36,7 +37,6 @@ mod state;
 mod status;
 mod stream;
 mod structural;
-mod target_runs;
 pub mod verify;
 
 use std::sync::Arc;
@@ -118,8 +118,9 @@ pub struct Migration {
     send_fence: Arc<crate::upstream::SendFence>,
     /// Clients last found connected straight to a source server (cutover blockers).
     direct_seen: std::sync::Mutex<Vec<String>>,
-    /// The target servers' runs: a restart means copying every key again (rule 17).
-    pub target_runs: target_runs::TargetRuns,
+    /// The servers' runs: a restart of the mirrored side's means copying every key again
+    /// (rule 17).
+    pub restarts: restarts::Restarts,
 }
 
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
@@ -300,10 +301,14 @@ impl Migration {
             copy_target.servers.len(),
         );
         let (lanes, receivers) = Lanes::new(lane_count, per_lane, progress.salt());
-        let target_names: Vec<String> =
-            copy_target.servers.iter().map(|s| s.name.clone()).collect();
-        let target_runs =
-            target_runs::TargetRuns::new(&source_config.name, &target_names, &progress.target_ids);
+        let names =
+            |pool: &Pool| -> Vec<String> { pool.servers.iter().map(|s| s.name.clone()).collect() };
+        let (source_names, target_names) = (names(&copy_source), names(&copy_target));
+        let restarts = restarts::Restarts::new(
+            &source_config.name,
+            [&source_names, &target_names],
+            [&progress.run_ids[0], &progress.run_ids[1]],
+        );
         let (source_servers, target_servers) =
             (copy_source.servers.len(), copy_target.servers.len());
         let migration = Arc::new(Migration {
@@ -331,7 +336,7 @@ impl Migration {
             role: std::sync::atomic::AtomicU8::new(Role::Solo as u8),
             send_fence: Arc::new(crate::upstream::SendFence::new()),
             direct_seen: std::sync::Mutex::new(Vec::new()),
-            target_runs,
+            restarts,
             progress,
             tunables: Tunables::new(&settings),
             settings,
@@ -348,7 +353,7 @@ impl Migration {
         }
         tokio::spawn(dirty::drain(migration.clone()));
         tokio::spawn(state::checkpoints(migration.clone()));
-        tokio::spawn(target_runs::watch(migration.clone()));
+        tokio::spawn(restarts::watch(migration.clone()));
         tracing::info!(
             source = migration.source.name(),
             target = migration.target.name(),
@@ -761,12 +766,12 @@ impl Migration {
         self.counters.rate_limit.set(keys_per_second as f64);
     }
 
-    /// Whether the backfill is complete, no full pass after a target server's restart is
-    /// still queueing keys (rule 17), every lane is empty and no dirty key waits.
+    /// Whether the backfill is complete, no full pass after a server's restart is still
+    /// queueing keys (rule 17), every lane is empty and no dirty key waits.
     pub fn drained(&self) -> bool {
         let (queued, dirty) = self.backlog();
         self.backfill.done.load(Relaxed)
-            && !self.target_runs.passes_running()
+            && !self.restarts.passes_running()
             && queued == 0
             && dirty == 0
     }

@@ -47,8 +47,9 @@ pub struct Progress {
     pub phase: Phase,
     /// Per source server.
     servers: Vec<ServerProgress>,
-    /// The target servers' `run_id`s an earlier run saw last (name, run_id): rule 17.
-    pub target_ids: Vec<(String, String)>,
+    /// The `run_id`s an earlier run saw last, per side (source, target), as
+    /// `(name, run_id)`: rule 17.
+    pub run_ids: [Vec<(String, String)>; 2],
 }
 
 impl Progress {
@@ -66,7 +67,7 @@ impl Progress {
                     ..Default::default()
                 })
                 .collect(),
-            target_ids: Vec::new(),
+            run_ids: [Vec::new(), Vec::new()],
         };
         let Some(file) = path.as_deref() else {
             return fresh(None);
@@ -150,7 +151,7 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
     let mut loaded = [0u64; 3];
     let mut phase = Phase::Migrating;
     let mut saved = vec![("0".to_string(), false); servers];
-    let mut target_ids = Vec::new();
+    let mut run_ids = [Vec::new(), Vec::new()];
     for line in lines {
         let words: Vec<&str> = line.split(' ').collect();
         match words.as_slice() {
@@ -163,7 +164,10 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
                 *saved.get_mut(index)? = (cursor.to_string(), *done == "1");
             }
             ["capture", _, _, _] => {}
-            ["target", name, run_id] => target_ids.push((name.to_string(), run_id.to_string())),
+            ["run", side, name, run_id] => {
+                let side = usize::from(*side == "target");
+                run_ids[side].push((name.to_string(), run_id.to_string()));
+            }
             _ => return None,
         }
     }
@@ -180,7 +184,7 @@ fn parse(text: &str, servers: usize) -> Option<Progress> {
                 ..Default::default()
             })
             .collect(),
-        target_ids,
+        run_ids,
     })
 }
 
@@ -197,8 +201,8 @@ pub fn save(migration: &Migration, clean: bool) {
 
 /// The migration's state as the state file's text: the phase, the salt, the totals, each
 /// source server's safe cursor, under capture each source server's safe stream position
-/// (`capture <server> <replid> <offset>`), and each target server's last `run_id` seen
-/// (`target <name> <run_id>`, rule 17).
+/// (`capture <server> <replid> <offset>`), and each server's last `run_id` seen
+/// (`run <side> <name> <run_id>`, rule 17).
 pub fn render(migration: &Migration, clean: bool) -> String {
     let progress = &migration.progress;
     let t = &migration.totals;
@@ -226,8 +230,10 @@ pub fn render(migration: &Migration, clean: bool) -> String {
             text.push_str(&format!("capture {name}:{i} {} {}\n", p.replid, p.offset));
         }
     }
-    for (name, run_id) in migration.target_runs.saved() {
-        text.push_str(&format!("target {name} {run_id}\n"));
+    for side in [super::capture::Side::Source, super::capture::Side::Target] {
+        for (name, run_id) in migration.restarts.saved(side) {
+            text.push_str(&format!("run {} {name} {run_id}\n", side.name()));
+        }
     }
     text
 }
@@ -262,7 +268,9 @@ pub fn adopt(
             *saved = cursor;
         }
     }
-    migration.target_runs.adopt(&taken.target_ids);
+    migration
+        .restarts
+        .adopt([&taken.run_ids[0], &taken.run_ids[1]]);
     let t = &migration.totals;
     t.scanned.store(taken.loaded[0], Relaxed);
     t.backfill_copied.store(taken.loaded[1], Relaxed);
@@ -307,13 +315,14 @@ mod tests {
     #[test]
     fn round_trip_through_text() {
         let text = format!(
-            "{HEADER}\nclean false\nphase cutover\nsalt 1 2\ntotals 10 8 1000\nserver 0 1 0\nserver 1 0 1234\ntarget t1 4f2a\n"
+            "{HEADER}\nclean false\nphase cutover\nsalt 1 2\ntotals 10 8 1000\nserver 0 1 0\nserver 1 0 1234\nrun target t1 4f2a\n"
         );
         let progress = parse(&text, 2).expect("valid");
         assert_eq!(
-            progress.target_ids,
+            progress.run_ids[1],
             [("t1".to_string(), "4f2a".to_string())]
         );
+        assert!(progress.run_ids[0].is_empty());
         assert!(progress.needs_verify());
         assert_eq!(progress.salt(), Salt(1, 2));
         assert_eq!(progress.loaded, [10, 8, 1000]);

@@ -48,10 +48,10 @@ impl Migration {
             "target_servers": self.target.server_states(),
             "authority": self.authority().name(),
             "needs_verify": self.needs_verify(),
-            "target_restarts": {
-                "seen": self.target_runs.restarts(),
-                "recopying": self.target_runs.passes_running(),
-                "keys_queued": self.target_runs.keys_queued.load(Relaxed),
+            "restarts": {
+                "seen": self.restarts.seen(),
+                "recopying": self.restarts.passes_running(),
+                "keys_queued": self.restarts.keys_queued.load(Relaxed),
             },
             "backfill": {
                 "state": state,

@@ -607,7 +607,8 @@ impl Proxy {
                 "the migration did not drain: {status}"
             );
             let document: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
-            // Every migrating pool's: its backfill done, its lanes empty, no dirty key.
+            // Every migrating pool's: its backfill done, no full pass after a server's
+            // restart queueing keys, its lanes empty, no dirty key.
             let migrations: Vec<&serde_json::Value> = document["pools"]
                 .as_array()
                 .into_iter()
@@ -618,6 +619,7 @@ impl Proxy {
             let drained = !migrations.is_empty()
                 && migrations.iter().all(|m| {
                     m["backfill"]["done"] == true
+                        && m["restarts"]["recopying"] != true
                         && m["mirror"]["queued"] == 0
                         && m["mirror"]["dirty"] == 0
                 });

@@ -1,0 +1,310 @@
+//! Servers of the mirrored side that restart (rule 17). cutover keeps one side equal to
+//! the other: the target while migrating, the source after a cutover (so a rollback loses
+//! nothing). A server of that side that restarts comes back empty (no persistence) or
+//! with an older snapshot, while the lanes still take its keys for copied: they would
+//! replay writes onto what is left, and a flip, allowed by a verify pass that ran before
+//! the restart, would serve keys that are missing or stale.
+//!
+//! Redis gives every start of a server a new `run_id` (`INFO server`). cutover reads every
+//! server's, of both sides, every few seconds and again right before a flip, and keeps the
+//! last ones seen in the state file, so a restart while cutover itself was down is found
+//! too. When a server of the mirrored side has a new one:
+//! - every key of the authoritative side is copied again, through the lanes (so rule 3's
+//!   order holds, as for a capture's gap), and a flip waits until those passes have queued
+//!   every key (the lanes must then empty, as always);
+//! - a verify pass that starts after the restart is owed (a snapshot reloaded may hold
+//!   keys since deleted: only verify finds those);
+//! - it is logged, counted (`cutover_server_restarts_total{side, server}`, which counts
+//!   the authoritative side's restarts too), and shown in `/status` and `ctl status`.
+//!
+//! A failover behind the same address changes the `run_id` too, and is handled the same
+//! way: a replica promoted may lack the last writes.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{Counter, counter};
+
+use super::capture::Side;
+use super::{Migration, Owed, Role, marker, scan};
+use crate::upstream::{BackendError, Pool, info_field};
+
+/// Tries of `INFO server` a look makes of one server.
+const READ_TRIES: usize = 2;
+/// Longest wait for one server's `INFO server` (a hung server must not hold a flip's
+/// check, or the periodic look, for ever).
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time between two periodic looks.
+const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// Both sides, in the order of their numbers.
+const SIDES: [Side; 2] = [Side::Source, Side::Target];
+
+/// Per server of one side (the pool's order): its name and the `run_id` last seen.
+type RunIds = Vec<(String, Option<String>)>;
+
+/// One server's restart, as seen.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restart {
+    /// `source` or `target`.
+    pub side: &'static str,
+    /// The server's name.
+    pub server: String,
+    /// When it was seen (Unix milliseconds).
+    pub at_ms: u64,
+    /// Whether its side was the mirrored one then (so every key was copied again).
+    pub recopied: bool,
+}
+
+/// What is known of the servers' runs.
+pub struct Restarts {
+    /// Per side, per server: its name and the `run_id` last seen.
+    ids: [Mutex<RunIds>; 2],
+    /// Restarts seen by this process, oldest first.
+    seen: Mutex<Vec<Restart>>,
+    /// Full passes started (one an authoritative server, a restart).
+    passes_started: AtomicU64,
+    /// Full passes still queueing keys.
+    passes_running: AtomicU64,
+    /// Keys the finished full passes queued.
+    pub keys_queued: AtomicU64,
+    /// One look at a time (the periodic one and a flip's).
+    looking: tokio::sync::Mutex<()>,
+    /// `cutover_server_restarts_total{pool, side, server}`, per side, per server.
+    counters: [Vec<Counter>; 2],
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Restarts {
+    /// For the migration of `pool` over the servers named `names` (per side), with the
+    /// `run_id`s an earlier run saved (per side, `(name, run_id)`, from the state file).
+    pub fn new(pool: &str, names: [&[String]; 2], saved: [&[(String, String)]; 2]) -> Restarts {
+        let ids = |side: usize| {
+            names[side]
+                .iter()
+                .map(|name| (name.clone(), find(saved[side], name)))
+                .collect()
+        };
+        let counters = |side: usize| {
+            names[side]
+                .iter()
+                .map(|s| counter!("cutover_server_restarts_total", "pool" => pool.to_string(), "side" => SIDES[side].name(), "server" => s.clone()))
+                .collect()
+        };
+        Restarts {
+            ids: [Mutex::new(ids(0)), Mutex::new(ids(1))],
+            seen: Mutex::new(Vec::new()),
+            passes_started: AtomicU64::new(0),
+            passes_running: AtomicU64::new(0),
+            keys_queued: AtomicU64::new(0),
+            looking: tokio::sync::Mutex::new(()),
+            counters: [counters(0), counters(1)],
+        }
+    }
+
+    /// Take the `run_id`s a former fleet leader saw last (its checkpoint), so a restart
+    /// during the takeover is found by the next look.
+    pub fn adopt(&self, saved: [&[(String, String)]; 2]) {
+        for side in SIDES {
+            for (name, slot) in lock(&self.ids[side as usize]).iter_mut() {
+                if let Some(id) = find(saved[side as usize], name) {
+                    *slot = Some(id);
+                }
+            }
+        }
+    }
+
+    /// `side`'s servers' names and last `run_id`s seen, for the state file.
+    pub fn saved(&self, side: Side) -> Vec<(String, String)> {
+        lock(&self.ids[side as usize])
+            .iter()
+            .filter_map(|(name, id)| id.as_ref().map(|id| (name.clone(), id.clone())))
+            .collect()
+    }
+
+    /// Restarts seen by this process, oldest first.
+    pub fn seen(&self) -> Vec<Restart> {
+        lock(&self.seen).clone()
+    }
+
+    /// Whether full passes are still queueing keys.
+    pub fn passes_running(&self) -> bool {
+        self.passes_running.load(Relaxed) > 0
+    }
+
+    /// The restarts that had every key copied again, in words: "target server s1
+    /// restarted (its run_id changed)".
+    pub fn restarted_text(&self) -> String {
+        let names: Vec<String> = self
+            .seen()
+            .into_iter()
+            .filter(|r| r.recopied)
+            .map(|r| format!("{} server {}", r.side, r.server))
+            .collect();
+        match names.as_slice() {
+            [] => "no server restarted".to_string(),
+            [one] => format!("{one} restarted (its run_id changed)"),
+            many => format!("{} restarted (their run_ids changed)", many.join(", ")),
+        }
+    }
+
+    /// What stands between the migration and a flip on their account.
+    pub fn blocker(&self) -> Option<String> {
+        let running = self.passes_running.load(Relaxed);
+        (running > 0).then(|| {
+            let started = self.passes_started.load(Relaxed);
+            format!(
+                "{}: every key is being copied again to its side (servers done: {} of {started}); wait for it",
+                self.restarted_text(),
+                started - running,
+            )
+        })
+    }
+
+    /// Record `id` as the `run_id` of server `index` of `side`: whether it replaces a
+    /// different one.
+    fn record(&self, side: Side, index: usize, id: &str) -> bool {
+        let mut ids = lock(&self.ids[side as usize]);
+        let Some((_, slot)) = ids.get_mut(index) else {
+            return false;
+        };
+        let changed = slot.as_deref().is_some_and(|old| old != id);
+        *slot = Some(id.to_string());
+        changed
+    }
+}
+
+/// The `run_id` saved for the server named `name`.
+fn find(saved: &[(String, String)], name: &str) -> Option<String> {
+    saved
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, id)| id.clone())
+}
+
+/// Look at every server's `run_id` every few seconds, for as long as the migration lives
+/// (the first look at once: it also compares with what the state file kept).
+pub async fn watch(migration: Arc<Migration>) {
+    loop {
+        let _ = migration.watch_restarts().await;
+        tokio::time::sleep(LOOK_EVERY).await;
+    }
+}
+
+impl Migration {
+    /// Read every server's `run_id`, and act on a change of one of the mirrored side's
+    /// (rule 17). Not after finalize (nothing is mirrored), nor on a fleet member that
+    /// follows (the leader looks). The mirrored side's servers whose `run_id` could not be
+    /// read, with why (a flip is refused while any is unknown).
+    pub async fn watch_restarts(self: &Arc<Self>) -> Vec<String> {
+        let Some(authority) = Side::authority(self.phase()) else {
+            return Vec::new();
+        };
+        if self.role() == Role::Follower {
+            return Vec::new();
+        }
+        let mirrored = match authority {
+            Side::Source => Side::Target,
+            Side::Target => Side::Source,
+        };
+        let runs = &self.restarts;
+        let _looking = runs.looking.lock().await;
+        let mut unread = Vec::new();
+        for side in SIDES {
+            let pool = side.copy_pool(self);
+            for (index, server) in pool.servers.iter().enumerate() {
+                match read_run_id(pool, index).await {
+                    Ok(id) => {
+                        if runs.record(side, index, &id) {
+                            self.restarted(side, index, &server.name, side == mirrored);
+                        }
+                    }
+                    // Looked at again next time: its run_id then tells whether it
+                    // restarted meanwhile.
+                    Err(why) if side == mirrored => unread.push(format!(
+                        "cannot tell whether {} server {} restarted ({why}); a flip waits until it answers",
+                        side.name(),
+                        server.name
+                    )),
+                    Err(_) => {}
+                }
+            }
+        }
+        unread
+    }
+
+    /// Server `index` of `side` restarted. When `side` is the mirrored one: copy every key
+    /// of the other side again, and owe a verify pass.
+    fn restarted(self: &Arc<Self>, side: Side, index: usize, name: &str, mirrored: bool) {
+        let runs = &self.restarts;
+        runs.counters[side as usize][index].increment(1);
+        lock(&runs.seen).push(Restart {
+            side: side.name(),
+            server: name.to_string(),
+            at_ms: marker::now_ms(),
+            recopied: mirrored,
+        });
+        if !mirrored {
+            tracing::warn!(
+                pool = self.source.name(),
+                side = side.name(),
+                server = name,
+                "server restarted (its run_id changed); it is the side clients use, so what it lost is lost to them too"
+            );
+            return;
+        }
+        self.dirty.owe_verify(Owed::Restart);
+        tracing::error!(
+            pool = self.source.name(),
+            side = side.name(),
+            server = name,
+            "server restarted (its run_id changed): what it held may be lost or stale; every key is copied to its side again, and a verify pass is needed before the next flip"
+        );
+        let authority = match side {
+            Side::Source => Side::Target,
+            Side::Target => Side::Source,
+        };
+        for server in 0..authority.copy_pool(self).servers.len() {
+            runs.passes_started.fetch_add(1, Relaxed);
+            runs.passes_running.fetch_add(1, Relaxed);
+            let migration = self.clone();
+            tokio::spawn(async move {
+                let pool = authority.copy_pool(&migration);
+                let purpose = "copying every key again after a server restarted";
+                let queued = scan::copy_every_key(&migration, pool, server, purpose).await;
+                let runs = &migration.restarts;
+                runs.keys_queued.fetch_add(queued, Relaxed);
+                runs.passes_running.fetch_sub(1, Relaxed);
+                tracing::info!(pool = migration.source.name(), server = %pool.servers[server].name, keys = queued, "full pass after a server's restart: every key queued to be copied again");
+            });
+        }
+    }
+}
+
+/// Server `index`'s `run_id`, from `INFO server`. Tried twice: the first request after the
+/// server went away finds the broken connection.
+async fn read_run_id(pool: &Pool, index: usize) -> Result<String, String> {
+    let mut why = String::new();
+    for _ in 0..READ_TRIES {
+        let args = [b"INFO".as_slice(), b"server"];
+        let info = pool.call(index, 0, &args);
+        match tokio::time::timeout(READ_TIMEOUT, info)
+            .await
+            .unwrap_or(Err(BackendError::TimedOut))
+        {
+            Ok(reply) => {
+                let text = String::from_utf8_lossy(&reply);
+                return info_field(&text, "run_id")
+                    .map(str::to_string)
+                    .ok_or_else(|| "its INFO server has no run_id".to_string());
+            }
+            Err(error) => why = error.to_string(),
+        }
+    }
+    Err(why)
+}

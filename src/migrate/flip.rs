@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::capture::Side;
 use super::phase::Phase;
+use super::restarts::Look;
 use super::{Migration, Owed};
 use crate::config::Capture;
 
@@ -66,8 +67,8 @@ impl Migration {
     /// little for a moment when the lanes are empty.
     pub async fn cutover_blockers(self: &Arc<Self>) -> Vec<String> {
         // A target server that restarted since the last look is found now, not after the
-        // flip (rule 17); the source's run_ids are read too, for after the flip.
-        let unread = self.watch_restarts().await;
+        // flip (rule 17).
+        let unread = self.watch_restarts(Look::Mirrored).await;
         let idle = self.wait_lanes_idle(IDLE_WAIT).await;
         self.refresh_direct_clients().await;
         let mut reasons = self.readiness(idle);
@@ -80,7 +81,7 @@ impl Migration {
     /// key is copied back to it and a verify pass that started after has run, or one whose
     /// `run_id` cannot be read.
     async fn rollback_blockers(self: &Arc<Self>) -> Vec<String> {
-        let mut reasons = self.watch_restarts().await;
+        let mut reasons = self.watch_restarts(Look::Mirrored).await;
         let (_, dirty) = self.backlog();
         if dirty > 0 {
             reasons.push(format!(

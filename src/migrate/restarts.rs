@@ -187,21 +187,32 @@ fn find(saved: &[(String, String)], name: &str) -> Option<String> {
         .map(|(_, id)| id.clone())
 }
 
+/// Which servers a look reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// Both sides: the periodic look (the authoritative side's `run_id`s are kept so that,
+    /// after a flip, its restarts are measured from before it).
+    BothSides,
+    /// Only the mirrored side: a flip's check, which a hung server of the side clients
+    /// use must not hold up.
+    Mirrored,
+}
+
 /// Look at every server's `run_id` every few seconds, for as long as the migration lives
 /// (the first look at once: it also compares with what the state file kept).
 pub async fn watch(migration: Arc<Migration>) {
     loop {
-        let _ = migration.watch_restarts().await;
+        let _ = migration.watch_restarts(Look::BothSides).await;
         tokio::time::sleep(LOOK_EVERY).await;
     }
 }
 
 impl Migration {
-    /// Read every server's `run_id`, and act on a change of one of the mirrored side's
-    /// (rule 17). Not after finalize (nothing is mirrored), nor on a fleet member that
-    /// follows (the leader looks). The mirrored side's servers whose `run_id` could not be
-    /// read, with why (a flip is refused while any is unknown).
-    pub async fn watch_restarts(self: &Arc<Self>) -> Vec<String> {
+    /// Read the `run_id`s of the servers `look` says, and act on a change of one of the
+    /// mirrored side's (rule 17). Not after finalize (nothing is mirrored), nor on a fleet
+    /// member that follows (the leader looks). The mirrored side's servers whose `run_id`
+    /// could not be read, with why (a flip is refused while any is unknown).
+    pub async fn watch_restarts(self: &Arc<Self>, look: Look) -> Vec<String> {
         let Some(authority) = Side::authority(self.phase()) else {
             return Vec::new();
         };
@@ -216,6 +227,9 @@ impl Migration {
         let _looking = runs.looking.lock().await;
         let mut unread = Vec::new();
         for side in SIDES {
+            if look == Look::Mirrored && side != mirrored {
+                continue;
+            }
             let pool = side.copy_pool(self);
             for (index, server) in pool.servers.iter().enumerate() {
                 match read_run_id(pool, index).await {

@@ -298,12 +298,7 @@ fn the_dirty_key_file_stops_growing_while_the_target_stays_down() {
     let proxy = Proxy::cutover(&scene.text);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     scene.target.shut_down();
-    let mut conn = proxy.client();
-    let mut pipe = redis::pipe();
-    for i in 0..100 {
-        pipe.cmd("SET").arg(format!("down:{i:03}")).arg(i).ignore();
-    }
-    pipe.query::<()>(&mut conn).expect("SETs");
+    pipelined_sets(&proxy, "down", 100);
     let mirror = |proxy: &Proxy, field: &str| proxy.migration()["mirror"][field].as_u64();
     wait_for("the drainer to back off", Duration::from_secs(60), || {
         mirror(&proxy, "dirty_backoff_ms").unwrap_or(0) >= 2000
@@ -311,14 +306,14 @@ fn the_dirty_key_file_stops_growing_while_the_target_stays_down() {
     let ctl = proxy.ctl_status();
     assert!(ctl.contains("copies of dirty keys keep failing"), "{ctl}");
     // From a 2 s wait on, 6 s hold at most two probes. Each record is a 4-byte length
-    // and an 8-byte key.
+    // and a 9-byte key.
     let file = scene.state.with_extension("dirty");
     let size = || std::fs::metadata(&file).map_or(0, |m| m.len());
     let before = size();
     std::thread::sleep(Duration::from_secs(6));
     let grown = size() - before;
     assert!(
-        grown <= 2 * cutover::migrate::DIRTY_PROBE as u64 * 12,
+        grown <= 2 * cutover::migrate::DIRTY_PROBE as u64 * 13,
         "{grown} bytes appended to the dirty-key file in 6 s ({})",
         proxy.migration()["mirror"]
     );
@@ -333,6 +328,18 @@ fn the_dirty_key_file_stops_growing_while_the_target_stays_down() {
         || size() == 0,
     );
     support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
+}
+
+/// `SET prefix:NNNN i` for `i` below `n`, in one pipeline through `proxy`.
+fn pipelined_sets(proxy: &Proxy, prefix: &str, n: usize) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("SET")
+            .arg(format!("{prefix}:{i:04}"))
+            .arg(i)
+            .ignore();
+    }
+    pipe.query::<()>(&mut proxy.client()).expect("SETs");
 }
 
 /// Keys on a server.
@@ -426,13 +433,7 @@ fn a_stop_with_the_target_down_spills_the_lanes_into_dirty_keys_and_stays_clean(
     // The target goes away (its keys kept); writes pile up in the lanes, each lane
     // retrying one copy at a time.
     scene.target.shut_down();
-    let mut conn = first.client();
-    let mut pipe = redis::pipe();
-    for i in 0..2000 {
-        pipe.cmd("SET").arg(format!("queued:{i}")).arg(i).ignore();
-    }
-    pipe.query::<()>(&mut conn).expect("SETs");
-    drop(conn);
+    pipelined_sets(&first, "queued", 2000);
     let queued = first.migration()["mirror"]["queued"].as_u64().unwrap_or(0);
     assert!(queued > 100, "{queued} events queued");
     // SIGTERM: the lanes cannot empty into a dead target within the stop's 10 s, so what

@@ -282,28 +282,34 @@ impl Migration {
             }
             Phase::Cutover => {
                 let blockers = self.cutover_blockers().await;
-                if !blockers.is_empty() {
-                    if !force {
-                        self.counters.refusals.increment(1);
-                        return Err(FlipError::NotReady(blockers));
-                    }
-                    tracing::warn!(pool = self.source.name(), reasons = %blockers.join("; "), "cutover forced past its readiness checks");
-                }
-                Ok(phase)
+                self.unless_blocked(phase, blockers, force, "cutover")
             }
             Phase::Migrating => {
                 let blockers = self.rollback_blockers().await;
-                if !blockers.is_empty() {
-                    if !force {
-                        self.counters.refusals.increment(1);
-                        return Err(FlipError::NotReady(blockers));
-                    }
-                    tracing::warn!(pool = self.source.name(), reasons = %blockers.join("; "), "rollback forced past its checks");
-                }
-                Ok(phase)
+                self.unless_blocked(phase, blockers, force, "rollback")
             }
             Phase::Finalized => Ok(phase),
         }
+    }
+
+    /// `Ok(phase)` when nothing blocks the `flip`, or `force` overrides what does (logged
+    /// as a warning); otherwise the refusal, with every reason.
+    fn unless_blocked(
+        &self,
+        phase: Phase,
+        blockers: Vec<String>,
+        force: bool,
+        flip: &'static str,
+    ) -> Result<Phase, FlipError> {
+        if blockers.is_empty() {
+            return Ok(phase);
+        }
+        if !force {
+            self.counters.refusals.increment(1);
+            return Err(FlipError::NotReady(blockers));
+        }
+        tracing::warn!(pool = self.source.name(), reasons = %blockers.join("; "), "{flip} forced past its checks");
+        Ok(phase)
     }
 
     /// A `WrongPhase` error.

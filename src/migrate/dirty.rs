@@ -236,7 +236,7 @@ impl DirtyKeys {
     /// Something outside the lanes' view may differ (`cause`): a verify pass that begins
     /// after now is needed before the cutover.
     pub fn owe_verify(&self, cause: Owed) {
-        let _ = self.owed.fetch_add(1, Relaxed);
+        self.owed.fetch_add(1, Relaxed);
         self.owed_marks[cause as usize].fetch_max(self.verify_mark(), Relaxed);
     }
 

@@ -157,7 +157,7 @@ fn fleet_text(fleet: &Value) -> String {
 /// The capture line, under replication capture: each source server's applied offset,
 /// lag and reconnects.
 /// The servers seen restarting (rule 17), if any: `  restarts target server s1 12 s ago
-/// (run_id changed); every key was copied to the mirrored side again (N keys queued)`.
+/// (run_id changed); every key was copied again (N keys queued)`.
 fn restarts_text(restarts: &Value) -> String {
     let Some(seen) = restarts["seen"].as_array().filter(|seen| !seen.is_empty()) else {
         return String::new();
@@ -178,9 +178,9 @@ fn restarts_text(restarts: &Value) -> String {
         .collect();
     let recopied = seen.iter().any(|r| r["recopied"].as_bool() == Some(true));
     let pass = if restarts["recopying"].as_bool() == Some(true) {
-        "every key is being copied to the mirrored side again"
+        "every key is being copied again"
     } else if recopied {
-        "every key was copied to the mirrored side again"
+        "every key was copied again"
     } else {
         "the side clients use: nothing to copy"
     };

@@ -159,7 +159,7 @@ impl Restarts {
         (running > 0).then(|| {
             let started = self.passes_started.load(Relaxed);
             format!(
-                "{}: every key is being copied again to its side (servers done: {} of {started}); wait for it",
+                "{}: every key is being copied again (servers done: {} of {started}); wait for it",
                 self.restarted_text(),
                 started - running,
             )

@@ -40,8 +40,19 @@ const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// Both sides, in the order of their numbers.
 const SIDES: [Side; 2] = [Side::Source, Side::Target];
 
-/// Per server of one side (the pool's order): its name and the `run_id` last seen.
-type RunIds = Vec<(String, Option<String>)>;
+/// One server's runs.
+#[derive(Debug, Clone, Default)]
+struct Runs {
+    /// Its name.
+    name: String,
+    /// The `run_id` last seen.
+    seen: Option<String>,
+    /// The `run_id` the state file keeps: the last seen once no full pass a restart
+    /// started is still queueing keys. Until then it stays the one before, so that a
+    /// process (or a fleet leader) that takes over before the passes finish finds the
+    /// restart again and copies every key itself.
+    saved: Option<String>,
+}
 
 /// One server's restart, as seen.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,8 +69,8 @@ pub struct Restart {
 
 /// What is known of the servers' runs.
 pub struct Restarts {
-    /// Per side, per server: its name and the `run_id` last seen.
-    ids: [Mutex<RunIds>; 2],
+    /// Per side, per server (the pool's order).
+    ids: [Mutex<Vec<Runs>>; 2],
     /// Restarts seen by this process, oldest first.
     seen: Mutex<Vec<Restart>>,
     /// Full passes started (one an authoritative server, a restart).
@@ -87,7 +98,14 @@ impl Restarts {
         let ids = |side: usize| {
             names[side]
                 .iter()
-                .map(|name| (name.clone(), find(saved[side], name)))
+                .map(|name| {
+                    let id = find(saved[side], name);
+                    Runs {
+                        name: name.clone(),
+                        seen: id.clone(),
+                        saved: id,
+                    }
+                })
                 .collect()
         };
         let counters = |side: usize| {
@@ -111,20 +129,35 @@ impl Restarts {
     /// during the takeover is found by the next look.
     pub fn adopt(&self, saved: [&[(String, String)]; 2]) {
         for side in SIDES {
-            for (name, slot) in lock(&self.ids[side as usize]).iter_mut() {
-                if let Some(id) = find(saved[side as usize], name) {
-                    *slot = Some(id);
+            for runs in lock(&self.ids[side as usize]).iter_mut() {
+                if let Some(id) = find(saved[side as usize], &runs.name) {
+                    runs.seen = Some(id.clone());
+                    runs.saved = Some(id);
                 }
             }
         }
     }
 
-    /// `side`'s servers' names and last `run_id`s seen, for the state file.
+    /// `side`'s servers' names and `run_id`s for the state file: the last seen, but for a
+    /// restart whose full passes are still queueing keys (see [`Runs::saved`]).
     pub fn saved(&self, side: Side) -> Vec<(String, String)> {
         lock(&self.ids[side as usize])
             .iter()
-            .filter_map(|(name, id)| id.as_ref().map(|id| (name.clone(), id.clone())))
+            .filter_map(|runs| {
+                runs.saved
+                    .as_ref()
+                    .map(|id| (runs.name.clone(), id.clone()))
+            })
             .collect()
+    }
+
+    /// Every full pass has queued its keys: the state file may keep the `run_id`s seen.
+    fn passes_done(&self) {
+        for side in &self.ids {
+            for runs in lock(side).iter_mut() {
+                runs.saved.clone_from(&runs.seen);
+            }
+        }
     }
 
     /// Restarts seen by this process, oldest first.
@@ -170,11 +203,14 @@ impl Restarts {
     /// different one.
     fn record(&self, side: Side, index: usize, id: &str) -> bool {
         let mut ids = lock(&self.ids[side as usize]);
-        let Some((_, slot)) = ids.get_mut(index) else {
+        let Some(runs) = ids.get_mut(index) else {
             return false;
         };
-        let changed = slot.as_deref().is_some_and(|old| old != id);
-        *slot = Some(id.to_string());
+        let changed = runs.seen.as_deref().is_some_and(|old| old != id);
+        runs.seen = Some(id.to_string());
+        if runs.saved.is_none() || (!changed && !self.passes_running()) {
+            runs.saved = runs.seen.clone();
+        }
         changed
     }
 }
@@ -293,7 +329,9 @@ impl Migration {
                 let queued = scan::copy_every_key(&migration, pool, server, purpose).await;
                 let runs = &migration.restarts;
                 runs.keys_queued.fetch_add(queued, Relaxed);
-                runs.passes_running.fetch_sub(1, Relaxed);
+                if runs.passes_running.fetch_sub(1, Relaxed) == 1 {
+                    runs.passes_done();
+                }
                 tracing::info!(pool = migration.source.name(), server = %pool.servers[server].name, keys = queued, "full pass after a server's restart: every key queued to be copied again");
             });
         }
@@ -321,4 +359,33 @@ async fn read_run_id(pool: &Pool, index: usize) -> Result<String, String> {
         }
     }
     Err(why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_keeps_the_run_id_from_before_a_restart_until_its_passes_are_done() {
+        let names = ["t1".to_string()];
+        let saved = [("t1".to_string(), "a".to_string())];
+        let runs = Restarts::new("p", [&[], &names], [&[], &saved]);
+        let kept = || runs.saved(Side::Target);
+        assert!(!runs.record(Side::Target, 0, "a"));
+        assert!(
+            runs.record(Side::Target, 0, "b"),
+            "a new run_id is a restart"
+        );
+        runs.passes_running.fetch_add(1, Relaxed);
+        assert!(!runs.record(Side::Target, 0, "b"), "seen once");
+        assert_eq!(
+            kept(),
+            saved,
+            "a process taking over now must find it again"
+        );
+        runs.passes_running.fetch_sub(1, Relaxed);
+        runs.passes_done();
+        assert_eq!(kept(), [("t1".to_string(), "b".to_string())]);
+        assert!(!runs.record(Side::Target, 1, "x"), "no such server");
+    }
 }

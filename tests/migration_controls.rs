@@ -367,6 +367,13 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
             m["verify"]["running"] == false && m["verify"]["last"]["differences"] == 0
         });
     };
+    // `emptied` holds every key of `from` again, and the lanes are empty.
+    let refilled = |proxy: &Proxy, emptied: &RedisServer, from: &RedisServer| {
+        wait_for("every key copied again", Duration::from_secs(30), || {
+            dbsize(emptied) == dbsize(from)
+        });
+        proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    };
     verified(&proxy);
     // The cutover would be allowed now (once the test's own connections to the source
     // have been seen gone).
@@ -379,10 +386,7 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("restarted (its run_id changed)"), "{body}");
-    wait_for("every key copied again", Duration::from_secs(30), || {
-        dbsize(&scene.target) == dbsize(&scene.source)
-    });
-    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    refilled(&proxy, &scene.target, &scene.source);
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("run a verify pass with repair"), "{body}");
@@ -395,10 +399,7 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
     assert!(proxy.terminate(Duration::from_secs(30)), "stops on SIGTERM");
     scene.target.restart_empty();
     let proxy = Proxy::cutover(&scene.text);
-    wait_for("every key copied again", Duration::from_secs(30), || {
-        dbsize(&scene.target) == dbsize(&scene.source)
-    });
-    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    refilled(&proxy, &scene.target, &scene.source);
     assert_eq!(proxy.migration()["restarts"]["seen"][0]["side"], "target");
     verified(&proxy);
     wait_for("the cutover", Duration::from_secs(10), || {
@@ -412,10 +413,7 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
     let (code, body) = http(proxy.admin_port, "POST", "/rollback");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("source server"), "{body}");
-    wait_for("every key copied back", Duration::from_secs(30), || {
-        dbsize(&scene.source) == dbsize(&scene.target)
-    });
-    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    refilled(&proxy, &scene.source, &scene.target);
     verified(&proxy);
     let (code, body) = http(proxy.admin_port, "POST", "/rollback");
     assert_eq!(code, 200, "{body}");

@@ -255,10 +255,7 @@ impl Migration {
         if self.role() == Role::Follower {
             return Vec::new();
         }
-        let mirrored = match authority {
-            Side::Source => Side::Target,
-            Side::Target => Side::Source,
-        };
+        let mirrored = authority.other();
         let runs = &self.restarts;
         let _looking = runs.looking.lock().await;
         let mut unread = Vec::new();
@@ -315,10 +312,7 @@ impl Migration {
             server = name,
             "server restarted (its run_id changed): what it held may be lost or stale; every key is copied to its side again, and a verify pass is needed before the next flip"
         );
-        let authority = match side {
-            Side::Source => Side::Target,
-            Side::Target => Side::Source,
-        };
+        let authority = side.other();
         for server in 0..authority.copy_pool(self).servers.len() {
             runs.passes_started.fetch_add(1, Relaxed);
             runs.passes_running.fetch_add(1, Relaxed);

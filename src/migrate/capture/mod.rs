@@ -59,6 +59,14 @@ impl Side {
         }
     }
 
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Source => Side::Target,
+            Side::Target => Side::Source,
+        }
+    }
+
     /// The side's name in `/status` and the log.
     pub fn name(self) -> &'static str {
         match self {
@@ -414,11 +422,7 @@ pub async fn arm(migration: &Migration, side: Side) -> bool {
 
 /// Move the capture to `side` (armed), stopping the other side's tasks.
 pub fn switch(migration: &Migration, side: Side) {
-    let other = match side {
-        Side::Source => Side::Target,
-        Side::Target => Side::Source,
-    };
-    migration.capture.stop(other);
+    migration.capture.stop(side.other());
     migration.capture.follow(side);
 }
 

@@ -28,7 +28,8 @@ use metrics::{Counter, counter};
 
 use super::capture::Side;
 use super::{Migration, Owed, Role, marker, scan};
-use crate::upstream::{BackendError, Pool, info_field};
+use crate::engine::info_field;
+use crate::upstream::{BackendError, Pool};
 
 /// Tries of `INFO server` a look makes of one server.
 const READ_TRIES: usize = 2;

@@ -23,4 +23,3 @@ pub use counters::{ErrorKind, PoolCounters, ServerCounters};
 pub use fence::SendFence;
 pub use hook::ReplyHook;
 pub use pool::{Pool, ReplaySlot, Route, Server, ServerState};
-pub use version::info_field;

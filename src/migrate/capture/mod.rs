@@ -438,8 +438,6 @@ pub(super) async fn master_offset(migration: &Migration, side: Side, server: usi
         .call(server, 0, &[b"INFO".as_slice(), b"replication"])
         .await
         .ok()?;
-    String::from_utf8_lossy(&reply)
-        .lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+    crate::engine::info_field(&String::from_utf8_lossy(&reply), "master_repl_offset")
         .and_then(|v| v.trim().parse().ok())
 }

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use crate::command::CommandSpec;
-use crate::resp::Request;
+use crate::resp::{Request, info_field};
 
 /// A server's product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -238,27 +238,9 @@ pub fn requirement(spec: &CommandSpec, request: &Request) -> Option<Requirement>
     }
 }
 
-/// The value of field `name` in the text of an `INFO` reply (`name:value` lines).
-pub fn info_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(str::trim_end)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn info_fields_are_read_by_whole_name() {
-        let text = "$90\r\n# Server\r\nredis_version:7.2.4\r\nredis_version_x:no\r\nrun_id:abc123\r\nuptime_in_seconds:5\r\n";
-        assert_eq!(info_field(text, "redis_version"), Some("7.2.4"));
-        assert_eq!(info_field(text, "run_id"), Some("abc123"));
-        assert_eq!(info_field(text, "run"), None);
-        assert_eq!(info_field(text, "missing"), None);
-    }
 
     const REDIS_7_0: &str = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
     const VALKEY_9: &str =

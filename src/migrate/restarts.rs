@@ -28,7 +28,7 @@ use metrics::{Counter, counter};
 
 use super::capture::Side;
 use super::{Migration, Owed, Role, marker, scan};
-use crate::engine::info_field;
+use crate::resp::info_field;
 use crate::upstream::{BackendError, Pool};
 
 /// Tries of `INFO server` a look makes of one server.

@@ -9,8 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::backend::{DEFAULT_CONNECT_TIMEOUT, Stream, connect};
 use super::pool::{Pool, Server};
-use crate::engine::info_field;
-use crate::resp::{ReplyScanner, encode};
+use crate::resp::{ReplyScanner, encode, info_field};
 
 /// Learn `server`'s `redis_version` with a short-lived connection (AUTH, INFO server), so
 /// HELLO and INFO can report it before any client has used the server. Failures are

@@ -438,6 +438,6 @@ pub(super) async fn master_offset(migration: &Migration, side: Side, server: usi
         .call(server, 0, &[b"INFO".as_slice(), b"replication"])
         .await
         .ok()?;
-    crate::engine::info_field(&String::from_utf8_lossy(&reply), "master_repl_offset")
+    crate::resp::info_field(&String::from_utf8_lossy(&reply), "master_repl_offset")
         .and_then(|v| v.trim().parse().ok())
 }

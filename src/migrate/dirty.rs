@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::Migration;
-use super::lane::LaneEvent;
 
 /// How often the drainer looks for dirty keys.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
@@ -443,14 +442,7 @@ pub async fn drain(migration: Arc<Migration>) {
         }
         let taken = keys.len() as u64;
         for key in keys {
-            migration
-                .send(LaneEvent::Copy {
-                    key,
-                    unless_known: false,
-                    reason: super::CopyReason::Dirty,
-                    lag: super::lag::LagStart(None),
-                })
-                .await;
+            migration.queue_copy(key, super::CopyReason::Dirty).await;
         }
         in_flight = Some(InFlight {
             taken,

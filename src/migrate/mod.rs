@@ -528,6 +528,19 @@ impl Migration {
         self.lanes.queue(lane, event).await;
     }
 
+    /// Queue a copy of `key` for `reason`, waiting for room: not "unless copied", since
+    /// what the other side holds of it is not known (a dirty key, a verify repair, a full
+    /// pass, a stream command copied).
+    pub async fn queue_copy(&self, key: Bytes, reason: CopyReason) {
+        let event = LaneEvent::Copy {
+            key,
+            unless_known: false,
+            reason,
+            lag: LagStart(None),
+        };
+        self.send(event).await;
+    }
+
     /// Mark `key` dirty: it will be copied again later.
     pub fn mark_dirty(&self, key: &[u8]) {
         self.counters.dirtied.increment(1);

@@ -8,8 +8,6 @@ use bytes::Bytes;
 
 use super::Migration;
 use super::copy::CopyReason;
-use super::lag::LagStart;
-use super::lane::LaneEvent;
 use crate::upstream::Pool;
 
 /// Keys a page of a full pass.
@@ -82,13 +80,7 @@ pub(super) async fn copy_every_key(
     while let Some(keys) = scan.next_page().await {
         for key in keys {
             queued += 1;
-            let event = LaneEvent::Copy {
-                key,
-                unless_known: false,
-                reason: CopyReason::Backfill,
-                lag: LagStart(None),
-            };
-            migration.send(event).await;
+            migration.queue_copy(key, CopyReason::Backfill).await;
         }
     }
     queued

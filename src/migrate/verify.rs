@@ -17,7 +17,6 @@ use redis_protocol::resp2::types::OwnedFrame;
 use super::Migration;
 use super::counters::DIFFERENCE_KINDS;
 use super::key_type::KeyType;
-use super::lane::LaneEvent;
 use super::scan::KeyScan;
 use super::shadow::{self, Compare};
 use super::stream;
@@ -385,12 +384,7 @@ async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> Ver
     if options.repair && !(differing.is_empty() && misplaced.is_empty()) {
         for key in differing.keys() {
             migration
-                .send(LaneEvent::Copy {
-                    key: key.clone(),
-                    unless_known: false,
-                    reason: super::CopyReason::Verify,
-                    lag: super::lag::LagStart(None),
-                })
+                .queue_copy(key.clone(), super::CopyReason::Verify)
                 .await;
         }
         for (key, server) in &misplaced {

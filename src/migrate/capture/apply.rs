@@ -8,7 +8,6 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::{CaptureAction, Here, Side, selected};
 use crate::command::{self, Access};
-use crate::migrate::lag::LagStart;
 use crate::migrate::lane::LaneEvent;
 use crate::migrate::marker::Marked;
 use crate::migrate::scan::{self, KeyScan};
@@ -117,17 +116,6 @@ fn replayable(migration: &Migration, request: &Request) -> Option<Bytes> {
     (effect.replay && migration.receiver_lacks(spec, request).is_none()).then_some(effect.key)
 }
 
-/// Queue a copy of `key` in its lane, waiting for room (back-pressure to the stream).
-async fn copy(migration: &Migration, key: Bytes, reason: CopyReason) {
-    let event = LaneEvent::Copy {
-        key,
-        unless_known: false,
-        reason,
-        lag: LagStart(None),
-    };
-    migration.send(event).await;
-}
-
 /// The keys a propagated command writes.
 async fn keys_of(migration: &Migration, here: Here, request: &Request) -> Vec<Bytes> {
     if let Some(spec) = command::lookup(request.name())
@@ -191,7 +179,7 @@ async fn flush_owned(migration: &Migration, here: Here) {
                     .route(&key)
                     .is_some_and(|r| r.server == here.server)
                 {
-                    copy(migration, key, CopyReason::Write).await;
+                    migration.queue_copy(key, CopyReason::Write).await;
                     deleted += 1;
                 }
             }

@@ -154,17 +154,13 @@ fn fleet_text(fleet: &Value) -> String {
     )
 }
 
-/// The capture line, under replication capture: each source server's applied offset,
-/// lag and reconnects.
 /// The servers seen restarting (rule 17), if any: `  restarts target server s1 12 s ago
 /// (run_id changed); every key was copied again (N keys queued)`.
 fn restarts_text(restarts: &Value) -> String {
     let Some(seen) = restarts["seen"].as_array().filter(|seen| !seen.is_empty()) else {
         return String::new();
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::migrate::now_ms();
     let servers: Vec<String> = seen
         .iter()
         .map(|r| {
@@ -191,6 +187,8 @@ fn restarts_text(restarts: &Value) -> String {
     )
 }
 
+/// The capture line, under replication capture: each source server's applied offset,
+/// lag and reconnects.
 fn capture_text(capture: &Value) -> String {
     if capture["mode"].as_str() != Some("replication") {
         return String::new();
@@ -359,8 +357,7 @@ fn migration_text(m: &Value) -> String {
     let backoff = n(&mirror["dirty_backoff_ms"]);
     if backoff > 0 {
         out.push_str(&format!(
-            "           copies of dirty keys keep failing ({} so far): {} keys tried every {:.1} s until they succeed
-",
+            "           copies of dirty keys keep failing ({} so far): {} keys tried every {:.1} s until they succeed\n",
             n(&mirror["dirty_failed_again"]),
             crate::migrate::DIRTY_PROBE,
             backoff as f64 / 1000.0,

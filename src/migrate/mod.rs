@@ -50,6 +50,7 @@ pub use dirty::{Owed, PROBE as DIRTY_PROBE};
 pub use flip::{FlipError, Flipped};
 pub use lane::{LaneEvent, Queued};
 pub use lanes::Lanes;
+pub use marker::now_ms;
 pub use phase::Phase;
 use retries::RetryReason;
 pub use role::Role;

@@ -142,8 +142,8 @@ fn a_bad_busy_poll_value_is_refused_at_start() {
 }
 
 /// `auto` (the default) polls for a client that sends its next request as soon as it has
-/// a reply, and never for one that waits a millisecond first: a poller that did would
-/// spin through every wait. Breaks if `auto` polled regardless of how clients behave.
+/// a reply, and (but for a request or two on a busy machine) not for one that waits a
+/// millisecond first: a poller that did would spin through every wait. Breaks if `auto` polled regardless of how clients behave.
 #[test]
 fn auto_polls_for_a_client_that_comes_back_at_once_and_not_for_one_that_thinks() {
     let backend = RedisServer::start();
@@ -153,12 +153,18 @@ fn auto_polls_for_a_client_that_comes_back_at_once_and_not_for_one_that_thinks()
         std::thread::sleep(Duration::from_millis(1));
         let _: () = conn.set("thinking", i).expect("SET");
     }
-    assert_eq!(polled(&proxy, "turned_on"), 0.0, "a thinking client");
-    assert_eq!(polled(&proxy, "spells"), 0.0);
-    assert_eq!(polled(&proxy, "caught"), 0.0);
+    // Not quite never: a proxy held up between writing a reply and noting it (a busy
+    // machine: CI runs tests side by side) finds the client's next request waiting at
+    // once, and takes it for a quick one. That turns polling on until the next request,
+    // which the window misses. A poller that polled regardless would have polled after
+    // each of the 300.
+    let turned_on = polled(&proxy, "turned_on");
+    assert!(turned_on <= 5.0, "a thinking client: {}", proxy.status());
+    assert!(polled(&proxy, "spells") <= 10.0, "{}", proxy.status());
+    assert!(polled(&proxy, "caught") <= 5.0, "{}", proxy.status());
     assert_eq!(
         proxy.metric("cutover_busy_poll_turns_total{to=\"on\"}"),
-        0.0
+        turned_on
     );
 
     for i in 0..3000 {

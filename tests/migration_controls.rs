@@ -381,12 +381,19 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
         proxy.migration()["cutover"]["blockers"] == serde_json::json!([])
     });
 
+    let backfill_copied = proxy.migration()["backfill"]["keys_copied"].clone();
     scene.target.restart_empty();
     assert_eq!(dbsize(&scene.target), 0);
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("restarted (its run_id changed)"), "{body}");
     refilled(&proxy, &scene.target, &scene.source);
+    // The pass's copies are its own, not the backfill's (whose progress counts each key
+    // once).
+    let m = proxy.migration();
+    assert_eq!(m["backfill"]["keys_copied"], backfill_copied, "{m}");
+    let by_pass = m["copies"]["by_reason"]["full_pass"].as_u64().unwrap_or(0);
+    assert!(by_pass >= dbsize(&scene.source), "{m}");
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("run a verify pass with repair"), "{body}");

@@ -23,16 +23,21 @@ pub enum CopyReason {
     Verify,
     /// A shadow-read mismatch's repair.
     Shadow,
+    /// A full pass: every key copied again after a capture's stream gap or a restart of
+    /// a server on the mirrored side (rule 17). Not the backfill's: its progress counts
+    /// each key once.
+    FullPass,
 }
 
 impl CopyReason {
     /// Every reason, in the order of the metric handles.
-    pub const ALL: [CopyReason; 5] = [
+    pub const ALL: [CopyReason; 6] = [
         CopyReason::Backfill,
         CopyReason::Write,
         CopyReason::Dirty,
         CopyReason::Verify,
         CopyReason::Shadow,
+        CopyReason::FullPass,
     ];
 
     /// The metric label.
@@ -43,6 +48,7 @@ impl CopyReason {
             CopyReason::Dirty => "dirty",
             CopyReason::Verify => "verify",
             CopyReason::Shadow => "shadow",
+            CopyReason::FullPass => "full_pass",
         }
     }
 }

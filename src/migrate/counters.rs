@@ -140,7 +140,7 @@ pub struct MigrationCounters {
     pub capture_flushed_keys: Counter,
     /// `cutover_copies_total{reason, method}`: every copy, by why (in
     /// [`CopyReason::ALL`]'s order) and how (`restore`, `by_type`).
-    pub copies: [[Counter; 2]; 5],
+    pub copies: [[Counter; 2]; CopyReason::ALL.len()],
 }
 
 /// What became of a command of a source server's replication stream, in the order of
@@ -282,6 +282,8 @@ impl MigrationCounters {
             CopyReason::Shadow => self.shadow_repaired.increment(1),
             // Counted when the repair is queued (`cutover_verify_repaired_total`).
             CopyReason::Verify => {}
+            // Only in `cutover_copies_total`; the pass's keys queued are in /status.
+            CopyReason::FullPass => {}
         }
         let method = usize::from(copied.method == CopyMethod::ByType);
         self.copies[reason as usize][method].increment(1);

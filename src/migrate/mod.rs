@@ -194,7 +194,7 @@ pub struct Totals {
     /// Keys copied by type.
     pub by_type_copies: AtomicU64,
     /// Copies by reason (in [`CopyReason::ALL`]'s order).
-    pub by_reason: [AtomicU64; 5],
+    pub by_reason: [AtomicU64; CopyReason::ALL.len()],
     /// Sampled reads compared with the target.
     pub shadow_checked: AtomicU64,
     /// Sampled reads whose target reply disagreed (confirmed by a second read).
@@ -467,7 +467,7 @@ impl Migration {
             CopyReason::Backfill => t.backfill_copied.fetch_add(1, Relaxed),
             CopyReason::Shadow => t.shadow_repaired.fetch_add(1, Relaxed),
             CopyReason::Write => t.write_copies.fetch_add(1, Relaxed),
-            CopyReason::Dirty | CopyReason::Verify => 0,
+            CopyReason::Dirty | CopyReason::Verify | CopyReason::FullPass => 0,
         };
     }
 

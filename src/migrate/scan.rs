@@ -80,7 +80,7 @@ pub(super) async fn copy_every_key(
     while let Some(keys) = scan.next_page().await {
         for key in keys {
             queued += 1;
-            migration.queue_copy(key, CopyReason::Backfill).await;
+            migration.queue_copy(key, CopyReason::FullPass).await;
         }
     }
     queued

@@ -311,7 +311,7 @@ fn errors_say_what_is_wrong() {
     ]);
     assert!(
         !ok && output.contains(&format!(
-            "cannot reach server 127.0.0.1:{dead} of pool 'fleet': Connection refused"
+            "server 127.0.0.1:{dead} of pool 'fleet' does not answer (Connection refused): bring it back first"
         )),
         "{output}"
     );
@@ -323,7 +323,10 @@ fn errors_say_what_is_wrong() {
         .expect("run cutover verify");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && stderr.contains(&format!("cannot reach server 127.0.0.1:{dead}")),
+        !out.status.success()
+            && stderr.contains(&format!(
+                "server 127.0.0.1:{dead} of pool 'fleet' does not answer"
+            )),
         "{stderr}"
     );
 }

@@ -242,8 +242,7 @@ impl Admin {
                     return HttpResponse::error(
                         409,
                         &format!(
-                            "server {} of pool '{}' does not answer ({}): a verify pass now would count each of its keys as a difference; bring it back first",
-                            silent.server, silent.pool, silent.reason
+                            "{silent}: a verify pass now would count each of its keys as a difference; bring it back first"
                         ),
                     );
                 }

@@ -70,7 +70,7 @@ pub enum OfflineError {
         reason: String,
     },
     /// A server of either end does not answer at the start.
-    #[error("cannot reach server {} of pool '{}': {}", .0.server, .0.pool, .0.reason)]
+    #[error("{0}: bring it back first (nothing was copied or checked)")]
     Silent(super::verify::SilentServer),
     /// Nothing moved for `--give-up-after` while keys were left to copy.
     #[error(

@@ -29,7 +29,7 @@ use metrics::{Counter, counter};
 use super::capture::Side;
 use super::{Migration, Owed, Role, marker, scan};
 use crate::resp::info_field;
-use crate::upstream::{BackendError, Pool};
+use crate::upstream::Pool;
 
 /// Tries of `INFO server` a look makes of one server.
 const READ_TRIES: usize = 2;
@@ -339,11 +339,7 @@ async fn read_run_id(pool: &Pool, index: usize) -> Result<String, String> {
     let mut why = String::new();
     for _ in 0..READ_TRIES {
         let args = [b"INFO".as_slice(), b"server"];
-        let info = pool.call(index, 0, &args);
-        match tokio::time::timeout(READ_TIMEOUT, info)
-            .await
-            .unwrap_or(Err(BackendError::TimedOut))
-        {
+        match pool.call_within(index, 0, &args, READ_TIMEOUT).await {
             Ok(reply) => {
                 let text = String::from_utf8_lossy(&reply);
                 return info_field(&text, "run_id")

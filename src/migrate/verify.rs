@@ -22,7 +22,7 @@ use super::shadow::{self, Compare};
 use super::stream;
 use crate::engine::Engine;
 use crate::resp::encode;
-use crate::upstream::Pool;
+use crate::upstream::{BackendError, Pool};
 
 /// Keys compared at once.
 const CONCURRENCY: usize = 64;
@@ -248,6 +248,17 @@ pub struct SilentServer {
     pub reason: String,
 }
 
+impl std::fmt::Display for SilentServer {
+    /// The one wording of it, for the admin API's refusal and the offline job's error.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "server {} of pool '{}' does not answer ({})",
+            self.server, self.pool, self.reason
+        )
+    }
+}
+
 /// How long a server has to answer [`silent_server`]'s PING.
 const PING_LIMIT: Duration = Duration::from_secs(5);
 
@@ -260,12 +271,13 @@ pub async fn silent_server(migration: &Migration) -> Option<SilentServer> {
     ];
     for (pool, name) in sides {
         for (index, server) in pool.servers.iter().enumerate() {
-            let answer = tokio::time::timeout(PING_LIMIT, pool.call(index, 0, &[b"PING"])).await;
-            let reason = match answer {
-                Ok(Ok(reply)) if reply.starts_with(b"+") => continue,
-                Ok(Ok(reply)) => String::from_utf8_lossy(&reply).trim_end().to_string(),
-                Ok(Err(error)) => error.to_string(),
-                Err(_) => format!("no answer within {} s", PING_LIMIT.as_secs()),
+            let reason = match pool.call_within(index, 0, &[b"PING"], PING_LIMIT).await {
+                Ok(reply) if reply.starts_with(b"+") => continue,
+                Ok(reply) => String::from_utf8_lossy(&reply).trim_end().to_string(),
+                Err(BackendError::TimedOut) => {
+                    format!("no answer within {} s", PING_LIMIT.as_secs())
+                }
+                Err(error) => error.to_string(),
             };
             return Some(SilentServer {
                 pool: name.to_string(),

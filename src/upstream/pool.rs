@@ -365,6 +365,20 @@ impl Pool {
         self.request(server, connection, bytes.freeze(), 1).await
     }
 
+    /// [`Pool::call`], given up after `limit` ([`BackendError::TimedOut`]): for checks
+    /// that must not hang on a server that accepted the command and never answers.
+    pub async fn call_within<A: AsRef<[u8]>>(
+        &self,
+        server: usize,
+        connection: usize,
+        args: &[A],
+        limit: Duration,
+    ) -> ReplyResult {
+        tokio::time::timeout(limit, self.call(server, connection, args))
+            .await
+            .unwrap_or(Err(BackendError::TimedOut))
+    }
+
     /// Queue `bytes` on connection `connection` (of those speaking `protocol`) of `server`,
     /// waiting for room, and return the receiver of its reply, so several requests can be
     /// in flight at once.

@@ -598,3 +598,165 @@ fn the_admin_api_keeps_its_limits() {
         cutover.admin_get("/status").0 == 200
     });
 }
+
+/// Hold `server` busy for `seconds` (DEBUG SLEEP; it must allow DEBUG), from a thread;
+/// returns once it no longer answers a PING within 50 ms.
+fn sleep_server(server: &RedisServer, seconds: u32) -> std::thread::JoinHandle<()> {
+    // Connected first: a connection made while it sleeps would wait for it to wake.
+    let mut conn = server.client();
+    conn.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("read timeout");
+    let port = server.port;
+    let sleeper = std::thread::spawn(move || {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(seconds)
+            .query(&mut support::connect_to(port));
+    });
+    wait_for("the server asleep", Duration::from_secs(5), || {
+        redis::cmd("PING").query::<String>(&mut conn).is_err()
+    });
+    sleeper
+}
+
+/// The lines that make a pool eject a server at its first failure, for a second (and
+/// place keys by md5: fnv1a_64 may put all of `k0`..`k199` on one of two servers).
+const EJECTING: &str = "  hash: md5\n  timeout: 300\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 1000\n";
+
+/// Rule 18, the side kept equal: a target pool with `auto_eject_hosts` does not eject
+/// while it is mirrored. A target server held busy times out; had it been ejected, the
+/// writes mirrored meanwhile would have landed on the other target server, and the busy
+/// one would have come back with the old values (the same key on two servers). Instead
+/// those writes fail, their keys are dirty, and they are copied once it answers.
+#[test]
+fn a_target_with_auto_eject_hosts_is_not_ejected_from_while_it_is_mirrored() {
+    let source = RedisServer::start();
+    let targets = vec![
+        RedisServer::start(),
+        RedisServer::start_with(&["--enable-debug-command", "yes"]),
+    ];
+    fill_numbered(&source, 200);
+    let config = migration_config(&source, &targets, "").replace(
+        "fleet:\n  redis: true\n",
+        &format!("fleet:\n  redis: true\n{EJECTING}"),
+    );
+    let proxy = Proxy::cutover(&config);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert!(targets.iter().all(|t| dbsize(t) > 0));
+
+    let sleeper = sleep_server(&targets[1], 2);
+    let mut conn = proxy.client();
+    for round in 0..8 {
+        let mut pipe = redis::pipe();
+        for i in 0..200 {
+            pipe.cmd("SET").arg(format!("k{i}")).arg(round).ignore();
+        }
+        pipe.query::<()>(&mut conn).expect("SETs");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sleeper.join().expect("DEBUG SLEEP");
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let servers = proxy.migration()["target_servers"].clone();
+    assert!(
+        servers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|s| s["ejected"] == false),
+        "{servers}"
+    );
+    support::compare::assert_same(&source, &targets);
+}
+
+/// Rule 18, the side clients use: a source pool with `auto_eject_hosts` ejects as
+/// nutcracker does, and the app's writes for the busy server's keys go to the other one
+/// meanwhile. The cutover is refused while the server is out, and after it is back until
+/// a verify pass with repair that started after; then the app reads the same values after
+/// the cutover as before it.
+#[test]
+fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
+    let sources = [
+        RedisServer::start(),
+        RedisServer::start_with(&["--enable-debug-command", "yes"]),
+    ];
+    let target = RedisServer::start();
+    let config = format!(
+        "legacy:\n  listen: LISTEN\n  redis: true\n{}  servers:\n   - {}:1\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\nfleet:\n  redis: true\n  servers:\n   - {}:1\n",
+        // Out for longer than the server sleeps, so the first cutover finds it out.
+        EJECTING.replace("retry_timeout: 1000", "retry_timeout: 5000"),
+        sources[0].addr(),
+        sources[1].addr(),
+        target.addr()
+    );
+    let proxy = Proxy::cutover(&config);
+    let mut conn = proxy.client();
+    let set_all = |conn: &mut redis::Connection, value: &str| {
+        for i in 0..200 {
+            // A write that finds the busy server before it is ejected fails.
+            let _: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(value)
+                .query(conn);
+        }
+    };
+    set_all(&mut conn, "before");
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let verify = |repair: bool| {
+        let path = if repair {
+            "/verify?repair=true"
+        } else {
+            "/verify"
+        };
+        assert_eq!(http(proxy.admin_port, "POST", path).0, 202);
+        wait_for("a verify pass", Duration::from_secs(30), || {
+            proxy.migration()["verify"]["running"] == false
+        });
+        proxy.migration()["verify"]["last"]["differences"].clone()
+    };
+    assert_eq!(verify(false), 0);
+    assert!(sources.iter().all(|s| dbsize(s) > 0));
+
+    let sleeper = sleep_server(&sources[1], 2);
+    set_all(&mut conn, "during");
+    set_all(&mut conn, "during");
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("ejected now (auto_eject_hosts): source server"),
+        "{body}"
+    );
+    sleeper.join().expect("DEBUG SLEEP");
+    wait_for("the server back", Duration::from_secs(10), || {
+        let servers = proxy.status()["pools"][0]["servers"].clone();
+        let _: redis::RedisResult<()> = redis::cmd("GET").arg("k0").query(&mut conn);
+        servers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|s| s["ejected"] == false)
+    });
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let read_all = |conn: &mut redis::Connection| -> Vec<Option<String>> {
+        (0..200)
+            .map(|i| {
+                redis::cmd("GET")
+                    .arg(format!("k{i}"))
+                    .query(conn)
+                    .expect("GET")
+            })
+            .collect()
+    };
+    let before_cutover = read_all(&mut conn);
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("was ejected (auto_eject_hosts)"), "{body}");
+
+    verify(true);
+    wait_for("a clean verify pass", Duration::from_secs(30), || {
+        verify(false) == 0
+    });
+    wait_for("the cutover", Duration::from_secs(10), || {
+        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    });
+    assert_eq!(read_all(&mut conn), before_cutover);
+}

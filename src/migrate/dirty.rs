@@ -63,15 +63,19 @@ pub enum Owed {
     /// A server of the mirrored side restarted: what it reloaded may hold keys since
     /// deleted.
     Restart = 3,
+    /// A server of the side clients use was ejected (rule 18): their writes for its keys
+    /// went to other servers, and it came back with what it held before.
+    Ejection = 4,
 }
 
 impl Owed {
     /// Every cause, in the order of their numbers.
-    pub const ALL: [Owed; 4] = [
+    pub const ALL: [Owed; 5] = [
         Owed::StreamGap,
         Owed::Takeover,
         Owed::DamagedFile,
         Owed::Restart,
+        Owed::Ejection,
     ];
 }
 

@@ -69,6 +69,7 @@ impl Migration {
         // A target server that restarted since the last look is found now, not after the
         // flip (rule 17).
         let unread = self.watch_restarts(Look::Mirrored).await;
+        self.look_at_ejections();
         let idle = self.wait_lanes_idle(IDLE_WAIT).await;
         self.refresh_direct_clients().await;
         let mut reasons = self.readiness(idle);
@@ -82,6 +83,7 @@ impl Migration {
     /// `run_id` cannot be read.
     async fn rollback_blockers(self: &Arc<Self>) -> Vec<String> {
         let mut reasons = self.watch_restarts(Look::Mirrored).await;
+        self.look_at_ejections();
         let (_, dirty) = self.backlog();
         if dirty > 0 {
             reasons.push(format!(
@@ -94,6 +96,10 @@ impl Migration {
                 "{}; what it reloaded may hold keys deleted since, which a rollback would bring back: run a verify pass with repair (cutover ctl verify --repair) that starts now",
                 self.restarts.restarted_text()
             ));
+        }
+        reasons.extend(self.ejections.blocker());
+        if self.dirty.owes(Owed::Ejection) {
+            reasons.push("a target server was ejected (auto_eject_hosts): the app's writes for its keys went to the other target servers meanwhile, so the two sides differ; run a verify pass with repair (cutover ctl verify --repair) that starts now".to_string());
         }
         reasons
     }
@@ -199,6 +205,7 @@ impl Migration {
             ));
         }
         reasons.extend(self.restarts.blocker());
+        reasons.extend(self.ejections.blocker());
         for cause in Owed::ALL {
             if !self.dirty.owes(cause) {
                 continue;
@@ -208,6 +215,7 @@ impl Migration {
                 Owed::Takeover => "this member took over from a fleet leader, whose dirty keys died with it".to_string(),
                 Owed::DamagedFile => format!("the dirty-key file {} ended in a damaged record (a crash or a full disk), now cut off", self.dirty.path.display()),
                 Owed::Restart => format!("{}; what it reloaded may hold keys since deleted", self.restarts.restarted_text()),
+                Owed::Ejection => "a server of the side clients use was ejected (auto_eject_hosts): their writes for its keys went to the other servers meanwhile, and it came back with what it held before".to_string(),
             };
             reasons.push(format!("{what}; run a verify pass with repair (cutover ctl verify --repair) that starts now"));
         }
@@ -478,6 +486,7 @@ impl Migration {
             self.counters.set_phase(to);
             self.save_state(false);
         }
+        self.apply_ejection(to);
         if to == Phase::Finalized {
             self.send_fence.retire();
         }

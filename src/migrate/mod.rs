@@ -16,6 +16,7 @@ pub mod capture;
 mod copy;
 mod counters;
 mod dirty;
+mod ejections;
 pub mod engines;
 mod flip;
 pub mod key_type;
@@ -122,6 +123,8 @@ pub struct Migration {
     /// The servers' runs: a restart of the mirrored side's means copying every key again
     /// (rule 17).
     pub restarts: restarts::Restarts,
+    /// The pools' ejections as last seen (rule 18).
+    pub ejections: ejections::Ejections,
 }
 
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
@@ -259,6 +262,8 @@ impl Migration {
         let mut copy_config = source_config.clone();
         copy_config.name = format!("{}.copy", source_config.name);
         copy_config.preconnect = false;
+        // Copies reach each key's own server, or fail (rule 18).
+        copy_config.auto_eject_hosts = false;
         // A fleet member's connections to every server are named after it (rule 15).
         let member = source.member();
         let copy_source = Pool::start_named(copy_config, member);
@@ -266,6 +271,7 @@ impl Migration {
         let mut copy_target_config = target_config.clone();
         copy_target_config.name = format!("{}.copy", target_config.name);
         copy_target_config.preconnect = false;
+        copy_target_config.auto_eject_hosts = false;
         let copy_target = Pool::start_named(copy_target_config, member);
         let lane_count = settings.lanes.max(1) as usize;
         let per_lane = (settings.mirror_queue_limit as usize / lane_count).max(MIN_LANE_QUEUE);
@@ -338,6 +344,7 @@ impl Migration {
             send_fence: Arc::new(crate::upstream::SendFence::new()),
             direct_seen: std::sync::Mutex::new(Vec::new()),
             restarts,
+            ejections: ejections::Ejections::default(),
             progress,
             tunables: Tunables::new(&settings),
             settings,
@@ -355,6 +362,8 @@ impl Migration {
         tokio::spawn(dirty::drain(migration.clone()));
         tokio::spawn(state::checkpoints(migration.clone()));
         tokio::spawn(restarts::watch(migration.clone()));
+        migration.apply_ejection(phase);
+        tokio::spawn(ejections::watch(migration.clone()));
         tracing::info!(
             source = migration.source.name(),
             target = migration.target.name(),

@@ -2,7 +2,7 @@
 //! (rebuilt when servers are ejected and when they come back), and its counters.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -93,6 +93,9 @@ pub struct Pool {
     clock: Instant,
     /// Pool-clock millisecond of the next ejected server's return (`u64::MAX`: none).
     next_return_ms: AtomicU64,
+    /// Whether failing servers are ejected now: `auto_eject_hosts`, unless a migration
+    /// turned it off because the pool is the side it keeps equal (rule 18).
+    ejecting: AtomicBool,
     /// Serializes placement rebuilds.
     rebuild: std::sync::Mutex<()>,
     /// A fleet member's send fence, checked by every connection before it writes.
@@ -197,6 +200,7 @@ impl Pool {
             full_placement,
             clock: Instant::now(),
             next_return_ms: AtomicU64::new(u64::MAX),
+            ejecting: AtomicBool::new(config.auto_eject_hosts),
             rebuild: std::sync::Mutex::new(()),
             fence: std::sync::OnceLock::new(),
             member: member.map(str::to_string),
@@ -218,7 +222,7 @@ impl Pool {
 
     /// Where `key` goes now, or `None` when no server is live.
     pub fn route(&self, key: &[u8]) -> Option<Route> {
-        if self.config.auto_eject_hosts {
+        if self.ejecting.load(Relaxed) {
             self.return_due_servers();
         }
         let placement = self.placement.load();
@@ -252,12 +256,18 @@ impl Pool {
         let s = &self.servers[server];
         s.counters.failures_metric.increment(1);
         let failures = s.failures.fetch_add(1, Relaxed) + 1;
-        if !self.config.auto_eject_hosts || failures < self.config.server_failure_limit {
+        if !self.ejecting.load(Relaxed) || failures < self.config.server_failure_limit {
             return;
         }
         s.failures.store(0, Relaxed);
         let until = self.now_ms() + self.config.server_retry_timeout.as_millis() as u64;
         s.ejected_until_ms.store(until.max(1), Relaxed);
+        if !self.ejecting.load(Relaxed) {
+            // Ejection was turned off meanwhile; `set_ejecting` may have cleared the
+            // servers before this store.
+            s.ejected_until_ms.store(0, Relaxed);
+            return;
+        }
         let epoch_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
@@ -279,6 +289,36 @@ impl Pool {
                 failing: s.failures.load(Relaxed),
                 ejected: s.ejected_until_ms.load(Relaxed) != 0,
             })
+            .collect()
+    }
+
+    /// Eject failing servers as `auto_eject_hosts` says (`true`), or never (`false`: every
+    /// key goes to its own server, and a request for one that is down fails). Turning it
+    /// off brings ejected servers back at once.
+    pub fn set_ejecting(&self, on: bool) {
+        let on = on && self.config.auto_eject_hosts;
+        if self.ejecting.swap(on, Relaxed) == on || on {
+            return;
+        }
+        for server in &self.servers {
+            server.ejected_until_ms.store(0, Relaxed);
+        }
+        self.rebuild_placement();
+    }
+
+    /// Times a server of the pool was ejected since it started.
+    pub fn ejections(&self) -> u64 {
+        self.counters.server_ejects.load(Relaxed)
+    }
+
+    /// The servers ejected now (a server whose retry time has come counts as back: the
+    /// next request routed brings it back).
+    pub fn ejected_servers(&self) -> Vec<&str> {
+        let now = self.now_ms();
+        self.servers
+            .iter()
+            .filter(|s| s.ejected_until_ms.load(Relaxed) > now)
+            .map(|s| s.name.as_str())
             .collect()
     }
 

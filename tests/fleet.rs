@@ -933,3 +933,109 @@ fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
         "{metrics}"
     );
 }
+
+/// Rule 18 in a fleet: each member's pool ejects on its own, as separate nutcracker
+/// instances do. A source server held busy while the app writes through a follower only:
+/// the follower ejects it, the leader (which sends nothing there) does not. The follower
+/// reports it through etcd, so the leader's cutover waits while the server is out and,
+/// once it is back, until a verify pass with repair; then the app reads the same values
+/// after the cutover as before.
+#[test]
+fn an_ejection_at_a_follower_holds_the_leaders_cutover_until_a_verify_pass() {
+    let etcd = Etcd::start();
+    let sources = [
+        RedisServer::start(),
+        RedisServer::start_with(&["--enable-debug-command", "yes"]),
+    ];
+    let target = RedisServer::start();
+    let config = format!(
+        "legacy:\n  listen: LISTEN\n  redis: true\n{}  servers:\n   - {}:1\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\n    capture: replication\n    coordination: {}\nfleet:\n  redis: true\n  servers:\n   - {}:1\n",
+        support::ejecting(5000),
+        sources[0].addr(),
+        sources[1].addr(),
+        etcd.coordination("cutover/test"),
+        target.addr()
+    );
+    let members: Vec<Proxy> = (0..2)
+        .map(|_| Proxy::cutover_with(&config, &["--admin-token", TOKEN]))
+        .collect();
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    let (leader, follower) = (&members[lead], &members[1 - lead]);
+    let mut conn = follower.client();
+    let set_all = |conn: &mut redis::Connection, value: &str| {
+        for i in 0..200 {
+            // A write that finds the busy server before it is ejected fails.
+            let _: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(value)
+                .query(conn);
+        }
+    };
+    set_all(&mut conn, "before");
+    ready_to_flip(leader);
+
+    let sleeper = sources[1].hold_busy(2);
+    set_all(&mut conn, "during");
+    wait_for(
+        "the leader told of the follower's ejection",
+        Duration::from_secs(10),
+        || {
+            let (code, body) = post(leader.admin_port, "/cutover");
+            assert_eq!(code, 409, "{body}");
+            body.contains("(at fleet member ")
+        },
+    );
+    assert_eq!(
+        leader.metric_sum("cutover_server_ejections_total"),
+        0.0,
+        "the leader ejected nothing itself"
+    );
+    sleeper.join().expect("DEBUG SLEEP");
+    let read_all = |conn: &mut redis::Connection| -> Vec<Option<String>> {
+        (0..200)
+            .map(|i| {
+                redis::cmd("GET")
+                    .arg(format!("k{i}"))
+                    .query(conn)
+                    .expect("GET")
+            })
+            .collect()
+    };
+    // The follower brings the server back at its next request after the retry time.
+    wait_for(
+        "the server back at the follower",
+        Duration::from_secs(15),
+        || {
+            let _ = read_all(&mut conn);
+            follower.status()["pools"][0]["servers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|s| s["ejected"] == false)
+        },
+    );
+    leader.wait_migration_drained(Duration::from_secs(30), 2);
+    let before_cutover = read_all(&mut conn);
+    let (code, body) = post(leader.admin_port, "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("was ejected (auto_eject_hosts)"), "{body}");
+
+    assert_eq!(post(leader.admin_port, "/verify?repair=true").0, 202);
+    wait_for("a clean verify pass", Duration::from_secs(30), || {
+        let m = leader.migration();
+        if m["verify"]["running"] == true {
+            return false;
+        }
+        if m["verify"]["last"]["differences"] == 0 {
+            return true;
+        }
+        let _ = post(leader.admin_port, "/verify");
+        false
+    });
+    cut_over(leader);
+    wait_for("the follower cut over", Duration::from_secs(10), || {
+        phase(follower) == "cutover"
+    });
+    assert_eq!(read_all(&mut conn), before_cutover);
+}

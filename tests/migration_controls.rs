@@ -599,30 +599,6 @@ fn the_admin_api_keeps_its_limits() {
     });
 }
 
-/// Hold `server` busy for `seconds` (DEBUG SLEEP; it must allow DEBUG), from a thread;
-/// returns once it no longer answers a PING within 50 ms.
-fn sleep_server(server: &RedisServer, seconds: u32) -> std::thread::JoinHandle<()> {
-    // Connected first: a connection made while it sleeps would wait for it to wake.
-    let mut conn = server.client();
-    conn.set_read_timeout(Some(Duration::from_millis(50)))
-        .expect("read timeout");
-    let port = server.port;
-    let sleeper = std::thread::spawn(move || {
-        let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(seconds)
-            .query(&mut support::connect_to(port));
-    });
-    wait_for("the server asleep", Duration::from_secs(5), || {
-        redis::cmd("PING").query::<String>(&mut conn).is_err()
-    });
-    sleeper
-}
-
-/// The lines that make a pool eject a server at its first failure, for a second (and
-/// place keys by md5: fnv1a_64 may put all of `k0`..`k199` on one of two servers).
-const EJECTING: &str = "  hash: md5\n  timeout: 300\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 1000\n";
-
 /// Rule 18, the side kept equal: a target pool with `auto_eject_hosts` does not eject
 /// while it is mirrored. A target server held busy times out; had it been ejected, the
 /// writes mirrored meanwhile would have landed on the other target server, and the busy
@@ -638,13 +614,13 @@ fn a_target_with_auto_eject_hosts_is_not_ejected_from_while_it_is_mirrored() {
     fill_numbered(&source, 200);
     let config = migration_config(&source, &targets, "").replace(
         "fleet:\n  redis: true\n",
-        &format!("fleet:\n  redis: true\n{EJECTING}"),
+        &format!("fleet:\n  redis: true\n{}", support::ejecting(1000)),
     );
     let proxy = Proxy::cutover(&config);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     assert!(targets.iter().all(|t| dbsize(t) > 0));
 
-    let sleeper = sleep_server(&targets[1], 2);
+    let sleeper = targets[1].hold_busy(2);
     let mut conn = proxy.client();
     for round in 0..8 {
         let mut pipe = redis::pipe();
@@ -683,7 +659,7 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
     let config = format!(
         "legacy:\n  listen: LISTEN\n  redis: true\n{}  servers:\n   - {}:1\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\nfleet:\n  redis: true\n  servers:\n   - {}:1\n",
         // Out for longer than the server sleeps, so the first cutover finds it out.
-        EJECTING.replace("retry_timeout: 1000", "retry_timeout: 5000"),
+        support::ejecting(5000),
         sources[0].addr(),
         sources[1].addr(),
         target.addr()
@@ -716,7 +692,7 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
     assert_eq!(verify(false), 0);
     assert!(sources.iter().all(|s| dbsize(s) > 0));
 
-    let sleeper = sleep_server(&sources[1], 2);
+    let sleeper = sources[1].hold_busy(2);
     set_all(&mut conn, "during");
     set_all(&mut conn, "during");
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");

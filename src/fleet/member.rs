@@ -1,5 +1,6 @@
 //! One member's life in the fleet: its lease and record, the campaign for leadership, the
-//! list of members, and, while it leads, its checkpoint.
+//! list of members, its ejections (rule 18) and, while it leads, its checkpoint and the
+//! other members' ejections.
 //!
 //! A term begins with a lease: the member's record is put under it and it campaigns with
 //! it. The lease is renewed every tick; when renewing has failed for a whole TTL (etcd
@@ -14,6 +15,7 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::time::Instant;
 
 use super::{CALL_TIMEOUT, FENCE_AFTER, Fleet, LEASE_TTL, MemberInfo, TICK};
+use crate::migrate::EjectionReport;
 
 /// Enter the fleet (at start, or again after losing the lease): register under a new
 /// lease, make sure the phase record exists, take the fleet's phase (it may have flipped
@@ -126,6 +128,8 @@ async fn keep(fleet: &Fleet, lease: i64) {
     let mut client = fleet.streams.clone();
     let mut channel = None;
     let mut renewed = Instant::now();
+    // What this member last put in etcd of its ejections (none yet under this lease).
+    let mut reported = None;
     let lost = |renewed: Instant| renewed.elapsed() >= Duration::from_secs(LEASE_TTL as u64);
     loop {
         tokio::time::sleep(TICK).await;
@@ -161,10 +165,60 @@ async fn keep(fleet: &Fleet, lease: i64) {
             }
         }
         look(fleet).await;
+        report_ejections(fleet, lease, &mut reported).await;
         if fleet.leading() {
             write_checkpoint(fleet, lease).await;
+            read_ejections(fleet).await;
         }
     }
+}
+
+/// Put this member's ejections under `lease` when they changed since the last report (so
+/// the record goes with the member). `reported` keeps what was put last.
+async fn report_ejections(fleet: &Fleet, lease: i64, reported: &mut Option<EjectionReport>) {
+    let report = fleet.migration.ejection_report();
+    if reported.as_ref() == Some(&report) {
+        return;
+    }
+    let text = serde_json::to_string(&report).unwrap_or_default();
+    let key = fleet.key(&format!("ejections/{}", fleet.me.id));
+    let put = fleet
+        .client
+        .clone()
+        .put(key, text, Some(PutOptions::new().with_lease(lease)))
+        .await;
+    match put {
+        Ok(_) => *reported = Some(report),
+        Err(_) => fleet.etcd_failed(),
+    }
+}
+
+/// The leader reads the other members' ejection reports into the migration (rule 18: an
+/// ejection at any member owes a verify pass, and a flip waits while one is out).
+async fn read_ejections(fleet: &Fleet) {
+    let prefix = fleet.key("ejections/");
+    let reply = fleet
+        .client
+        .clone()
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await;
+    let Ok(reply) = reply else {
+        fleet.etcd_failed();
+        return;
+    };
+    let reports = reply
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let member = kv.key_str().ok()?.strip_prefix(prefix.as_str())?;
+            let report = serde_json::from_slice::<EjectionReport>(kv.value()).ok()?;
+            (member != fleet.me.id).then(|| (member.to_string(), report))
+        })
+        .collect();
+    fleet.migration.member_ejections(reports);
 }
 
 /// Campaign for leadership with `lease` until elected, then lead: take over the last

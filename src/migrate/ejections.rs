@@ -21,7 +21,11 @@
 //!   back, and a flip waits while a server of that side is ejected.
 //!
 //! The looks here read the pool's counters (no I/O): every second, and in a flip's check.
+//! In a fleet each member's pool ejects on its own, as separate nutcracker instances do;
+//! each member reports its ejections to the fleet ([`EjectionReport`]), and the leader's
+//! looks count the other members' reports as its own pool's.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -32,6 +36,15 @@ use super::{Migration, Owed, Phase, Role};
 /// Time between two looks.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
+/// A fleet member's ejections, as it reports them to the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EjectionReport {
+    /// Times its pools ejected a server since it started.
+    pub count: u64,
+    /// The servers of the side clients use it has ejected now ("source server NAME").
+    pub out: Vec<String>,
+}
+
 /// What the last look saw.
 #[derive(Default)]
 pub struct Ejections {
@@ -40,6 +53,10 @@ pub struct Ejections {
     /// The servers of the side clients use that were ejected at the last look (side name
     /// and server), for the blocker and the log.
     out: Mutex<Vec<String>>,
+    /// The other fleet members' last reports, by member (kept by the leader).
+    members: Mutex<BTreeMap<String, EjectionReport>>,
+    /// Each member's count at the last look.
+    members_counted: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Ejections {
@@ -74,10 +91,34 @@ impl Migration {
         }
     }
 
-    /// Compare the pools' ejections with the last look's: an ejection on the side clients
-    /// use since then, or a server of it out now or at the last look (so the owed pass
-    /// starts after it is back), owes a verify pass. Not after finalize, nor on a fleet
-    /// member that follows (the leader decides flips).
+    /// This process's ejections, for its fleet member record: every ejection of its
+    /// pools, and the servers of the side clients use it has out now.
+    pub fn ejection_report(&self) -> EjectionReport {
+        let out = Side::authority(self.phase()).map_or_else(Vec::new, |authority| {
+            authority
+                .pool(self)
+                .ejected_servers()
+                .into_iter()
+                .map(|server| format!("{} server {server}", authority.name()))
+                .collect()
+        });
+        EjectionReport {
+            count: self.source.ejections() + self.target.ejections(),
+            out,
+        }
+    }
+
+    /// The other fleet members' reports, as the leader last read them.
+    pub fn member_ejections(&self, reports: BTreeMap<String, EjectionReport>) {
+        if let Ok(mut members) = self.ejections.members.lock() {
+            *members = reports;
+        }
+    }
+
+    /// Compare the pools' ejections (and the other fleet members' reports) with the last
+    /// look's: an ejection on the side clients use since then, or a server of it out now
+    /// or at the last look (so the owed pass starts after it is back), owes a verify pass.
+    /// Not after finalize, nor on a fleet member that follows (the leader decides flips).
     pub fn look_at_ejections(&self) {
         let counts = [Side::Source, Side::Target].map(|side| side.pool(self).ejections());
         let mut changed = [false; 2];
@@ -90,16 +131,30 @@ impl Migration {
         if self.role() == Role::Follower {
             return;
         }
-        let out_now: Vec<String> = authority
-            .pool(self)
-            .ejected_servers()
-            .into_iter()
-            .map(|server| format!("{} server {server}", authority.name()))
-            .collect();
+        let mut changed = changed[authority as usize];
+        let mut out_now: Vec<String> = self.ejection_report().out;
+        let reports = self
+            .ejections
+            .members
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        if let Ok(mut counted) = self.ejections.members_counted.lock() {
+            for (member, report) in reports {
+                let before = counted.insert(member.clone(), report.count);
+                changed |= before.map_or(report.count > 0, |c| c != report.count);
+                out_now.extend(
+                    report
+                        .out
+                        .into_iter()
+                        .map(|server| format!("{server} (at fleet member {member})")),
+                );
+            }
+        }
         let Ok(mut out) = self.ejections.out.lock() else {
             return;
         };
-        if changed[authority as usize] {
+        if changed {
             tracing::warn!(
                 pool = self.source.name(),
                 side = authority.name(),
@@ -107,7 +162,7 @@ impl Migration {
                 "a server of the side clients use was ejected (auto_eject_hosts): writes for its keys go to the other servers until it is back; a verify pass is owed"
             );
         }
-        if changed[authority as usize] || !out_now.is_empty() || !out.is_empty() {
+        if changed || !out_now.is_empty() || !out.is_empty() {
             self.dirty.owe_verify(Owed::Ejection);
         }
         *out = out_now;

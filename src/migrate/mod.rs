@@ -48,6 +48,7 @@ use bytes::Bytes;
 pub use copy::CopyReason;
 pub use counters::MigrationCounters;
 pub use dirty::{Owed, PROBE as DIRTY_PROBE};
+pub use ejections::EjectionReport;
 pub use flip::{FlipError, Flipped};
 pub use lane::{LaneEvent, Queued};
 pub use lanes::Lanes;

@@ -221,6 +221,27 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Hold it busy for `seconds` (`DEBUG SLEEP`: it must have been started with
+    /// `--enable-debug-command`), from a thread; returns once it no longer answers a PING
+    /// within 50 ms. Join the thread to wait for it to wake.
+    pub fn hold_busy(&self, seconds: u32) -> std::thread::JoinHandle<()> {
+        // Connected first: a connection made while it sleeps would wait for it to wake.
+        let mut conn = self.client();
+        conn.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
+        let port = self.port;
+        let sleeper = std::thread::spawn(move || {
+            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(seconds)
+                .query(&mut connect_to(port));
+        });
+        wait_for("the server asleep", Duration::from_secs(5), || {
+            redis::cmd("PING").query::<String>(&mut conn).is_err()
+        });
+        sleeper
+    }
+
     /// Stop it without saving (if it runs) and start it again, on the same port, empty (as
     /// a server without persistence comes back from a crash): a new `run_id`, no keys.
     pub fn restart_empty(&mut self) {
@@ -976,6 +997,14 @@ pub fn migration_config(source: &RedisServer, targets: &[RedisServer], extra: &s
         text.push_str(&format!("   - {}:1\n", t.addr()));
     }
     text
+}
+
+/// Pool lines that eject a server at its first failure (a 300 ms timeout) for `retry_ms`,
+/// placing keys by md5 (fnv1a_64 may put all of `k0`..`k199` on one of two servers).
+pub fn ejecting(retry_ms: u64) -> String {
+    format!(
+        "  hash: md5\n  timeout: 300\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: {retry_ms}\n"
+    )
 }
 
 /// Fill `server` with `n` string keys `k0`.. whose values are their numbers.

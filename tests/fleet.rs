@@ -899,16 +899,7 @@ fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
     std::thread::sleep(Duration::from_millis(300));
     // A target server stops answering for 10 s: writes in flight to it are not answered,
     // so no member can hold within the barrier's 8 s, though every lease is renewed.
-    let sleeper = {
-        let port = targets[0].port;
-        std::thread::spawn(move || {
-            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg(10)
-                .query(&mut support::connect_to(port));
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
+    let sleeper = targets[0].hold_busy(10);
     let (code, body) = post(members[lead].admin_port, "/rollback");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("did not hold in time"), "{body}");

@@ -491,16 +491,7 @@ fn dirty_keys_survive_a_dirty_file_that_cannot_be_written() {
     ));
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     // Hold the target busy: the lane's copy waits, the queue fills, later writes go dirty.
-    let sleeper = std::thread::spawn({
-        let port = targets[0].port;
-        move || {
-            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg(2)
-                .query(&mut support::connect_to(port));
-        }
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    let sleeper = targets[0].hold_busy(2);
     let mut conn = proxy.client();
     for i in 0..300 {
         // DEL is always copied, so each write is a copy event in the one lane.

@@ -692,6 +692,11 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
         body.contains("ejected now (auto_eject_hosts): source server"),
         "{body}"
     );
+    let text = proxy.ctl_status();
+    assert!(
+        text.contains("- ejected now (auto_eject_hosts): source server"),
+        "{text}"
+    );
     sleeper.join().expect("DEBUG SLEEP");
     wait_for("the server back", Duration::from_secs(10), || {
         let servers = proxy.status()["pools"][0]["servers"].clone();

@@ -597,3 +597,50 @@ fn connection_hash(key: &[u8]) -> u32 {
 static BREAK_SEND_FENCE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     std::env::var("CUTOVER_TEST_BREAK_SEND_FENCE").is_ok_and(|v| v == "1")
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A pool of two servers nobody listens on (nothing is sent: only failures are told).
+    fn pool(auto_eject: bool) -> Arc<Pool> {
+        let text = format!(
+            "p:\n  listen: 127.0.0.1:1\n  auto_eject_hosts: {auto_eject}\n  server_failure_limit: 1\n  server_retry_timeout: 60000\n  servers:\n   - 127.0.0.1:9:1 a\n   - 127.0.0.1:10:1 b\n"
+        );
+        let config = Config::parse(&text, "test").expect("config");
+        Pool::start(config.pools[0].clone())
+    }
+
+    /// Rule 18's switch: a pool told not to eject brings back what it had ejected and
+    /// ejects nothing more, until told it may again; one whose config says no never does.
+    #[tokio::test]
+    async fn ejecting_can_be_turned_off_and_back_on() {
+        let ejecting = pool(true);
+        ejecting.server_failed(0);
+        assert_eq!(ejecting.ejected_servers(), ["a"]);
+        ejecting.set_ejecting(false);
+        assert!(ejecting.ejected_servers().is_empty());
+        let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+        let servers = |p: &Pool| -> std::collections::BTreeSet<usize> {
+            keys.iter()
+                .filter_map(|k| p.route(k.as_bytes()))
+                .map(|r| r.server)
+                .collect()
+        };
+        assert_eq!(servers(&ejecting).len(), 2, "every server placed again");
+        ejecting.server_failed(0);
+        assert!(ejecting.ejected_servers().is_empty());
+        assert_eq!(ejecting.ejections(), 1);
+        ejecting.set_ejecting(true);
+        ejecting.server_failed(1);
+        assert_eq!(ejecting.ejected_servers(), ["b"]);
+        assert_eq!(servers(&ejecting).len(), 1);
+
+        let never = pool(false);
+        never.set_ejecting(true);
+        never.server_failed(0);
+        assert!(never.ejected_servers().is_empty());
+        assert_eq!(never.ejections(), 0);
+    }
+}

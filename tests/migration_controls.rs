@@ -732,3 +732,83 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
     });
     assert_eq!(read_all(&mut conn), before_cutover);
 }
+
+/// Rule 19: a target server whose maxmemory fills evicts keys, without an error to anyone.
+/// After a clean verify the app writes more than the target can hold: the cutover is
+/// refused (it would serve without the evicted keys) until the target has room and a
+/// verify pass with repair has run since; then both sides are equal.
+#[test]
+fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pass() {
+    let source = RedisServer::start();
+    let targets = vec![RedisServer::start()];
+    fill_numbered(&source, 200);
+    let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let verify = |repair: bool| {
+        let path = if repair {
+            "/verify?repair=true"
+        } else {
+            "/verify"
+        };
+        assert_eq!(http(proxy.admin_port, "POST", path).0, 202);
+        wait_for("a verify pass", Duration::from_secs(30), || {
+            proxy.migration()["verify"]["running"] == false
+        });
+        proxy.migration()["verify"]["last"]["differences"].clone()
+    };
+    assert_eq!(verify(false), 0);
+
+    // Room for about 300 KB more on the target, which evicts at random when full.
+    let mut target = targets[0].client();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut target)
+        .expect("INFO");
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    let limit = (used + 300_000).to_string();
+    for (name, value) in [
+        ("maxmemory", limit.as_str()),
+        ("maxmemory-policy", "allkeys-random"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query(&mut target)
+            .expect("CONFIG SET");
+    }
+    let mut conn = proxy.client();
+    let value = "v".repeat(1000);
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET").arg(format!("big{i}")).arg(&value).ignore();
+    }
+    pipe.query::<()>(&mut conn).expect("SETs");
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert!(dbsize(&targets[0]) < dbsize(&source), "the target evicted");
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("keys (its maxmemory is full)"), "{body}");
+    let text = proxy.ctl_status();
+    assert!(text.contains("evictions target server"), "{text}");
+    assert!(proxy.metric_sum("cutover_server_evictions_total") > 0.0);
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut target)
+        .expect("CONFIG SET");
+    verify(true);
+    wait_for("a clean verify pass", Duration::from_secs(30), || {
+        verify(false) == 0
+    });
+    wait_for("the cutover", Duration::from_secs(10), || {
+        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    });
+    support::compare::assert_same(&source, &targets);
+}

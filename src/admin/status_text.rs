@@ -154,6 +154,29 @@ fn fleet_text(fleet: &Value) -> String {
     )
 }
 
+/// The servers of the mirrored side that evicted keys (rule 19), if any: `  evictions
+/// target server t1: 120 keys evicted while mirrored (maxmemory full); ...`.
+fn evictions_text(evictions: &Value) -> String {
+    let Some(seen) = evictions.as_array().filter(|seen| !seen.is_empty()) else {
+        return String::new();
+    };
+    let servers: Vec<String> = seen
+        .iter()
+        .map(|e| {
+            format!(
+                "{} server {}: {} keys",
+                e["side"].as_str().unwrap_or("?"),
+                e["server"].as_str().unwrap_or("?"),
+                e["keys"].as_u64().unwrap_or(0)
+            )
+        })
+        .collect();
+    format!(
+        "  evictions {} evicted while mirrored (maxmemory full); raise maxmemory, then verify with repair\n",
+        servers.join(", ")
+    )
+}
+
 /// The servers seen restarting (rule 17), if any: `  restarts target server s1 12 s ago
 /// (run_id changed); every key was copied again (N keys queued)`.
 fn restarts_text(restarts: &Value) -> String {
@@ -364,6 +387,7 @@ fn migration_text(m: &Value) -> String {
         ));
     }
     out.push_str(&restarts_text(&m["restarts"]));
+    out.push_str(&evictions_text(&m["evictions"]));
     out.push_str(&engines_text(m));
     out.push_str(&capture_text(&m["capture"]));
     out.push_str(&format!(

@@ -66,16 +66,19 @@ pub enum Owed {
     /// A server of the side clients use was ejected (rule 18): their writes for its keys
     /// went to other servers, and it came back with what it held before.
     Ejection = 4,
+    /// A server of the mirrored side evicted keys (rule 19): its maxmemory is full.
+    Eviction = 5,
 }
 
 impl Owed {
     /// Every cause, in the order of their numbers.
-    pub const ALL: [Owed; 5] = [
+    pub const ALL: [Owed; 6] = [
         Owed::StreamGap,
         Owed::Takeover,
         Owed::DamagedFile,
         Owed::Restart,
         Owed::Ejection,
+        Owed::Eviction,
     ];
 }
 

@@ -69,6 +69,7 @@ impl Migration {
         // A target server that restarted since the last look is found now, not after the
         // flip (rule 17).
         let unread = self.watch_restarts(Look::Mirrored).await;
+        self.watch_evictions(Look::Mirrored).await;
         self.look_at_ejections();
         let idle = self.wait_lanes_idle(IDLE_WAIT).await;
         self.refresh_direct_clients().await;
@@ -83,6 +84,7 @@ impl Migration {
     /// `run_id` cannot be read.
     async fn rollback_blockers(self: &Arc<Self>) -> Vec<String> {
         let mut reasons = self.watch_restarts(Look::Mirrored).await;
+        self.watch_evictions(Look::Mirrored).await;
         self.look_at_ejections();
         let (_, dirty) = self.backlog();
         if dirty > 0 {
@@ -98,6 +100,12 @@ impl Migration {
             ));
         }
         reasons.extend(self.ejections.blocker());
+        if self.dirty.owes(Owed::Eviction) {
+            reasons.push(format!(
+                "{} (its maxmemory is full): a rollback would serve without the keys it dropped; raise its maxmemory, then run a verify pass with repair (cutover ctl verify --repair) that starts now",
+                self.evictions.evicted_text()
+            ));
+        }
         if self.dirty.owes(Owed::Ejection) {
             reasons.push("a target server was ejected (auto_eject_hosts): the app's writes for its keys went to the other target servers meanwhile, so the two sides differ; run a verify pass with repair (cutover ctl verify --repair) that starts now".to_string());
         }
@@ -216,6 +224,7 @@ impl Migration {
                 Owed::DamagedFile => format!("the dirty-key file {} ended in a damaged record (a crash or a full disk), now cut off", self.dirty.path.display()),
                 Owed::Restart => format!("{}; what it reloaded may hold keys since deleted", self.restarts.restarted_text()),
                 Owed::Ejection => "a server of the side clients use was ejected (auto_eject_hosts): their writes for its keys went to the other servers meanwhile, and it came back with what it held before".to_string(),
+                Owed::Eviction => format!("{} (its maxmemory is full), so it lacks keys; raise its maxmemory or add servers", self.evictions.evicted_text()),
             };
             reasons.push(format!("{what}; run a verify pass with repair (cutover ctl verify --repair) that starts now"));
         }

@@ -18,6 +18,7 @@ mod counters;
 mod dirty;
 mod ejections;
 pub mod engines;
+mod evictions;
 mod flip;
 pub mod key_type;
 pub mod known;
@@ -126,6 +127,8 @@ pub struct Migration {
     pub restarts: restarts::Restarts,
     /// The pools' ejections as last seen (rule 18).
     pub ejections: ejections::Ejections,
+    /// The servers' evictions: the mirrored side's owe a verify pass (rule 19).
+    pub evictions: evictions::Evictions,
 }
 
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
@@ -346,6 +349,10 @@ impl Migration {
             direct_seen: std::sync::Mutex::new(Vec::new()),
             restarts,
             ejections: ejections::Ejections::default(),
+            evictions: evictions::Evictions::new(
+                &source_config.name,
+                [&source_names, &target_names],
+            ),
             progress,
             tunables: Tunables::new(&settings),
             settings,
@@ -365,6 +372,7 @@ impl Migration {
         tokio::spawn(restarts::watch(migration.clone()));
         migration.apply_ejection(phase);
         tokio::spawn(ejections::watch(migration.clone()));
+        tokio::spawn(evictions::watch(migration.clone()));
         tracing::info!(
             source = migration.source.name(),
             target = migration.target.name(),

@@ -48,6 +48,7 @@ impl Migration {
             "target_servers": self.target.server_states(),
             "authority": self.authority().name(),
             "needs_verify": self.needs_verify(),
+            "evictions": self.evictions.seen(),
             "restarts": {
                 "seen": self.restarts.seen(),
                 "recopying": self.restarts.passes_running(),

@@ -46,8 +46,9 @@ struct Counted {
 pub struct Evictions {
     /// Per side, per server (the pool's order).
     servers: [Mutex<Vec<Counted>>; 2],
-    /// One look at a time (the periodic one and a flip's).
-    looking: tokio::sync::Mutex<()>,
+    /// One look at a side at a time (the periodic one and a flip's); per side, so that a
+    /// flip's look at the mirrored side never waits behind a hung server of the other.
+    looking: [tokio::sync::Mutex<()>; 2],
     /// `cutover_server_evictions_total{pool, side, server}`, per side, per server.
     counters: [Vec<Counter>; 2],
 }
@@ -89,7 +90,7 @@ impl Evictions {
         };
         Evictions {
             servers: [Mutex::new(servers(0)), Mutex::new(servers(1))],
-            looking: tokio::sync::Mutex::new(()),
+            looking: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
             counters: [counters(0), counters(1)],
         }
     }
@@ -168,11 +169,11 @@ impl Migration {
             return;
         }
         let mirrored = authority.other();
-        let _looking = self.evictions.looking.lock().await;
         for side in SIDES {
             if look == Look::Mirrored && side != mirrored {
                 continue;
             }
+            let _looking = self.evictions.looking[side as usize].lock().await;
             let pool = side.copy_pool(self);
             for (index, server) in pool.servers.iter().enumerate() {
                 let Some(evicted) = read_evicted_keys(pool, index).await else {

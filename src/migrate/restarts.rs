@@ -80,8 +80,9 @@ pub struct Restarts {
     passes_running: AtomicU64,
     /// Keys the finished full passes queued.
     pub keys_queued: AtomicU64,
-    /// One look at a time (the periodic one and a flip's).
-    looking: tokio::sync::Mutex<()>,
+    /// One look at a side at a time (the periodic one and a flip's); per side, so that a
+    /// flip's look at the mirrored side never waits behind a hung server of the other.
+    looking: [tokio::sync::Mutex<()>; 2],
     /// `cutover_server_restarts_total{pool, side, server}`, per side, per server.
     counters: [Vec<Counter>; 2],
 }
@@ -121,7 +122,7 @@ impl Restarts {
             passes_started: AtomicU64::new(0),
             passes_running: AtomicU64::new(0),
             keys_queued: AtomicU64::new(0),
-            looking: tokio::sync::Mutex::new(()),
+            looking: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
             counters: [counters(0), counters(1)],
         }
     }
@@ -258,12 +259,12 @@ impl Migration {
         }
         let mirrored = authority.other();
         let runs = &self.restarts;
-        let _looking = runs.looking.lock().await;
         let mut unread = Vec::new();
         for side in SIDES {
             if look == Look::Mirrored && side != mirrored {
                 continue;
             }
+            let _looking = runs.looking[side as usize].lock().await;
             let pool = side.copy_pool(self);
             for (index, server) in pool.servers.iter().enumerate() {
                 match read_run_id(pool, index).await {

@@ -533,23 +533,9 @@ fn shadow_reads_placed_in_the_stream_find_no_false_mismatch_and_catch_a_real_one
 fn the_consistency_workload_with_a_third_of_its_writers_straight_to_the_source() {
     let source = RedisServer::start_with(&["--repl-backlog-size", "4mb"]);
     support::workload::prefill(&source);
-    let used = source
-        .info_number("memory", "used_memory")
-        .expect("used_memory");
-    let mut direct = source.client();
     // Room for the replication backlog as it fills, and 1 MB of keys more.
-    let limit = (used + 5 * 1024 * 1024).to_string();
-    for (name, value) in [
-        ("maxmemory", limit.as_str()),
-        ("maxmemory-policy", "allkeys-random"),
-    ] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .query(&mut direct)
-            .expect("CONFIG SET");
-    }
+    source.evict_beyond(5 * 1024 * 1024);
+    let mut direct = source.client();
     let targets = redis_servers(3);
     let proxy = Proxy::cutover(&migration_config(
         &source,

@@ -954,20 +954,11 @@ fn an_ejection_at_a_follower_holds_the_leaders_cutover_until_a_verify_pass() {
     let lead = leader(&all);
     let (leader, follower) = (&members[lead], &members[1 - lead]);
     let mut conn = follower.client();
-    let set_all = |conn: &mut redis::Connection, value: &str| {
-        for i in 0..200 {
-            // A write that finds the busy server before it is ejected fails.
-            let _: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(format!("k{i}"))
-                .arg(value)
-                .query(conn);
-        }
-    };
-    set_all(&mut conn, "before");
+    support::set_numbered(&mut conn, 200, "before");
     ready_to_flip(leader);
 
     let sleeper = sources[1].hold_busy(2);
-    set_all(&mut conn, "during");
+    support::set_numbered(&mut conn, 200, "during");
     // (Not by trying the cutover meanwhile: a flip that got past its checks before the
     // report came would hold every server connection, the busy one too, and the
     // leader's own pool would eject it.)
@@ -992,22 +983,12 @@ fn an_ejection_at_a_follower_holds_the_leaders_cutover_until_a_verify_pass() {
         "{body}"
     );
     sleeper.join().expect("DEBUG SLEEP");
-    let read_all = |conn: &mut redis::Connection| -> Vec<Option<String>> {
-        (0..200)
-            .map(|i| {
-                redis::cmd("GET")
-                    .arg(format!("k{i}"))
-                    .query(conn)
-                    .expect("GET")
-            })
-            .collect()
-    };
     // The follower brings the server back at its next request after the retry time.
     wait_for(
         "the server back at the follower",
         Duration::from_secs(15),
         || {
-            let _ = read_all(&mut conn);
+            let _ = support::get_numbered(&mut conn, 200);
             follower.status()["pools"][0]["servers"]
                 .as_array()
                 .into_iter()
@@ -1016,7 +997,7 @@ fn an_ejection_at_a_follower_holds_the_leaders_cutover_until_a_verify_pass() {
         },
     );
     leader.wait_migration_drained(Duration::from_secs(30), 2);
-    let before_cutover = read_all(&mut conn);
+    let before_cutover = support::get_numbered(&mut conn, 200);
     let (code, body) = post(leader.admin_port, "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("was ejected (auto_eject_hosts)"), "{body}");
@@ -1037,5 +1018,5 @@ fn an_ejection_at_a_follower_holds_the_leaders_cutover_until_a_verify_pass() {
     wait_for("the follower cut over", Duration::from_secs(10), || {
         phase(follower) == "cutover"
     });
-    assert_eq!(read_all(&mut conn), before_cutover);
+    assert_eq!(support::get_numbered(&mut conn, 200), before_cutover);
 }

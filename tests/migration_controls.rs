@@ -657,35 +657,15 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
     );
     let proxy = Proxy::cutover(&config);
     let mut conn = proxy.client();
-    let set_all = |conn: &mut redis::Connection, value: &str| {
-        for i in 0..200 {
-            // A write that finds the busy server before it is ejected fails.
-            let _: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(format!("k{i}"))
-                .arg(value)
-                .query(conn);
-        }
-    };
-    set_all(&mut conn, "before");
+    support::set_numbered(&mut conn, 200, "before");
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    let verify = |repair: bool| {
-        let path = if repair {
-            "/verify?repair=true"
-        } else {
-            "/verify"
-        };
-        assert_eq!(http(proxy.admin_port, "POST", path).0, 202);
-        wait_for("a verify pass", Duration::from_secs(30), || {
-            proxy.migration()["verify"]["running"] == false
-        });
-        proxy.migration()["verify"]["last"]["differences"].clone()
-    };
+    let verify = |repair: bool| verify_pass(&proxy, repair);
     assert_eq!(verify(false), 0);
     assert!(sources.iter().all(|s| dbsize(s) > 0));
 
     let sleeper = sources[1].hold_busy(2);
-    set_all(&mut conn, "during");
-    set_all(&mut conn, "during");
+    support::set_numbered(&mut conn, 200, "during");
+    support::set_numbered(&mut conn, 200, "during");
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(
@@ -708,17 +688,7 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
             .all(|s| s["ejected"] == false)
     });
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    let read_all = |conn: &mut redis::Connection| -> Vec<Option<String>> {
-        (0..200)
-            .map(|i| {
-                redis::cmd("GET")
-                    .arg(format!("k{i}"))
-                    .query(conn)
-                    .expect("GET")
-            })
-            .collect()
-    };
-    let before_cutover = read_all(&mut conn);
+    let before_cutover = support::get_numbered(&mut conn, 200);
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("was ejected (auto_eject_hosts)"), "{body}");
@@ -730,7 +700,7 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
     wait_for("the cutover", Duration::from_secs(10), || {
         http(proxy.admin_port, "POST", "/cutover").0 == 200
     });
-    assert_eq!(read_all(&mut conn), before_cutover);
+    assert_eq!(support::get_numbered(&mut conn, 200), before_cutover);
 }
 
 /// Rule 19: a target server whose maxmemory fills evicts keys, without an error to anyone.
@@ -744,43 +714,11 @@ fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pa
     fill_numbered(&source, 200);
     let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    let verify = |repair: bool| {
-        let path = if repair {
-            "/verify?repair=true"
-        } else {
-            "/verify"
-        };
-        assert_eq!(http(proxy.admin_port, "POST", path).0, 202);
-        wait_for("a verify pass", Duration::from_secs(30), || {
-            proxy.migration()["verify"]["running"] == false
-        });
-        proxy.migration()["verify"]["last"]["differences"].clone()
-    };
+    let verify = |repair: bool| verify_pass(&proxy, repair);
     assert_eq!(verify(false), 0);
 
     // Room for about 300 KB more on the target, which evicts at random when full.
-    let mut target = targets[0].client();
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query(&mut target)
-        .expect("INFO");
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory");
-    let limit = (used + 300_000).to_string();
-    for (name, value) in [
-        ("maxmemory", limit.as_str()),
-        ("maxmemory-policy", "allkeys-random"),
-    ] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .query(&mut target)
-            .expect("CONFIG SET");
-    }
+    targets[0].evict_beyond(300_000);
     let mut conn = proxy.client();
     let value = "v".repeat(1000);
     let mut pipe = redis::pipe();
@@ -801,7 +739,7 @@ fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pa
         .arg("SET")
         .arg("maxmemory")
         .arg("0")
-        .query(&mut target)
+        .query(&mut targets[0].client())
         .expect("CONFIG SET");
     verify(true);
     wait_for("a clean verify pass", Duration::from_secs(30), || {
@@ -811,4 +749,19 @@ fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pa
         http(proxy.admin_port, "POST", "/cutover").0 == 200
     });
     support::compare::assert_same(&source, &targets);
+}
+
+/// Run a verify pass (with `repair`) through the admin API and wait for its end: the
+/// differences it found.
+fn verify_pass(proxy: &Proxy, repair: bool) -> serde_json::Value {
+    let path = if repair {
+        "/verify?repair=true"
+    } else {
+        "/verify"
+    };
+    assert_eq!(http(proxy.admin_port, "POST", path).0, 202);
+    wait_for("a verify pass", Duration::from_secs(30), || {
+        proxy.migration()["verify"]["running"] == false
+    });
+    proxy.migration()["verify"]["last"]["differences"].clone()
 }

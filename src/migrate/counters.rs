@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
+use super::capture::Side;
 use super::copy::{Copied, CopyReason};
 use super::engines::CopyMethod;
 use super::phase::Phase;
@@ -141,6 +142,18 @@ pub struct MigrationCounters {
     /// `cutover_copies_total{reason, method}`: every copy, by why (in
     /// [`CopyReason::ALL`]'s order) and how (`restore`, `by_type`).
     pub copies: [[Counter; 2]; CopyReason::ALL.len()],
+}
+
+/// One counter `name{pool, side, server}` per server of each side (`names`, per side in
+/// [`Side::BOTH`]'s order), resolved once: the restart and eviction looks' counts.
+pub fn per_side_server(name: &'static str, pool: &str, names: [&[String]; 2]) -> [Vec<Counter>; 2] {
+    let side = |index: usize| {
+        names[index]
+            .iter()
+            .map(|server| counter!(name, "pool" => pool.to_string(), "side" => Side::BOTH[index].name(), "server" => server.clone()))
+            .collect()
+    };
+    [side(0), side(1)]
 }
 
 /// What became of a command of a source server's replication stream, in the order of

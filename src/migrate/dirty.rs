@@ -27,12 +27,12 @@ use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::Migration;
+use super::{Migration, lock};
 
 /// How often the drainer looks for dirty keys.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
@@ -113,14 +113,6 @@ pub struct DirtyKeys {
     verified_through: AtomicU64,
     /// When the file's failure was last logged.
     logged: Mutex<Option<Instant>>,
-}
-
-/// Lock `mutex` even when a panic poisoned it: the data (a file handle, a queue of keys)
-/// stays valid, and losing a dirty key to a poisoned lock would break rule 7.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl DirtyKeys {

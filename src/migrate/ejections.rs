@@ -85,7 +85,7 @@ impl Migration {
     /// equal (after finalize, nothing is mirrored: both as configured).
     pub fn apply_ejection(&self, phase: Phase) {
         let authority = Side::authority(phase);
-        for side in [Side::Source, Side::Target] {
+        for side in Side::BOTH {
             side.pool(self)
                 .set_ejecting(authority.is_none_or(|a| a == side));
         }
@@ -120,7 +120,7 @@ impl Migration {
     /// or at the last look (so the owed pass starts after it is back), owes a verify pass.
     /// Not after finalize, nor on a fleet member that follows (the leader decides flips).
     pub fn look_at_ejections(&self) {
-        let counts = [Side::Source, Side::Target].map(|side| side.pool(self).ejections());
+        let counts = Side::BOTH.map(|side| side.pool(self).ejections());
         let mut changed = [false; 2];
         for (side, count) in counts.into_iter().enumerate() {
             changed[side] = self.ejections.counted[side].swap(count, Relaxed) != count;

@@ -16,11 +16,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use metrics::{Counter, counter};
+use metrics::Counter;
 
 use super::capture::Side;
 use super::restarts::Look;
-use super::{Migration, Owed, Role};
+use super::{Migration, Owed, Role, counters, lock};
 use crate::resp::info_field;
 use crate::upstream::Pool;
 
@@ -28,8 +28,6 @@ use crate::upstream::Pool;
 const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait for one server's `INFO stats`.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Both sides, in the order of their numbers.
-const SIDES: [Side; 2] = [Side::Source, Side::Target];
 
 /// One server's evictions.
 #[derive(Debug, Clone, Default)]
@@ -64,12 +62,6 @@ pub struct Evicted {
     pub keys: u64,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Evictions {
     /// For the migration of `pool` over the servers named `names` (per side).
     pub fn new(pool: &str, names: [&[String]; 2]) -> Evictions {
@@ -82,22 +74,16 @@ impl Evictions {
                 })
                 .collect()
         };
-        let counters = |side: usize| {
-            names[side]
-                .iter()
-                .map(|s| counter!("cutover_server_evictions_total", "pool" => pool.to_string(), "side" => SIDES[side].name(), "server" => s.clone()))
-                .collect()
-        };
         Evictions {
             servers: [Mutex::new(servers(0)), Mutex::new(servers(1))],
             looking: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
-            counters: [counters(0), counters(1)],
+            counters: counters::per_side_server("cutover_server_evictions_total", pool, names),
         }
     }
 
     /// The servers that evicted keys while mirrored, for `/status`.
     pub fn seen(&self) -> Vec<Evicted> {
-        SIDES
+        Side::BOTH
             .iter()
             .flat_map(|&side| {
                 lock(&self.servers[side as usize])
@@ -169,7 +155,7 @@ impl Migration {
             return;
         }
         let mirrored = authority.other();
-        for side in SIDES {
+        for side in Side::BOTH {
             if look == Look::Mirrored && side != mirrored {
                 continue;
             }

@@ -131,6 +131,15 @@ pub struct Migration {
     pub evictions: evictions::Evictions,
 }
 
+/// Lock `mutex` even when a panic poisoned it: what the migration keeps behind its locks
+/// (a file handle, queues of keys, per-server counts) stays valid, and losing a dirty key
+/// to a poisoned lock would break rule 7.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The `migrate:` settings a reload changes on a running migration (the backfill's rate
 /// limits live in `backfill::BackfillControl`).
 #[derive(Debug)]

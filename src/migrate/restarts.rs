@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::{Counter, counter};
+use metrics::Counter;
 
 use super::capture::Side;
-use super::{Migration, Owed, Role, marker, scan};
+use super::{Migration, Owed, Role, counters, lock, marker, scan};
 use crate::resp::info_field;
 use crate::upstream::Pool;
 
@@ -38,8 +38,6 @@ const READ_TRIES: usize = 2;
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time between two periodic looks.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
-/// Both sides, in the order of their numbers.
-const SIDES: [Side; 2] = [Side::Source, Side::Target];
 
 /// One server's runs.
 #[derive(Debug, Clone, Default)]
@@ -87,12 +85,6 @@ pub struct Restarts {
     counters: [Vec<Counter>; 2],
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Restarts {
     /// For the migration of `pool` over the servers named `names` (per side), with the
     /// `run_id`s an earlier run saved (per side, `(name, run_id)`, from the state file).
@@ -110,12 +102,6 @@ impl Restarts {
                 })
                 .collect()
         };
-        let counters = |side: usize| {
-            names[side]
-                .iter()
-                .map(|s| counter!("cutover_server_restarts_total", "pool" => pool.to_string(), "side" => SIDES[side].name(), "server" => s.clone()))
-                .collect()
-        };
         Restarts {
             ids: [Mutex::new(ids(0)), Mutex::new(ids(1))],
             seen: Mutex::new(Vec::new()),
@@ -123,14 +109,14 @@ impl Restarts {
             passes_running: AtomicU64::new(0),
             keys_queued: AtomicU64::new(0),
             looking: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
-            counters: [counters(0), counters(1)],
+            counters: counters::per_side_server("cutover_server_restarts_total", pool, names),
         }
     }
 
     /// Take the `run_id`s a former fleet leader saw last (its checkpoint), so a restart
     /// during the takeover is found by the next look.
     pub fn adopt(&self, saved: [&[(String, String)]; 2]) {
-        for side in SIDES {
+        for side in Side::BOTH {
             for runs in lock(&self.ids[side as usize]).iter_mut() {
                 if let Some(id) = find(saved[side as usize], &runs.name) {
                     runs.seen = Some(id.clone());
@@ -260,7 +246,7 @@ impl Migration {
         let mirrored = authority.other();
         let runs = &self.restarts;
         let mut unread = Vec::new();
-        for side in SIDES {
+        for side in Side::BOTH {
             if look == Look::Mirrored && side != mirrored {
                 continue;
             }

@@ -361,6 +361,27 @@ impl RedisServer {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Let it hold `room` bytes more than it uses now, then evict keys at random
+    /// (`maxmemory`, `maxmemory-policy allkeys-random`).
+    pub fn evict_beyond(&self, room: u64) {
+        let used = self
+            .info_number("memory", "used_memory")
+            .expect("used_memory");
+        let limit = (used + room).to_string();
+        let mut conn = self.client();
+        for (name, value) in [
+            ("maxmemory", limit.as_str()),
+            ("maxmemory-policy", "allkeys-random"),
+        ] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query(&mut conn)
+                .expect("CONFIG SET");
+        }
+    }
+
     /// Drop every replica connection (`CLIENT KILL TYPE replica`), as a network fault would.
     pub fn drop_replicas(&self) {
         let _: redis::Value = redis::cmd("CLIENT")
@@ -1005,6 +1026,29 @@ pub fn ejecting(retry_ms: u64) -> String {
     format!(
         "  hash: md5\n  timeout: 300\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: {retry_ms}\n"
     )
+}
+
+/// SET `k0`..`k{n-1}` to `value` through `conn`, one at a time, each whatever its reply
+/// (a write that finds a busy server before it is ejected fails).
+pub fn set_numbered(conn: &mut redis::Connection, n: u64, value: &str) {
+    for i in 0..n {
+        let _: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(value)
+            .query(conn);
+    }
+}
+
+/// GET `k0`..`k{n-1}` through `conn`: what the app reads.
+pub fn get_numbered(conn: &mut redis::Connection, n: u64) -> Vec<Option<String>> {
+    (0..n)
+        .map(|i| {
+            redis::cmd("GET")
+                .arg(format!("k{i}"))
+                .query(conn)
+                .expect("GET")
+        })
+        .collect()
 }
 
 /// Fill `server` with `n` string keys `k0`.. whose values are their numbers.

@@ -49,6 +49,9 @@ pub enum Side {
 }
 
 impl Side {
+    /// Both sides, in the order of their numbers.
+    pub const BOTH: [Side; 2] = [Side::Source, Side::Target];
+
     /// The side authoritative in `phase`, which the capture follows (rule 13): the source
     /// while migrating, the target after a cutover, neither after finalize.
     pub fn authority(phase: super::Phase) -> Option<Side> {

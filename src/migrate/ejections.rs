@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::capture::Side;
-use super::{Migration, Owed, Phase, Role};
+use super::{Migration, Owed, Phase, Role, lock};
 
 /// Time between two looks.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -62,7 +62,7 @@ pub struct Ejections {
 impl Ejections {
     /// The servers ejected at the last look, in words, if any.
     pub fn blocker(&self) -> Option<String> {
-        let out = self.out.lock().map(|o| o.clone()).unwrap_or_default();
+        let out = lock(&self.out).clone();
         (!out.is_empty()).then(|| {
             format!(
                 "ejected now (auto_eject_hosts): {}; the app's writes for its keys go to the other servers; wait until it is back (server_retry_timeout), then run a verify pass with repair",
@@ -110,9 +110,7 @@ impl Migration {
 
     /// The other fleet members' reports, as the leader last read them.
     pub fn member_ejections(&self, reports: BTreeMap<String, EjectionReport>) {
-        if let Ok(mut members) = self.ejections.members.lock() {
-            *members = reports;
-        }
+        *lock(&self.ejections.members) = reports;
     }
 
     /// Compare the pools' ejections (and the other fleet members' reports) with the last
@@ -133,27 +131,20 @@ impl Migration {
         }
         let mut changed = changed[authority as usize];
         let mut out_now: Vec<String> = self.ejection_report().out;
-        let reports = self
-            .ejections
-            .members
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        if let Ok(mut counted) = self.ejections.members_counted.lock() {
-            for (member, report) in reports {
-                let before = counted.insert(member.clone(), report.count);
-                changed |= before.map_or(report.count > 0, |c| c != report.count);
-                out_now.extend(
-                    report
-                        .out
-                        .into_iter()
-                        .map(|server| format!("{server} (at fleet member {member})")),
-                );
-            }
+        let reports = lock(&self.ejections.members).clone();
+        let mut counted = lock(&self.ejections.members_counted);
+        for (member, report) in reports {
+            let before = counted.insert(member.clone(), report.count);
+            changed |= before.map_or(report.count > 0, |c| c != report.count);
+            out_now.extend(
+                report
+                    .out
+                    .into_iter()
+                    .map(|server| format!("{server} (at fleet member {member})")),
+            );
         }
-        let Ok(mut out) = self.ejections.out.lock() else {
-            return;
-        };
+        drop(counted);
+        let mut out = lock(&self.ejections.out);
         if changed {
             tracing::warn!(
                 pool = self.source.name(),

@@ -330,3 +330,33 @@ fn errors_say_what_is_wrong() {
         "{stderr}"
     );
 }
+
+/// Rule 19 offline: a target that fills up and evicts keys during the job makes it fail,
+/// naming the server, instead of finishing "successfully" without those keys.
+#[test]
+fn a_target_that_evicts_during_the_job_fails_it() {
+    let source = RedisServer::start();
+    let target = RedisServer::start();
+    let value = vec![b'v'; 1000];
+    let mut pipe = redis::pipe();
+    for i in 0..3000 {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(&value).ignore();
+    }
+    pipe.query::<()>(&mut source.client()).expect("fill");
+    // Room for part of the data only.
+    target.evict_beyond(1_000_000);
+    let dir = tempfile::tempdir().expect("dir");
+    let config = fleet(std::slice::from_ref(&target), dir.path());
+    let (ok, output) = migrate(&[
+        "--from",
+        &source.addr(),
+        "--to",
+        &config.display().to_string(),
+    ]);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!("target server {} evicted", "fleet0"))
+            && output.contains("(its maxmemory is full"),
+        "{output}"
+    );
+}

@@ -367,6 +367,8 @@ impl Migration {
             settings,
         });
         tokio::spawn(engines::detect(migration.clone()));
+        // Before anything is copied: its first look is every server's baseline.
+        tokio::spawn(evictions::watch(migration.clone()));
         if let Some(streams) = streams {
             migration.start_capture(streams);
         }
@@ -381,7 +383,6 @@ impl Migration {
         tokio::spawn(restarts::watch(migration.clone()));
         migration.apply_ejection(phase);
         tokio::spawn(ejections::watch(migration.clone()));
-        tokio::spawn(evictions::watch(migration.clone()));
         tracing::info!(
             source = migration.source.name(),
             target = migration.target.name(),

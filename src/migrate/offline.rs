@@ -84,6 +84,11 @@ pub enum OfflineError {
         /// The target servers that fail, or that none does.
         servers: String,
     },
+    /// A target server evicted keys during the job (rule 19): its maxmemory is full.
+    #[error(
+        "{0} during the job (its maxmemory is full, and its maxmemory-policy evicts): the target lacks those keys. Raise its maxmemory (or add servers), then run the same command again"
+    )]
+    Evicted(String),
 }
 
 /// The target pool named by `FILE[:POOL]`.
@@ -235,7 +240,14 @@ pub async fn run(options: OfflineOptions) -> Result<Summary, OfflineError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     progress.finish();
+    // Evictions since the last look, up to the end (rule 19).
+    migration
+        .watch_evictions(super::restarts::Look::Mirrored)
+        .await;
     migration.stop(Duration::from_secs(5)).await;
+    if migration.dirty.owes(super::Owed::Eviction) {
+        return Err(OfflineError::Evicted(migration.evictions.evicted_text()));
+    }
     let t = &migration.totals;
     Ok(Summary {
         scanned: t.scanned.load(Relaxed),

@@ -765,3 +765,45 @@ fn verify_pass(proxy: &Proxy, repair: bool) -> serde_json::Value {
     });
     proxy.migration()["verify"]["last"]["differences"].clone()
 }
+
+/// DUMP or RESTORE refused outright (renamed away, or not permitted to the user, as for
+/// an ACL user without `@dangerous`): copies go by type instead, and the migration ends
+/// equal. Before, every copy failed the same way and the backfill never finished.
+#[test]
+fn a_refused_dump_or_restore_falls_back_to_copies_by_type() {
+    for (source_args, target_args) in [
+        (&[][..], &["--rename-command", "RESTORE", ""][..]),
+        (
+            &[
+                "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-dump",
+            ][..],
+            &[][..],
+        ),
+    ] {
+        let source = RedisServer::start_with(source_args);
+        let targets = vec![RedisServer::start_with(target_args)];
+        fill_numbered(&source, 300);
+        let _: () = redis::cmd("HSET")
+            .arg("h")
+            .arg("a")
+            .arg(1)
+            .query(&mut source.client())
+            .expect("HSET");
+        let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+        proxy.wait_migration_drained(Duration::from_secs(30), 2);
+        support::compare::assert_same(&source, &targets);
+        assert_eq!(
+            verify_pass(&proxy, false),
+            0,
+            "{}",
+            proxy.migration()["verify"]
+        );
+        let m = proxy.migration();
+        assert!(m["copies"]["by_type"].as_u64().unwrap_or(0) >= 300, "{m}");
+        assert!(
+            proxy.metric(
+                "cutover_copy_restore_rejections_total{pool=\"legacy\",reason=\"restore_refused\"}"
+            ) >= 1.0
+        );
+    }
+}

@@ -129,6 +129,15 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         .await
         .map_err(|e| CopyError::Unavailable(format!("source: {e}")))?;
     let copied_at = migration.seq_now();
+    if refuses_command(&exec) {
+        // A command of the snapshot could not be queued: DUMP (or the marker's PUBLISH)
+        // is renamed away or not permitted to cutover's user.
+        migration.engines.learn_restore_unusable(
+            migration.direction(),
+            &format!("source: {}", String::from_utf8_lossy(&exec).trim_end()),
+        );
+        return Err(CopyError::Rejected("restore_refused"));
+    }
     let (pttl, payload) = parse_snapshot(&exec)?;
     if payload
         .as_ref()
@@ -163,6 +172,13 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         .map_err(|e| CopyError::Unavailable(format!("target: {e}")))?;
     if reply.first() == Some(&b'-') {
         let text = String::from_utf8_lossy(&reply);
+        if refuses_command(&reply) {
+            migration.engines.learn_restore_unusable(
+                migration.direction(),
+                &format!("target: {}", text.trim_end()),
+            );
+            return Err(CopyError::Rejected("restore_refused"));
+        }
         if text.contains("payload version or checksum") {
             if let Some(payload) = &payload {
                 migration
@@ -183,6 +199,15 @@ async fn restore_copy(migration: &Migration, key: &Bytes) -> Result<Copied, Copy
         method: CopyMethod::Restore,
         marker,
     })
+}
+
+/// Whether `reply` says a command itself is refused: unknown (renamed away), or not
+/// permitted to the user (`-NOPERM`), or a transaction discarded for one of those
+/// (`-EXECABORT`).
+pub(super) fn refuses_command(reply: &[u8]) -> bool {
+    reply.starts_with(b"-NOPERM")
+        || reply.starts_with(b"-EXECABORT")
+        || reply.starts_with(b"-ERR unknown command")
 }
 
 /// The TTL in milliseconds to give a copy whose source answered `pttl`, or `None` for no

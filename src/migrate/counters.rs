@@ -71,6 +71,9 @@ pub struct MigrationCounters {
     pub rejected_payload: Counter,
     /// `cutover_copy_restore_rejections_total{reason="over_copy_limit"}`.
     pub rejected_size: Counter,
+    /// `cutover_copy_restore_rejections_total{reason="restore_refused"}`: DUMP or RESTORE
+    /// itself refused (renamed, or not permitted).
+    pub rejected_command: Counter,
     /// `cutover_copy_structural_total`: keys copied by type instead of DUMP/RESTORE.
     pub structural: Counter,
     /// `cutover_copy_stream_parts_not_carried_total`: parts of streams (consumers without
@@ -202,6 +205,7 @@ impl MigrationCounters {
             servers_done: gauge!("cutover_backfill_servers_done", "pool" => p.clone()),
             rejected_payload: counter!("cutover_copy_restore_rejections_total", "pool" => p.clone(), "reason" => "payload_version"),
             rejected_size: counter!("cutover_copy_restore_rejections_total", "pool" => p.clone(), "reason" => "over_copy_limit"),
+            rejected_command: counter!("cutover_copy_restore_rejections_total", "pool" => p.clone(), "reason" => "restore_refused"),
             structural: counter!("cutover_copy_structural_total", "pool" => p.clone()),
             stream_parts_not_carried: counter!("cutover_copy_stream_parts_not_carried_total", "pool" => p.clone()),
             known_keys: gauge!("cutover_known_copied_keys", "pool" => p.clone()),
@@ -306,12 +310,13 @@ impl MigrationCounters {
         self.bytes_copied.increment(copied.bytes as u64);
     }
 
-    /// A payload was not restored: refused by the target, or over the copy limit.
+    /// A payload was not restored: refused by the target, over the copy limit, or DUMP or
+    /// RESTORE itself refused.
     pub fn restore_rejected(&self, reason: &str) {
-        if reason == "over_copy_limit" {
-            self.rejected_size.increment(1);
-        } else {
-            self.rejected_payload.increment(1);
+        match reason {
+            "over_copy_limit" => self.rejected_size.increment(1),
+            "restore_refused" => self.rejected_command.increment(1),
+            _ => self.rejected_payload.increment(1),
         }
     }
 

@@ -9,7 +9,7 @@
 //! by type.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -79,6 +79,10 @@ pub struct Engines {
     /// Per direction, the lowest payload version the receiving side refused (0: none
     /// refused yet): learned when the table does not know a version.
     refused: [AtomicU16; 2],
+    /// Per direction, whether DUMP or RESTORE itself was refused (no such command, or no
+    /// permission for it: a renamed command, an ACL user without `@dangerous`): every copy
+    /// that way then goes by type.
+    restore_unusable: [AtomicBool; 2],
     /// Set once every server was asked (answered or not).
     detected: tokio::sync::watch::Sender<bool>,
     /// Per direction, the oldest Redis version among the receiving servers (encoded by
@@ -118,6 +122,7 @@ impl Engines {
             source: RwLock::new(vec![None; sources]),
             target: RwLock::new(vec![None; targets]),
             refused: [AtomicU16::new(0), AtomicU16::new(0)],
+            restore_unusable: [AtomicBool::new(false), AtomicBool::new(false)],
             detected: tokio::sync::watch::channel(false).0,
             oldest_receiver: [AtomicU32::new(0), AtomicU32::new(0)],
             readiness: Mutex::new(BTreeMap::new()),
@@ -228,6 +233,9 @@ impl Engines {
             .copied()
             .flatten()
             .and_then(|e| e.rdb_version());
+        if self.restore_unusable[direction as usize].load(Relaxed) {
+            return CopyMethod::ByType;
+        }
         let refused = self.refused[direction as usize].load(Relaxed);
         if let Some(version) = written
             && refused != 0
@@ -276,6 +284,14 @@ impl Engines {
                 direction = ?direction,
                 "the receiving servers refused a DUMP payload of this version: copies of it go by type from now on"
             );
+        }
+    }
+
+    /// DUMP or RESTORE was refused going `direction` (`what` says which, and why): copies
+    /// that way go by type from now on.
+    pub fn learn_restore_unusable(&self, direction: Direction, what: &str) {
+        if !self.restore_unusable[direction as usize].swap(true, Relaxed) {
+            tracing::warn!(direction = ?direction, refusal = what, "DUMP/RESTORE cannot be used this way (a renamed command, or an ACL user without the permission): copies go by type from now on");
         }
     }
 

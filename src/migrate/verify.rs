@@ -542,6 +542,9 @@ struct KeyState {
     pttl: i64,
     /// The DUMP payload.
     payload: Option<Vec<u8>>,
+    /// Whether DUMP answered: false when the server refuses it (renamed away, or not
+    /// permitted), and the value is then compared by reading it.
+    dumped: bool,
 }
 
 /// How `key` differs between `from` and `to`, if it does, with a digest of the
@@ -604,10 +607,11 @@ async fn difference(
     if a.kind != b.kind {
         return Ok(Some(Difference::Type));
     }
-    if a.payload != b.payload && !same_value(from, to, key, &a.kind).await? {
+    let payloads_differ = !a.dumped || !b.dumped || a.payload != b.payload;
+    if payloads_differ && !same_value(from, to, key, &a.kind).await? {
         return Ok(Some(Difference::Value));
     }
-    if a.payload != b.payload && a.kind == KeyType::Stream {
+    if payloads_differ && a.kind == KeyType::Stream {
         let (x, y) = tokio::join!(stream::read_meta(from, key), stream::read_meta(to, key));
         if let (Some(x), Some(y)) = (x?, y?) {
             let (same, more) = stream::compare(&x, &y, receiver);
@@ -624,19 +628,27 @@ async fn difference(
     Ok((!ttl_agrees).then_some(Difference::Ttl))
 }
 
-/// Read `key`'s type, PTTL and DUMP on its server of `pool`, in one MULTI/EXEC.
+/// Read `key`'s type, PTTL and DUMP on its server of `pool`, in one MULTI/EXEC; without
+/// DUMP when the server refuses it.
 async fn key_state(pool: &Pool, key: &[u8]) -> Result<KeyState, String> {
     let route = pool.route(key).ok_or("no live server")?;
-    let mut request = BytesMut::new();
-    encode::command(&mut request, &[b"MULTI".as_slice()]);
-    encode::command(&mut request, &[b"TYPE".as_slice(), key]);
-    encode::command(&mut request, &[b"PTTL".as_slice(), key]);
-    encode::command(&mut request, &[b"DUMP".as_slice(), key]);
-    encode::command(&mut request, &[b"EXEC".as_slice()]);
-    let exec = pool
-        .request(route.server, route.connection, request.freeze(), 5)
-        .await
-        .map_err(|e| e.to_string())?;
+    let read = |dump: bool| {
+        let mut request = BytesMut::new();
+        encode::command(&mut request, &[b"MULTI".as_slice()]);
+        encode::command(&mut request, &[b"TYPE".as_slice(), key]);
+        encode::command(&mut request, &[b"PTTL".as_slice(), key]);
+        if dump {
+            encode::command(&mut request, &[b"DUMP".as_slice(), key]);
+        }
+        encode::command(&mut request, &[b"EXEC".as_slice()]);
+        let replies = if dump { 5 } else { 4 };
+        pool.request(route.server, route.connection, request.freeze(), replies)
+    };
+    let mut exec = read(true).await.map_err(|e| e.to_string())?;
+    let dumped = !super::copy::refuses_command(&exec);
+    if !dumped {
+        exec = read(false).await.map_err(|e| e.to_string())?;
+    }
     let Ok(Some((OwnedFrame::Array(items), _))) = redis_protocol::resp2::decode::decode(&exec)
     else {
         return Err(String::from_utf8_lossy(&exec).into_owned());
@@ -645,14 +657,15 @@ async fn key_state(pool: &Pool, key: &[u8]) -> Result<KeyState, String> {
         [
             OwnedFrame::SimpleString(kind),
             OwnedFrame::Integer(pttl),
-            payload,
-        ] => Ok(KeyState {
+            rest @ ..,
+        ] if rest.len() <= 1 => Ok(KeyState {
             kind: KeyType::from_reply(kind),
             pttl: *pttl,
-            payload: match payload {
-                OwnedFrame::BulkString(p) => Some(p.clone()),
+            payload: match rest.first() {
+                Some(OwnedFrame::BulkString(p)) => Some(p.clone()),
                 _ => None,
             },
+            dumped,
         }),
         _ => Err(String::from_utf8_lossy(&exec).into_owned()),
     }

@@ -473,3 +473,32 @@ fn verify_waits_for_a_target_server_that_does_not_answer() {
         proxy.migration()["verify"]["last"]["differences"] == 0
     });
 }
+
+/// A source server that does not answer `CLIENT LIST` in time (here busy, in a pool with
+/// no `timeout:`) blocks the cutover, named, instead of being skipped (a writer connected
+/// straight to it would go unseen) or hanging the check until it answers.
+#[test]
+fn a_source_server_that_cannot_list_its_clients_blocks_the_cutover() {
+    let source = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let targets = redis_servers(1);
+    support::fill_numbered(&source, 100);
+    let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
+    wait_for("a verify pass", Duration::from_secs(30), || {
+        proxy.migration()["verify"]["last"]["differences"] == 0
+    });
+    let sleeper = source.hold_busy(4);
+    // Without the check's own limit the refusal would come only once the server answers,
+    // its clients listed and none found.
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains(&format!(
+            "cannot list the clients of source server {}",
+            source.addr()
+        )),
+        "{body}"
+    );
+    sleeper.join().expect("DEBUG SLEEP");
+}

@@ -22,6 +22,9 @@ use crate::config::Capture;
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// Longest a cutover waits for a moment when the lanes are empty before refusing.
 const IDLE_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a source server's `CLIENT LIST` in a cutover's check (a server with
+/// no `timeout:` that hangs must not hang the check).
+const CLIENT_LIST_LIMIT: Duration = Duration::from_secs(2);
 /// Spin (yielding) this long before sleeping between drain checks: most flips finish
 /// within it, and a timer tick (1 ms) would dominate the pause.
 const SPIN: Duration = Duration::from_millis(3);
@@ -135,12 +138,20 @@ impl Migration {
         };
         let mut reasons = Vec::new();
         for (server, s) in self.copy_source.servers.iter().enumerate() {
-            let Ok(reply) = self
+            let list = [b"CLIENT".as_slice(), b"LIST"];
+            let reply = match self
                 .copy_source
-                .call(server, 0, &[b"CLIENT".as_slice(), b"LIST"])
+                .call_within(server, 0, &list, CLIENT_LIST_LIMIT)
                 .await
-            else {
-                continue;
+            {
+                Ok(reply) => reply,
+                Err(error) => {
+                    reasons.push(format!(
+                        "cannot list the clients of source server {} ({error}): a writer connected straight to it would go unseen; a cutover waits until it answers",
+                        s.name
+                    ));
+                    continue;
+                }
             };
             let text = String::from_utf8_lossy(&reply);
             let (mut others, mut processes) = (Vec::new(), Vec::new());

@@ -1,6 +1,6 @@
-//! One member's life in the fleet: its lease and record, the campaign for leadership, the
-//! list of members, its ejections (rule 18) and, while it leads, its checkpoint and the
-//! other members' ejections.
+//! One member's life in the fleet: its lease and record (with its ejections, rule 18), the
+//! campaign for leadership, the list of members (whose ejections the leader takes as its
+//! own), and, while it leads, its checkpoint.
 //!
 //! A term begins with a lease: the member's record is put under it and it campaigns with
 //! it. The lease is renewed every tick; when renewing has failed for a whole TTL (etcd
@@ -85,13 +85,25 @@ pub(super) async fn agree_on_placement(
 async fn register(fleet: &Fleet) -> Result<i64, etcd_client::Error> {
     let mut client = fleet.client.clone();
     let lease = client.lease_grant(LEASE_TTL, None).await?.id();
-    let record = serde_json::to_string(&fleet.me).unwrap_or_default();
-    let key = fleet.key(&format!("members/{}", fleet.me.id));
-    client
-        .put(key, record, Some(PutOptions::new().with_lease(lease)))
-        .await?;
+    put_record(fleet, lease, &fleet.me).await?;
     fleet.lease.store(lease, Relaxed);
     Ok(lease)
+}
+
+/// Put `record` as this member's, under `lease` (it goes with the lease).
+async fn put_record(
+    fleet: &Fleet,
+    lease: i64,
+    record: &MemberInfo,
+) -> Result<(), etcd_client::Error> {
+    let text = serde_json::to_string(record).unwrap_or_default();
+    let key = fleet.key(&format!("members/{}", fleet.me.id));
+    fleet
+        .client
+        .clone()
+        .put(key, text, Some(PutOptions::new().with_lease(lease)))
+        .await?;
+    Ok(())
 }
 
 /// The member's terms, for as long as the process runs.
@@ -128,8 +140,8 @@ async fn keep(fleet: &Fleet, lease: i64) {
     let mut client = fleet.streams.clone();
     let mut channel = None;
     let mut renewed = Instant::now();
-    // What this member last put in etcd of its ejections (none yet under this lease).
-    let mut reported = None;
+    // What this member's record in etcd says of its ejections (registering put none).
+    let mut reported = EjectionReport::default();
     let lost = |renewed: Instant| renewed.elapsed() >= Duration::from_secs(LEASE_TTL as u64);
     loop {
         tokio::time::sleep(TICK).await;
@@ -168,57 +180,25 @@ async fn keep(fleet: &Fleet, lease: i64) {
         report_ejections(fleet, lease, &mut reported).await;
         if fleet.leading() {
             write_checkpoint(fleet, lease).await;
-            read_ejections(fleet).await;
         }
     }
 }
 
-/// Put this member's ejections under `lease` when they changed since the last report (so
-/// the record goes with the member). `reported` keeps what was put last.
-async fn report_ejections(fleet: &Fleet, lease: i64, reported: &mut Option<EjectionReport>) {
+/// Put this member's record again, with its ejections, under `lease` when they changed
+/// since the record last said (so the leader's next look at the members sees them).
+async fn report_ejections(fleet: &Fleet, lease: i64, reported: &mut EjectionReport) {
     let report = fleet.migration.ejection_report();
-    if reported.as_ref() == Some(&report) {
+    if *reported == report {
         return;
     }
-    let text = serde_json::to_string(&report).unwrap_or_default();
-    let key = fleet.key(&format!("ejections/{}", fleet.me.id));
-    let put = fleet
-        .client
-        .clone()
-        .put(key, text, Some(PutOptions::new().with_lease(lease)))
-        .await;
-    match put {
-        Ok(_) => *reported = Some(report),
+    let record = MemberInfo {
+        ejections: Some(report.clone()),
+        ..fleet.me.clone()
+    };
+    match put_record(fleet, lease, &record).await {
+        Ok(_) => *reported = report,
         Err(_) => fleet.etcd_failed(),
     }
-}
-
-/// The leader reads the other members' ejection reports into the migration (rule 18: an
-/// ejection at any member owes a verify pass, and a flip waits while one is out).
-async fn read_ejections(fleet: &Fleet) {
-    let prefix = fleet.key("ejections/");
-    let reply = fleet
-        .client
-        .clone()
-        .get(
-            prefix.as_str(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await;
-    let Ok(reply) = reply else {
-        fleet.etcd_failed();
-        return;
-    };
-    let reports = reply
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let member = kv.key_str().ok()?.strip_prefix(prefix.as_str())?;
-            let report = serde_json::from_slice::<EjectionReport>(kv.value()).ok()?;
-            (member != fleet.me.id).then(|| (member.to_string(), report))
-        })
-        .collect();
-    fleet.migration.member_ejections(reports);
 }
 
 /// Campaign for leadership with `lease` until elected, then lead: take over the last
@@ -275,6 +255,17 @@ async fn look(fleet: &Fleet) {
     if let Ok(members) = members {
         view.members = members.into_iter().map(|(_, info)| info).collect();
         fleet.counters.members.set(view.members.len() as f64);
+        if fleet.leading() {
+            // Rule 18: an ejection at any member owes a verify pass, and a flip waits
+            // while one is out.
+            let reports = view
+                .members
+                .iter()
+                .filter(|m| m.id != fleet.me.id)
+                .map(|m| (m.id.clone(), m.ejections.clone().unwrap_or_default()))
+                .collect();
+            fleet.migration.member_ejections(reports);
+        }
     }
     let now = leader.ok().and_then(|r| {
         r.kv()

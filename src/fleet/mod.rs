@@ -88,6 +88,10 @@ pub struct MemberInfo {
     /// so a member that disagrees with one that joined before it leaves (rule 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<String>,
+    /// Its pools' ejections (rule 18), put again whenever they change; the leader reads
+    /// them with the list of members it reads every tick. `None`: none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejections: Option<crate::migrate::EjectionReport>,
 }
 
 /// One member's view of its fleet.

@@ -69,11 +69,7 @@ impl Migration {
     /// What stands between the migration and a safe cutover (empty: ready), waiting a
     /// little for a moment when the lanes are empty.
     pub async fn cutover_blockers(self: &Arc<Self>) -> Vec<String> {
-        // A target server that restarted since the last look is found now, not after the
-        // flip (rule 17).
-        let unread = self.watch_restarts(Look::Mirrored).await;
-        self.watch_evictions(Look::Mirrored).await;
-        self.look_at_ejections();
+        let unread = self.look_before_a_flip().await;
         let idle = self.wait_lanes_idle(IDLE_WAIT).await;
         self.refresh_direct_clients().await;
         let mut reasons = self.readiness(idle);
@@ -81,14 +77,23 @@ impl Migration {
         reasons
     }
 
+    /// Look now, not after the flip, at what the periodic looks would find later: the
+    /// mirrored side's restarts (rule 17) and evictions (rule 19), and the ejections on
+    /// the side clients use (rule 18). The mirrored servers whose `run_id` could not be
+    /// read, with why.
+    async fn look_before_a_flip(self: &Arc<Self>) -> Vec<String> {
+        let unread = self.watch_restarts(Look::Mirrored).await;
+        self.watch_evictions(Look::Mirrored).await;
+        self.look_at_ejections();
+        unread
+    }
+
     /// What stands between the migration and a rollback now: dirty keys the source would
     /// miss, and (rule 17) a source server that restarted after the cutover until every
     /// key is copied back to it and a verify pass that started after has run, or one whose
     /// `run_id` cannot be read.
     async fn rollback_blockers(self: &Arc<Self>) -> Vec<String> {
-        let mut reasons = self.watch_restarts(Look::Mirrored).await;
-        self.watch_evictions(Look::Mirrored).await;
-        self.look_at_ejections();
+        let mut reasons = self.look_before_a_flip().await;
         let (_, dirty) = self.backlog();
         if dirty > 0 {
             reasons.push(format!(

@@ -271,6 +271,8 @@ impl Proxy {
                     admin: admin.clone(),
                     // Set by the fleet as it joins.
                     placement: None,
+                    // Put by the fleet when its pools eject a server.
+                    ejections: None,
                 };
                 let joined = crate::fleet::Fleet::join_patiently(
                     &coordination,

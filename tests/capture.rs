@@ -617,3 +617,72 @@ fn the_consistency_workload_with_a_third_of_its_writers_straight_to_the_source()
         .collect();
     assert_eq!(shadow["mismatches"], 0, "{shadow}; logged: {logged:#?}");
 }
+
+/// Rule 20. Under capture, a cutover first opens a stream to every target server and waits
+/// out its full sync (here made to last seconds, as a large server's does), with the gate
+/// open. A target server that restarts empty meanwhile is found by the flip's last look,
+/// taken under the gate, and the cutover is given up; after the refill and a verify pass
+/// the next one goes through. With the last look off (`CUTOVER_TEST_SKIP_LAST_LOOK=1`), the cutover
+/// went to the emptied server.
+#[test]
+fn a_target_server_that_restarts_while_the_cutover_prepares_gives_the_cutover_up() {
+    let source = RedisServer::start();
+    fill_numbered(&source, 300);
+    let mut targets = redis_servers(2);
+    let proxy = capturing(&source, &targets);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let verified = || {
+        assert_eq!(support::http(proxy.admin_port, "POST", "/verify").0, 202);
+        wait_for("a clean verify pass", Duration::from_secs(30), || {
+            let m = proxy.migration();
+            m["verify"]["running"] == false && m["verify"]["last"]["differences"] == 0
+        });
+        wait_for("no blocker", Duration::from_secs(15), || {
+            proxy.migration()["cutover"]["blockers"] == serde_json::json!([])
+        });
+    };
+    verified();
+
+    // About 150 keys each: a full sync of 3 s.
+    targets[0].slow_snapshots(Duration::from_millis(20));
+    let admin = proxy.admin_port;
+    let cutover = std::thread::spawn(move || support::http(admin, "POST", "/cutover"));
+    // The cutover's checks passed: it is waiting for the first target server's full sync.
+    wait_for(
+        "the cutover's stream to a target server",
+        Duration::from_secs(15),
+        || targets[0].info_number("replication", "connected_slaves") == Some(1),
+    );
+    let emptied = targets[0].addr();
+    targets[0].restart_empty();
+    let (code, body) = cutover.join().expect("the cutover's request");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains(&format!("target server {emptied}")), "{body}");
+    let m = proxy.migration();
+    assert_eq!(m["phase"], "migrating", "{m}");
+    assert_eq!(m["cutover"]["given_up_late"], 1, "{m}");
+    assert!(
+        proxy
+            .ctl_status()
+            .contains("1 flips given up at their last look"),
+        "{}",
+        proxy.ctl_status()
+    );
+    let metrics = proxy.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("cutover_cutover_given_up_late_total{pool=\"legacy\"} 1"),
+        "{metrics}"
+    );
+
+    // The restart found, every key is copied to the emptied server again; after a verify
+    // pass that starts now, the cutover goes through, and serves every key.
+    wait_for("every key copied again", Duration::from_secs(30), || {
+        targets.iter().map(RedisServer::dbsize).sum::<u64>() == source.dbsize()
+    });
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    verified();
+    wait_for("the cutover", Duration::from_secs(30), || {
+        support::http(proxy.admin_port, "POST", "/cutover").0 == 200
+    });
+    support::compare::assert_same(&source, &targets);
+}

@@ -342,13 +342,6 @@ fn pipelined_sets(proxy: &Proxy, prefix: &str, n: usize) {
     pipe.query::<()>(&mut proxy.client()).expect("SETs");
 }
 
-/// Keys on a server.
-fn dbsize(server: &RedisServer) -> u64 {
-    redis::cmd("DBSIZE")
-        .query(&mut server.client())
-        .expect("DBSIZE")
-}
-
 /// Rule 17: a target server restarts empty after a verify pass found no difference. The
 /// cutover would have gone through and served keys the target lost; instead the restart is
 /// found (its run_id changed), every source key is copied again, and the cutover waits for
@@ -370,7 +363,7 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
     // `emptied` holds every key of `from` again, and the lanes are empty.
     let refilled = |proxy: &Proxy, emptied: &RedisServer, from: &RedisServer| {
         wait_for("every key copied again", Duration::from_secs(30), || {
-            dbsize(emptied) == dbsize(from)
+            emptied.dbsize() == from.dbsize()
         });
         proxy.wait_migration_drained(Duration::from_secs(30), 2);
     };
@@ -383,7 +376,7 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
 
     let backfill_copied = proxy.migration()["backfill"]["keys_copied"].clone();
     scene.target.restart_empty();
-    assert_eq!(dbsize(&scene.target), 0);
+    assert_eq!(scene.target.dbsize(), 0);
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("restarted (its run_id changed)"), "{body}");
@@ -393,7 +386,7 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
     let m = proxy.migration();
     assert_eq!(m["backfill"]["keys_copied"], backfill_copied, "{m}");
     let by_pass = m["copies"]["by_reason"]["full_pass"].as_u64().unwrap_or(0);
-    assert!(by_pass >= dbsize(&scene.source), "{m}");
+    assert!(by_pass >= scene.source.dbsize(), "{m}");
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("run a verify pass with repair"), "{body}");
@@ -609,7 +602,7 @@ fn a_target_with_auto_eject_hosts_is_not_ejected_from_while_it_is_mirrored() {
     );
     let proxy = Proxy::cutover(&config);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    assert!(targets.iter().all(|t| dbsize(t) > 0));
+    assert!(targets.iter().all(|t| t.dbsize() > 0));
 
     let sleeper = targets[1].hold_busy(2);
     let mut conn = proxy.client();
@@ -661,7 +654,7 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     let verify = |repair: bool| verify_pass(&proxy, repair);
     assert_eq!(verify(false), 0);
-    assert!(sources.iter().all(|s| dbsize(s) > 0));
+    assert!(sources.iter().all(|s| s.dbsize() > 0));
 
     let sleeper = sources[1].hold_busy(2);
     support::set_numbered(&mut conn, 200, "during");
@@ -727,7 +720,7 @@ fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pa
     }
     pipe.query::<()>(&mut conn).expect("SETs");
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    assert!(dbsize(&targets[0]) < dbsize(&source), "the target evicted");
+    assert!(targets[0].dbsize() < source.dbsize(), "the target evicted");
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("keys (its maxmemory is full)"), "{body}");

@@ -428,6 +428,19 @@ fn migration_text(m: &Value) -> String {
         "  last flip held requests {:.3} ms\n",
         f(&cutover["last_pause_ms"])
     ));
+    let late = cutover["given_up_late"].as_u64().unwrap_or(0);
+    if late > 0 {
+        let why: Vec<&str> = cutover["last_given_up"]
+            .as_array()
+            .map(|b| b.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {late} flips given up at their last look, under the gate; the latest because:\n"
+        ));
+        for b in why {
+            out.push_str(&format!("             - {b}\n"));
+        }
+    }
     out
 }
 

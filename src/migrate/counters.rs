@@ -92,6 +92,13 @@ pub struct MigrationCounters {
     pub flips: [Counter; 3],
     /// `cutover_cutover_refusals_total`: flips refused (not ready, or writes did not drain).
     pub refusals: Counter,
+    /// `cutover_cutover_given_up_late_total`: flips given up at their last look, under the
+    /// gate (rule 20: something changed on the mirrored side, or an ejection, since the
+    /// checks). Counted in `refusals` too.
+    pub given_up_late: Counter,
+    /// `cutover_cutover_last_look_seconds`: how long that last look took (part of the
+    /// pause).
+    pub last_look: Histogram,
     /// `cutover_backfill_progress_ratio`: keys scanned over the source's keys (1 when done).
     pub progress: Gauge,
     /// `cutover_backfill_eta_seconds`: estimated time to the end of the backfill.
@@ -216,6 +223,8 @@ impl MigrationCounters {
             flips: Phase::ALL
                 .map(|ph| counter!("cutover_cutover_flips_total", "pool" => p.clone(), "to" => ph.name())),
             refusals: counter!("cutover_cutover_refusals_total", "pool" => p.clone()),
+            given_up_late: counter!("cutover_cutover_given_up_late_total", "pool" => p.clone()),
+            last_look: histogram!("cutover_cutover_last_look_seconds", "pool" => p.clone()),
             progress: gauge!("cutover_backfill_progress_ratio", "pool" => p.clone()),
             eta: gauge!("cutover_backfill_eta_seconds", "pool" => p.clone()),
             shadow: command::all()

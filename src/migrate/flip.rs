@@ -25,6 +25,9 @@ const IDLE_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for a source server's `CLIENT LIST` in a cutover's check (a server with
 /// no `timeout:` that hangs must not hang the check).
 const CLIENT_LIST_LIMIT: Duration = Duration::from_secs(2);
+/// Longest a flip's last look (rule 20) may hold requests: a mirrored server that does
+/// not answer `INFO` within it gives the flip up.
+const LAST_LOOK_LIMIT: Duration = Duration::from_secs(2);
 /// Spin (yielding) this long before sleeping between drain checks: most flips finish
 /// within it, and a timer tick (1 ms) would dominate the pause.
 const SPIN: Duration = Duration::from_millis(3);
@@ -82,10 +85,59 @@ impl Migration {
     /// the side clients use (rule 18). The mirrored servers whose `run_id` could not be
     /// read, with why.
     async fn look_before_a_flip(self: &Arc<Self>) -> Vec<String> {
-        let unread = self.watch_restarts(Look::Mirrored).await;
-        self.watch_evictions(Look::Mirrored).await;
+        // Side by side: under the gate (rule 20) this look is part of the pause.
+        let (unread, ()) = tokio::join!(
+            self.watch_restarts(Look::Mirrored),
+            self.watch_evictions(Look::Mirrored)
+        );
         self.look_at_ejections();
         unread
+    }
+
+    /// Rule 20: the flip's last look, taken under the gate once every request routed
+    /// before it is answered (in a fleet, once every member holds). The checks before ran
+    /// with the gate open, for seconds (waiting for the lanes to empty, listing the source's
+    /// clients, under capture a full sync of each new authority's server): a mirrored
+    /// server that restarted or evicted meanwhile, or an ejection on the side clients use,
+    /// would be found only after the flip. So look again, now that no request reaches
+    /// either side, and give the flip up (`Err`, every reason) if anything stands in the
+    /// way; `Ok` at once for a forced flip or a finalize. The look must finish within
+    /// 2 s: a hung mirrored server would otherwise hold every client.
+    pub async fn last_look(self: &Arc<Self>, to: Phase, force: bool) -> Result<(), FlipError> {
+        if force || to == Phase::Finalized || *SKIP_LAST_LOOK {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let look = async {
+            if to == Phase::Cutover {
+                let unread = self.look_before_a_flip().await;
+                let mut reasons = self.readiness(true);
+                reasons.extend(unread);
+                reasons
+            } else {
+                self.rollback_blockers().await
+            }
+        };
+        let reasons = tokio::time::timeout(LAST_LOOK_LIMIT, look)
+            .await
+            .unwrap_or_else(|_| {
+                vec![format!(
+                    "the last look at the mirrored servers (their run_id and evicted_keys) did not finish within {LAST_LOOK_LIMIT:?}, with requests held; nothing changed, try again"
+                )]
+            });
+        self.counters
+            .last_look
+            .record(started.elapsed().as_secs_f64());
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        self.flips.given_up_late.fetch_add(1, Relaxed);
+        self.counters.given_up_late.increment(1);
+        tracing::warn!(pool = self.source.name(), to = to.name(), reasons = %reasons.join("; "), "flip given up at its last look, under the gate: something changed since its checks; nothing changed");
+        if let Ok(mut last) = self.flips.last_given_up.lock() {
+            last.clone_from(&reasons);
+        }
+        Err(FlipError::NotReady(reasons))
     }
 
     /// What stands between the migration and a rollback now: dirty keys the source would
@@ -293,6 +345,10 @@ impl Migration {
         if !self.hold(started + DRAIN_LIMIT).await || !self.settle_flip(next, started).await {
             self.abandon_flip(next);
             return Err(FlipError::Busy(DRAIN_LIMIT));
+        }
+        if let Err(late) = self.last_look(to, force).await {
+            self.abandon_flip(next);
+            return Err(late);
         }
         Ok(self.commit_flip(from, to, next, started, force))
     }
@@ -594,6 +650,12 @@ impl Migration {
         true
     }
 }
+
+/// For tests only: `CUTOVER_TEST_SKIP_LAST_LOOK=1` skips a flip's last look under the gate
+/// (rule 20), so the tests can show what it catches.
+static SKIP_LAST_LOOK: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var("CUTOVER_TEST_SKIP_LAST_LOOK").is_ok_and(|v| v == "1")
+});
 
 /// Yield to other tasks for the first few milliseconds, then sleep a millisecond at a time.
 async fn pause_briefly(since: Instant) {

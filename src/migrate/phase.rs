@@ -79,6 +79,10 @@ pub struct Flips {
     pub lock: tokio::sync::Mutex<()>,
     /// How long the last flip held requests, in microseconds.
     pub last_pause_us: AtomicU64,
+    /// Flips given up at their last look, under the gate (rule 20).
+    pub given_up_late: AtomicU64,
+    /// Why the latest of them was given up.
+    pub last_given_up: std::sync::Mutex<Vec<String>>,
 }
 
 impl Flips {
@@ -90,6 +94,8 @@ impl Flips {
             hooks_live: AtomicUsize::new(0),
             lock: tokio::sync::Mutex::new(()),
             last_pause_us: AtomicU64::new(0),
+            given_up_late: AtomicU64::new(0),
+            last_given_up: std::sync::Mutex::new(Vec::new()),
         }
     }
 

@@ -350,6 +350,25 @@ impl RedisServer {
             .expect("master_repl_offset")
     }
 
+    /// Make each snapshot it writes, so each full sync a replica asks of it, take
+    /// `per_key` per key (`rdb-key-save-delay`): a window of known length while a
+    /// replica's full sync runs.
+    pub fn slow_snapshots(&self, per_key: Duration) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("rdb-key-save-delay")
+            .arg(per_key.as_micros().to_string())
+            .query(&mut self.client())
+            .expect("CONFIG SET rdb-key-save-delay");
+    }
+
+    /// Its number of keys (`DBSIZE`).
+    pub fn dbsize(&self) -> u64 {
+        redis::cmd("DBSIZE")
+            .query(&mut self.client())
+            .expect("DBSIZE")
+    }
+
     /// The number `field` of `INFO section`, if the server reports it.
     pub fn info_number(&self, section: &str, field: &str) -> Option<u64> {
         let info: String = redis::cmd("INFO")
@@ -1080,6 +1099,34 @@ pub fn diverge_on_target(targets: &[RedisServer], key: &str) {
         .arg("diverged")
         .query(&mut owner(targets, key).client())
         .expect("SET on the target");
+}
+
+/// Start a flip (`flip`, an admin API call, in a thread of its own) and wait until it is
+/// past its checks, which `past` tells (say, a full sync it started); the flip's thread,
+/// to join for its answer. A flip refused by its checks only because a connection the
+/// test just closed to a source server is still listed there is tried again.
+pub fn past_the_checks(
+    flip: impl Fn() -> (u16, String) + Send + Clone + 'static,
+    mut past: impl FnMut() -> bool,
+) -> std::thread::JoinHandle<(u16, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = std::thread::spawn(flip.clone());
+        wait_for("the flip past its checks", Duration::from_secs(15), || {
+            past() || attempt.is_finished()
+        });
+        if !attempt.is_finished() {
+            return attempt;
+        }
+        let (code, body) = attempt.join().expect("the flip's request");
+        assert!(
+            code == 409
+                && body.contains("connected straight to source")
+                && Instant::now() < deadline,
+            "the flip ended before it was past its checks: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Poll `done` every 50 ms until it holds; fail the test after `limit`.

@@ -4,16 +4,20 @@
 //!
 //! A flip is a barrier (rule 14): the leader writes a hold for the next epoch; every member
 //! closes its gate, waits until every request it routed was answered, and acknowledges
-//! (`acks/<member>`, under its lease). Once every live member has acknowledged, no member
-//! sends anything to either side, and every acknowledged write is applied on the old
-//! authority: the leader drains the capture up to the old side's offsets, fences the new
-//! side's streams, writes the decision (the new phase), and only then flips itself;
+//! (`acks/<member>`, under its lease, with its ejections). Once every live member has
+//! acknowledged, no member sends anything to either side, and every acknowledged write is
+//! applied on the old authority: the leader drains the capture up to the old side's
+//! offsets, fences the new side's streams, takes its last look (rule 20: the mirrored
+//! servers' restarts and evictions, and every member's ejections as acknowledged), writes
+//! the decision (the new phase, or the old one if the look found something), and only
+//! then flips itself;
 //! members flip when they read the decision. A member that does not acknowledge in time
 //! aborts the flip (everyone reopens on the old side), unless its lease expired first
 //! (then it is no longer a member, and it has fenced itself, see `member`). The decision
 //! is in etcd before anyone acts on it, so a leader that dies mid-flip leaves either a
 //! hold (its successor aborts it) or a decision (everyone follows it).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -23,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{Fleet, TICK};
-use crate::migrate::{FlipError, Flipped, Phase};
+use crate::migrate::{EjectionReport, FlipError, Flipped, Phase};
 
 /// How long members get to acknowledge a hold: longer than a lease, so a member that
 /// froze is out of the fleet (its lease expired) before the flip would give up.
@@ -198,17 +202,42 @@ async fn apply(fleet: &Fleet, record: &PhaseRecord, held: &mut Option<(u64, Inst
     }
 }
 
-/// Say this member holds for `epoch`.
+/// A member's acknowledgement of a hold (`acks/<member>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Ack {
+    /// The epoch it holds for.
+    epoch: u64,
+    /// Its ejections, read once it held (rule 20): with no request let through, none can
+    /// follow before the decision, so the leader's last look sees every member's last.
+    #[serde(default)]
+    ejections: EjectionReport,
+}
+
+impl Ack {
+    /// Read an acknowledgement (a bare epoch, as members before rule 20 wrote, has no
+    /// ejections).
+    fn parse(text: &str) -> Option<Ack> {
+        serde_json::from_str(text).ok().or_else(|| {
+            Some(Ack {
+                epoch: text.trim().parse().ok()?,
+                ejections: EjectionReport::default(),
+            })
+        })
+    }
+}
+
+/// Say this member holds for `epoch`, with its ejections.
 async fn acknowledge(fleet: &Fleet, epoch: u64) {
     let mut client = fleet.client.clone();
     let lease = fleet.lease.load(Relaxed);
     let key = fleet.key(&format!("acks/{}", fleet.me.id));
+    let ack = Ack {
+        epoch,
+        ejections: fleet.migration.ejection_report(),
+    };
+    let text = serde_json::to_string(&ack).unwrap_or_else(|_| epoch.to_string());
     if client
-        .put(
-            key,
-            epoch.to_string(),
-            Some(PutOptions::new().with_lease(lease)),
-        )
+        .put(key, text, Some(PutOptions::new().with_lease(lease)))
         .await
         .is_err()
     {
@@ -267,13 +296,22 @@ pub async fn flip(fleet: &Arc<Fleet>, to: Phase, force: bool) -> Result<Flipped,
         ]));
     }
     let held_revision = read(fleet).await.ok().flatten().map_or(0, |(_, r)| r);
-    let (missing, live) = wait_for_acks(fleet, epoch, started + BARRIER_LIMIT).await;
+    let (missing, live, reports) = wait_for_acks(fleet, epoch, started + BARRIER_LIMIT).await;
     if missing.is_empty() && !*BREAK_DEPARTED {
         // Rule 15: a member that left without holding cannot write to the old side late.
         let closed = migration.disconnect_departed(from, &live).await;
         fleet.counters.departed_closed.increment(closed as u64);
     }
     let settled = missing.is_empty() && migration.settle_flip(next, started).await;
+    // Rule 20: with every member holding, the last look, taking each member's ejections
+    // from its acknowledgement.
+    let late = if settled {
+        migration.member_ejections(reports);
+        migration.last_look(to, force).await.err()
+    } else {
+        None
+    };
+    let settled = settled && late.is_none();
     let decision = PhaseRecord {
         phase: if settled { to.name() } else { from.name() }.to_string(),
         epoch,
@@ -286,6 +324,9 @@ pub async fn flip(fleet: &Arc<Fleet>, to: Phase, force: bool) -> Result<Flipped,
     if !settled || !written {
         migration.abandon_flip(next);
         fleet.counters.barrier_aborts.increment(1);
+        if let Some(late) = late {
+            return Err(late);
+        }
         let reason = if missing.is_empty() {
             "the flip could not settle (streams not drained, or etcd refused the decision)"
                 .to_string()
@@ -322,11 +363,15 @@ static BREAK_DEPARTED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     std::env::var("CUTOVER_TEST_BREAK_DEPARTED").is_ok_and(|v| v == "1")
 });
 
-/// Wait until every live member acknowledged `epoch`: the members that did not by
-/// `deadline` (empty: all did), and the live members last seen.
-async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> (Vec<String>, Vec<String>) {
+/// What the leader waits for in a flip: the members that did not acknowledge (empty: all
+/// did), the live members last seen, and the ejections the other members acknowledged
+/// with.
+type Acks = (Vec<String>, Vec<String>, BTreeMap<String, EjectionReport>);
+
+/// Wait until every live member acknowledged `epoch`, at most until `deadline`.
+async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> Acks {
     if *BREAK_BARRIER {
-        return (Vec::new(), vec![fleet.me.id.clone()]);
+        return (Vec::new(), vec![fleet.me.id.clone()], BTreeMap::new());
     }
     let mut client = fleet.client.clone();
     let prefix = Some(GetOptions::new().with_prefix());
@@ -336,32 +381,33 @@ async fn wait_for_acks(fleet: &Fleet, epoch: u64, deadline: Instant) -> (Vec<Str
         let mut missing = Vec::new();
         let mut live = Vec::new();
         if let (Ok(members), Ok(acks)) = (members, acks) {
-            let acked: Vec<String> = acks
+            let acked: BTreeMap<String, EjectionReport> = acks
                 .kvs()
                 .iter()
-                .filter(|kv| {
-                    kv.value_str()
-                        .ok()
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .is_some_and(|e| e >= epoch)
+                .filter_map(|kv| {
+                    let ack = Ack::parse(kv.value_str().ok()?)?;
+                    (ack.epoch >= epoch).then(|| (member_of(kv), ack.ejections))
                 })
-                .map(member_of)
                 .collect();
             for kv in members.kvs() {
                 let id = member_of(kv);
-                if !acked.contains(&id) {
+                if !acked.contains_key(&id) {
                     missing.push(id.clone());
                 }
                 live.push(id);
             }
             if missing.is_empty() {
-                return (missing, live);
+                let others = acked
+                    .into_iter()
+                    .filter(|(id, _)| *id != fleet.me.id)
+                    .collect();
+                return (missing, live, others);
             }
         } else {
             missing.push("(etcd unreachable)".into());
         }
         if Instant::now() >= deadline {
-            return (missing, live);
+            return (missing, live, BTreeMap::new());
         }
         tokio::time::sleep(ACK_POLL).await;
     }
@@ -401,5 +447,26 @@ async fn slowest_pause(fleet: &Fleet, epoch: u64) -> Option<Duration> {
             return reported.into_iter().max().map(Duration::from_micros);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_acknowledgement_carries_its_ejections_and_a_bare_epoch_still_reads() {
+        let ack = Ack {
+            epoch: 7,
+            ejections: EjectionReport {
+                count: 2,
+                out: vec!["source server s1".into()],
+            },
+        };
+        let text = serde_json::to_string(&ack).expect("JSON");
+        assert_eq!(Ack::parse(&text), Some(ack));
+        let bare = Ack::parse("7").expect("a bare epoch");
+        assert_eq!((bare.epoch, bare.ejections), (7, EjectionReport::default()));
+        assert_eq!(Ack::parse("not an ack"), None);
     }
 }

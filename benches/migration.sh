@@ -12,13 +12,14 @@
 #
 # Usage: benches/migration.sh [MB] [PARTS]      (defaults: 150, "backfill mirror pause";
 #        ROUNDS=N in the environment sets the mirror part's rounds, default 11)
+#        BIN=path/to/cutover runs another build (before a change, say)
 # Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3 with redis-py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-150}
 PARTS=${2:-backfill mirror pause}
 cargo build --release --quiet
-BIN=$PWD/target/release/cutover
+BIN=${BIN:-$PWD/target/release/cutover}
 . benches/lib.sh
 
 redis; SRC=$PORT; SRC_PID=$RPID; redis; T1=$PORT; T1_PID=$RPID; redis; T2=$PORT; T2_PID=$RPID; redis; T3=$PORT; T3_PID=$RPID

@@ -925,20 +925,57 @@ fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
     );
 }
 
-/// Two members migrating `sources` (the second can be held busy) into `target` under
-/// capture, whose pools eject a server at its first failure for 5 s.
-fn ejecting_fleet(etcd: &Etcd, sources: &[RedisServer; 2], target: &RedisServer) -> Vec<Proxy> {
-    let config = format!(
-        "legacy:\n  listen: LISTEN\n  redis: true\n{}  servers:\n   - {}:1\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\n    capture: replication\n    coordination: {}\nfleet:\n  redis: true\n  servers:\n   - {}:1\n",
-        support::ejecting(5000),
-        sources[0].addr(),
-        sources[1].addr(),
-        etcd.coordination("cutover/test"),
-        target.addr()
-    );
-    (0..2)
-        .map(|_| Proxy::cutover_with(&config, &["--admin-token", TOKEN]))
-        .collect()
+/// Two members migrating two source servers (the second can be held busy) into a target
+/// under capture, whose pools eject a server at its first failure for 5 s; ready to flip
+/// once `start` returns: 200 keys written through the follower, and a clean verify pass.
+struct EjectingFleet {
+    members: Vec<Proxy>,
+    /// Which of `members` leads.
+    lead: usize,
+    target: RedisServer,
+    sources: [RedisServer; 2],
+    _etcd: Etcd,
+}
+
+impl EjectingFleet {
+    fn start() -> EjectingFleet {
+        let etcd = Etcd::start();
+        let sources = [
+            RedisServer::start(),
+            RedisServer::start_with(&["--enable-debug-command", "yes"]),
+        ];
+        let target = RedisServer::start();
+        let config = format!(
+            "legacy:\n  listen: LISTEN\n  redis: true\n{}  servers:\n   - {}:1\n   - {}:1\n  migrate_to: fleet\n  migrate:\n    scan_count: 100\n    capture: replication\n    coordination: {}\nfleet:\n  redis: true\n  servers:\n   - {}:1\n",
+            support::ejecting(5000),
+            sources[0].addr(),
+            sources[1].addr(),
+            etcd.coordination("cutover/test"),
+            target.addr()
+        );
+        let members: Vec<Proxy> = (0..2)
+            .map(|_| Proxy::cutover_with(&config, &["--admin-token", TOKEN]))
+            .collect();
+        let lead = leader(&members.iter().collect::<Vec<_>>());
+        let fleet = EjectingFleet {
+            members,
+            lead,
+            target,
+            sources,
+            _etcd: etcd,
+        };
+        support::set_numbered(&mut fleet.follower().client(), 200, "before");
+        ready_to_flip(fleet.leader());
+        fleet
+    }
+
+    fn leader(&self) -> &Proxy {
+        &self.members[self.lead]
+    }
+
+    fn follower(&self) -> &Proxy {
+        &self.members[1 - self.lead]
+    }
 }
 
 /// Rule 18 in a fleet: each member's pool ejects on its own, as separate nutcracker
@@ -949,20 +986,10 @@ fn ejecting_fleet(etcd: &Etcd, sources: &[RedisServer; 2], target: &RedisServer)
 /// after the cutover as before.
 #[test]
 fn an_ejection_at_a_follower_holds_the_leaders_cutover_until_a_verify_pass() {
-    let etcd = Etcd::start();
-    let sources = [
-        RedisServer::start(),
-        RedisServer::start_with(&["--enable-debug-command", "yes"]),
-    ];
-    let target = RedisServer::start();
-    let members = ejecting_fleet(&etcd, &sources, &target);
-    let all: Vec<&Proxy> = members.iter().collect();
-    let lead = leader(&all);
-    let (leader, follower) = (&members[lead], &members[1 - lead]);
+    let fleet = EjectingFleet::start();
+    let (leader, follower) = (fleet.leader(), fleet.follower());
+    let sources = &fleet.sources;
     let mut conn = follower.client();
-    support::set_numbered(&mut conn, 200, "before");
-    ready_to_flip(leader);
-
     let sleeper = sources[1].hold_busy(2);
     support::set_numbered(&mut conn, 200, "during");
     // (Not by trying the cutover meanwhile: a flip that got past its checks before the
@@ -1047,19 +1074,10 @@ fn an_ejection_at_a_follower_holds_the_leaders_cutover_until_a_verify_pass() {
 /// (`CUTOVER_TEST_SKIP_LAST_LOOK=1`), the fleet cut over with the server out.
 #[test]
 fn an_ejection_at_a_follower_while_the_cutover_prepares_gives_the_flip_up() {
-    let etcd = Etcd::start();
-    let sources = [
-        RedisServer::start(),
-        RedisServer::start_with(&["--enable-debug-command", "yes"]),
-    ];
-    let target = RedisServer::start();
-    let members = ejecting_fleet(&etcd, &sources, &target);
-    let all: Vec<&Proxy> = members.iter().collect();
-    let lead = leader(&all);
-    let (leader, follower) = (&members[lead], &members[1 - lead]);
+    let fleet = EjectingFleet::start();
+    let (leader, follower) = (fleet.leader(), fleet.follower());
+    let (sources, target) = (&fleet.sources, &fleet.target);
     let mut conn = follower.client();
-    support::set_numbered(&mut conn, 200, "before");
-    ready_to_flip(leader);
     wait_for("no blocker", Duration::from_secs(15), || {
         leader.migration()["cutover"]["blockers"] == serde_json::json!([])
     });

@@ -20,8 +20,9 @@ cpu_us() {
 }
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 # Start a redis-server on a free port (in this shell, not a subshell, so cleanup stops
-# it): its port is left in $PORT and its pid in $RPID.
-redis() { PORT=$(free_port); redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" --daemonize no >/dev/null 2>&1 & PIDS+=($!); RPID=$!; wait_port "$PORT"; }
+# it): its port is left in $PORT and its pid in $RPID. Its directory is $REDIS_DIR, or
+# $WORK: a server started where another wrote a snapshot for a replica's full sync loads it.
+redis() { PORT=$(free_port); redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "${REDIS_DIR:-$WORK}" --daemonize no >/dev/null 2>&1 & PIDS+=($!); RPID=$!; wait_port "$PORT"; }
 # Config lines for the servers on ports "$@", weight 1 each.
 servers() { for p in "$@"; do printf '   - 127.0.0.1:%s:1\n' "$p"; done; }
 # Pool `bench` (fnv1a_64, ketama, as the twemproxy configs we meet) listening on port $1,

@@ -125,7 +125,7 @@ impl Served {
 /// every server gives one; `capture: replication` fails the start when one refuses, and
 /// `capture: auto` falls back to proxy mirroring, saying why.
 async fn capture_streams(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     config: &crate::config::PoolConfig,
 ) -> Result<Option<Vec<crate::upstream::replication::ReplicationStream>>, StartError> {
     use crate::config::Capture;

@@ -245,13 +245,33 @@ use follow::run;
 
 /// Open a replication stream to every server of `pool`; the first refusal, naming the
 /// server and what it said, if any.
-pub async fn open_all(pool: &Pool) -> Result<Vec<ReplicationStream>, String> {
-    let mut streams = Vec::new();
+pub async fn open_all(pool: &Arc<Pool>) -> Result<Vec<ReplicationStream>, String> {
+    let unknown = vec![None; pool.servers.len()];
+    let opened = open_each(pool, &unknown).await?;
+    Ok(opened.into_iter().map(|(stream, _)| stream).collect())
+}
+
+/// Open a stream to every server of `pool` at once, each continuing from its position in
+/// `from` where the server can: a full sync is a snapshot and its transfer, minutes for a
+/// large server, so one server after another would add them up (and under rule 20 widen
+/// the time a flip's checks stand before its last look). The streams in the pool's
+/// order, or the first refusal (the other opens are then dropped).
+async fn open_each(
+    pool: &Arc<Pool>,
+    from: &[Option<Position>],
+) -> Result<Vec<(ReplicationStream, Sync)>, String> {
+    let mut opening = tokio::task::JoinSet::new();
     for server in 0..pool.servers.len() {
-        let (stream, _) = open(pool, server, None).await?;
-        streams.push(stream);
+        let (pool, from) = (pool.clone(), from.get(server).cloned().flatten());
+        opening.spawn(async move { (server, open(&pool, server, from.as_ref()).await) });
     }
-    Ok(streams)
+    let mut opened: Vec<Option<(ReplicationStream, Sync)>> =
+        (0..pool.servers.len()).map(|_| None).collect();
+    while let Some(done) = opening.join_next().await {
+        let (server, result) = done.map_err(|e| format!("opening a stream failed: {e}"))?;
+        opened[server] = Some(result?);
+    }
+    Ok(opened.into_iter().flatten().collect())
 }
 
 /// Open a replication stream to server `server` of `pool`, continuing from `from` if the
@@ -300,14 +320,14 @@ fn selected(request: &Request, db: u32) -> u32 {
 /// skipped) until [`arm`] gives the fence; continues from where a previous stream of the
 /// server stopped when the server can. The first refusal, if any.
 pub async fn stand_by(migration: &Arc<Migration>, side: Side) -> Result<(), String> {
-    let pool = side.pool(migration);
-    let mut streams = Vec::new();
-    for (server, state) in migration.capture.states(side).iter().enumerate() {
-        let last = state.last.lock().ok().and_then(|l| l.clone());
-        let (stream, _) = open(pool, server, last.as_ref()).await?;
-        streams.push(stream);
-    }
-    for (server, stream) in streams.into_iter().enumerate() {
+    let last: Vec<Option<Position>> = migration
+        .capture
+        .states(side)
+        .iter()
+        .map(|state| state.last.lock().ok().and_then(|l| l.clone()))
+        .collect();
+    let streams = open_each(side.pool(migration), &last).await?;
+    for (server, (stream, _)) in streams.into_iter().enumerate() {
         let state = &migration.capture.states(side)[server];
         let standing_by = if *BREAK_FENCE { 0 } else { u64::MAX };
         state.fence.store(standing_by, Relaxed);
@@ -327,10 +347,8 @@ pub async fn follow_from(
 ) -> Result<(), String> {
     let pool = side.pool(migration);
     let mut streams = Vec::new();
-    for server in 0..pool.servers.len() {
-        let from = positions.get(server).and_then(Option::as_ref);
-        let (stream, sync) = open(pool, server, from).await?;
-        if from.is_some() && sync == Sync::Full {
+    for (server, (stream, sync)) in open_each(pool, positions).await?.into_iter().enumerate() {
+        if positions.get(server).is_some_and(Option::is_some) && sync == Sync::Full {
             migration.dirty.owe_verify(crate::migrate::Owed::StreamGap);
             tracing::warn!(pool = migration.source.name(), server = %pool.servers[server].name, "the checkpoint's stream position is gone from the server's backlog: every key of this server is copied again, and a verify pass is needed before the cutover");
             tokio::spawn(copy_every_key(migration.clone(), side, server));

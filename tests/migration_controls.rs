@@ -800,3 +800,19 @@ fn a_refused_dump_or_restore_falls_back_to_copies_by_type() {
         );
     }
 }
+
+/// With no `state_file`, the dirty-key file is a temporary one named after the process: no
+/// later run reads it (the next starts over, and its backfill copies every key), so a
+/// clean stop removes it instead of leaving one file per run behind.
+#[test]
+fn a_stop_without_a_state_file_removes_its_dirty_key_file() {
+    let source = RedisServer::start();
+    fill_numbered(&source, 50);
+    let targets = redis_servers(1);
+    let mut proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let file = std::env::temp_dir().join(format!("cutover-legacy-{}.dirty", proxy.pid()));
+    assert!(file.exists(), "{}", file.display());
+    assert!(proxy.terminate(Duration::from_secs(10)), "stops on SIGTERM");
+    assert!(!file.exists(), "{} is left behind", file.display());
+}

@@ -238,6 +238,18 @@ impl DirtyKeys {
         self.owed_marks[cause as usize].fetch_max(self.verify_mark(), Relaxed);
     }
 
+    /// Close the file and remove it: at a stop, when no later run can read it.
+    pub fn discard_file(&self) {
+        if let Ok(mut file) = self.file.lock() {
+            *file = None;
+        }
+        if let Err(error) = std::fs::remove_file(&self.path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), %error, "cannot remove the dirty-key file");
+        }
+    }
+
     /// Whether a verify pass is still owed for `cause`.
     pub fn owes(&self, cause: Owed) -> bool {
         self.owed_marks[cause as usize].load(Relaxed) > self.verified_through.load(Relaxed)

@@ -845,6 +845,16 @@ impl Migration {
         self.progress.advance_to(&self.lanes.processed_now());
         let clean = idle && !self.dirty.needs_verify();
         self.save_state(clean);
+        self.discard_temporary_files();
+    }
+
+    /// With no state file, the dirty-key file is named after this process, and the next
+    /// run starts over (its backfill copies every key): once this one is done with it,
+    /// nothing reads it again, so it goes.
+    pub fn discard_temporary_files(&self) {
+        if self.settings.state_file.is_none() {
+            self.dirty.discard_file();
+        }
     }
 
     /// Save the state file now, marking a clean stop when `clean`.

@@ -412,7 +412,10 @@ pub async fn verify(
     } = open(&options).await?;
     let migration = Migration::start_with(pool, &source, &target, false);
     // A server that does not answer would make every key of its own look different.
-    both_ends_answer(&migration).await?;
+    if let Err(error) = both_ends_answer(&migration).await {
+        migration.discard_temporary_files();
+        return Err(error);
+    }
     let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
     let ticker = {
         let migration = migration.clone();
@@ -434,5 +437,6 @@ pub async fn verify(
     let report = super::verify::run(&migration, &verify_options).await;
     let _ = done.send(());
     let _ = ticker.await;
+    migration.discard_temporary_files();
     report.ok_or_else(|| OfflineError::Config("a verify pass is already running".into()))
 }

@@ -468,6 +468,8 @@ pub struct Proxy {
     pub dir: tempfile::TempDir,
     /// cutover's admin port (0 for nutcracker).
     pub admin_port: u16,
+    /// The admin token cutover made at start and wrote to its file, if it did.
+    made_token: Option<String>,
 }
 
 impl Proxy {
@@ -490,6 +492,7 @@ impl Proxy {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut proxy = Proxy::launch(&cutover_bin(), config, &args, env);
         proxy.admin_port = admin;
+        proxy.made_token = std::fs::read_to_string(admin_token_file(admin)).ok();
         proxy
     }
 
@@ -501,6 +504,7 @@ impl Proxy {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut proxy = Proxy::start(&cutover_bin(), config, &args);
         proxy.admin_port = admin;
+        proxy.made_token = std::fs::read_to_string(admin_token_file(admin)).ok();
         proxy
     }
 
@@ -547,6 +551,7 @@ impl Proxy {
                     stats_port,
                     dir,
                     admin_port: 0,
+                    made_token: None,
                 };
             }
             stop(&mut child);
@@ -772,7 +777,28 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        let pid = self.child.id();
         stop(&mut self.child);
+        // A cutover killed, not stopped, leaves its admin token's file (unless another
+        // process on the port has written its own since) and its dirty-key file, named
+        // after its pid when it has no state file (`cutover-POOL-PID.dirty`).
+        let token_file = admin_token_file(self.admin_port);
+        if self.made_token.is_some() && std::fs::read_to_string(&token_file).ok() == self.made_token
+        {
+            let _ = std::fs::remove_file(token_file);
+        }
+        let suffix = format!("-{pid}.dirty");
+        for entry in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("cutover-") && name.ends_with(&suffix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 

@@ -816,6 +816,7 @@ fn a_member_whose_pools_place_keys_differently_is_refused_and_the_fleet_goes_on(
     if exited.is_none() {
         let _ = stale.kill();
     }
+    let pid = stale.id();
     let out = stale.wait_with_output().expect("its output");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -827,6 +828,9 @@ fn a_member_whose_pools_place_keys_differently_is_refused_and_the_fleet_goes_on(
             && stderr.contains(&targets[1].addr()),
         "{stderr}"
     );
+    // Refused, it leaves no dirty-key file behind.
+    let left = std::env::temp_dir().join(format!("cutover-legacy-{pid}.dirty"));
+    assert!(!left.exists(), "{} is left behind", left.display());
     // The fleet goes on as it was: three members, the same leader.
     std::thread::sleep(Duration::from_secs(1));
     let view = view(&members[lead]);

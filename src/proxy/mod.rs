@@ -282,9 +282,13 @@ impl Proxy {
                     crate::fleet::JOIN_PATIENCE,
                 )
                 .await
-                .map_err(|source| StartError::Fleet {
-                    pool: pool.name().to_string(),
-                    source,
+                .map_err(|source| {
+                    // This process will not serve: its dirty-key file goes with it.
+                    started.discard_temporary_files();
+                    StartError::Fleet {
+                        pool: pool.name().to_string(),
+                        source,
+                    }
                 })?;
                 migration = Some(started);
                 fleet = Some(joined);

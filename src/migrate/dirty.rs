@@ -240,9 +240,7 @@ impl DirtyKeys {
 
     /// Close the file and remove it: at a stop, when no later run can read it.
     pub fn discard_file(&self) {
-        if let Ok(mut file) = self.file.lock() {
-            *file = None;
-        }
+        *lock(&self.file) = None;
         if let Err(error) = std::fs::remove_file(&self.path)
             && error.kind() != std::io::ErrorKind::NotFound
         {

@@ -20,7 +20,7 @@ use metrics::Counter;
 
 use super::capture::Side;
 use super::restarts::Look;
-use super::{Migration, Owed, Role, counters, lock};
+use super::{Migration, Owed, counters, lock};
 use crate::resp::info_field;
 use crate::upstream::Pool;
 
@@ -148,17 +148,10 @@ impl Migration {
     /// fleet member that follows (the leader looks). A server that does not answer is
     /// looked at again next time (its count then covers the time between).
     pub async fn watch_evictions(&self, look: Look) {
-        let Some(authority) = Side::authority(self.phase()) else {
+        let Some((mirrored, sides)) = look.sides(self) else {
             return;
         };
-        if self.role() == Role::Follower {
-            return;
-        }
-        let mirrored = authority.other();
-        for side in Side::BOTH {
-            if look == Look::Mirrored && side != mirrored {
-                continue;
-            }
+        for side in sides {
             let _looking = self.evictions.looking[side as usize].lock().await;
             let pool = side.copy_pool(self);
             for (index, server) in pool.servers.iter().enumerate() {

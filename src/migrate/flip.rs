@@ -134,9 +134,7 @@ impl Migration {
         self.flips.given_up_late.fetch_add(1, Relaxed);
         self.counters.given_up_late.increment(1);
         tracing::warn!(pool = self.source.name(), to = to.name(), reasons = %reasons.join("; "), "flip given up at its last look, under the gate: something changed since its checks; nothing changed");
-        if let Ok(mut last) = self.flips.last_given_up.lock() {
-            last.clone_from(&reasons);
-        }
+        super::lock(&self.flips.last_given_up).clone_from(&reasons);
         Err(FlipError::NotReady(reasons))
     }
 

@@ -222,6 +222,24 @@ pub enum Look {
     Mirrored,
 }
 
+impl Look {
+    /// The sides this look reads in `migration`'s phase, and which of them is the
+    /// mirrored one; `None` after finalize (nothing is mirrored), and on a fleet member
+    /// that follows (the leader looks).
+    pub fn sides(self, migration: &Migration) -> Option<(Side, Vec<Side>)> {
+        let authority = Side::authority(migration.phase())?;
+        if migration.role() == Role::Follower {
+            return None;
+        }
+        let mirrored = authority.other();
+        let sides = Side::BOTH
+            .into_iter()
+            .filter(|&side| self == Look::BothSides || side == mirrored)
+            .collect();
+        Some((mirrored, sides))
+    }
+}
+
 /// Look at every server's `run_id` every few seconds, for as long as the migration lives
 /// (the first look at once: it also compares with what the state file kept).
 pub async fn watch(migration: Arc<Migration>) {
@@ -237,19 +255,12 @@ impl Migration {
     /// member that follows (the leader looks). The mirrored side's servers whose `run_id`
     /// could not be read, with why (a flip is refused while any is unknown).
     pub async fn watch_restarts(self: &Arc<Self>, look: Look) -> Vec<String> {
-        let Some(authority) = Side::authority(self.phase()) else {
+        let Some((mirrored, sides)) = look.sides(self) else {
             return Vec::new();
         };
-        if self.role() == Role::Follower {
-            return Vec::new();
-        }
-        let mirrored = authority.other();
         let runs = &self.restarts;
         let mut unread = Vec::new();
-        for side in Side::BOTH {
-            if look == Look::Mirrored && side != mirrored {
-                continue;
-            }
+        for side in sides {
             let _looking = runs.looking[side as usize].lock().await;
             let pool = side.copy_pool(self);
             for (index, server) in pool.servers.iter().enumerate() {

@@ -136,7 +136,7 @@ impl Migration {
                 "blockers": blockers,
                 "last_pause_ms": self.flips.last_pause_us.load(Relaxed) as f64 / 1000.0,
                 "given_up_late": self.flips.given_up_late.load(Relaxed),
-                "last_given_up": self.flips.last_given_up.lock().map_or(Vec::new(), |l| l.clone()),
+                "last_given_up": super::lock(&self.flips.last_given_up).clone(),
             },
         })
     }

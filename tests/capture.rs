@@ -681,8 +681,8 @@ fn a_target_server_that_restarts_while_the_cutover_prepares_gives_the_cutover_up
     });
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     verified();
-    wait_for("the cutover", Duration::from_secs(30), || {
-        support::http(proxy.admin_port, "POST", "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(30), || {
+        support::http(proxy.admin_port, "POST", "/cutover")
     });
     support::compare::assert_same(&source, &targets);
 }

@@ -128,8 +128,8 @@ fn every_dashboard_query_returns_series_in_a_real_prometheus() {
         proxy.admin_get("/status").1.contains("\"mismatches\":1")
     });
     assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
-    wait_for("the cutover", Duration::from_secs(30), || {
-        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(30), || {
+        http(proxy.admin_port, "POST", "/cutover")
     });
     for i in 0..50 {
         let _: () = conn.set(format!("k{i}"), i).expect("SET after the cutover");

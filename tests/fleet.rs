@@ -706,8 +706,8 @@ fn a_killed_follower_and_a_restarted_etcd_do_not_stop_the_fleet() {
     assert_eq!(phase(&members[alive]), "migrating");
     // The phase record survived; the dead follower's lease expired: the flip goes on.
     assert_eq!(post(members[lead].admin_port, "/verify").0, 202);
-    wait_for("the cutover", Duration::from_secs(30), || {
-        post(members[lead].admin_port, "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(30), || {
+        post(members[lead].admin_port, "/cutover")
     });
     wait_for("both members cut over", Duration::from_secs(10), || {
         phase(&members[alive]) == "cutover" && phase(&members[lead]) == "cutover"
@@ -890,8 +890,8 @@ fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
     let lead = leader(&all);
     members[lead].wait_migration_drained(Duration::from_secs(30), 2);
     assert_eq!(post(members[lead].admin_port, "/verify").0, 202);
-    wait_for("the cutover", Duration::from_secs(30), || {
-        post(members[lead].admin_port, "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(30), || {
+        post(members[lead].admin_port, "/cutover")
     });
     wait_for("every member cut over", Duration::from_secs(10), || {
         members.iter().all(|m| phase(m) == "cutover")

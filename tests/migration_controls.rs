@@ -402,8 +402,8 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
     refilled(&proxy, &scene.target, &scene.source);
     assert_eq!(proxy.migration()["restarts"]["seen"][0]["side"], "target");
     verified(&proxy);
-    wait_for("the cutover", Duration::from_secs(10), || {
-        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(10), || {
+        http(proxy.admin_port, "POST", "/cutover")
     });
     support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
 
@@ -528,8 +528,8 @@ fn dirty_keys_survive_a_dirty_file_that_cannot_be_written() {
             .1
             .contains("\"needs_verify\":false")
     });
-    wait_for("the cutover", Duration::from_secs(30), || {
-        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(30), || {
+        http(proxy.admin_port, "POST", "/cutover")
     });
 }
 
@@ -690,8 +690,8 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
     wait_for("a clean verify pass", Duration::from_secs(30), || {
         verify(false) == 0
     });
-    wait_for("the cutover", Duration::from_secs(10), || {
-        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(10), || {
+        http(proxy.admin_port, "POST", "/cutover")
     });
     assert_eq!(support::get_numbered(&mut conn, 200), before_cutover);
 }
@@ -738,8 +738,8 @@ fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pa
     wait_for("a clean verify pass", Duration::from_secs(30), || {
         verify(false) == 0
     });
-    wait_for("the cutover", Duration::from_secs(10), || {
-        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(10), || {
+        http(proxy.admin_port, "POST", "/cutover")
     });
     support::compare::assert_same(&source, &targets);
 }

@@ -391,8 +391,8 @@ fn a_client_connected_straight_to_the_source_blocks_the_cutover() {
             .contains("connected straight to source server")
     });
     drop(direct);
-    wait_for("the cutover", Duration::from_secs(30), || {
-        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(30), || {
+        http(proxy.admin_port, "POST", "/cutover")
     });
 }
 
@@ -422,8 +422,8 @@ fn another_cutover_process_on_the_same_source_blocks_the_cutover() {
         "{body}"
     );
     drop(other);
-    wait_for("the cutover", Duration::from_secs(30), || {
-        http(proxy.admin_port, "POST", "/cutover").0 == 200
+    support::until_accepted("the cutover", Duration::from_secs(30), || {
+        http(proxy.admin_port, "POST", "/cutover")
     });
 }
 

@@ -1155,6 +1155,28 @@ pub fn past_the_checks(
     }
 }
 
+/// Make `request` (a flip, say: it is refused while a look or a lane is still due) every
+/// 50 ms until it is answered 200; fail the test after `limit`, with the last answer.
+/// The body of the 200.
+pub fn until_accepted(
+    what: &str,
+    limit: Duration,
+    mut request: impl FnMut() -> (u16, String),
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (code, body) = request();
+        if code == 200 {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; the last answer: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Poll `done` every 50 ms until it holds; fail the test after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

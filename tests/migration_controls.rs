@@ -420,6 +420,83 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
     support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
 }
 
+/// Rule 17 on the side clients use: a source server restarts from a snapshot older than
+/// its last writes, after a verify pass found no difference. Clients now see the old
+/// values, the keys deleted since back, and the keys written since gone; the target still
+/// held the newer state, and a cutover would have served it again. Instead the restart
+/// is found, the target follows the source (its keys copied again, and the target's keys
+/// of that server copied, so deleted where the source lost them), and the cutover waits
+/// for a verify pass that starts after the restart, which finds the sides equal with no
+/// repair.
+#[test]
+fn a_source_server_that_restarts_from_an_older_snapshot_is_followed_before_the_cutover() {
+    let mut scene = WithState::new("");
+    let proxy = Proxy::cutover(&scene.text);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    redis::cmd("SAVE")
+        .query::<()>(&mut scene.source.client())
+        .expect("SAVE");
+    // After the snapshot, through cutover (so mirrored): keys added, changed, deleted.
+    pipelined_sets(&proxy, "late", 50);
+    let mut conn = proxy.client();
+    let _: () = redis::cmd("SET")
+        .arg("k1")
+        .arg("changed")
+        .query(&mut conn)
+        .expect("SET");
+    let _: i64 = redis::cmd("DEL").arg("k2").query(&mut conn).expect("DEL");
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(verify_pass(&proxy, false), 0);
+    wait_for("no blocker", Duration::from_secs(10), || {
+        proxy.migration()["cutover"]["blockers"] == serde_json::json!([])
+    });
+
+    scene.source.restart_from_last_save();
+    assert_eq!(scene.source.dbsize(), 100, "the snapshot's keys");
+    wait_for(
+        "the restart to be seen (a look every 5 s)",
+        Duration::from_secs(15),
+        || proxy.migration()["restarts"]["seen"][0]["side"] == "source",
+    );
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("source server") && body.contains("restarted"),
+        "{body}"
+    );
+    wait_for("the passes", Duration::from_secs(30), || {
+        proxy.migration()["restarts"]["recopying"] == false
+    });
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let target: Vec<(String, Option<String>)> = ["k1", "k2", "late:0000"]
+        .iter()
+        .map(|key| {
+            let value = redis::cmd("GET")
+                .arg(key)
+                .query(&mut scene.target.client())
+                .expect("GET");
+            (key.to_string(), value)
+        })
+        .collect();
+    assert_eq!(
+        target,
+        [
+            ("k1".to_string(), Some("1".to_string())),
+            ("k2".to_string(), Some("2".to_string())),
+            ("late:0000".to_string(), None),
+        ],
+        "the target as the source reloaded it"
+    );
+    support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
+    let status = proxy.ctl_status();
+    assert!(status.contains("restarts source server"), "{status}");
+    assert_eq!(verify_pass(&proxy, false), 0, "equal with no repair");
+    support::until_accepted("the cutover", Duration::from_secs(10), || {
+        http(proxy.admin_port, "POST", "/cutover")
+    });
+    support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
+}
+
 /// Rule 7 at a SIGTERM that cannot wait for a dead target: the lanes spill what they
 /// hold into dirty keys, the stop stays clean, and the next run copies them.
 #[test]

@@ -178,7 +178,7 @@ fn evictions_text(evictions: &Value) -> String {
 }
 
 /// The servers seen restarting (rule 17), if any: `  restarts target server s1 12 s ago
-/// (run_id changed); every key was copied again (N keys queued)`.
+/// (run_id changed); their keys were copied again (N keys queued)`.
 fn restarts_text(restarts: &Value) -> String {
     let Some(seen) = restarts["seen"].as_array().filter(|seen| !seen.is_empty()) else {
         return String::new();
@@ -195,13 +195,10 @@ fn restarts_text(restarts: &Value) -> String {
             )
         })
         .collect();
-    let recopied = seen.iter().any(|r| r["recopied"].as_bool() == Some(true));
     let pass = if restarts["recopying"].as_bool() == Some(true) {
-        "every key is being copied again"
-    } else if recopied {
-        "every key was copied again"
+        "their keys are being copied again"
     } else {
-        "the side clients use: nothing to copy"
+        "their keys were copied again"
     };
     format!(
         "  restarts {} (run_id changed); {pass} ({} keys queued)\n",

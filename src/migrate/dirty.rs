@@ -60,8 +60,8 @@ pub enum Owed {
     Takeover = 1,
     /// The dirty-key file ended in a damaged record (a crash, a full disk).
     DamagedFile = 2,
-    /// A server of the mirrored side restarted: what it reloaded may hold keys since
-    /// deleted.
+    /// A server restarted: what it reloaded may hold keys since deleted, or lack keys the
+    /// other side holds.
     Restart = 3,
     /// A server of the side clients use was ejected (rule 18): their writes for its keys
     /// went to other servers, and it came back with what it held before.

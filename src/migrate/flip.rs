@@ -153,7 +153,7 @@ impl Migration {
         reasons.extend(self.restarts.blocker());
         if self.dirty.owes(Owed::Restart) {
             reasons.push(format!(
-                "{}; what it reloaded may hold keys deleted since, which a rollback would bring back: run a verify pass with repair (cutover ctl verify --repair) that starts now",
+                "{}; the two sides may differ (what it reloaded may hold keys deleted since, or lack keys the other side holds), which a rollback would serve: run a verify pass with repair (cutover ctl verify --repair) that starts now",
                 self.restarts.restarted_text()
             ));
         }
@@ -288,7 +288,7 @@ impl Migration {
                 Owed::StreamGap => "part of a source's replication stream was lost (or a replicated command's keys could not be told)".to_string(),
                 Owed::Takeover => "this member took over from a fleet leader, whose dirty keys died with it".to_string(),
                 Owed::DamagedFile => format!("the dirty-key file {} ended in a damaged record (a crash or a full disk), now cut off", self.dirty.path.display()),
-                Owed::Restart => format!("{}; what it reloaded may hold keys since deleted", self.restarts.restarted_text()),
+                Owed::Restart => format!("{}; the two sides may differ (what it reloaded may hold keys since deleted, or lack keys the other side holds)", self.restarts.restarted_text()),
                 Owed::Ejection => "a server of the side clients use was ejected (auto_eject_hosts): their writes for its keys went to the other servers meanwhile, and it came back with what it held before".to_string(),
                 Owed::Eviction => format!("{} (its maxmemory is full), so it lacks keys; raise its maxmemory or add servers", self.evictions.evicted_text()),
             };

@@ -1,21 +1,28 @@
-//! Servers of the mirrored side that restart (rule 17). cutover keeps one side equal to
-//! the other: the target while migrating, the source after a cutover (so a rollback loses
-//! nothing). A server of that side that restarts comes back empty (no persistence) or
-//! with an older snapshot, while the lanes still take its keys for copied: they would
-//! replay writes onto what is left, and a flip, allowed by a verify pass that ran before
-//! the restart, would serve keys that are missing or stale.
+//! Servers that restart (rule 17). cutover keeps one side equal to the other: the target
+//! while migrating, the source after a cutover (so a rollback loses nothing). A server
+//! that restarts comes back empty (no persistence) or with an older snapshot.
+//! - On the mirrored side, the lanes still take its keys for copied: they would replay
+//!   writes onto what is left, and a flip, allowed by a verify pass that ran before the
+//!   restart, would serve keys that are missing or stale.
+//! - On the side clients use, clients see what it lost or reloaded older, and the other
+//!   side no longer equals it: it still holds the keys the server lost, and the newer
+//!   values. A flip would bring them back to the clients.
 //!
 //! Redis gives every start of a server a new `run_id` (`INFO server`). cutover reads every
-//! server's, of both sides, every few seconds and again right before a flip, and keeps the
-//! last ones seen in the state file, so a restart while cutover itself was down is found
-//! too. When a server of the mirrored side has a new one:
-//! - every key of the authoritative side is copied again, through the lanes (so rule 3's
-//!   order holds, as for a capture's gap), and a flip waits until those passes have queued
-//!   every key (the lanes must then empty, as always);
-//! - a verify pass that starts after the restart is owed (a snapshot reloaded may hold
-//!   keys since deleted: only verify finds those);
-//! - it is logged, counted (`cutover_server_restarts_total{side, server}`, which counts
-//!   the authoritative side's restarts too), and shown in `/status` and `ctl status`.
+//! server's, of both sides, every few seconds (and the mirrored side's again right before
+//! a flip), and keeps the last ones seen in the state file, so a restart while cutover
+//! itself was down is found too. When a server has a new one:
+//! - of the mirrored side: every key of the authoritative side is copied again, through
+//!   the lanes (so rule 3's order holds, as for a capture's gap);
+//! - of the authoritative side: every key of that server is copied again, and so is
+//!   every key of the other side that the server owns (deleted there when the server no
+//!   longer holds it);
+//! - either way a flip waits until those passes have queued every key (the lanes must
+//!   then empty, as always), and a verify pass that starts after the restart is owed (a
+//!   snapshot reloaded may hold keys since deleted, and a key may be written while a pass
+//!   reads past it: only verify proves the sides equal again);
+//! - it is logged, counted (`cutover_server_restarts_total{side, server}`), and shown in
+//!   `/status` and `ctl status`.
 //!
 //! A failover behind the same address changes the `run_id` too, and is handled the same
 //! way: a replica promoted may lack the last writes.
@@ -27,7 +34,7 @@ use std::time::Duration;
 use metrics::Counter;
 
 use super::capture::Side;
-use super::{Migration, Owed, Role, counters, lock, marker, scan};
+use super::{CopyReason, Migration, Owed, Role, counters, lock, marker, scan};
 use crate::resp::info_field;
 use crate::upstream::Pool;
 
@@ -62,8 +69,9 @@ pub struct Restart {
     pub server: String,
     /// When it was seen (Unix milliseconds).
     pub at_ms: u64,
-    /// Whether its side was the mirrored one then (so every key was copied again).
-    pub recopied: bool,
+    /// Whether its side was the mirrored one then (every key was copied to it again);
+    /// else it was the side clients use (its keys were copied from it to the other side).
+    pub mirrored: bool,
 }
 
 /// What is known of the servers' runs.
@@ -72,7 +80,7 @@ pub struct Restarts {
     ids: [Mutex<Vec<Runs>>; 2],
     /// Restarts seen by this process, oldest first.
     seen: Mutex<Vec<Restart>>,
-    /// Full passes started (one an authoritative server, a restart).
+    /// Full passes started (one a server scanned after a restart).
     passes_started: AtomicU64,
     /// Full passes still queueing keys.
     passes_running: AtomicU64,
@@ -158,13 +166,11 @@ impl Restarts {
         self.passes_running.load(Relaxed) > 0
     }
 
-    /// The restarts that had every key copied again, in words: "target server s1
-    /// restarted (its run_id changed)".
+    /// The restarts seen, in words: "target server s1 restarted (its run_id changed)".
     pub fn restarted_text(&self) -> String {
         let names: Vec<String> = self
             .seen()
             .into_iter()
-            .filter(|r| r.recopied)
             .map(|r| format!("{} server {}", r.side, r.server))
             .collect();
         match names.as_slice() {
@@ -180,7 +186,7 @@ impl Restarts {
         (running > 0).then(|| {
             let started = self.passes_started.load(Relaxed);
             format!(
-                "{}: every key is being copied again (servers done: {} of {started}); wait for it",
+                "{}: its keys are being copied again (passes done: {} of {started}); wait for it",
                 self.restarted_text(),
                 started - running,
             )
@@ -284,8 +290,9 @@ impl Migration {
         unread
     }
 
-    /// Server `index` of `side` restarted. When `side` is the mirrored one: copy every key
-    /// of the other side again, and owe a verify pass.
+    /// Server `index` of `side` restarted: copy again every key it may have changed on
+    /// its side or on the other (which depends on whether `side` is the mirrored one),
+    /// and owe a verify pass.
     fn restarted(self: &Arc<Self>, side: Side, index: usize, name: &str, mirrored: bool) {
         let runs = &self.restarts;
         runs.counters[side as usize][index].increment(1);
@@ -293,41 +300,71 @@ impl Migration {
             side: side.name(),
             server: name.to_string(),
             at_ms: marker::now_ms(),
-            recopied: mirrored,
+            mirrored,
         });
-        if !mirrored {
-            tracing::warn!(
-                pool = self.source.name(),
+        self.dirty.owe_verify(Owed::Restart);
+        let pool = self.source.name();
+        if mirrored {
+            tracing::error!(
+                pool,
                 side = side.name(),
                 server = name,
-                "server restarted (its run_id changed); it is the side clients use, so what it lost is lost to them too"
+                "server restarted (its run_id changed): what it held may be lost or stale; every key is copied to its side again, and a verify pass is needed before the next flip"
             );
+            let authority = side.other();
+            for server in 0..authority.copy_pool(self).servers.len() {
+                let migration = self.clone();
+                self.full_pass(authority, server, async move {
+                    let pool = authority.copy_pool(&migration);
+                    let purpose = "copying every key again after a server restarted";
+                    scan::copy_every_key(&migration, pool, server, purpose).await
+                });
+            }
             return;
         }
-        self.dirty.owe_verify(Owed::Restart);
         tracing::error!(
-            pool = self.source.name(),
+            pool,
             side = side.name(),
             server = name,
-            "server restarted (its run_id changed): what it held may be lost or stale; every key is copied to its side again, and a verify pass is needed before the next flip"
+            "server restarted (its run_id changed) on the side clients use: what it lost or reloaded older is lost to them, and the other side still holds it; its keys, and every key the other side holds for it, are copied again, and a verify pass is needed before the next flip"
         );
-        let authority = side.other();
-        for server in 0..authority.copy_pool(self).servers.len() {
-            runs.passes_started.fetch_add(1, Relaxed);
-            runs.passes_running.fetch_add(1, Relaxed);
-            let migration = self.clone();
-            tokio::spawn(async move {
-                let pool = authority.copy_pool(&migration);
-                let purpose = "copying every key again after a server restarted";
-                let queued = scan::copy_every_key(&migration, pool, server, purpose).await;
-                let runs = &migration.restarts;
-                runs.keys_queued.fetch_add(queued, Relaxed);
-                if runs.passes_running.fetch_sub(1, Relaxed) == 1 {
-                    runs.passes_done();
-                }
-                tracing::info!(pool = migration.source.name(), server = %pool.servers[server].name, keys = queued, "full pass after a server's restart: every key queued to be copied again");
-            });
-        }
+        let migration = self.clone();
+        self.full_pass(side, index, async move {
+            let pool = side.copy_pool(&migration);
+            let purpose = "copying every key again after a server restarted";
+            scan::copy_every_key(&migration, pool, index, purpose).await
+        });
+        let migration = self.clone();
+        self.full_pass(side, index, async move {
+            let purpose = "copying the other side's keys of a server that restarted";
+            let owner = (side, index);
+            scan::copy_keys_owned_elsewhere(&migration, owner, CopyReason::FullPass, purpose).await
+        });
+    }
+
+    /// Run one full pass after a restart (`pass`, which returns the keys it queued) in the
+    /// background, counted in the passes a flip waits for; server `server` of `side` (the
+    /// server whose keys it copies) names it in the log.
+    fn full_pass(
+        self: &Arc<Self>,
+        side: Side,
+        server: usize,
+        pass: impl Future<Output = u64> + Send + 'static,
+    ) {
+        let runs = &self.restarts;
+        runs.passes_started.fetch_add(1, Relaxed);
+        runs.passes_running.fetch_add(1, Relaxed);
+        let migration = self.clone();
+        tokio::spawn(async move {
+            let queued = pass.await;
+            let runs = &migration.restarts;
+            runs.keys_queued.fetch_add(queued, Relaxed);
+            if runs.passes_running.fetch_sub(1, Relaxed) == 1 {
+                runs.passes_done();
+            }
+            let name = &side.copy_pool(&migration).servers[server].name;
+            tracing::info!(pool = migration.source.name(), side = side.name(), server = %name, keys = queued, "full pass after a server's restart: its keys queued to be copied again");
+        });
     }
 }
 

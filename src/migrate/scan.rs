@@ -1,12 +1,13 @@
 //! Every key of one server, a `SCAN` page at a time: what verify and the full passes (a
-//! capture's gap, a target server's restart) walk. (The backfill has its own loop: it resumes from a saved cursor and paces
-//! itself.)
+//! capture's gap, a FLUSHDB in a stream, a server's restart) walk. (The backfill has its
+//! own loop: it resumes from a saved cursor and paces itself.)
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::Migration;
+use super::capture::Side;
 use super::copy::CopyReason;
 use crate::upstream::Pool;
 
@@ -81,6 +82,39 @@ pub(super) async fn copy_every_key(
         for key in keys {
             queued += 1;
             migration.queue_copy(key, CopyReason::FullPass).await;
+        }
+    }
+    queued
+}
+
+/// Copy every key of the side `owner` does not belong to that server `owner.1` of side
+/// `owner.0` owns (by placement), through the lanes: a key that server no longer holds is
+/// deleted there. What a FLUSHDB on that server, or its restart, leaves on the other side,
+/// which no scan of the server itself finds. `reason` counts the copies, and `purpose`
+/// names the pass in the log line of a scan cut short. The keys queued.
+///
+/// Every event queued to the lanes before the call is applied first: a replay still
+/// queued would otherwise write a key after the scan looked for it.
+pub(super) async fn copy_keys_owned_elsewhere(
+    migration: &Migration,
+    owner: (Side, usize),
+    reason: CopyReason,
+    purpose: &'static str,
+) -> u64 {
+    migration.lanes.barrier().await;
+    let (side, server) = owner;
+    let owners = side.copy_pool(migration);
+    let other = side.other().copy_pool(migration);
+    let mut queued = 0u64;
+    for scanned in 0..other.servers.len() {
+        let mut scan = KeyScan::new(other, scanned, FULL_PASS_COUNT, purpose);
+        while let Some(keys) = scan.next_page().await {
+            for key in keys {
+                if owners.route(&key).is_some_and(|r| r.server == server) {
+                    queued += 1;
+                    migration.queue_copy(key, reason).await;
+                }
+            }
         }
     }
     queued

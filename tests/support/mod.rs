@@ -245,14 +245,28 @@ impl RedisServer {
     /// Stop it without saving (if it runs) and start it again, on the same port, empty (as
     /// a server without persistence comes back from a crash): a new `run_id`, no keys.
     pub fn restart_empty(&mut self) {
-        // Down already (after `shut_down`), it is only started again, without its dump.
+        self.stop_without_saving();
+        // Removed once it is down: a snapshot it was making (for a replica's full sync,
+        // say) can no longer land.
+        let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
+        self.start_again();
+    }
+
+    /// Stop it without saving (SHUTDOWN NOSAVE) and start it again on the same port and
+    /// directory: it comes back with what its last `SAVE` wrote, or empty if none did.
+    pub fn restart_from_last_save(&mut self) {
+        self.stop_without_saving();
+        self.start_again();
+    }
+
+    /// SHUTDOWN NOSAVE, and wait for the process to end (at once if it is down already,
+    /// after [`RedisServer::shut_down`]).
+    fn stop_without_saving(&mut self) {
         let address = format!("redis://127.0.0.1:{}", self.port);
         if let Ok(mut conn) = redis::Client::open(address).and_then(|c| c.get_connection()) {
             let _ = redis::cmd("SHUTDOWN").arg("NOSAVE").query::<()>(&mut conn);
         }
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
-        self.start_again();
     }
 
     /// Start it again after [`RedisServer::shut_down`], on the same port and directory,

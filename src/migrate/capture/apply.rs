@@ -10,12 +10,9 @@ use super::{CaptureAction, Here, Side, selected};
 use crate::command::{self, Access};
 use crate::migrate::lane::LaneEvent;
 use crate::migrate::marker::Marked;
-use crate::migrate::scan::{self, KeyScan};
+use crate::migrate::scan;
 use crate::migrate::{CopyReason, Migration};
 use crate::resp::Request;
-
-/// Keys a SCAN page asks for in the capture's full passes.
-const SCAN_COUNT: u32 = 1000;
 
 /// Commands the proxy's table does not know that name their key first (streams, mostly);
 /// for any other unknown command the source is asked (`COMMAND GETKEYS`).
@@ -164,27 +161,10 @@ async fn getkeys(migration: &Migration, here: Here, request: &Request) -> Vec<By
 /// `FLUSHDB`/`FLUSHALL` on the server the command came from: delete on the other side
 /// every key that server owns.
 async fn flush_owned(migration: &Migration, here: Here) {
-    // Every stream write before the FLUSHDB lands first: a replay still queued would
-    // otherwise write a key after the scan below looked for it.
-    migration.lanes.barrier().await;
-    let target = migration.mirror_to();
-    let mut deleted = 0u64;
-    for t in 0..target.servers.len() {
-        let mut scan = KeyScan::new(target, t, SCAN_COUNT, "capture (FLUSHDB)");
-        while let Some(keys) = scan.next_page().await {
-            for key in keys {
-                if here
-                    .side
-                    .pool(migration)
-                    .route(&key)
-                    .is_some_and(|r| r.server == here.server)
-                {
-                    migration.queue_copy(key, CopyReason::Write).await;
-                    deleted += 1;
-                }
-            }
-        }
-    }
+    let owner = (here.side, here.server);
+    let purpose = "capture (FLUSHDB)";
+    let deleted =
+        scan::copy_keys_owned_elsewhere(migration, owner, CopyReason::Write, purpose).await;
     let name = &here.side.pool(migration).servers[here.server].name;
     migration.counters.capture_flushes.increment(1);
     migration.counters.capture_flushed_keys.increment(deleted);

@@ -75,6 +75,12 @@ impl Migration {
         let unread = self.look_before_a_flip().await;
         let idle = self.wait_lanes_idle(IDLE_WAIT).await;
         self.refresh_direct_clients().await;
+        self.cutover_reasons(idle, unread)
+    }
+
+    /// The cutover's blockers once looked: the readiness report (with the lanes found
+    /// `idle` or not), then the mirrored servers whose `run_id` the look could not read.
+    fn cutover_reasons(&self, idle: bool, unread: Vec<String>) -> Vec<String> {
         let mut reasons = self.readiness(idle);
         reasons.extend(unread);
         reasons
@@ -110,10 +116,8 @@ impl Migration {
         let started = Instant::now();
         let look = async {
             if to == Phase::Cutover {
-                let unread = self.look_before_a_flip().await;
-                let mut reasons = self.readiness(true);
-                reasons.extend(unread);
-                reasons
+                // The hold waited for every lane to empty before this look.
+                self.cutover_reasons(true, self.look_before_a_flip().await)
             } else {
                 self.rollback_blockers().await
             }

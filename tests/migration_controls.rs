@@ -818,12 +818,7 @@ fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pa
     assert!(text.contains("evictions target server"), "{text}");
     assert!(proxy.metric_sum("cutover_server_evictions_total") > 0.0);
 
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query(&mut targets[0].client())
-        .expect("CONFIG SET");
+    no_maxmemory(&targets[0]);
     verify(true);
     wait_for("a clean verify pass", Duration::from_secs(30), || {
         verify(false) == 0
@@ -832,6 +827,111 @@ fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pa
         http(proxy.admin_port, "POST", "/cutover")
     });
     support::compare::assert_same(&source, &targets);
+}
+
+/// Rule 19 on the side clients use, under `capture: proxy`: a source server that evicts
+/// after a clean verify (a cache at its maxmemory) drops keys nothing tells cutover about,
+/// and the target keeps them. The cutover would have served them again; instead it is
+/// refused, naming the server and replication capture, until a verify pass with repair
+/// deleted them on the target.
+#[test]
+fn a_source_that_evicts_under_proxy_capture_holds_the_cutover_until_a_verify_pass() {
+    let (source, targets, proxy) = a_source_evicting_after_a_clean_verify("");
+    assert!(
+        targets[0].dbsize() > source.dbsize(),
+        "the target keeps what the source evicted"
+    );
+    wait_for(
+        "the evictions to be seen (a look every 5 s)",
+        Duration::from_secs(15),
+        || proxy.migration()["evictions_not_followed"][0]["side"] == "source",
+    );
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("that the target may still hold") && body.contains("capture: replication"),
+        "{body}"
+    );
+    let text = proxy.ctl_status();
+    assert!(text.contains("still held by the other"), "{text}");
+    assert!(proxy.metric_sum("cutover_evictions_not_followed_total") > 0.0);
+    assert_eq!(proxy.metric_sum("cutover_server_evictions_total"), 0.0);
+
+    no_maxmemory(&source);
+    assert!(verify_pass(&proxy, true).as_u64().unwrap_or(0) > 0);
+    assert_eq!(verify_pass(&proxy, false), 0);
+    support::until_accepted("the cutover", Duration::from_secs(10), || {
+        http(proxy.admin_port, "POST", "/cutover")
+    });
+    support::compare::assert_same(&source, &targets);
+}
+
+/// The same under replication capture: the stream carries each eviction as a delete, the
+/// target follows, and nothing is owed.
+#[test]
+fn a_source_that_evicts_under_replication_capture_is_followed() {
+    let (source, targets, proxy) =
+        a_source_evicting_after_a_clean_verify("    capture: replication\n");
+    wait_for("the target to follow", Duration::from_secs(15), || {
+        targets[0].dbsize() == source.dbsize()
+    });
+    assert!(source.info_number("stats", "evicted_keys").unwrap_or(0) > 0);
+    support::compare::assert_same(&source, &targets);
+    // After the cutover the source is the side kept equal: evicting still, it would hold
+    // the next rollback (rule 19's first half).
+    no_maxmemory(&source);
+    assert_eq!(verify_pass(&proxy, false), 0);
+    support::until_accepted("the cutover", Duration::from_secs(15), || {
+        http(proxy.admin_port, "POST", "/cutover")
+    });
+    assert_eq!(
+        proxy.migration()["evictions_not_followed"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        proxy.metric_sum("cutover_evictions_not_followed_total"),
+        0.0
+    );
+    support::compare::assert_same(&source, &targets);
+}
+
+/// Lift `server`'s maxmemory: it evicts no more.
+fn no_maxmemory(server: &RedisServer) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut server.client())
+        .expect("CONFIG SET");
+}
+
+/// A source of 200 keys migrating into one target with `extra` `migrate:` settings,
+/// verified clean; then the source is given room for about 2 MB more, evicting at
+/// random, and the app writes 4 MB through cutover.
+fn a_source_evicting_after_a_clean_verify(extra: &str) -> (RedisServer, Vec<RedisServer>, Proxy) {
+    let source = RedisServer::start();
+    let targets = vec![RedisServer::start()];
+    fill_numbered(&source, 200);
+    let proxy = Proxy::cutover(&migration_config(&source, &targets, extra));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(verify_pass(&proxy, false), 0);
+    // Room for the replication backlog (1 MB, under capture) to fill, which the server
+    // counts in its memory but cannot evict: past the limit it would refuse writes (-OOM).
+    source.evict_beyond(2_000_000);
+    let value = "v".repeat(1000);
+    let mut conn = proxy.client();
+    for batch in 0..40 {
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.cmd("SET")
+                .arg(format!("big{batch}:{i}"))
+                .arg(&value)
+                .ignore();
+        }
+        pipe.query::<()>(&mut conn).expect("SETs");
+    }
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    (source, targets, proxy)
 }
 
 /// Run a verify pass (with `repair`) through the admin API and wait for its end: the

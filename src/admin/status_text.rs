@@ -154,9 +154,9 @@ fn fleet_text(fleet: &Value) -> String {
     )
 }
 
-/// The servers of the mirrored side that evicted keys (rule 19), if any: `  evictions
+/// The servers that evicted keys (rule 19), if any, with `what` to say of them: `  evictions
 /// target server t1: 120 keys evicted while mirrored (maxmemory full); ...`.
-fn evictions_text(evictions: &Value) -> String {
+fn evictions_text(evictions: &Value, what: &str) -> String {
     let Some(seen) = evictions.as_array().filter(|seen| !seen.is_empty()) else {
         return String::new();
     };
@@ -171,10 +171,7 @@ fn evictions_text(evictions: &Value) -> String {
             )
         })
         .collect();
-    format!(
-        "  evictions {} evicted while mirrored (maxmemory full); raise maxmemory, then verify with repair\n",
-        servers.join(", ")
-    )
+    format!("  evictions {} {what}\n", servers.join(", "))
 }
 
 /// The servers seen restarting (rule 17), if any: `  restarts target server s1 12 s ago
@@ -384,7 +381,14 @@ fn migration_text(m: &Value) -> String {
         ));
     }
     out.push_str(&restarts_text(&m["restarts"]));
-    out.push_str(&evictions_text(&m["evictions"]));
+    out.push_str(&evictions_text(
+        &m["evictions"],
+        "evicted while mirrored (maxmemory full); raise maxmemory, then verify with repair",
+    ));
+    out.push_str(&evictions_text(
+        &m["evictions_not_followed"],
+        "evicted by the side clients use, still held by the other (capture: proxy cannot tell which); verify with repair before a flip, or use capture: replication",
+    ));
     out.push_str(&engines_text(m));
     out.push_str(&capture_text(&m["capture"]));
     out.push_str(&format!(

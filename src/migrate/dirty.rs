@@ -68,17 +68,21 @@ pub enum Owed {
     Ejection = 4,
     /// A server of the mirrored side evicted keys (rule 19): its maxmemory is full.
     Eviction = 5,
+    /// A server of the side clients use evicted keys under `capture: proxy` (rule 19):
+    /// the other side still holds them.
+    EvictionNotFollowed = 6,
 }
 
 impl Owed {
     /// Every cause, in the order of their numbers.
-    pub const ALL: [Owed; 6] = [
+    pub const ALL: [Owed; 7] = [
         Owed::StreamGap,
         Owed::Takeover,
         Owed::DamagedFile,
         Owed::Restart,
         Owed::Ejection,
         Owed::Eviction,
+        Owed::EvictionNotFollowed,
     ];
 }
 

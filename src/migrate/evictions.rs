@@ -1,17 +1,25 @@
-//! Servers of the mirrored side that evict keys (rule 19). A server whose `maxmemory` is
-//! full and whose `maxmemory-policy` evicts (`allkeys-lru` and the like) drops keys to
-//! make room, without an error to anyone: the lanes' writes succeed, and the keys it
-//! dropped are simply gone. A target too small for the source's data thus loses keys
-//! after a verify pass found none missing, and the cutover would serve without them.
-//! (A server that does not evict answers `-OOM`: the write fails, and its key is dirty.)
+//! Servers that evict keys (rule 19). A server whose `maxmemory` is full and whose
+//! `maxmemory-policy` evicts (`allkeys-lru` and the like) drops keys to make room,
+//! without an error to anyone: the writes succeed, and the keys it dropped are simply
+//! gone. (A server that does not evict answers `-OOM`: the write fails, and its key is
+//! dirty.)
+//! - On the mirrored side, a target too small for the source's data thus loses keys after
+//!   a verify pass found none missing, and the cutover would serve without them.
+//! - On the side clients use, the evictions are the app's own (a cache). Under
+//!   replication capture the stream carries them as deletes, and the other side follows.
+//!   Under `capture: proxy` nothing tells cutover which keys went: the other side keeps
+//!   them, and a flip would serve them again.
 //!
 //! Redis counts evictions in `INFO stats` (`evicted_keys`). cutover reads every server's,
 //! of both sides, every few seconds, and the mirrored side's again in a flip's checks.
-//! More evictions on the side kept equal since the last look owe a verify pass that
-//! starts after (its repair copies the missing keys, and it runs again until no server
-//! evicts), and are counted (`cutover_server_evictions_total{side, server}`), logged and
-//! shown in `/status` and `ctl status`. The authoritative side's evictions are the app's
-//! own (a cache): only the baseline is kept, so after a flip the count starts from it.
+//! More evictions since the last look owe a verify pass that starts after (its repair
+//! copies the keys the mirrored side lacks, or deletes those the other side evicted; a
+//! server that keeps evicting owes another at every look, so no flip goes through while
+//! it does), on the side kept equal (`cutover_server_evictions_total{side, server}`) and,
+//! under `capture: proxy`, on the side clients use
+//! (`cutover_evictions_not_followed_total{side, server}`); they are logged and shown in
+//! `/status` and `ctl status`. Under replication capture the side clients use keeps only
+//! its baseline, so that after a flip its count starts from it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -38,6 +46,9 @@ struct Counted {
     last: Option<u64>,
     /// Keys it evicted while its side was mirrored, as seen by this process.
     while_mirrored: u64,
+    /// Keys it evicted while its side was the one clients use, under `capture: proxy`
+    /// (the other side did not follow), as seen by this process.
+    not_followed: u64,
 }
 
 /// What is known of the servers' evictions.
@@ -49,6 +60,19 @@ pub struct Evictions {
     looking: [tokio::sync::Mutex<()>; 2],
     /// `cutover_server_evictions_total{pool, side, server}`, per side, per server.
     counters: [Vec<Counter>; 2],
+    /// `cutover_evictions_not_followed_total{pool, side, server}`, per side, per server.
+    not_followed: [Vec<Counter>; 2],
+}
+
+/// What a look found a server evicted since the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Nothing new (or a first count, a baseline).
+    Nothing,
+    /// Keys evicted on the side kept equal.
+    Mirrored(u64),
+    /// Keys evicted on the side clients use that the other side does not follow.
+    NotFollowed(u64),
 }
 
 /// One server's evictions while mirrored, for `/status`.
@@ -58,7 +82,8 @@ pub struct Evicted {
     pub side: &'static str,
     /// The server's name.
     pub server: String,
-    /// Keys it evicted while its side was mirrored.
+    /// Keys it evicted while its side was mirrored (in `seen`), or while it was the side
+    /// clients use and the other side did not follow (in `not_followed`).
     pub keys: u64,
 }
 
@@ -78,21 +103,37 @@ impl Evictions {
             servers: [Mutex::new(servers(0)), Mutex::new(servers(1))],
             looking: [tokio::sync::Mutex::new(()), tokio::sync::Mutex::new(())],
             counters: counters::per_side_server("cutover_server_evictions_total", pool, names),
+            not_followed: counters::per_side_server(
+                "cutover_evictions_not_followed_total",
+                pool,
+                names,
+            ),
         }
     }
 
     /// The servers that evicted keys while mirrored, for `/status`.
     pub fn seen(&self) -> Vec<Evicted> {
+        self.listed(|c| c.while_mirrored)
+    }
+
+    /// The servers of the side clients use that evicted keys the other side did not
+    /// follow (`capture: proxy`), for `/status`.
+    pub fn not_followed(&self) -> Vec<Evicted> {
+        self.listed(|c| c.not_followed)
+    }
+
+    /// Every server whose `keys` count is not zero.
+    fn listed(&self, keys: impl Fn(&Counted) -> u64) -> Vec<Evicted> {
         Side::BOTH
             .iter()
             .flat_map(|&side| {
                 lock(&self.servers[side as usize])
                     .iter()
-                    .filter(|c| c.while_mirrored > 0)
+                    .filter(|c| keys(c) > 0)
                     .map(|c| Evicted {
                         side: side.name(),
                         server: c.name.clone(),
-                        keys: c.while_mirrored,
+                        keys: keys(c),
                     })
                     .collect::<Vec<_>>()
             })
@@ -102,34 +143,60 @@ impl Evictions {
     /// The servers that evicted keys while mirrored, in words: "target server t1 evicted
     /// 120 keys".
     pub fn evicted_text(&self) -> String {
-        let servers: Vec<String> = self
-            .seen()
-            .into_iter()
-            .map(|e| format!("{} server {} evicted {} keys", e.side, e.server, e.keys))
-            .collect();
-        if servers.is_empty() {
-            "no server evicted keys".to_string()
-        } else {
-            servers.join(", ")
-        }
+        in_words(self.seen())
     }
 
-    /// Record `evicted` as server `index` of `side`'s `evicted_keys`: the keys evicted
-    /// since the last look (0 the first time, or after the count went back: a restart or
-    /// `CONFIG RESETSTAT`).
-    fn record(&self, side: Side, index: usize, evicted: u64, mirrored: bool) -> u64 {
+    /// The servers of the side clients use whose evictions the other side did not follow,
+    /// in words: "source server s1 evicted 120 keys".
+    pub fn not_followed_text(&self) -> String {
+        in_words(self.not_followed())
+    }
+
+    /// Record `evicted` as server `index` of `side`'s `evicted_keys`, with `side` the
+    /// mirrored one or not, and the other side `following` its deletes (replication
+    /// capture) or not: what it evicted since the last look (nothing the first time, or
+    /// after the count went back: a restart or `CONFIG RESETSTAT`).
+    fn record(
+        &self,
+        side: Side,
+        index: usize,
+        evicted: u64,
+        mirrored: bool,
+        following: bool,
+    ) -> Found {
         let mut servers = lock(&self.servers[side as usize]);
         let Some(counted) = servers.get_mut(index) else {
-            return 0;
+            return Found::Nothing;
         };
         let more = counted.last.map_or(0, |last| evicted.saturating_sub(last));
         counted.last = Some(evicted);
-        if mirrored && more > 0 {
+        if more == 0 {
+            return Found::Nothing;
+        }
+        if mirrored {
             counted.while_mirrored += more;
             self.counters[side as usize][index].increment(more);
-            return more;
+            Found::Mirrored(more)
+        } else if !following {
+            counted.not_followed += more;
+            self.not_followed[side as usize][index].increment(more);
+            Found::NotFollowed(more)
+        } else {
+            Found::Nothing
         }
-        0
+    }
+}
+
+/// Servers and their evictions in words: "target server t1 evicted 120 keys, ...".
+fn in_words(evicted: Vec<Evicted>) -> String {
+    let servers: Vec<String> = evicted
+        .into_iter()
+        .map(|e| format!("{} server {} evicted {} keys", e.side, e.server, e.keys))
+        .collect();
+    if servers.is_empty() {
+        "no server evicted keys".to_string()
+    } else {
+        servers.join(", ")
     }
 }
 
@@ -144,9 +211,10 @@ pub async fn watch(migration: std::sync::Arc<Migration>) {
 
 impl Migration {
     /// Read the `evicted_keys` of the servers `look` says, and owe a verify pass for more
-    /// on the mirrored side (rule 19). Not after finalize (nothing is mirrored), nor on a
-    /// fleet member that follows (the leader looks). A server that does not answer is
-    /// looked at again next time (its count then covers the time between).
+    /// on the mirrored side, or on the side clients use when the other does not follow
+    /// its deletes (rule 19). Not after finalize (nothing is mirrored), nor on a fleet
+    /// member that follows (the leader looks). A server that does not answer is looked at
+    /// again next time (its count then covers the time between).
     pub async fn watch_evictions(&self, look: Look) {
         let Some((mirrored, sides)) = look.sides(self) else {
             return;
@@ -158,18 +226,21 @@ impl Migration {
                 let Some(evicted) = read_evicted_keys(pool, index).await else {
                     continue;
                 };
-                let more = self
-                    .evictions
-                    .record(side, index, evicted, side == mirrored);
-                if more > 0 {
-                    self.dirty.owe_verify(Owed::Eviction);
-                    tracing::error!(
-                        pool = self.source.name(),
-                        side = side.name(),
-                        server = %server.name,
-                        keys = more,
-                        "a server of the side kept equal evicted keys (its maxmemory is full): it now lacks keys the other side holds; raise its maxmemory or add servers, then run a verify pass with repair"
-                    );
+                let following = self.capturing();
+                let found =
+                    self.evictions
+                        .record(side, index, evicted, side == mirrored, following);
+                let (pool, side, server) = (self.source.name(), side.name(), &server.name);
+                match found {
+                    Found::Nothing => {}
+                    Found::Mirrored(keys) => {
+                        self.dirty.owe_verify(Owed::Eviction);
+                        tracing::error!(pool, side, server = %server, keys, "a server of the side kept equal evicted keys (its maxmemory is full): it now lacks keys the other side holds; raise its maxmemory or add servers, then run a verify pass with repair");
+                    }
+                    Found::NotFollowed(keys) => {
+                        self.dirty.owe_verify(Owed::EvictionNotFollowed);
+                        tracing::warn!(pool, side, server = %server, keys, "a server of the side clients use evicted keys (its maxmemory is full); under capture: proxy nothing says which, so the other side still holds them: run a verify pass with repair before a flip, or migrate with capture: replication, which carries evictions as deletes");
+                    }
                 }
             }
         }
@@ -192,18 +263,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn evictions_count_from_the_first_look_and_only_while_mirrored() {
+    fn evictions_count_from_the_first_look_and_by_the_side_and_capture() {
         let names = ["t1".to_string()];
         let evictions = Evictions::new("p", [&[], &names]);
-        assert_eq!(evictions.record(Side::Target, 0, 50, true), 0, "a baseline");
-        assert_eq!(evictions.record(Side::Target, 0, 80, true), 30);
+        let target = |evicted, mirrored, following| {
+            evictions.record(Side::Target, 0, evicted, mirrored, following)
+        };
+        assert_eq!(target(50, true, false), Found::Nothing, "a baseline");
+        assert_eq!(target(80, true, false), Found::Mirrored(30));
         assert_eq!(
-            evictions.record(Side::Target, 0, 90, false),
-            0,
-            "authoritative"
+            target(90, false, true),
+            Found::Nothing,
+            "clients' side, its deletes followed"
         );
-        assert_eq!(evictions.record(Side::Target, 0, 5, true), 0, "a restart");
-        assert_eq!(evictions.record(Side::Target, 0, 7, true), 2);
+        assert_eq!(target(95, false, false), Found::NotFollowed(5));
+        assert_eq!(target(5, true, false), Found::Nothing, "a restart");
+        assert_eq!(target(7, true, false), Found::Mirrored(2));
         assert_eq!(evictions.evicted_text(), "target server t1 evicted 32 keys");
+        assert_eq!(
+            evictions.not_followed_text(),
+            "target server t1 evicted 5 keys"
+        );
     }
 }

@@ -168,6 +168,12 @@ impl Migration {
                 self.evictions.evicted_text()
             ));
         }
+        if self.dirty.owes(Owed::EvictionNotFollowed) {
+            reasons.push(format!(
+                "{} (its maxmemory is full) that the source may still hold, which a rollback would serve again: with capture: proxy nothing says which keys went; run a verify pass with repair (cutover ctl verify --repair) that starts now",
+                self.evictions.not_followed_text()
+            ));
+        }
         if self.dirty.owes(Owed::Ejection) {
             reasons.push("a target server was ejected (auto_eject_hosts): the app's writes for its keys went to the other target servers meanwhile, so the two sides differ; run a verify pass with repair (cutover ctl verify --repair) that starts now".to_string());
         }
@@ -295,6 +301,7 @@ impl Migration {
                 Owed::Restart => format!("{}; the two sides may differ (what it reloaded may hold keys since deleted, or lack keys the other side holds)", self.restarts.restarted_text()),
                 Owed::Ejection => "a server of the side clients use was ejected (auto_eject_hosts): their writes for its keys went to the other servers meanwhile, and it came back with what it held before".to_string(),
                 Owed::Eviction => format!("{} (its maxmemory is full), so it lacks keys; raise its maxmemory or add servers", self.evictions.evicted_text()),
+                Owed::EvictionNotFollowed => format!("{} (its maxmemory is full) that the target may still hold: with capture: proxy nothing says which keys went (capture: replication carries evictions as deletes)", self.evictions.not_followed_text()),
             };
             reasons.push(format!("{what}; run a verify pass with repair (cutover ctl verify --repair) that starts now"));
         }

@@ -49,6 +49,7 @@ impl Migration {
             "authority": self.authority().name(),
             "needs_verify": self.needs_verify(),
             "evictions": self.evictions.seen(),
+            "evictions_not_followed": self.evictions.not_followed(),
             "restarts": {
                 "seen": self.restarts.seen(),
                 "recopying": self.restarts.passes_running(),

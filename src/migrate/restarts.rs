@@ -18,9 +18,9 @@
 //!   every key of the other side that the server owns (deleted there when the server no
 //!   longer holds it);
 //! - either way a flip waits until those passes have queued every key (the lanes must
-//!   then empty, as always), and a verify pass that starts after the restart is owed (a
-//!   snapshot reloaded may hold keys since deleted, and a key may be written while a pass
-//!   reads past it: only verify proves the sides equal again);
+//!   then empty, as always), and a verify pass that starts after the restart is owed:
+//!   only verify proves the sides equal again (a mirrored server's snapshot may hold keys
+//!   since deleted, which no copy of the other side's keys removes);
 //! - it is logged, counted (`cutover_server_restarts_total{side, server}`), and shown in
 //!   `/status` and `ctl status`.
 //!
@@ -313,12 +313,7 @@ impl Migration {
             );
             let authority = side.other();
             for server in 0..authority.copy_pool(self).servers.len() {
-                let migration = self.clone();
-                self.full_pass(authority, server, async move {
-                    let pool = authority.copy_pool(&migration);
-                    let purpose = "copying every key again after a server restarted";
-                    scan::copy_every_key(&migration, pool, server, purpose).await
-                });
+                self.copy_server_again(authority, server);
             }
             return;
         }
@@ -328,17 +323,22 @@ impl Migration {
             server = name,
             "server restarted (its run_id changed) on the side clients use: what it lost or reloaded older is lost to them, and the other side still holds it; its keys, and every key the other side holds for it, are copied again, and a verify pass is needed before the next flip"
         );
-        let migration = self.clone();
-        self.full_pass(side, index, async move {
-            let pool = side.copy_pool(&migration);
-            let purpose = "copying every key again after a server restarted";
-            scan::copy_every_key(&migration, pool, index, purpose).await
-        });
+        self.copy_server_again(side, index);
         let migration = self.clone();
         self.full_pass(side, index, async move {
             let purpose = "copying the other side's keys of a server that restarted";
             let owner = (side, index);
             scan::copy_keys_owned_elsewhere(&migration, owner, CopyReason::FullPass, purpose).await
+        });
+    }
+
+    /// Copy every key of server `server` of `side` again, in a full pass a flip waits for.
+    fn copy_server_again(self: &Arc<Self>, side: Side, server: usize) {
+        let migration = self.clone();
+        self.full_pass(side, server, async move {
+            let pool = side.copy_pool(&migration);
+            let purpose = "copying every key again after a server restarted";
+            scan::copy_every_key(&migration, pool, server, purpose).await
         });
     }
 

@@ -632,11 +632,7 @@ fn a_target_server_that_restarts_while_the_cutover_prepares_gives_the_cutover_up
     let proxy = capturing(&source, &targets);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     let verified = || {
-        assert_eq!(support::http(proxy.admin_port, "POST", "/verify").0, 202);
-        wait_for("a clean verify pass", Duration::from_secs(30), || {
-            let m = proxy.migration();
-            m["verify"]["running"] == false && m["verify"]["last"]["differences"] == 0
-        });
+        assert_eq!(proxy.verify_pass(false), 0, "a clean verify pass");
         wait_for("no blocker", Duration::from_secs(15), || {
             proxy.migration()["cutover"]["blockers"] == serde_json::json!([])
         });

@@ -353,13 +353,7 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
     let mut scene = WithState::new("");
     let mut proxy = Proxy::cutover(&scene.text);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    let verified = |proxy: &Proxy| {
-        assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
-        wait_for("a verify pass", Duration::from_secs(30), || {
-            let m = proxy.migration();
-            m["verify"]["running"] == false && m["verify"]["last"]["differences"] == 0
-        });
-    };
+    let verified = |proxy: &Proxy| assert_eq!(proxy.verify_pass(false), 0, "a clean verify pass");
     // `emptied` holds every key of `from` again, and the lanes are empty.
     let refilled = |proxy: &Proxy, emptied: &RedisServer, from: &RedisServer| {
         wait_for("every key copied again", Duration::from_secs(30), || {
@@ -459,7 +453,7 @@ fn source_restart_from_an_older_snapshot(extra: &str) {
         .expect("SET");
     let _: i64 = redis::cmd("DEL").arg("k2").query(&mut conn).expect("DEL");
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    assert_eq!(verify_pass(&proxy, false), 0);
+    assert_eq!(proxy.verify_pass(false), 0);
     wait_for("no blocker", Duration::from_secs(10), || {
         proxy.migration()["cutover"]["blockers"] == serde_json::json!([])
     });
@@ -503,7 +497,7 @@ fn source_restart_from_an_older_snapshot(extra: &str) {
     support::compare::assert_same(&scene.source, std::slice::from_ref(&scene.target));
     let status = proxy.ctl_status();
     assert!(status.contains("restarts source server"), "{status}");
-    assert_eq!(verify_pass(&proxy, false), 0, "equal with no repair");
+    assert_eq!(proxy.verify_pass(false), 0, "equal with no repair");
     support::until_accepted("the cutover", Duration::from_secs(10), || {
         http(proxy.admin_port, "POST", "/cutover")
     });
@@ -742,7 +736,7 @@ fn an_ejected_source_server_owes_a_verify_pass_before_the_cutover() {
     let mut conn = proxy.client();
     support::set_numbered(&mut conn, 200, "before");
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    let verify = |repair: bool| verify_pass(&proxy, repair);
+    let verify = |repair: bool| proxy.verify_pass(repair);
     assert_eq!(verify(false), 0);
     assert!(sources.iter().all(|s| s.dbsize() > 0));
 
@@ -797,7 +791,7 @@ fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pa
     fill_numbered(&source, 200);
     let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    let verify = |repair: bool| verify_pass(&proxy, repair);
+    let verify = |repair: bool| proxy.verify_pass(repair);
     assert_eq!(verify(false), 0);
 
     // Room for about 300 KB more on the target, which evicts at random when full.
@@ -858,8 +852,8 @@ fn a_source_that_evicts_under_proxy_capture_holds_the_cutover_until_a_verify_pas
     assert_eq!(proxy.metric_sum("cutover_server_evictions_total"), 0.0);
 
     no_maxmemory(&source);
-    assert!(verify_pass(&proxy, true).as_u64().unwrap_or(0) > 0);
-    assert_eq!(verify_pass(&proxy, false), 0);
+    assert!(proxy.verify_pass(true).as_u64().unwrap_or(0) > 0);
+    assert_eq!(proxy.verify_pass(false), 0);
     support::until_accepted("the cutover", Duration::from_secs(10), || {
         http(proxy.admin_port, "POST", "/cutover")
     });
@@ -880,7 +874,7 @@ fn a_source_that_evicts_under_replication_capture_is_followed() {
     // After the cutover the source is the side kept equal: evicting still, it would hold
     // the next rollback (rule 19's first half).
     no_maxmemory(&source);
-    assert_eq!(verify_pass(&proxy, false), 0);
+    assert_eq!(proxy.verify_pass(false), 0);
     support::until_accepted("the cutover", Duration::from_secs(15), || {
         http(proxy.admin_port, "POST", "/cutover")
     });
@@ -914,7 +908,7 @@ fn a_source_evicting_after_a_clean_verify(extra: &str) -> (RedisServer, Vec<Redi
     fill_numbered(&source, 200);
     let proxy = Proxy::cutover(&migration_config(&source, &targets, extra));
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    assert_eq!(verify_pass(&proxy, false), 0);
+    assert_eq!(proxy.verify_pass(false), 0);
     // Room for the replication backlog (1 MB, under capture) to fill, which the server
     // counts in its memory but cannot evict: past the limit it would refuse writes (-OOM).
     source.evict_beyond(2_000_000);
@@ -932,21 +926,6 @@ fn a_source_evicting_after_a_clean_verify(extra: &str) -> (RedisServer, Vec<Redi
     }
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     (source, targets, proxy)
-}
-
-/// Run a verify pass (with `repair`) through the admin API and wait for its end: the
-/// differences it found.
-fn verify_pass(proxy: &Proxy, repair: bool) -> serde_json::Value {
-    let path = if repair {
-        "/verify?repair=true"
-    } else {
-        "/verify"
-    };
-    assert_eq!(http(proxy.admin_port, "POST", path).0, 202);
-    wait_for("a verify pass", Duration::from_secs(30), || {
-        proxy.migration()["verify"]["running"] == false
-    });
-    proxy.migration()["verify"]["last"]["differences"].clone()
 }
 
 /// DUMP or RESTORE refused outright (renamed away, or not permitted to the user, as for
@@ -976,7 +955,7 @@ fn a_refused_dump_or_restore_falls_back_to_copies_by_type() {
         proxy.wait_migration_drained(Duration::from_secs(30), 2);
         support::compare::assert_same(&source, &targets);
         assert_eq!(
-            verify_pass(&proxy, false),
+            proxy.verify_pass(false),
             0,
             "{}",
             proxy.migration()["verify"]

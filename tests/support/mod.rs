@@ -639,6 +639,21 @@ impl Proxy {
         self.status()["pools"][0]["migration"].clone()
     }
 
+    /// Run a verify pass (with `repair`) through the admin API and wait for its end: the
+    /// differences it found.
+    pub fn verify_pass(&self, repair: bool) -> serde_json::Value {
+        let path = if repair {
+            "/verify?repair=true"
+        } else {
+            "/verify"
+        };
+        assert_eq!(http(self.admin_port, "POST", path).0, 202);
+        wait_for("a verify pass", Duration::from_secs(30), || {
+            self.migration()["verify"]["running"] == false
+        });
+        self.migration()["verify"]["last"]["differences"].clone()
+    }
+
     /// The capture's applied offset in the first source server's stream (`/status`).
     pub fn captured(&self) -> u64 {
         self.migration()["capture"]["servers"][0]["offset"]

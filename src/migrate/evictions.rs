@@ -219,6 +219,8 @@ impl Migration {
         let Some((mirrored, sides)) = look.sides(self) else {
             return;
         };
+        // Under replication capture the other side follows the deletes of evictions.
+        let following = self.capturing();
         for side in sides {
             let _looking = self.evictions.looking[side as usize].lock().await;
             let pool = side.copy_pool(self);
@@ -226,7 +228,6 @@ impl Migration {
                 let Some(evicted) = read_evicted_keys(pool, index).await else {
                     continue;
                 };
-                let following = self.capturing();
                 let found =
                     self.evictions
                         .record(side, index, evicted, side == mirrored, following);

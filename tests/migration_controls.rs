@@ -421,24 +421,45 @@ fn a_target_server_that_restarts_empty_is_filled_again_before_the_cutover() {
 /// is found, the target follows the source (its keys copied again, and the target's keys
 /// of that server copied, so deleted where the source lost them), and the cutover waits
 /// for a verify pass that starts after the restart, which finds the sides equal with no
-/// repair.
+/// repair. The periodic looks are stretched to an hour, so the restart is found by the
+/// cutover's own check, right after it.
 #[test]
 fn a_source_server_that_restarts_from_an_older_snapshot_is_followed_before_the_cutover() {
-    source_restart_from_an_older_snapshot("");
+    source_restart_from_an_older_snapshot("", FoundBy::TheCutoversCheck);
 }
 
 /// The same under replication capture, where the restart also breaks the source's
 /// stream: it continues with a full resync, whose gap owes its own pass and verify.
 #[test]
 fn a_source_server_that_restarts_from_an_older_snapshot_is_followed_under_capture() {
-    source_restart_from_an_older_snapshot("    capture: replication\n");
+    source_restart_from_an_older_snapshot("    capture: replication\n", FoundBy::APeriodicLook);
+}
+
+/// What finds a server's restart (or evictions) in a test.
+#[derive(PartialEq)]
+enum FoundBy {
+    /// The look every 5 s, waited for.
+    APeriodicLook,
+    /// The cutover's check: the periodic looks are stretched to an hour (only the first,
+    /// at the start, runs), and the cutover is asked for at once.
+    TheCutoversCheck,
+}
+
+impl FoundBy {
+    /// The environment cutover runs with.
+    fn env(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            FoundBy::APeriodicLook => &[],
+            FoundBy::TheCutoversCheck => &[("CUTOVER_TEST_LOOK_EVERY_MS", "3600000")],
+        }
+    }
 }
 
 /// A source server `SAVE`d, then keys added, changed and deleted through cutover, then
 /// restarted from the snapshot after a clean verify, with `extra` `migrate:` settings.
-fn source_restart_from_an_older_snapshot(extra: &str) {
+fn source_restart_from_an_older_snapshot(extra: &str, found_by: FoundBy) {
     let mut scene = WithState::new(extra);
-    let proxy = Proxy::cutover(&scene.text);
+    let proxy = Proxy::cutover_env(&scene.text, found_by.env());
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     redis::cmd("SAVE")
         .query::<()>(&mut scene.source.client())
@@ -460,11 +481,13 @@ fn source_restart_from_an_older_snapshot(extra: &str) {
 
     scene.source.restart_from_last_save();
     assert_eq!(scene.source.dbsize(), 100, "the snapshot's keys");
-    wait_for(
-        "the restart to be seen (a look every 5 s)",
-        Duration::from_secs(15),
-        || proxy.migration()["restarts"]["seen"][0]["side"] == "source",
-    );
+    if found_by == FoundBy::APeriodicLook {
+        wait_for(
+            "the restart to be seen (a look every 5 s)",
+            Duration::from_secs(15),
+            || proxy.migration()["restarts"]["seen"][0]["side"] == "source",
+        );
+    }
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(
@@ -830,15 +853,11 @@ fn a_target_that_evicts_keys_holds_the_cutover_until_it_has_room_and_a_verify_pa
 /// deleted them on the target.
 #[test]
 fn a_source_that_evicts_under_proxy_capture_holds_the_cutover_until_a_verify_pass() {
-    let (source, targets, proxy) = a_source_evicting_after_a_clean_verify("");
+    let (source, targets, proxy) =
+        a_source_evicting_after_a_clean_verify("", FoundBy::TheCutoversCheck);
     assert!(
         targets[0].dbsize() > source.dbsize(),
         "the target keeps what the source evicted"
-    );
-    wait_for(
-        "the evictions to be seen (a look every 5 s)",
-        Duration::from_secs(15),
-        || proxy.migration()["evictions_not_followed"][0]["side"] == "source",
     );
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
@@ -864,8 +883,10 @@ fn a_source_that_evicts_under_proxy_capture_holds_the_cutover_until_a_verify_pas
 /// target follows, and nothing is owed.
 #[test]
 fn a_source_that_evicts_under_replication_capture_is_followed() {
-    let (source, targets, proxy) =
-        a_source_evicting_after_a_clean_verify("    capture: replication\n");
+    let (source, targets, proxy) = a_source_evicting_after_a_clean_verify(
+        "    capture: replication\n",
+        FoundBy::APeriodicLook,
+    );
     wait_for("the target to follow", Duration::from_secs(15), || {
         targets[0].dbsize() == source.dbsize()
     });
@@ -902,11 +923,15 @@ fn no_maxmemory(server: &RedisServer) {
 /// A source of 200 keys migrating into one target with `extra` `migrate:` settings,
 /// verified clean; then the source is given room for about 2 MB more, evicting at
 /// random, and the app writes 4 MB through cutover.
-fn a_source_evicting_after_a_clean_verify(extra: &str) -> (RedisServer, Vec<RedisServer>, Proxy) {
+fn a_source_evicting_after_a_clean_verify(
+    extra: &str,
+    found_by: FoundBy,
+) -> (RedisServer, Vec<RedisServer>, Proxy) {
     let source = RedisServer::start();
     let targets = vec![RedisServer::start()];
     fill_numbered(&source, 200);
-    let proxy = Proxy::cutover(&migration_config(&source, &targets, extra));
+    let config = migration_config(&source, &targets, extra);
+    let proxy = Proxy::cutover_env(&config, found_by.env());
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     assert_eq!(proxy.verify_pass(false), 0);
     // Room for the replication backlog (1 MB, under capture) to fill, which the server

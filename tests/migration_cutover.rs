@@ -502,3 +502,58 @@ fn a_source_server_that_cannot_list_its_clients_blocks_the_cutover() {
     );
     sleeper.join().expect("DEBUG SLEEP");
 }
+
+/// A rollback is the way back from a target that misbehaves, so a target server that
+/// hangs must not hang it, nor hold the clients of every other server while it waits.
+/// - The flip's check reads the side clients use (after the cutover, the target) for
+///   restarts and evictions since the last periodic look only for half a second, and
+///   goes on.
+/// - The hold, with the gate closed, waits for what was sent to that server before only
+///   until the flip's limit (5 s): the rollback is given up while the server still
+///   sleeps, and clients of the other server are served again at once.
+///
+/// Before, the check waited two tries of 2 s for the sleeping server, and the hold waited
+/// until it woke: every client was held for as long as it slept.
+#[test]
+fn a_target_server_that_hangs_gives_a_rollback_up_without_holding_every_client() {
+    let source = RedisServer::start();
+    let targets = vec![
+        RedisServer::start(),
+        RedisServer::start_with(&["--enable-debug-command", "yes"]),
+    ];
+    support::fill_numbered(&source, 100);
+    let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(proxy.verify_pass(false), 0);
+    support::until_accepted("the cutover", Duration::from_secs(10), || {
+        http(proxy.admin_port, "POST", "/cutover")
+    });
+    let awake = (0..100)
+        .map(|i| format!("k{i}"))
+        .find(|key| owner(&targets, key).port == targets[0].port)
+        .expect("a key of the server awake");
+    // Connected first: a connection made while it sleeps would wait for it to wake.
+    let mut probe = targets[1].client();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    // Asleep for longer than any of the checks waits; it is stopped, not waited for.
+    let _sleeper = targets[1].hold_busy(60);
+    let (code, body) = http(proxy.admin_port, "POST", "/rollback");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("did not finish within 5s"), "{body}");
+    let log = proxy.log();
+    assert!(
+        log.contains("a flip's check could not read every server of the side clients use")
+            && log.contains("flip abandoned, clients released"),
+        "{log}"
+    );
+    let asleep = redis::cmd("PING").query::<String>(&mut probe);
+    assert!(asleep.is_err(), "given up before the server woke");
+    let value: Option<String> = redis::cmd("GET")
+        .arg(&awake)
+        .query(&mut proxy.client())
+        .expect("GET");
+    assert!(value.is_some());
+    assert_eq!(migration(&proxy)["phase"], "cutover");
+}

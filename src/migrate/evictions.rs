@@ -11,7 +11,8 @@
 //!   them, and a flip would serve them again.
 //!
 //! Redis counts evictions in `INFO stats` (`evicted_keys`). cutover reads every server's,
-//! of both sides, every few seconds, and the mirrored side's again in a flip's checks.
+//! of both sides, every few seconds and again in a flip's checks (the side clients use
+//! then only as far as it answers within half a second).
 //! More evictions since the last look owe a verify pass that starts after (its repair
 //! copies the keys the mirrored side lacks, or deletes those the other side evicted; a
 //! server that keeps evicting owes another at every look, so no flip goes through while
@@ -32,8 +33,6 @@ use super::{Migration, Owed, counters, lock};
 use crate::resp::info_field;
 use crate::upstream::Pool;
 
-/// Time between two periodic looks.
-const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait for one server's `INFO stats`.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -205,7 +204,7 @@ fn in_words(evicted: Vec<Evicted>) -> String {
 pub async fn watch(migration: std::sync::Arc<Migration>) {
     loop {
         migration.watch_evictions(Look::BothSides).await;
-        tokio::time::sleep(LOOK_EVERY).await;
+        tokio::time::sleep(super::restarts::look_every()).await;
     }
 }
 
@@ -216,12 +215,21 @@ impl Migration {
     /// member that follows (the leader looks). A server that does not answer is looked at
     /// again next time (its count then covers the time between).
     pub async fn watch_evictions(&self, look: Look) {
-        let Some((mirrored, sides)) = look.sides(self) else {
+        let Some(mirrored) = Look::mirrored(self) else {
             return;
         };
+        // Side by side: a flip's check reads both, and one may be slow.
+        tokio::join!(
+            self.read_evictions(look, Side::Source, mirrored),
+            self.read_evictions(look, Side::Target, mirrored)
+        );
+    }
+
+    /// `look`'s reading of `side`'s `evicted_keys`.
+    async fn read_evictions(&self, look: Look, side: Side, mirrored: Side) {
         // Under replication capture the other side follows the deletes of evictions.
         let following = self.capturing();
-        for side in sides {
+        let read = async {
             let _looking = self.evictions.looking[side as usize].lock().await;
             let pool = side.copy_pool(self);
             for (index, server) in pool.servers.iter().enumerate() {
@@ -244,7 +252,8 @@ impl Migration {
                     }
                 }
             }
-        }
+        };
+        look.read(side, mirrored, "evicted_keys", read).await;
     }
 }
 

@@ -87,14 +87,15 @@ impl Migration {
     }
 
     /// Look now, not after the flip, at what the periodic looks would find later: the
-    /// mirrored side's restarts (rule 17) and evictions (rule 19), and the ejections on
-    /// the side clients use (rule 18). The mirrored servers whose `run_id` could not be
+    /// servers' restarts (rule 17) and evictions (rule 19), the mirrored side's in full
+    /// and the side clients use as far as it answers within half a second, and the ejections
+    /// on the side clients use (rule 18). The mirrored servers whose `run_id` could not be
     /// read, with why.
     async fn look_before_a_flip(self: &Arc<Self>) -> Vec<String> {
         // Side by side: under the gate (rule 20) this look is part of the pause.
         let (unread, ()) = tokio::join!(
-            self.watch_restarts(Look::Mirrored),
-            self.watch_evictions(Look::Mirrored)
+            self.watch_restarts(Look::BeforeAFlip),
+            self.watch_evictions(Look::BeforeAFlip)
         );
         self.look_at_ejections();
         unread
@@ -103,8 +104,8 @@ impl Migration {
     /// Rule 20: the flip's last look, taken under the gate once every request routed
     /// before it is answered (in a fleet, once every member holds). The checks before ran
     /// with the gate open, for seconds (waiting for the lanes to empty, listing the source's
-    /// clients, under capture a full sync of each new authority's server): a mirrored
-    /// server that restarted or evicted meanwhile, or an ejection on the side clients use,
+    /// clients, under capture a full sync of each new authority's server): a server
+    /// that restarted or evicted meanwhile, or an ejection on the side clients use,
     /// would be found only after the flip. So look again, now that no request reaches
     /// either side, and give the flip up (`Err`, every reason) if anything stands in the
     /// way; `Ok` at once for a forced flip or a finalize. The look must finish within
@@ -440,11 +441,20 @@ impl Migration {
     /// Close the gate and wait until every request routed before it was answered (so
     /// every acknowledged write is applied on the authoritative side), no mirror hook is
     /// alive and the lanes are empty; false (the gate open again) if `deadline` passes.
+    /// A server of the side clients use that hangs thus gives the flip up at the
+    /// deadline, rather than holding every client of every server until it answers.
     pub async fn hold(&self, deadline: Instant) -> bool {
         self.flips.gate.close();
         if self.wait_quiet(deadline).await {
-            self.authority().behind_every_request().await;
-            return true;
+            let answered =
+                tokio::time::timeout_at(deadline, self.authority().behind_every_request()).await;
+            if answered.is_ok() {
+                return true;
+            }
+            tracing::warn!(
+                pool = self.source.name(),
+                "a server of the side clients use did not answer what was sent to it before the flip (a hung server?); flip abandoned, clients released"
+            );
         }
         self.flips.gate.open();
         false

@@ -9,9 +9,9 @@
 //!   values. A flip would bring them back to the clients.
 //!
 //! Redis gives every start of a server a new `run_id` (`INFO server`). cutover reads every
-//! server's, of both sides, every few seconds (and the mirrored side's again right before
-//! a flip), and keeps the last ones seen in the state file, so a restart while cutover
-//! itself was down is found too. When a server has a new one:
+//! server's, of both sides, every few seconds and again right before a flip (the side
+//! clients use then only as far as it answers within half a second), and keeps the last
+//! ones seen in the state file, so a restart while cutover itself was down is found too. When a server has a new one:
 //! - of the mirrored side: every key of the authoritative side is copied again, through
 //!   the lanes (so rule 3's order holds, as for a capture's gap);
 //! - of the authoritative side: every key of that server is copied again, and so is
@@ -43,8 +43,6 @@ const READ_TRIES: usize = 2;
 /// Longest wait for one server's `INFO server` (a hung server must not hold a flip's
 /// check, or the periodic look, for ever).
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time between two periodic looks.
-const LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// One server's runs.
 #[derive(Debug, Clone, Default)]
@@ -223,27 +221,71 @@ pub enum Look {
     /// Both sides: the periodic look (the authoritative side's `run_id`s are kept so that,
     /// after a flip, its restarts are measured from before it).
     BothSides,
-    /// Only the mirrored side: a flip's check, which a hung server of the side clients
-    /// use must not hold up.
+    /// A flip's check: the mirrored side, and the side clients use for at most
+    /// [`CLIENTS_SIDE_LIMIT`]. A restart or an eviction there in the seconds since the
+    /// last periodic look is then found before the flip rather than after it, but a hung
+    /// server of that side must not hold a flip up: what it does not answer in time the
+    /// next periodic look reads.
+    BeforeAFlip,
+    /// Only the mirrored side (the start of a verify pass, the end of an offline copy).
     Mirrored,
 }
 
+/// How long a flip's check reads the side clients use. Its servers answer `INFO` within
+/// a millisecond unless hung (or forking a large snapshot); the last look, under the
+/// gate, holds every client while it reads, for 2 s at most.
+const CLIENTS_SIDE_LIMIT: Duration = Duration::from_millis(500);
+
 impl Look {
-    /// The sides this look reads in `migration`'s phase, and which of them is the
-    /// mirrored one; `None` after finalize (nothing is mirrored), and on a fleet member
-    /// that follows (the leader looks).
-    pub fn sides(self, migration: &Migration) -> Option<(Side, Vec<Side>)> {
+    /// Which side is the mirrored one in `migration`'s phase, if this process looks at
+    /// all: not after finalize (nothing is mirrored), nor on a fleet member that follows
+    /// (the leader looks).
+    pub fn mirrored(migration: &Migration) -> Option<Side> {
         let authority = Side::authority(migration.phase())?;
-        if migration.role() == Role::Follower {
-            return None;
-        }
-        let mirrored = authority.other();
-        let sides = Side::BOTH
-            .into_iter()
-            .filter(|&side| self == Look::BothSides || side == mirrored)
-            .collect();
-        Some((mirrored, sides))
+        (migration.role() != Role::Follower).then(|| authority.other())
     }
+
+    /// Run `read`, this look's reading of `side` (the mirrored side being `mirrored`),
+    /// and return what it found; `None` when the look does not read `side`, or when a
+    /// flip's check cut its reading of the side clients use short (`what` names the
+    /// reading in the log).
+    pub async fn read<T>(
+        self,
+        side: Side,
+        mirrored: Side,
+        what: &str,
+        read: impl Future<Output = T>,
+    ) -> Option<T> {
+        match self {
+            Look::BothSides => Some(read.await),
+            Look::Mirrored if side == mirrored => Some(read.await),
+            Look::BeforeAFlip if side == mirrored => Some(read.await),
+            Look::Mirrored => None,
+            Look::BeforeAFlip => {
+                let read = tokio::time::timeout(CLIENTS_SIDE_LIMIT, read).await;
+                if read.is_err() {
+                    tracing::warn!(
+                        side = side.name(),
+                        what,
+                        "a flip's check could not read every server of the side clients use within {CLIENTS_SIDE_LIMIT:?}; the flip goes on, and the next periodic look reads them"
+                    );
+                }
+                read.ok()
+            }
+        }
+    }
+}
+
+/// Time between two periodic looks (at restarts and at evictions). Tests that show what
+/// a flip's own check finds stretch it (`CUTOVER_TEST_LOOK_EVERY_MS`).
+pub fn look_every() -> Duration {
+    static EVERY: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+        std::env::var("CUTOVER_TEST_LOOK_EVERY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Duration::from_secs(5), Duration::from_millis)
+    });
+    *EVERY
 }
 
 /// Look at every server's `run_id` every few seconds, for as long as the migration lives
@@ -251,22 +293,33 @@ impl Look {
 pub async fn watch(migration: Arc<Migration>) {
     loop {
         let _ = migration.watch_restarts(Look::BothSides).await;
-        tokio::time::sleep(LOOK_EVERY).await;
+        tokio::time::sleep(look_every()).await;
     }
 }
 
 impl Migration {
-    /// Read the `run_id`s of the servers `look` says, and act on a change of one of the
-    /// mirrored side's (rule 17). Not after finalize (nothing is mirrored), nor on a fleet
+    /// Read the `run_id`s of the servers `look` says, and act on a change of any
+    /// (rule 17). Not after finalize (nothing is mirrored), nor on a fleet
     /// member that follows (the leader looks). The mirrored side's servers whose `run_id`
     /// could not be read, with why (a flip is refused while any is unknown).
     pub async fn watch_restarts(self: &Arc<Self>, look: Look) -> Vec<String> {
-        let Some((mirrored, sides)) = look.sides(self) else {
+        let Some(mirrored) = Look::mirrored(self) else {
             return Vec::new();
         };
+        // Side by side: a flip's check reads both, and one may be slow.
+        let (source, target) = tokio::join!(
+            self.read_run_ids(look, Side::Source, mirrored),
+            self.read_run_ids(look, Side::Target, mirrored)
+        );
+        [source, target].concat()
+    }
+
+    /// `look`'s reading of `side`'s `run_id`s: the servers whose `run_id` could not be
+    /// read, with why, when `side` is the mirrored one.
+    async fn read_run_ids(self: &Arc<Self>, look: Look, side: Side, mirrored: Side) -> Vec<String> {
         let runs = &self.restarts;
-        let mut unread = Vec::new();
-        for side in sides {
+        let read = async {
+            let mut unread = Vec::new();
             let _looking = runs.looking[side as usize].lock().await;
             let pool = side.copy_pool(self);
             for (index, server) in pool.servers.iter().enumerate() {
@@ -286,8 +339,12 @@ impl Migration {
                     Err(_) => {}
                 }
             }
-        }
-        unread
+            unread
+        };
+        let what = "run_ids";
+        look.read(side, mirrored, what, read)
+            .await
+            .unwrap_or_default()
     }
 
     /// Server `index` of `side` restarted: copy again every key it may have changed on

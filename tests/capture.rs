@@ -191,6 +191,52 @@ fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
     support::compare::assert_same(&source, &targets);
 }
 
+/// The same gap after the cutover, in the stream of a target server (the side clients
+/// use then): the source lacks what the gap held, so a rollback waits for a verify pass
+/// with repair, as a cutover does. A rollback used to wait only for dirty keys, restarts,
+/// ejections and evictions: it went through here, and the source held the burst only
+/// if the gap's full pass (which no flip waits for) had finished, and still held any key
+/// deleted in the gap.
+#[test]
+fn a_gap_in_a_target_servers_stream_after_the_cutover_holds_the_rollback() {
+    let source = RedisServer::start();
+    fill_numbered(&source, 200);
+    let targets = vec![RedisServer::start_with(&["--repl-backlog-size", "16kb"])];
+    let proxy = capturing(&source, &targets);
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(proxy.verify_pass(false), 0);
+    support::until_accepted("the cutover", Duration::from_secs(15), || {
+        support::http(proxy.admin_port, "POST", "/cutover")
+    });
+    // The capture follows the target now: its connection dropped, a burst far over the
+    // 16 KB backlog (straight to the target, as a script would) before it is back.
+    targets[0].drop_replicas();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET")
+            .arg(format!("burst:{i}"))
+            .arg("x".repeat(100))
+            .ignore();
+    }
+    pipe.query::<()>(&mut targets[0].client()).expect("burst");
+    wait_for("the full resync", Duration::from_secs(15), || {
+        proxy.admin_get("/status").1.contains("\"full_resyncs\":1")
+    });
+    let (code, body) = support::http(proxy.admin_port, "POST", "/rollback");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("part of the replication stream of a server clients use was lost"),
+        "{body}"
+    );
+    assert!(proxy.verify_pass(true).as_u64().is_some());
+    assert_eq!(proxy.verify_pass(false), 0);
+    support::until_accepted("the rollback", Duration::from_secs(15), || {
+        support::http(proxy.admin_port, "POST", "/rollback")
+    });
+    support::compare::assert_same(&source, &targets);
+    assert_eq!(source.dbsize(), 2200);
+}
+
 #[test]
 fn a_stream_cut_off_from_its_source_is_reported_retried_less_often_and_continued() {
     let source = RedisServer::start();

@@ -862,7 +862,8 @@ fn a_source_that_evicts_under_proxy_capture_holds_the_cutover_until_a_verify_pas
     let (code, body) = http(proxy.admin_port, "POST", "/cutover");
     assert_eq!(code, 409, "{body}");
     assert!(
-        body.contains("that the target may still hold") && body.contains("capture: replication"),
+        body.contains("that the other side may still hold")
+            && body.contains("capture: replication"),
         "{body}"
     );
     let text = proxy.ctl_status();

@@ -522,7 +522,12 @@ fn a_target_server_that_hangs_gives_a_rollback_up_without_holding_every_client()
         RedisServer::start_with(&["--enable-debug-command", "yes"]),
     ];
     support::fill_numbered(&source, 100);
-    let proxy = Proxy::cutover(&migration_config(&source, &targets, ""));
+    // md5 spreads k0..k99 over both targets (fnv1a_64 may put them all on one).
+    let config = migration_config(&source, &targets, "").replace(
+        "fleet:\n  redis: true\n",
+        "fleet:\n  redis: true\n  hash: md5\n",
+    );
+    let proxy = Proxy::cutover(&config);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
     assert_eq!(proxy.verify_pass(false), 0);
     support::until_accepted("the cutover", Duration::from_secs(10), || {

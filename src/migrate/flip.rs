@@ -144,9 +144,10 @@ impl Migration {
     }
 
     /// What stands between the migration and a rollback now: dirty keys the source would
-    /// miss, and (rule 17) a source server that restarted after the cutover until every
-    /// key is copied back to it and a verify pass that started after has run, or one whose
-    /// `run_id` cannot be read.
+    /// miss; a source server that restarted after the cutover until every key is copied
+    /// back to it (rule 17), or one whose `run_id` cannot be read; an ejection now; and
+    /// every cause since the cutover for which a verify pass is owed (the source may then
+    /// lack writes, or hold keys the app no longer sees, which a rollback would serve).
     async fn rollback_blockers(self: &Arc<Self>) -> Vec<String> {
         let mut reasons = self.look_before_a_flip().await;
         let (_, dirty) = self.backlog();
@@ -156,29 +157,31 @@ impl Migration {
             ));
         }
         reasons.extend(self.restarts.blocker());
-        if self.dirty.owes(Owed::Restart) {
-            reasons.push(format!(
-                "{}; the two sides may differ (what it reloaded may hold keys deleted since, or lack keys the other side holds), which a rollback would serve: run a verify pass with repair (cutover ctl verify --repair) that starts now",
-                self.restarts.restarted_text()
-            ));
-        }
         reasons.extend(self.ejections.blocker());
-        if self.dirty.owes(Owed::Eviction) {
-            reasons.push(format!(
-                "{} (its maxmemory is full): a rollback would serve without the keys it dropped; raise its maxmemory, then run a verify pass with repair (cutover ctl verify --repair) that starts now",
-                self.evictions.evicted_text()
-            ));
-        }
-        if self.dirty.owes(Owed::EvictionNotFollowed) {
-            reasons.push(format!(
-                "{} (its maxmemory is full) that the source may still hold, which a rollback would serve again: with capture: proxy nothing says which keys went; run a verify pass with repair (cutover ctl verify --repair) that starts now",
-                self.evictions.not_followed_text()
-            ));
-        }
-        if self.dirty.owes(Owed::Ejection) {
-            reasons.push("a target server was ejected (auto_eject_hosts): the app's writes for its keys went to the other target servers meanwhile, so the two sides differ; run a verify pass with repair (cutover ctl verify --repair) that starts now".to_string());
-        }
+        reasons.extend(self.owed_verify());
         reasons
+    }
+
+    /// Each cause for which a verify pass is owed (one that starts after it), in words,
+    /// with what to do: each says the two sides may differ where no lane saw it, so a
+    /// flip either way waits for it.
+    fn owed_verify(&self) -> Vec<String> {
+        let owed = Owed::ALL
+            .into_iter()
+            .filter(|&cause| self.dirty.owes(cause));
+        owed.map(|cause| {
+            let what = match cause {
+                Owed::StreamGap => "part of the replication stream of a server clients use was lost (or a replicated command's keys could not be told)".to_string(),
+                Owed::Takeover => "this member took over from a fleet leader, whose dirty keys died with it".to_string(),
+                Owed::DamagedFile => format!("the dirty-key file {} ended in a damaged record (a crash or a full disk), now cut off", self.dirty.path.display()),
+                Owed::Restart => format!("{}; the two sides may differ (what it reloaded may hold keys since deleted, or lack keys the other side holds)", self.restarts.restarted_text()),
+                Owed::Ejection => "a server of the side clients use was ejected (auto_eject_hosts): their writes for its keys went to the other servers meanwhile, and it came back with what it held before".to_string(),
+                Owed::Eviction => format!("{} (its maxmemory is full), so it lacks keys; raise its maxmemory or add servers", self.evictions.evicted_text()),
+                Owed::EvictionNotFollowed => format!("{} (its maxmemory is full) that the other side may still hold: with capture: proxy nothing says which keys went (capture: replication carries evictions as deletes)", self.evictions.not_followed_text()),
+            };
+            format!("{what}; run a verify pass with repair (cutover ctl verify --repair) that starts now")
+        })
+        .collect()
     }
 
     /// Look again for clients connected straight to a source server (`/status` shows what
@@ -291,21 +294,7 @@ impl Migration {
         }
         reasons.extend(self.restarts.blocker());
         reasons.extend(self.ejections.blocker());
-        for cause in Owed::ALL {
-            if !self.dirty.owes(cause) {
-                continue;
-            }
-            let what = match cause {
-                Owed::StreamGap => "part of a source's replication stream was lost (or a replicated command's keys could not be told)".to_string(),
-                Owed::Takeover => "this member took over from a fleet leader, whose dirty keys died with it".to_string(),
-                Owed::DamagedFile => format!("the dirty-key file {} ended in a damaged record (a crash or a full disk), now cut off", self.dirty.path.display()),
-                Owed::Restart => format!("{}; the two sides may differ (what it reloaded may hold keys since deleted, or lack keys the other side holds)", self.restarts.restarted_text()),
-                Owed::Ejection => "a server of the side clients use was ejected (auto_eject_hosts): their writes for its keys went to the other servers meanwhile, and it came back with what it held before".to_string(),
-                Owed::Eviction => format!("{} (its maxmemory is full), so it lacks keys; raise its maxmemory or add servers", self.evictions.evicted_text()),
-                Owed::EvictionNotFollowed => format!("{} (its maxmemory is full) that the target may still hold: with capture: proxy nothing says which keys went (capture: replication carries evictions as deletes)", self.evictions.not_followed_text()),
-            };
-            reasons.push(format!("{what}; run a verify pass with repair (cutover ctl verify --repair) that starts now"));
-        }
+        reasons.extend(self.owed_verify());
         if self.dirty.needs_verify() && self.dirty.unpersisted.load(Relaxed) > 0 {
             reasons.push(format!(
                 "{} dirty keys could not be written to the dirty-key file {} (kept in memory, {} past its bound); fix the disk, then run a verify pass (cutover ctl verify --repair) that starts now",

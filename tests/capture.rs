@@ -150,20 +150,7 @@ fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
     let targets = redis_servers(2);
     let proxy = capturing(&source, &targets);
     proxy.wait_migration_drained(Duration::from_secs(30), 2);
-    let mut direct = source.client();
-    source.drop_replicas();
-    // A burst far over 16 KB before the capture is back (it waits 100 ms to reconnect).
-    let mut pipe = redis::pipe();
-    for i in 0..2000 {
-        pipe.cmd("SET")
-            .arg(format!("burst:{i}"))
-            .arg("x".repeat(100))
-            .ignore();
-    }
-    pipe.query::<()>(&mut direct).expect("burst");
-    wait_for("the full resync", Duration::from_secs(15), || {
-        proxy.admin_get("/status").1.contains("\"full_resyncs\":1")
-    });
+    overrun_the_backlog(&proxy, &source);
     wait_for("the full pass", Duration::from_secs(15), || {
         proxy.log().contains("full pass after a stream gap")
     });
@@ -191,6 +178,26 @@ fn an_overrun_backlog_is_detected_and_a_repair_closes_the_gap() {
     support::compare::assert_same(&source, &targets);
 }
 
+/// Make a gap in the stream `proxy` follows from `server` (started with a 16 KB
+/// `repl-backlog-size`): its replica connection dropped, then a burst far over the backlog
+/// straight to it before the capture is back (it waits 100 ms to reconnect), which the
+/// server cannot continue; returns once the capture made a full resync.
+fn overrun_the_backlog(proxy: &Proxy, server: &RedisServer) {
+    let mut conn = server.client();
+    server.drop_replicas();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET")
+            .arg(format!("burst:{i}"))
+            .arg("x".repeat(100))
+            .ignore();
+    }
+    pipe.query::<()>(&mut conn).expect("burst");
+    wait_for("the full resync", Duration::from_secs(15), || {
+        proxy.admin_get("/status").1.contains("\"full_resyncs\":1")
+    });
+}
+
 /// The same gap after the cutover, in the stream of a target server (the side clients
 /// use then): the source lacks what the gap held, so a rollback waits for a verify pass
 /// with repair, as a cutover does. A rollback used to wait only for dirty keys, restarts,
@@ -208,20 +215,8 @@ fn a_gap_in_a_target_servers_stream_after_the_cutover_holds_the_rollback() {
     support::until_accepted("the cutover", Duration::from_secs(15), || {
         support::http(proxy.admin_port, "POST", "/cutover")
     });
-    // The capture follows the target now: its connection dropped, a burst far over the
-    // 16 KB backlog (straight to the target, as a script would) before it is back.
-    targets[0].drop_replicas();
-    let mut pipe = redis::pipe();
-    for i in 0..2000 {
-        pipe.cmd("SET")
-            .arg(format!("burst:{i}"))
-            .arg("x".repeat(100))
-            .ignore();
-    }
-    pipe.query::<()>(&mut targets[0].client()).expect("burst");
-    wait_for("the full resync", Duration::from_secs(15), || {
-        proxy.admin_get("/status").1.contains("\"full_resyncs\":1")
-    });
+    // The capture follows the target now (the burst goes straight to it, as a script's).
+    overrun_the_backlog(&proxy, &targets[0]);
     let (code, body) = support::http(proxy.admin_port, "POST", "/rollback");
     assert_eq!(code, 409, "{body}");
     assert!(

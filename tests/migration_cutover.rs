@@ -553,6 +553,12 @@ fn a_target_server_that_hangs_gives_a_rollback_up_without_holding_every_client()
             && log.contains("flip abandoned, clients released"),
         "{log}"
     );
+    assert!(proxy.metric_sum("cutover_cutover_checks_unread_total") > 0.0);
+    let status = proxy.ctl_status();
+    assert!(
+        status.contains("could not read a server of the side clients use"),
+        "{status}"
+    );
     let asleep = redis::cmd("PING").query::<String>(&mut probe);
     assert!(asleep.is_err(), "given up before the server woke");
     let value: Option<String> = redis::cmd("GET")

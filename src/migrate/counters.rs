@@ -99,6 +99,10 @@ pub struct MigrationCounters {
     /// `cutover_cutover_last_look_seconds`: how long that last look took (part of the
     /// pause).
     pub last_look: Histogram,
+    /// `cutover_cutover_checks_unread_total{side}`: readings of the side clients use (its
+    /// `run_id`s, its `evicted_keys`) a flip's check cut short after 500 ms, a server
+    /// there not answering: a restart or evictions there may be found after the flip.
+    pub checks_unread: [Counter; 2],
     /// `cutover_backfill_progress_ratio`: keys scanned over the source's keys (1 when done).
     pub progress: Gauge,
     /// `cutover_backfill_eta_seconds`: estimated time to the end of the backfill.
@@ -225,6 +229,9 @@ impl MigrationCounters {
             refusals: counter!("cutover_cutover_refusals_total", "pool" => p.clone()),
             given_up_late: counter!("cutover_cutover_given_up_late_total", "pool" => p.clone()),
             last_look: histogram!("cutover_cutover_last_look_seconds", "pool" => p.clone()),
+            checks_unread: Side::BOTH.map(|side| {
+                counter!("cutover_cutover_checks_unread_total", "pool" => p.clone(), "side" => side.name())
+            }),
             progress: gauge!("cutover_backfill_progress_ratio", "pool" => p.clone()),
             eta: gauge!("cutover_backfill_eta_seconds", "pool" => p.clone()),
             shadow: command::all()

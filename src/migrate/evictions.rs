@@ -253,7 +253,7 @@ impl Migration {
                 }
             }
         };
-        look.read(side, mirrored, "evicted_keys", read).await;
+        look.read(self, side, mirrored, "evicted_keys", read).await;
     }
 }
 

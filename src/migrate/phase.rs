@@ -83,6 +83,9 @@ pub struct Flips {
     pub given_up_late: AtomicU64,
     /// Why the latest of them was given up.
     pub last_given_up: std::sync::Mutex<Vec<String>>,
+    /// Readings of the side clients use a flip's check cut short (a server there did not
+    /// answer within 500 ms).
+    pub checks_unread: AtomicU64,
 }
 
 impl Flips {
@@ -96,6 +99,7 @@ impl Flips {
             last_pause_us: AtomicU64::new(0),
             given_up_late: AtomicU64::new(0),
             last_given_up: std::sync::Mutex::new(Vec::new()),
+            checks_unread: AtomicU64::new(0),
         }
     }
 

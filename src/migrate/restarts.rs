@@ -245,12 +245,13 @@ impl Look {
         (migration.role() != Role::Follower).then(|| authority.other())
     }
 
-    /// Run `read`, this look's reading of `side` (the mirrored side being `mirrored`),
-    /// and return what it found; `None` when the look does not read `side`, or when a
-    /// flip's check cut its reading of the side clients use short (`what` names the
-    /// reading in the log).
+    /// Run `read`, this look's reading of `side` of `migration` (the mirrored side being
+    /// `mirrored`), and return what it found; `None` when the look does not read `side`,
+    /// or when a flip's check cut its reading of the side clients use short (counted, and
+    /// logged with `what` it read).
     pub async fn read<T>(
         self,
+        migration: &Migration,
         side: Side,
         mirrored: Side,
         what: &str,
@@ -264,7 +265,10 @@ impl Look {
             Look::BeforeAFlip => {
                 let read = tokio::time::timeout(CLIENTS_SIDE_LIMIT, read).await;
                 if read.is_err() {
+                    migration.flips.checks_unread.fetch_add(1, Relaxed);
+                    migration.counters.checks_unread[side as usize].increment(1);
                     tracing::warn!(
+                        pool = migration.source.name(),
                         side = side.name(),
                         what,
                         "a flip's check could not read every server of the side clients use within {CLIENTS_SIDE_LIMIT:?}; the flip goes on, and the next periodic look reads them"
@@ -342,7 +346,7 @@ impl Migration {
             unread
         };
         let what = "run_ids";
-        look.read(side, mirrored, what, read)
+        look.read(self, side, mirrored, what, read)
             .await
             .unwrap_or_default()
     }

@@ -138,6 +138,7 @@ impl Migration {
                 "last_pause_ms": self.flips.last_pause_us.load(Relaxed) as f64 / 1000.0,
                 "given_up_late": self.flips.given_up_late.load(Relaxed),
                 "last_given_up": super::lock(&self.flips.last_given_up).clone(),
+                "checks_unread": self.flips.checks_unread.load(Relaxed),
             },
         })
     }

@@ -100,8 +100,9 @@ pub struct MigrationCounters {
     /// pause).
     pub last_look: Histogram,
     /// `cutover_cutover_checks_unread_total{side}`: readings of the side clients use (its
-    /// `run_id`s, its `evicted_keys`) a flip's check cut short after 500 ms, a server
-    /// there not answering: a restart or evictions there may be found after the flip.
+    /// `run_id`s, its `evicted_keys`) that a flip's check, or a verify pass's start, cut
+    /// short after 500 ms, a server there not answering: a restart or evictions there may
+    /// be found after the flip.
     pub checks_unread: [Counter; 2],
     /// `cutover_backfill_progress_ratio`: keys scanned over the source's keys (1 when done).
     pub progress: Gauge,

@@ -94,8 +94,8 @@ impl Migration {
     async fn look_before_a_flip(self: &Arc<Self>) -> Vec<String> {
         // Side by side: under the gate (rule 20) this look is part of the pause.
         let (unread, ()) = tokio::join!(
-            self.watch_restarts(Look::BeforeAFlip),
-            self.watch_evictions(Look::BeforeAFlip)
+            self.watch_restarts(Look::Now),
+            self.watch_evictions(Look::Now)
         );
         self.look_at_ejections();
         unread

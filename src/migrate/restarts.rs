@@ -221,13 +221,14 @@ pub enum Look {
     /// Both sides: the periodic look (the authoritative side's `run_id`s are kept so that,
     /// after a flip, its restarts are measured from before it).
     BothSides,
-    /// A flip's check: the mirrored side, and the side clients use for at most
-    /// [`CLIENTS_SIDE_LIMIT`]. A restart or an eviction there in the seconds since the
-    /// last periodic look is then found before the flip rather than after it, but a hung
-    /// server of that side must not hold a flip up: what it does not answer in time the
-    /// next periodic look reads.
-    BeforeAFlip,
-    /// Only the mirrored side (the start of a verify pass, the end of an offline copy).
+    /// A look something waits on (a flip's check; the start of a verify pass, for
+    /// evictions): the mirrored side, and the side clients use for at most
+    /// [`CLIENTS_SIDE_LIMIT`]. A restart or evictions there in the seconds since the last
+    /// periodic look are then found before the flip, or counted before the verify pass
+    /// that covers them, rather than after; but a hung server of that side must not hold
+    /// a flip up: what it does not answer in time the next periodic look reads.
+    Now,
+    /// Only the mirrored side (the end of an offline copy).
     Mirrored,
 }
 
@@ -247,7 +248,7 @@ impl Look {
 
     /// Run `read`, this look's reading of `side` of `migration` (the mirrored side being
     /// `mirrored`), and return what it found; `None` when the look does not read `side`,
-    /// or when a flip's check cut its reading of the side clients use short (counted, and
+    /// or when a [`Look::Now`] cut its reading of the side clients use short (counted, and
     /// logged with `what` it read).
     pub async fn read<T>(
         self,
@@ -260,9 +261,9 @@ impl Look {
         match self {
             Look::BothSides => Some(read.await),
             Look::Mirrored if side == mirrored => Some(read.await),
-            Look::BeforeAFlip if side == mirrored => Some(read.await),
+            Look::Now if side == mirrored => Some(read.await),
             Look::Mirrored => None,
-            Look::BeforeAFlip => {
+            Look::Now => {
                 let read = tokio::time::timeout(CLIENTS_SIDE_LIMIT, read).await;
                 if read.is_err() {
                     migration.flips.checks_unread.fetch_add(1, Relaxed);
@@ -271,7 +272,7 @@ impl Look {
                         pool = migration.source.name(),
                         side = side.name(),
                         what,
-                        "a flip's check could not read every server of the side clients use within {CLIENTS_SIDE_LIMIT:?}; the flip goes on, and the next periodic look reads them"
+                        "a look before a flip or a verify pass could not read every server of the side clients use within {CLIENTS_SIDE_LIMIT:?}; it goes on without them, and the next periodic look reads them"
                     );
                 }
                 read.ok()

@@ -314,11 +314,11 @@ pub async fn run(migration: &Arc<Migration>, options: &VerifyOptions) -> Option<
 /// Run a pass whose right to run was claimed.
 async fn run_claimed(migration: &Arc<Migration>, options: &VerifyOptions) -> VerifyReport {
     let started = Instant::now();
-    // Evictions on the mirrored side before now are covered by this pass (rule 19): count
-    // those no look has seen yet, so that they are owed before its mark, not after.
-    migration
-        .watch_evictions(super::restarts::Look::Mirrored)
-        .await;
+    // Evictions before now are covered by this pass (rule 19): on the mirrored side, and
+    // under capture: proxy on the side clients use (its repair deletes on the other side
+    // what they dropped). Count those no look has seen yet, so that they are owed before
+    // its mark, not after.
+    migration.watch_evictions(super::restarts::Look::Now).await;
     // Dirty keys the dirty-key file failed to take before now are covered by this pass.
     let dirty_mark = migration.dirty.verify_mark();
     migration.counters.verify_runs.increment(1);

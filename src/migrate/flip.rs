@@ -53,6 +53,13 @@ pub enum FlipError {
         "requests in flight or mirror events did not finish within {0:?} (a slow or dead backend?); nothing changed, try again"
     )]
     Busy(Duration),
+    /// Servers of the side clients use did not answer what was sent to them before the
+    /// flip within its limit; nothing changed.
+    #[error(
+        "server(s) {} of the side clients use did not answer what was sent to them before the flip within {DRAIN_LIMIT:?} (hung?); nothing changed and clients were released; try again once they answer",
+        .0.join(", ")
+    )]
+    Unanswered(Vec<String>),
 }
 
 /// A flip that happened.
@@ -341,7 +348,11 @@ impl Migration {
         let from = self.check_flip(to, force).await?;
         let next = self.prepare_flip(to).await;
         let started = Instant::now();
-        if !self.hold(started + DRAIN_LIMIT).await || !self.settle_flip(next, started).await {
+        if let Err(busy) = self.hold(started + DRAIN_LIMIT).await {
+            self.abandon_flip(next);
+            return Err(busy);
+        }
+        if !self.settle_flip(next, started).await {
             self.abandon_flip(next);
             return Err(FlipError::Busy(DRAIN_LIMIT));
         }
@@ -429,24 +440,32 @@ impl Migration {
 
     /// Close the gate and wait until every request routed before it was answered (so
     /// every acknowledged write is applied on the authoritative side), no mirror hook is
-    /// alive and the lanes are empty; false (the gate open again) if `deadline` passes.
-    /// A server of the side clients use that hangs thus gives the flip up at the
-    /// deadline, rather than holding every client of every server until it answers.
-    pub async fn hold(&self, deadline: Instant) -> bool {
+    /// alive and the lanes are empty; `Err` (the gate open again) if `deadline` passes,
+    /// with the servers of the side clients use that had not answered by then. Such a
+    /// server that hangs thus gives the flip up at the deadline, rather than holding every
+    /// client of every server until it answers.
+    pub async fn hold(&self, deadline: Instant) -> Result<(), FlipError> {
         self.flips.gate.close();
-        if self.wait_quiet(deadline).await {
-            let answered =
-                tokio::time::timeout_at(deadline, self.authority().behind_every_request()).await;
-            if answered.is_ok() {
-                return true;
-            }
-            tracing::warn!(
-                pool = self.source.name(),
-                "a server of the side clients use did not answer what was sent to it before the flip (a hung server?); flip abandoned, clients released"
-            );
+        if !self.wait_quiet(deadline).await {
+            self.flips.gate.open();
+            return Err(FlipError::Busy(DRAIN_LIMIT));
+        }
+        let authority = self.authority();
+        let late = authority.behind_every_request_until(Some(deadline)).await;
+        if late.is_empty() {
+            return Ok(());
         }
         self.flips.gate.open();
-        false
+        let servers: Vec<String> = late
+            .iter()
+            .map(|&server| authority.servers[server].name.clone())
+            .collect();
+        tracing::warn!(
+            pool = self.source.name(),
+            servers = %servers.join(", "),
+            "servers of the side clients use did not answer what was sent to them before the flip (hung?); flip abandoned, clients released"
+        );
+        Err(FlipError::Unanswered(servers))
     }
 
     /// Open the gate again without flipping (a flip given up).

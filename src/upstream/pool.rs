@@ -502,7 +502,18 @@ impl Pool {
     /// queued on it before has been answered too. (A connection that fails answers its
     /// requests with its error.)
     pub async fn behind_every_request(&self) {
+        self.behind_every_request_until(None).await;
+    }
+
+    /// [`Pool::behind_every_request`], waiting until `deadline` at most: the servers (by
+    /// index) with a connection that had not answered by then, if any. A hung server must
+    /// not hold a caller that holds clients (a flip) for as long as it hangs.
+    pub async fn behind_every_request_until(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Vec<usize> {
         let mut waiting = Vec::new();
+        let mut late = Vec::new();
         for (server, s) in self.servers.iter().enumerate() {
             for protocol in [Protocol::Resp2, Protocol::Resp3] {
                 let count = match protocol {
@@ -511,15 +522,24 @@ impl Pool {
                 };
                 for connection in 0..count {
                     let ping = Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
-                    if let Ok(rx) = self.submit(server, connection, ping, 1, protocol).await {
-                        waiting.push(rx);
+                    // Waits for room on a full queue: bounded too.
+                    let submit = self.submit(server, connection, ping, 1, protocol);
+                    match by(deadline, submit).await {
+                        Some(Ok(rx)) => waiting.push((server, rx)),
+                        Some(Err(_)) => {}
+                        None => late.push(server),
                     }
                 }
             }
         }
-        for rx in waiting {
-            let _ = rx.await;
+        for (server, rx) in waiting {
+            if by(deadline, rx).await.is_none() {
+                late.push(server);
+            }
         }
+        late.sort_unstable();
+        late.dedup();
+        late
     }
 
     /// Room on `route`'s RESP2 connection for one request now, without waiting (`None`
@@ -597,6 +617,17 @@ fn connection_hash(key: &[u8]) -> u32 {
 static BREAK_SEND_FENCE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     std::env::var("CUTOVER_TEST_BREAK_SEND_FENCE").is_ok_and(|v| v == "1")
 });
+
+/// `future`'s output, or `None` if `deadline` (when there is one) passes first.
+async fn by<F: std::future::Future>(
+    deadline: Option<tokio::time::Instant>,
+    future: F,
+) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -232,9 +232,10 @@ pub enum Look {
     Mirrored,
 }
 
-/// How long a flip's check reads the side clients use. Its servers answer `INFO` within
-/// a millisecond unless hung (or forking a large snapshot); the last look, under the
-/// gate, holds every client while it reads, for 2 s at most.
+/// How long a [`Look::Now`] (a flip's check, a verify pass's start) reads the side
+/// clients use. Its servers answer `INFO` within a millisecond unless hung (or forking a
+/// large snapshot); the last look, under the gate, holds every client while it reads,
+/// for 2 s at most.
 const CLIENTS_SIDE_LIMIT: Duration = Duration::from_millis(500);
 
 impl Look {
@@ -260,8 +261,7 @@ impl Look {
     ) -> Option<T> {
         match self {
             Look::BothSides => Some(read.await),
-            Look::Mirrored if side == mirrored => Some(read.await),
-            Look::Now if side == mirrored => Some(read.await),
+            Look::Mirrored | Look::Now if side == mirrored => Some(read.await),
             Look::Mirrored => None,
             Look::Now => {
                 let read = tokio::time::timeout(CLIENTS_SIDE_LIMIT, read).await;

@@ -396,6 +396,63 @@ fn a_client_connected_straight_to_the_source_blocks_the_cutover() {
     });
 }
 
+/// A connection the source has accepted but not yet heard from is nameless, like a client
+/// that never speaks, and so is one of cutover's own until the server reads its
+/// `CLIENT SETNAME`. The check looks twice at such a connection: one that stays silent
+/// blocks the cutover; one that names itself as cutover's own between the two looks does
+/// not. (The window is stretched to 3 s here, so the test can act inside it.)
+#[test]
+fn a_connection_in_its_handshake_is_looked_at_twice_before_it_blocks_the_cutover() {
+    use std::io::{Read, Write};
+    let source = RedisServer::start();
+    let targets = redis_servers(1);
+    support::fill_numbered(&source, 100);
+    let proxy = Proxy::cutover_env(
+        &migration_config(&source, &targets, ""),
+        &[("CUTOVER_TEST_HANDSHAKE_GRACE_MS", "3000")],
+    );
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    assert_eq!(http(proxy.admin_port, "POST", "/verify").0, 202);
+    wait_for("a verify pass", Duration::from_secs(30), || {
+        proxy.migration()["verify"]["last"]["differences"] == 0
+    });
+    let connect =
+        || std::net::TcpStream::connect(("127.0.0.1", source.port)).expect("connect to the source");
+
+    // Silent through both looks: a client, named in the refusal.
+    let silent = connect();
+    let (code, body) = http(proxy.admin_port, "POST", "/cutover");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("1 clients are connected straight to source server")
+            && body.contains("name '', last command NULL"),
+        "{body}"
+    );
+    drop(silent);
+
+    // Named as cutover's own between the looks: as the pool's connections do.
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut source.client())
+        .expect("CLIENT LIST");
+    let own = list
+        .split([' ', '\n'])
+        .filter_map(|field| field.strip_prefix("name="))
+        .find(|name| name.starts_with(&format!("cutover-{}-", proxy.pid())))
+        .expect("the proxy's connection name")
+        .to_string();
+    let mut starting = connect();
+    let admin = proxy.admin_port;
+    let cutover = std::thread::spawn(move || http(admin, "POST", "/cutover"));
+    std::thread::sleep(Duration::from_millis(1000));
+    write!(starting, "CLIENT SETNAME {own}\r\n").expect("SETNAME");
+    let mut ok = [0u8; 5];
+    starting.read_exact(&mut ok).expect("SETNAME's reply");
+    assert_eq!(&ok, b"+OK\r\n");
+    let (code, body) = cutover.join().expect("the cutover");
+    assert_eq!(code, 200, "{body}");
+}
+
 /// Two cutover processes migrating one source, outside a fleet (say, one beside each app
 /// host): each flips on its own, so one that cut over while the other still serves from
 /// the source would leave the other's writes behind. Each process names its connections

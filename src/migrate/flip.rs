@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::capture::Side;
+use super::direct_clients::client_field;
 use super::phase::Phase;
 use super::restarts::Look;
 use super::{Migration, Owed};
@@ -22,9 +23,6 @@ use crate::config::Capture;
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// Longest a cutover waits for a moment when the lanes are empty before refusing.
 const IDLE_WAIT: Duration = Duration::from_secs(2);
-/// Longest wait for a source server's `CLIENT LIST` in a cutover's check (a server with
-/// no `timeout:` that hangs must not hang the check).
-const CLIENT_LIST_LIMIT: Duration = Duration::from_secs(2);
 /// Longest a flip's last look (rule 20) may hold requests: a mirrored server that does
 /// not answer `INFO` within it gives the flip up.
 const LAST_LOOK_LIMIT: Duration = Duration::from_secs(2);
@@ -189,85 +187,6 @@ impl Migration {
             format!("{what}; run a verify pass with repair (cutover ctl verify --repair) that starts now")
         })
         .collect()
-    }
-
-    /// Look again for clients connected straight to a source server (`/status` shows what
-    /// was last found; a cutover looks again first).
-    pub async fn refresh_direct_clients(&self) {
-        let found = self.direct_clients().await;
-        if let Ok(mut seen) = self.direct_seen.lock() {
-            *seen = found;
-        }
-    }
-
-    /// Clients connected straight to a source server that are not this migration's own
-    /// (its connections are named after this process, or after their fleet member; the
-    /// fleet flips together; replicas are left out): a writer among them would keep
-    /// writing to the old servers after the flip. Another cutover process's connections
-    /// count too, said apart: one outside this fleet flips on its own, and would keep
-    /// serving from the old servers. One reason per server and kind.
-    async fn direct_clients(&self) -> Vec<String> {
-        let own = String::from_utf8_lossy(&self.copy_source.connection_name()).into_owned();
-        let in_fleet = self.copy_source.member().is_some();
-        let mine = |name: &str| {
-            name == own || (in_fleet && crate::upstream::connection_member(name).is_some())
-        };
-        let mut reasons = Vec::new();
-        for (server, s) in self.copy_source.servers.iter().enumerate() {
-            let list = [b"CLIENT".as_slice(), b"LIST"];
-            let reply = match self
-                .copy_source
-                .call_within(server, 0, &list, CLIENT_LIST_LIMIT)
-                .await
-            {
-                Ok(reply) => reply,
-                Err(error) => {
-                    reasons.push(format!(
-                        "cannot list the clients of source server {} ({error}): a writer connected straight to it would go unseen; a cutover waits until it answers",
-                        s.name
-                    ));
-                    continue;
-                }
-            };
-            let text = String::from_utf8_lossy(&reply);
-            let (mut others, mut processes) = (Vec::new(), Vec::new());
-            for line in text.lines() {
-                let field = |name: &str| client_field(line, name);
-                let name = field("name").unwrap_or("");
-                let flags = field("flags").unwrap_or("");
-                let Some(addr) = field("addr") else {
-                    continue;
-                };
-                if mine(name) || flags.contains('S') || flags.contains('M') {
-                    continue;
-                }
-                if crate::upstream::is_cutover_connection(name) {
-                    processes.push(name.to_string());
-                } else {
-                    others.push(format!(
-                        "{addr} (name '{name}', last command {})",
-                        field("cmd").unwrap_or("?")
-                    ));
-                }
-            }
-            processes.sort();
-            processes.dedup();
-            if let Some(first) = processes.first() {
-                reasons.push(format!(
-                    "{} other cutover processes are connected to source server {} (e.g. '{first}'), not in this one's fleet: each flips on its own, and would keep serving from the old servers after this cutover; stop them, run them all as one fleet (migrate.coordination), or force",
-                    processes.len(),
-                    s.name
-                ));
-            }
-            if let Some(first) = others.first() {
-                reasons.push(format!(
-                    "{} clients are connected straight to source server {} (e.g. {first}): a writer among them would keep writing to the old servers after the cutover; stop them, or force",
-                    others.len(),
-                    s.name
-                ));
-            }
-        }
-        reasons
     }
 
     /// What stands between the migration and a safe cutover now; `lanes_idle` says
@@ -691,10 +610,4 @@ async fn pause_briefly(since: Instant) {
     } else {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-/// The value of field `name` in one line of `CLIENT LIST` (`id=7 addr=... name=x ...`).
-fn client_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    line.split(' ')
-        .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
 }

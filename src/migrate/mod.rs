@@ -15,6 +15,7 @@ mod backfill;
 pub mod capture;
 mod copy;
 mod counters;
+mod direct_clients;
 mod dirty;
 mod ejections;
 pub mod engines;

@@ -605,7 +605,7 @@ fn a_target_server_that_hangs_gives_a_rollback_up_without_holding_every_client()
     assert_eq!(code, 409, "{body}");
     assert!(
         body.contains(&format!(
-            "server(s) {} of the side clients use did not answer",
+            "server(s) {} of the side clients use did not answer what was sent to them before the flip within 5s",
             targets[1].addr()
         )),
         "{body}"
@@ -618,7 +618,7 @@ fn a_target_server_that_hangs_gives_a_rollback_up_without_holding_every_client()
     assert!(proxy.metric_sum("cutover_cutover_checks_unread_total") > 0.0);
     let status = proxy.ctl_status();
     assert!(
-        status.contains("could not read a server of the side clients use"),
+        status.contains("could not read a server of the side clients use within 500 ms"),
         "{status}"
     );
     let asleep = redis::cmd("PING").query::<String>(&mut probe);

@@ -444,8 +444,9 @@ fn migration_text(m: &Value) -> String {
     }
     let unread = cutover["checks_unread"].as_u64().unwrap_or(0);
     if unread > 0 {
+        let limit = cutover["checks_limit_ms"].as_u64().unwrap_or(0);
         out.push_str(&format!(
-            "  {unread} times a flip's check (or a verify pass's start) could not read a server of the side clients use within 500 ms (a hung server?): a restart or evictions there may be found only after the flip\n"
+            "  {unread} times a flip's check (or a verify pass's start) could not read a server of the side clients use within {limit} ms (a hung server?): a restart or evictions there may be found only after the flip\n"
         ));
     }
     out

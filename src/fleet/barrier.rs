@@ -180,7 +180,7 @@ async fn apply(fleet: &Fleet, record: &PhaseRecord, held: &mut Option<(u64, Inst
     match &record.hold {
         Some(hold) if held.is_none_or(|(epoch, _)| epoch < hold.epoch) => {
             let started = Instant::now();
-            if migration.hold(started + BARRIER_LIMIT).await.is_ok() {
+            if migration.hold(BARRIER_LIMIT).await.is_ok() {
                 *held = Some((hold.epoch, started));
                 acknowledge(fleet, hold.epoch).await;
             }

@@ -54,10 +54,15 @@ pub enum FlipError {
     /// Servers of the side clients use did not answer what was sent to them before the
     /// flip within its limit; nothing changed.
     #[error(
-        "server(s) {} of the side clients use did not answer what was sent to them before the flip within {DRAIN_LIMIT:?} (hung?); nothing changed and clients were released; try again once they answer",
-        .0.join(", ")
+        "server(s) {} of the side clients use did not answer what was sent to them before the flip within {limit:?} (hung?); nothing changed and clients were released; try again once they answer",
+        .servers.join(", ")
     )]
-    Unanswered(Vec<String>),
+    Unanswered {
+        /// The servers that had not answered.
+        servers: Vec<String>,
+        /// The flip's limit (or a fleet barrier's).
+        limit: Duration,
+    },
 }
 
 /// A flip that happened.
@@ -267,7 +272,7 @@ impl Migration {
         let from = self.check_flip(to, force).await?;
         let next = self.prepare_flip(to).await;
         let started = Instant::now();
-        if let Err(busy) = self.hold(started + DRAIN_LIMIT).await {
+        if let Err(busy) = self.hold(DRAIN_LIMIT).await {
             self.abandon_flip(next);
             return Err(busy);
         }
@@ -359,15 +364,17 @@ impl Migration {
 
     /// Close the gate and wait until every request routed before it was answered (so
     /// every acknowledged write is applied on the authoritative side), no mirror hook is
-    /// alive and the lanes are empty; `Err` (the gate open again) if `deadline` passes,
-    /// with the servers of the side clients use that had not answered by then. Such a
-    /// server that hangs thus gives the flip up at the deadline, rather than holding every
-    /// client of every server until it answers.
-    pub async fn hold(&self, deadline: Instant) -> Result<(), FlipError> {
+    /// alive and the lanes are empty; `Err` (the gate open again) if that takes longer
+    /// than `limit` (the flip's, or a fleet barrier's), with the servers of the side
+    /// clients use that had not answered by then. Such a server that hangs thus gives the
+    /// flip up at the limit, rather than holding every client of every server until it
+    /// answers.
+    pub async fn hold(&self, limit: Duration) -> Result<(), FlipError> {
+        let deadline = Instant::now() + limit;
         self.flips.gate.close();
         if !self.wait_quiet(deadline).await {
             self.flips.gate.open();
-            return Err(FlipError::Busy(DRAIN_LIMIT));
+            return Err(FlipError::Busy(limit));
         }
         let authority = self.authority();
         let late = authority.behind_every_request_until(Some(deadline)).await;
@@ -384,7 +391,7 @@ impl Migration {
             servers = %servers.join(", "),
             "servers of the side clients use did not answer what was sent to them before the flip (hung?); flip abandoned, clients released"
         );
-        Err(FlipError::Unanswered(servers))
+        Err(FlipError::Unanswered { servers, limit })
     }
 
     /// Open the gate again without flipping (a flip given up).

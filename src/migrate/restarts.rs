@@ -236,7 +236,7 @@ pub enum Look {
 /// clients use. Its servers answer `INFO` within a millisecond unless hung (or forking a
 /// large snapshot); the last look, under the gate, holds every client while it reads,
 /// for 2 s at most.
-const CLIENTS_SIDE_LIMIT: Duration = Duration::from_millis(500);
+pub const CLIENTS_SIDE_LIMIT: Duration = Duration::from_millis(500);
 
 impl Look {
     /// Which side is the mirrored one in `migration`'s phase, if this process looks at

@@ -139,6 +139,7 @@ impl Migration {
                 "given_up_late": self.flips.given_up_late.load(Relaxed),
                 "last_given_up": super::lock(&self.flips.last_given_up).clone(),
                 "checks_unread": self.flips.checks_unread.load(Relaxed),
+                "checks_limit_ms": super::restarts::CLIENTS_SIDE_LIMIT.as_millis() as u64,
             },
         })
     }

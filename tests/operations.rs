@@ -303,6 +303,52 @@ fn a_reload_starts_a_migration_without_dropping_a_client_and_refuses_other_chang
     assert_eq!(value, "1");
 }
 
+/// A reload that starts a migration while a source server hangs: the backfill must wait
+/// until the source answered what was sent to it before (those requests were not
+/// mirrored), but the reload itself answers at once, and the wait is logged. Once the
+/// server wakes, the backfill runs and the target equals the source.
+#[test]
+fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
+    let source = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let targets = support::redis_servers(2);
+    support::fill_numbered(&source, 500);
+    let plain = format!(
+        "legacy:\n  listen: LISTEN\n  redis: true\n  servers:\n   - {}:1\n",
+        source.addr()
+    );
+    let cutover = Proxy::cutover(&plain);
+    let _: () = redis::cmd("SET")
+        .arg("before")
+        .arg("1")
+        .query(&mut cutover.client())
+        .expect("served before the reload");
+    let migrating = support::migration_config(&source, &targets, "")
+        .replace("LISTEN", &format!("127.0.0.1:{}", cutover.port));
+    std::fs::write(cutover.dir.path().join("proxy.yml"), &migrating).expect("new config");
+    // Connected first: a connection made while it sleeps would wait for it to wake.
+    let mut probe = source.client();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    let sleeper = source.hold_busy(8);
+    let (code, body) = http(cutover.admin_port, "POST", "/reload");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("migration to 'fleet' started"), "{body}");
+    let asleep = redis::cmd("PING").query::<String>(&mut probe);
+    assert!(
+        asleep.is_err(),
+        "the reload answered before the server woke"
+    );
+    wait_for("the wait logged", Duration::from_secs(10), || {
+        cutover
+            .log()
+            .contains("the new migration's backfill waits for source servers to answer")
+    });
+    sleeper.join().expect("the server woke");
+    cutover.wait_migration_drained(Duration::from_secs(30), 3);
+    support::compare::assert_same(&source, &targets);
+}
+
 /// Four clients pipeline small GETs for six seconds. The metrics exporter keeps every
 /// latency sample until it folds them into buckets, so the proxy's memory stays flat only
 /// if that happens often, whatever the request rate (every 5 s, as it was, held 86 MB of

@@ -428,6 +428,12 @@ fn a_connection_in_its_handshake_is_looked_at_twice_before_it_blocks_the_cutover
             && body.contains("name '', last command NULL"),
         "{body}"
     );
+    let looked = |outcome: &str| {
+        proxy.metric(&format!(
+            "cutover_cutover_connections_looked_twice_total{{pool=\"legacy\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert!(looked("counted") >= 1.0);
     drop(silent);
 
     // Named as cutover's own between the looks: as the pool's connections do.
@@ -451,6 +457,7 @@ fn a_connection_in_its_handshake_is_looked_at_twice_before_it_blocks_the_cutover
     assert_eq!(&ok, b"+OK\r\n");
     let (code, body) = cutover.join().expect("the cutover");
     assert_eq!(code, 200, "{body}");
+    assert!(looked("cleared") >= 1.0);
 }
 
 /// Two cutover processes migrating one source, outside a fleet (say, one beside each app

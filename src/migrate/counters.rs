@@ -104,6 +104,11 @@ pub struct MigrationCounters {
     /// short after 500 ms, a server there not answering: a restart or evictions there may
     /// be found after the flip.
     pub checks_unread: [Counter; 2],
+    /// `cutover_cutover_connections_looked_twice_total{outcome}`: connections to a source
+    /// server found in their handshake (nameless, silent) by a cutover's check, and looked
+    /// at again: `cleared` (gone, or named as this process's own by then) or `counted` (a
+    /// client connected straight to the source).
+    pub looked_twice: [Counter; 2],
     /// `cutover_backfill_progress_ratio`: keys scanned over the source's keys (1 when done).
     pub progress: Gauge,
     /// `cutover_backfill_eta_seconds`: estimated time to the end of the backfill.
@@ -232,6 +237,9 @@ impl MigrationCounters {
             last_look: histogram!("cutover_cutover_last_look_seconds", "pool" => p.clone()),
             checks_unread: Side::BOTH.map(|side| {
                 counter!("cutover_cutover_checks_unread_total", "pool" => p.clone(), "side" => side.name())
+            }),
+            looked_twice: ["cleared", "counted"].map(|outcome| {
+                counter!("cutover_cutover_connections_looked_twice_total", "pool" => p.clone(), "outcome" => outcome)
             }),
             progress: gauge!("cutover_backfill_progress_ratio", "pool" => p.clone()),
             eta: gauge!("cutover_backfill_eta_seconds", "pool" => p.clone()),

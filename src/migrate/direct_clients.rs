@@ -135,10 +135,13 @@ impl Migration {
         }
         tokio::time::sleep(handshake_grace()).await;
         let second = self.strangers(server).await?;
-        let starting = std::mem::take(&mut first.starting);
-        first
-            .clients
-            .extend(starting.into_iter().filter(|s| second.holds(&s.id)));
+        let (counted, cleared): (Vec<_>, Vec<_>) = std::mem::take(&mut first.starting)
+            .into_iter()
+            .partition(|s| second.holds(&s.id));
+        let [looked_cleared, looked_counted] = &self.counters.looked_twice;
+        looked_cleared.increment(cleared.len() as u64);
+        looked_counted.increment(counted.len() as u64);
+        first.clients.extend(counted);
         Ok(first)
     }
 

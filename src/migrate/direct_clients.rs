@@ -126,15 +126,15 @@ impl Migration {
     }
 
     /// The strangers on source server `server`, with those in their handshake at the first
-    /// look counted only if the second look (after [`handshake_grace`]) still finds them
-    /// there and not this migration's own.
+    /// look counted as clients only if the second look (after [`handshake_grace`]) still
+    /// finds them there and not this migration's own, nor another cutover process's.
     async fn strangers_confirmed(&self, server: usize) -> Result<Strangers, BackendError> {
         let mut first = self.strangers(server).await?;
         if first.starting.is_empty() {
             return Ok(first);
         }
         tokio::time::sleep(handshake_grace()).await;
-        let second = self.strangers(server).await?;
+        let mut second = self.strangers(server).await?;
         let (counted, cleared): (Vec<_>, Vec<_>) = std::mem::take(&mut first.starting)
             .into_iter()
             .partition(|s| second.holds(&s.id));
@@ -142,6 +142,9 @@ impl Migration {
         looked_cleared.increment(cleared.len() as u64);
         looked_counted.increment(counted.len() as u64);
         first.clients.extend(counted);
+        // One that named itself after another cutover process meanwhile is one of those
+        // (the names are counted once each).
+        first.processes.append(&mut second.processes);
         Ok(first)
     }
 

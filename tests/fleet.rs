@@ -1105,3 +1105,51 @@ fn an_ejection_at_a_follower_while_the_cutover_prepares_gives_the_flip_up() {
         assert_eq!(phase(member), "migrating");
     }
 }
+
+/// etcd may apply a write whose answer the leader never gets (a call that times out
+/// under load). Here the first answer to each of a flip's phase record writes is lost
+/// (`CUTOVER_TEST_LOSE_ETCD_ANSWERS`). The leader finds out that its hold and its decision
+/// were taken, so the cutover and the rollback go through, and every member ends in the
+/// leader's phase. (With `CUTOVER_TEST_BREAK_LOST_ANSWERS=1`, a lost answer taken as a
+/// failure, every try at the cutover was refused for 30 s.)
+#[test]
+fn a_lost_etcd_answer_to_a_flips_write_leaves_every_member_in_the_leaders_phase() {
+    let etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, 300);
+    let targets = redis_servers(2);
+    let config = member_config(&etcd, &source, &targets, "");
+    let members: Vec<Proxy> = (0..3)
+        .map(|_| {
+            Proxy::cutover_with_env(
+                &config,
+                &["--admin-token", TOKEN],
+                &[("CUTOVER_TEST_LOSE_ETCD_ANSWERS", "1")],
+            )
+        })
+        .collect();
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    ready_to_flip(&members[lead]);
+    for (path, to) in [("/cutover", "cutover"), ("/rollback", "migrating")] {
+        support::until_accepted(path, Duration::from_secs(30), || {
+            post(members[lead].admin_port, path)
+        });
+        wait_for("every member in the phase", Duration::from_secs(10), || {
+            members.iter().all(|m| phase(m) == to)
+        });
+        // Every member serves: none is left held.
+        for m in &members {
+            let _: () = redis::cmd("SET")
+                .arg("k1")
+                .arg(to)
+                .query(&mut m.client())
+                .expect("served");
+        }
+    }
+    assert!(
+        members[lead]
+            .log()
+            .contains("etcd did not answer a phase record's write")
+    );
+}

@@ -34,6 +34,11 @@ use crate::migrate::{EjectionReport, FlipError, Flipped, Phase};
 const BARRIER_LIMIT: Duration = Duration::from_secs(super::LEASE_TTL as u64 + 2);
 /// How often the leader looks for acknowledgements.
 const ACK_POLL: Duration = Duration::from_millis(2);
+/// How long the leader keeps finding out whether a phase record it wrote was taken, when
+/// etcd's answer was lost ([`replace_known`]).
+const LOST_ANSWER_LIMIT: Duration = Duration::from_secs(3);
+/// Between two tries at that.
+const LOST_ANSWER_RETRY: Duration = Duration::from_millis(100);
 
 /// The phase record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,6 +96,61 @@ async fn replace(
     Ok(client.txn(txn).await?.succeeded())
 }
 
+/// [`replace`], with its outcome found out when etcd's answer is lost: a call that timed
+/// out under load may still have been applied. Taken as not written, a hold that was
+/// would leave every member held with no decision to come (and the next flip refused as
+/// "under way"), and a decision that was would move the members to a phase the leader is
+/// not in. So a call that failed is made again with the same compare (if the first lands
+/// meanwhile, one of the two fails on the revision), and a compare that failed reads the
+/// record back: the write was taken if the record is the one written (only the leader
+/// writes records, each epoch's once). `Err` if etcd did not tell within
+/// [`LOST_ANSWER_LIMIT`]: the outcome is then unknown.
+async fn replace_known(
+    fleet: &Fleet,
+    revision: i64,
+    record: &PhaseRecord,
+) -> Result<bool, etcd_client::Error> {
+    let deadline = Instant::now() + LOST_ANSWER_LIMIT;
+    let mut first = true;
+    loop {
+        let mut answer = replace(fleet, revision, record).await;
+        if std::mem::take(&mut first) && *LOSE_ANSWERS {
+            answer = Err(etcd_client::Error::IoError(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "answer lost (CUTOVER_TEST_LOSE_ETCD_ANSWERS)",
+            )));
+        }
+        let error = match answer {
+            Ok(true) => return Ok(true),
+            Ok(false) => match read(fleet).await {
+                Ok(now) => return Ok(now.is_some_and(|(now, _)| now == *record)),
+                Err(error) => error,
+            },
+            Err(error) if *BREAK_LOST_ANSWERS => return Err(error),
+            Err(error) => error,
+        };
+        fleet.etcd_failed();
+        tracing::warn!(pool = %fleet.pool, epoch = record.epoch, %error, "etcd did not answer a phase record's write; finding out whether it was taken");
+        if Instant::now() >= deadline {
+            return Err(error);
+        }
+        tokio::time::sleep(LOST_ANSWER_RETRY).await;
+    }
+}
+
+/// For tests only: `CUTOVER_TEST_LOSE_ETCD_ANSWERS=1` loses etcd's answer to the first
+/// try of every phase record write the leader makes in a flip (the write is applied), as
+/// a call that times out under load may be.
+static LOSE_ANSWERS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var("CUTOVER_TEST_LOSE_ETCD_ANSWERS").is_ok_and(|v| v == "1")
+});
+
+/// For tests only: `CUTOVER_TEST_BREAK_LOST_ANSWERS=1` takes a write whose answer was lost
+/// as not made, as before [`replace_known`], so the fleet test can show what that leaves.
+static BREAK_LOST_ANSWERS: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var("CUTOVER_TEST_BREAK_LOST_ANSWERS").is_ok_and(|v| v == "1")
+});
+
 /// At join: write the record with this member's phase if there is none yet.
 pub(super) async fn init(fleet: &Fleet) -> Result<(), etcd_client::Error> {
     if read(fleet).await?.is_none() {
@@ -117,8 +177,9 @@ pub(super) async fn sync_phase(fleet: &Fleet) -> Result<(), etcd_client::Error> 
     Ok(())
 }
 
-/// A new leader finds a flip its predecessor began and never decided: give it up (the
-/// members release on the old side).
+/// A flip left undecided (by a former leader, found by its successor, or by this leader
+/// when etcd did not say whether it took a write): give it up (the members release on
+/// the old side).
 pub(super) async fn abort_leftover(fleet: &Fleet) {
     if let Ok(Some((record, revision))) = read(fleet).await
         && let Some(hold) = &record.hold
@@ -129,7 +190,7 @@ pub(super) async fn abort_leftover(fleet: &Fleet) {
             hold: None,
         };
         if replace(fleet, revision, &aborted).await.unwrap_or(false) {
-            tracing::warn!(pool = %fleet.pool, epoch = hold.epoch, "a flip left undecided by the former leader is given up");
+            tracing::warn!(pool = %fleet.pool, epoch = hold.epoch, "a flip left undecided is given up");
         }
     }
 }
@@ -289,11 +350,22 @@ pub async fn flip(fleet: &Arc<Fleet>, to: Phase, force: bool) -> Result<Flipped,
         ..record.clone()
     };
     let started = Instant::now();
-    if !replace(fleet, revision, &held).await.unwrap_or(false) {
-        migration.abandon_flip(next);
-        return Err(FlipError::NotReady(vec![
-            "the phase record changed under this flip".into(),
-        ]));
+    match replace_known(fleet, revision, &held).await {
+        Ok(true) => {}
+        Ok(false) => {
+            migration.abandon_flip(next);
+            return Err(FlipError::NotReady(vec![
+                "the phase record changed under this flip".into(),
+            ]));
+        }
+        Err(error) => {
+            // Perhaps taken after all: members that hold for it are released.
+            abort_leftover(fleet).await;
+            migration.abandon_flip(next);
+            return Err(FlipError::NotReady(vec![format!(
+                "etcd did not say whether it took the flip's hold ({error}); given up"
+            )]));
+        }
     }
     let held_revision = read(fleet).await.ok().flatten().map_or(0, |(_, r)| r);
     let (missing, live, reports) = wait_for_acks(fleet, epoch, started + BARRIER_LIMIT).await;
@@ -318,9 +390,17 @@ pub async fn flip(fleet: &Arc<Fleet>, to: Phase, force: bool) -> Result<Flipped,
         hold: None,
     };
     fleet.deciding.store(epoch, Relaxed);
-    let written = replace(fleet, held_revision, &decision)
-        .await
-        .unwrap_or(false);
+    let written = match replace_known(fleet, held_revision, &decision).await {
+        Ok(written) => written,
+        Err(_) => {
+            // Perhaps taken after all: then this member follows it when it reads it, as
+            // the others do, rather than ignore it as its own; if not, the hold is given
+            // up (whichever write lands first, the other fails on the revision).
+            fleet.deciding.store(0, Relaxed);
+            abort_leftover(fleet).await;
+            false
+        }
+    };
     if !settled || !written {
         migration.abandon_flip(next);
         fleet.counters.barrier_aborts.increment(1);

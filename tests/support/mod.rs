@@ -499,24 +499,23 @@ impl Proxy {
         Proxy::cutover_with(config, &[])
     }
 
-    /// Start cutover with extra arguments and environment variables.
+    /// Start cutover with environment variables.
     pub fn cutover_env(config: &str, env: &[(&str, &str)]) -> Proxy {
-        let admin = free_port();
-        let args = ["--admin".to_string(), format!("127.0.0.1:{admin}")];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut proxy = Proxy::launch(&cutover_bin(), config, &args, env);
-        proxy.admin_port = admin;
-        proxy.made_token = std::fs::read_to_string(admin_token_file(admin)).ok();
-        proxy
+        Proxy::cutover_with_env(config, &[], env)
     }
 
     /// Start cutover with extra arguments.
     pub fn cutover_with(config: &str, extra: &[&str]) -> Proxy {
+        Proxy::cutover_with_env(config, extra, &[])
+    }
+
+    /// Start cutover with extra arguments and environment variables.
+    pub fn cutover_with_env(config: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
         let admin = free_port();
         let mut args = vec!["--admin".to_string(), format!("127.0.0.1:{admin}")];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut proxy = Proxy::start(&cutover_bin(), config, &args);
+        let mut proxy = Proxy::launch(&cutover_bin(), config, &args, env);
         proxy.admin_port = admin;
         proxy.made_token = std::fs::read_to_string(admin_token_file(admin)).ok();
         proxy

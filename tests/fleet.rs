@@ -18,10 +18,21 @@ use support::{
 /// Three members of one fleet migrating `source` into `targets` (`extra` adds `migrate:`
 /// settings).
 fn fleet(etcd: &Etcd, source: &RedisServer, targets: &[RedisServer], extra: &str) -> Vec<Proxy> {
+    fleet_with_env(etcd, source, targets, extra, &[])
+}
+
+/// [`fleet`], each member started with the environment variables `env`.
+fn fleet_with_env(
+    etcd: &Etcd,
+    source: &RedisServer,
+    targets: &[RedisServer],
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Vec<Proxy> {
     let config = member_config(etcd, source, targets, extra);
     let token = ["--admin-token", TOKEN];
     (0..3)
-        .map(|_| Proxy::cutover_with(&config, &token))
+        .map(|_| Proxy::cutover_with_env(&config, &token, env))
         .collect()
 }
 
@@ -1118,16 +1129,8 @@ fn a_lost_etcd_answer_to_a_flips_write_leaves_every_member_in_the_leaders_phase(
     let source = RedisServer::start();
     fill_numbered(&source, 300);
     let targets = redis_servers(2);
-    let config = member_config(&etcd, &source, &targets, "");
-    let members: Vec<Proxy> = (0..3)
-        .map(|_| {
-            Proxy::cutover_with_env(
-                &config,
-                &["--admin-token", TOKEN],
-                &[("CUTOVER_TEST_LOSE_ETCD_ANSWERS", "1")],
-            )
-        })
-        .collect();
+    let lose = [("CUTOVER_TEST_LOSE_ETCD_ANSWERS", "1")];
+    let members = fleet_with_env(&etcd, &source, &targets, "", &lose);
     let all: Vec<&Proxy> = members.iter().collect();
     let lead = leader(&all);
     ready_to_flip(&members[lead]);

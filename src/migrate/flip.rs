@@ -377,7 +377,7 @@ impl Migration {
             return Err(FlipError::Busy(limit));
         }
         let authority = self.authority();
-        let late = authority.behind_every_request_until(Some(deadline)).await;
+        let late = authority.behind_every_request_until(deadline).await;
         if late.is_empty() {
             return Ok(());
         }

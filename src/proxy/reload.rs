@@ -138,7 +138,7 @@ impl Reloader {
 async fn backfill_once_answered(served: Arc<Served>, migration: Arc<Migration>) {
     loop {
         let deadline = tokio::time::Instant::now() + ANSWER_WARNING;
-        let late = served.pool.behind_every_request_until(Some(deadline)).await;
+        let late = served.pool.behind_every_request_until(deadline).await;
         if late.is_empty() {
             break;
         }

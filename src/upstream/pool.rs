@@ -497,21 +497,13 @@ impl Pool {
         rx
     }
 
-    /// Send a `PING` down every connection of every server and wait for each reply: each
-    /// connection is first-in first-out, so once its `PING` is answered, every request
-    /// queued on it before has been answered too. (A connection that fails answers its
-    /// requests with its error.)
-    pub async fn behind_every_request(&self) {
-        self.behind_every_request_until(None).await;
-    }
-
-    /// [`Pool::behind_every_request`], waiting until `deadline` at most: the servers (by
-    /// index) with a connection that had not answered by then, if any. A hung server must
-    /// not hold a caller that holds clients (a flip) for as long as it hangs.
-    pub async fn behind_every_request_until(
-        &self,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Vec<usize> {
+    /// Send a `PING` down every connection of every server and wait for each reply, until
+    /// `deadline` at most: each connection is first-in first-out, so once its `PING` is
+    /// answered, every request queued on it before has been answered too. (A connection
+    /// that fails answers its requests with its error.) Returns the servers (by index)
+    /// with a connection that had not answered by then, if any: a hung server must not
+    /// hold a caller that holds clients (a flip) for as long as it hangs.
+    pub async fn behind_every_request_until(&self, deadline: tokio::time::Instant) -> Vec<usize> {
         let mut waiting = Vec::new();
         let mut late = Vec::new();
         for (server, s) in self.servers.iter().enumerate() {
@@ -618,15 +610,12 @@ static BREAK_SEND_FENCE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(||
     std::env::var("CUTOVER_TEST_BREAK_SEND_FENCE").is_ok_and(|v| v == "1")
 });
 
-/// `future`'s output, or `None` if `deadline` (when there is one) passes first.
+/// `future`'s output, or `None` if `deadline` passes first.
 async fn by<F: std::future::Future>(
-    deadline: Option<tokio::time::Instant>,
+    deadline: tokio::time::Instant,
     future: F,
 ) -> Option<F::Output> {
-    match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
-        None => Some(future.await),
-    }
+    tokio::time::timeout_at(deadline, future).await.ok()
 }
 
 #[cfg(test)]

@@ -177,12 +177,19 @@ pub(super) async fn sync_phase(fleet: &Fleet) -> Result<(), etcd_client::Error> 
     Ok(())
 }
 
-/// A flip left undecided (by a former leader, found by its successor, or by this leader
-/// when etcd did not say whether it took a write): give it up (the members release on
-/// the old side).
+/// A new leader finds a flip its predecessor began and never decided: give it up (the
+/// members release on the old side).
 pub(super) async fn abort_leftover(fleet: &Fleet) {
+    abort_hold(fleet, None).await;
+}
+
+/// Give up the hold the record holds, if any (only epoch `only`'s, when given: this
+/// leader's own flip, left undecided when etcd did not say whether it took a write, and
+/// not a later leader's); the members release on the old side.
+async fn abort_hold(fleet: &Fleet, only: Option<u64>) {
     if let Ok(Some((record, revision))) = read(fleet).await
         && let Some(hold) = &record.hold
+        && only.is_none_or(|epoch| epoch == hold.epoch)
     {
         let aborted = PhaseRecord {
             phase: record.phase.clone(),
@@ -360,7 +367,7 @@ pub async fn flip(fleet: &Arc<Fleet>, to: Phase, force: bool) -> Result<Flipped,
         }
         Err(error) => {
             // Perhaps taken after all: members that hold for it are released.
-            abort_leftover(fleet).await;
+            abort_hold(fleet, Some(epoch)).await;
             migration.abandon_flip(next);
             return Err(FlipError::NotReady(vec![format!(
                 "etcd did not say whether it took the flip's hold ({error}); given up"
@@ -394,13 +401,16 @@ pub async fn flip(fleet: &Arc<Fleet>, to: Phase, force: bool) -> Result<Flipped,
         Ok(written) => written,
         Err(_) => {
             // Perhaps taken after all: then this member follows it when it reads it, as
-            // the others do, rather than ignore it as its own; if not, the hold is given
-            // up (whichever write lands first, the other fails on the revision).
+            // the others do, rather than ignore it as its own.
             fleet.deciding.store(0, Relaxed);
-            abort_leftover(fleet).await;
             false
         }
     };
+    if !written {
+        // The hold stays unless given up (if the decision lands after all, whichever
+        // write lands first, the other fails on the revision).
+        abort_hold(fleet, Some(epoch)).await;
+    }
     if !settled || !written {
         migration.abandon_flip(next);
         fleet.counters.barrier_aborts.increment(1);

@@ -339,6 +339,8 @@ fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
         asleep.is_err(),
         "the reload answered before the server woke"
     );
+    let backfill = cutover.migration()["backfill"]["state"].clone();
+    assert_eq!(backfill, "waiting for the source");
     wait_for("the wait logged", Duration::from_secs(10), || {
         cutover
             .log()

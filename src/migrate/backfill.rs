@@ -33,6 +33,9 @@ pub struct BackfillControl {
     pub copy_slots: Semaphore,
     /// Set when every source server has been scanned.
     pub done: AtomicBool,
+    /// Set while a migration a reload started waits for the source to answer what was
+    /// sent before it, to start (`/status` says so).
+    pub waiting_for_source: AtomicBool,
     /// Set when this process's backfill scanned every source server from its start: every
     /// key then passed through these lanes, which know which keys have TTLs and may drop
     /// the rest of their known-copied sets (rule 8), now and at a flip.
@@ -55,6 +58,7 @@ impl BackfillControl {
             byte_limit: AtomicU64::new(settings.backfill_bytes_per_second),
             copy_slots: Semaphore::new(settings.copies_in_flight.max(1) as usize),
             done: AtomicBool::new(false),
+            waiting_for_source: AtomicBool::new(false),
             taken_over_at: AtomicU64::new(0),
             lanes_know_every_key: AtomicBool::new(false),
             total_keys: AtomicU64::new(0),

@@ -798,6 +798,7 @@ impl Migration {
     /// Start the backfill (of a migration started without one, by a reload, once every
     /// write sent before the migration existed has been answered).
     pub fn spawn_backfill(self: &Arc<Self>) {
+        self.backfill.waiting_for_source.store(false, Relaxed);
         if self.phase() == Phase::Migrating {
             tokio::spawn(backfill::run(self.clone()));
         }

@@ -22,6 +22,8 @@ impl Migration {
             "done"
         } else if paused {
             "paused"
+        } else if self.backfill.waiting_for_source.load(Relaxed) {
+            "waiting for the source"
         } else if self.phase() != Phase::Migrating {
             "stopped"
         } else {

@@ -115,6 +115,10 @@ impl Reloader {
                 while !served.routing.empty() && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
+                migration
+                    .backfill
+                    .waiting_for_source
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(backfill_once_answered(served.clone(), migration));
                 format!(
                     "pool '{}': migration to '{}' started",
@@ -134,7 +138,8 @@ impl Reloader {
 /// queued on them so far (requests routed before the migration was attached, so not
 /// mirrored: a key copied before the source applied one would lack it). A source server
 /// that hangs holds the backfill, not the reload: the wait is logged every
-/// [`ANSWER_WARNING`] until the server answers.
+/// [`ANSWER_WARNING`] until the server answers, and `/status` says the backfill waits for
+/// the source.
 async fn backfill_once_answered(served: Arc<Served>, migration: Arc<Migration>) {
     loop {
         let deadline = tokio::time::Instant::now() + ANSWER_WARNING;

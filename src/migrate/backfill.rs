@@ -34,7 +34,7 @@ pub struct BackfillControl {
     /// Set when every source server has been scanned.
     pub done: AtomicBool,
     /// Set while a migration a reload started waits for the source to answer what was
-    /// sent before it, to start (`/status` says so).
+    /// sent before it, to start (`/status` says so; [`Migration::spawn_backfill_once_answered`]).
     pub waiting_for_source: AtomicBool,
     /// Set when this process's backfill scanned every source server from its start: every
     /// key then passed through these lanes, which know which keys have TTLs and may drop

@@ -68,6 +68,8 @@ use mirror::{MirrorHook, ReplayCheck, ShadowRead};
 
 /// Smallest queue a lane gets, whatever `mirror_queue_limit` says.
 const MIN_LANE_QUEUE: usize = 16;
+/// How often a new migration's backfill, waiting for a source server to answer, says so.
+const ANSWER_WARNING: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A running migration from one source pool to its target: its pools, and its concerns,
 /// each in its own part (the lanes; the backfill's controls; the phase and the gate; the
@@ -795,13 +797,38 @@ impl Migration {
         self.capture.on()
     }
 
-    /// Start the backfill (of a migration started without one, by a reload, once every
-    /// write sent before the migration existed has been answered).
-    pub fn spawn_backfill(self: &Arc<Self>) {
-        self.backfill.waiting_for_source.store(false, Relaxed);
-        if self.phase() == Phase::Migrating {
-            tokio::spawn(backfill::run(self.clone()));
-        }
+    /// Start the backfill of a migration started without one (by a reload) once the
+    /// source's servers have answered everything queued on them so far: requests routed
+    /// before the migration was attached, so not mirrored (a key copied before the source
+    /// applied one would lack it). A source server that hangs holds the backfill, not the
+    /// reload: the wait is logged every 5 s (`ANSWER_WARNING`) until the server answers, and
+    /// `/status` says the backfill waits for the source.
+    pub fn spawn_backfill_once_answered(self: &Arc<Self>) {
+        self.backfill.waiting_for_source.store(true, Relaxed);
+        let migration = self.clone();
+        tokio::spawn(async move {
+            let source = &migration.source;
+            loop {
+                let deadline = tokio::time::Instant::now() + ANSWER_WARNING;
+                let late = source.behind_every_request_until(deadline).await;
+                if late.is_empty() {
+                    break;
+                }
+                let servers: Vec<&str> = late
+                    .iter()
+                    .map(|&server| source.servers[server].name.as_str())
+                    .collect();
+                tracing::warn!(
+                    pool = source.name(),
+                    servers = %servers.join(", "),
+                    "the new migration's backfill waits for source servers to answer what was sent to them before it started (hung?)"
+                );
+            }
+            migration.backfill.waiting_for_source.store(false, Relaxed);
+            if migration.phase() == Phase::Migrating {
+                backfill::run(migration).await;
+            }
+        });
     }
 
     /// Change the backfill's keys-per-second limit (0: unlimited).

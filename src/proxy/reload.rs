@@ -26,8 +26,6 @@ use crate::migrate::{Migration, RUNTIME_SETTINGS};
 
 /// Longest wait for the requests routed before a new migration to be queued.
 const ROUTED_WAIT: Duration = Duration::from_secs(10);
-/// How often a new migration's backfill, waiting for a source server to answer, says so.
-const ANSWER_WARNING: Duration = Duration::from_secs(5);
 
 /// What a reload does.
 #[derive(Debug)]
@@ -115,11 +113,7 @@ impl Reloader {
                 while !served.routing.empty() && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                migration
-                    .backfill
-                    .waiting_for_source
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                tokio::spawn(backfill_once_answered(served.clone(), migration));
+                migration.spawn_backfill_once_answered();
                 format!(
                     "pool '{}': migration to '{}' started",
                     pool.name, target.name
@@ -132,32 +126,6 @@ impl Reloader {
     fn served(&self, name: &str) -> Option<&Arc<Served>> {
         self.pools.iter().find(|s| s.name() == name)
     }
-}
-
-/// Start `migration`'s backfill once `served`'s source servers have answered everything
-/// queued on them so far (requests routed before the migration was attached, so not
-/// mirrored: a key copied before the source applied one would lack it). A source server
-/// that hangs holds the backfill, not the reload: the wait is logged every
-/// [`ANSWER_WARNING`] until the server answers, and `/status` says the backfill waits for
-/// the source.
-async fn backfill_once_answered(served: Arc<Served>, migration: Arc<Migration>) {
-    loop {
-        let deadline = tokio::time::Instant::now() + ANSWER_WARNING;
-        let late = served.pool.behind_every_request_until(deadline).await;
-        if late.is_empty() {
-            break;
-        }
-        let servers: Vec<&str> = late
-            .iter()
-            .map(|&server| served.pool.servers[server].name.as_str())
-            .collect();
-        tracing::warn!(
-            pool = served.name(),
-            servers = %servers.join(", "),
-            "the new migration's backfill waits for source servers to answer what was sent to them before it started (hung?)"
-        );
-    }
-    migration.spawn_backfill();
 }
 
 /// The changes from `running` to `new`, or every reason they cannot be applied.

@@ -341,6 +341,12 @@ fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
     );
     let backfill = cutover.migration()["backfill"]["state"].clone();
     assert_eq!(backfill, "waiting for the source");
+    let waiting = "cutover_backfill_state{pool=\"legacy\",state=\"waiting_for_source\"}";
+    assert_eq!(
+        cutover.metric(waiting),
+        1.0,
+        "the state's gauge while it waits"
+    );
     wait_for("the wait logged", Duration::from_secs(10), || {
         cutover
             .log()
@@ -349,6 +355,19 @@ fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
     sleeper.join().expect("the server woke");
     cutover.wait_migration_drained(Duration::from_secs(30), 3);
     support::compare::assert_same(&source, &targets);
+    assert_eq!(cutover.metric(waiting), 0.0, "the wait is over");
+    let wait = "cutover_backfill_source_wait_seconds";
+    assert_eq!(
+        cutover.metric(&format!("{wait}_count")),
+        1.0,
+        "one wait timed"
+    );
+    // The server slept 8 s from before the reload; the reload waited for the log line (5 s).
+    let waited = cutover.metric(&format!("{wait}_sum"));
+    assert!(
+        waited >= 5.0,
+        "the wait lasted until the server woke: {waited} s"
+    );
 }
 
 /// Four clients pipeline small GETs for six seconds. The metrics exporter keeps every

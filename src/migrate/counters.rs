@@ -62,7 +62,10 @@ pub struct MigrationCounters {
     /// `cutover_backfill_bytes_copied_total` (payload bytes, backfill and mirror copies).
     pub bytes_copied: Counter,
     /// `cutover_backfill_state{state}`: 1 for the current state.
-    pub state: [Gauge; 4],
+    pub state: [Gauge; BACKFILL_STATES.len()],
+    /// `cutover_backfill_source_wait_seconds`: how long a migration a reload started
+    /// waited for the source to answer what was sent before it, before its backfill.
+    pub source_wait: Histogram,
     /// `cutover_backfill_rate_limit_keys_per_second` (0: unlimited).
     pub rate_limit: Gauge,
     /// `cutover_backfill_servers_done`.
@@ -191,8 +194,10 @@ pub const SHADOW_SKIPS: [&str; 5] = [
     "target_lacks",
 ];
 
-/// The backfill's states, in the order of `MigrationCounters::state`.
-pub const BACKFILL_STATES: [&str; 4] = ["idle", "running", "paused", "done"];
+/// The backfill's states, in the order of `MigrationCounters::state`. A migration a
+/// reload started is `waiting_for_source` until the source answered every request sent
+/// to it before the migration was attached (those were not mirrored).
+pub const BACKFILL_STATES: [&str; 5] = ["idle", "waiting_for_source", "running", "paused", "done"];
 
 impl MigrationCounters {
     /// Resolve every handle for the migration of `pool`.
@@ -218,6 +223,7 @@ impl MigrationCounters {
             bytes_copied: counter!("cutover_backfill_bytes_copied_total", "pool" => p.clone()),
             state: BACKFILL_STATES
                 .map(|s| gauge!("cutover_backfill_state", "pool" => p.clone(), "state" => s)),
+            source_wait: histogram!("cutover_backfill_source_wait_seconds", "pool" => p.clone()),
             rate_limit: gauge!("cutover_backfill_rate_limit_keys_per_second", "pool" => p.clone()),
             servers_done: gauge!("cutover_backfill_servers_done", "pool" => p.clone()),
             rejected_payload: counter!("cutover_copy_restore_rejections_total", "pool" => p.clone(), "reason" => "payload_version"),

@@ -801,13 +801,16 @@ impl Migration {
     /// source's servers have answered everything queued on them so far: requests routed
     /// before the migration was attached, so not mirrored (a key copied before the source
     /// applied one would lack it). A source server that hangs holds the backfill, not the
-    /// reload: the wait is logged every 5 s (`ANSWER_WARNING`) until the server answers, and
-    /// `/status` says the backfill waits for the source.
+    /// reload: the wait is logged every 5 s (`ANSWER_WARNING`) until the server answers,
+    /// `/status` and `cutover_backfill_state{state="waiting_for_source"}` say the backfill
+    /// waits for the source, and `cutover_backfill_source_wait_seconds` takes how long it did.
     pub fn spawn_backfill_once_answered(self: &Arc<Self>) {
         self.backfill.waiting_for_source.store(true, Relaxed);
+        self.counters.set_state("waiting_for_source");
         let migration = self.clone();
         tokio::spawn(async move {
             let source = &migration.source;
+            let started = tokio::time::Instant::now();
             loop {
                 let deadline = tokio::time::Instant::now() + ANSWER_WARNING;
                 let late = source.behind_every_request_until(deadline).await;
@@ -824,7 +827,12 @@ impl Migration {
                     "the new migration's backfill waits for source servers to answer what was sent to them before it started (hung?)"
                 );
             }
+            migration
+                .counters
+                .source_wait
+                .record(started.elapsed().as_secs_f64());
             migration.backfill.waiting_for_source.store(false, Relaxed);
+            migration.counters.set_state("idle");
             if migration.phase() == Phase::Migrating {
                 backfill::run(migration).await;
             }

@@ -396,6 +396,95 @@ fn a_client_connected_straight_to_the_source_blocks_the_cutover() {
     });
 }
 
+/// Every command cutover sends a source server comes from a connection that has named
+/// itself, as the cutover's check for clients connected straight to the source assumes
+/// (a nameless connection that has sent a command counts as such a client). Redis's slow
+/// log, set to log every command, records each with its connection's name: from the
+/// start (the short-lived probe that learns each server's version) through the backfill,
+/// mirrored writes, shadow reads, a verify pass and the cutover itself. Only a connection's
+/// handshake comes before its name.
+#[test]
+fn every_command_cutover_sends_the_source_comes_from_a_named_connection() {
+    let source = RedisServer::start();
+    let targets = redis_servers(2);
+    fill_numbered(&source, 300);
+    let mut admin = source.client();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&[
+            "SET",
+            "slowlog-log-slower-than",
+            "0",
+            "slowlog-max-len",
+            "100000",
+        ])
+        .query(&mut admin)
+        .expect("log every command");
+    let info: String = redis::cmd("CLIENT")
+        .arg("INFO")
+        .query(&mut admin)
+        .expect("CLIENT INFO");
+    let own = info
+        .split(' ')
+        .find_map(|field| field.strip_prefix("addr="))
+        .map(str::to_string)
+        .expect("this connection's address");
+    // Gone before the cutover, whose check would count it as a client of the source's.
+    drop(admin);
+    let proxy = Proxy::cutover(&migration_config(
+        &source,
+        &targets,
+        "    shadow_ratio: 1.0\n",
+    ));
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    let mut conn = proxy.client();
+    for i in 0..50 {
+        let _: () = conn.set(format!("k{i}"), i + 7).expect("SET");
+        let _: String = conn.get(format!("k{i}")).expect("GET");
+    }
+    proxy.wait_migration_drained(Duration::from_secs(30), 2);
+    verify_online(&proxy, "");
+    support::until_accepted("the cutover", Duration::from_secs(30), || {
+        http(proxy.admin_port, "POST", "/cutover")
+    });
+    // Each entry: id, time, duration, arguments, client address, client name.
+    let entries: Vec<(Vec<String>, String, String)> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query::<Vec<(u64, u64, u64, Vec<String>, String, String)>>(&mut source.client())
+        .expect("SLOWLOG GET")
+        .into_iter()
+        .map(|(_, _, _, args, addr, name)| (args, addr, name))
+        .filter(|(_, addr, _)| *addr != own)
+        .collect();
+    let commands = |word: &str| {
+        entries
+            .iter()
+            .filter(|(args, _, _)| args.first().is_some_and(|a| a.eq_ignore_ascii_case(word)))
+            .count()
+    };
+    assert!(
+        commands("INFO") >= 1 && commands("SCAN") >= 1 && commands("SET") >= 50,
+        "the slow log holds cutover's commands: {} entries",
+        entries.len()
+    );
+    // A connection's handshake (HELLO, AUTH, SELECT) comes before its name, as the check
+    // allows for (it looks twice at a nameless connection that sent only those).
+    let handshake = ["HELLO", "AUTH", "SELECT"];
+    let nameless: Vec<_> = entries
+        .iter()
+        .filter(|(_, _, name)| !name.starts_with("cutover"))
+        .filter(|(args, _, _)| {
+            !args
+                .first()
+                .is_some_and(|a| handshake.iter().any(|h| a.eq_ignore_ascii_case(h)))
+        })
+        .collect();
+    assert!(
+        nameless.is_empty(),
+        "commands from connections not named as cutover's: {nameless:?}"
+    );
+}
+
 /// A connection the source has accepted but not yet heard from is nameless, like a client
 /// that never speaks, and so is one of cutover's own until the server reads its
 /// `CLIENT SETNAME`. The check looks twice at such a connection: one that stays silent

@@ -11,9 +11,13 @@ use super::backend::{DEFAULT_CONNECT_TIMEOUT, Stream, connect};
 use super::pool::{Pool, Server};
 use crate::resp::{ReplyScanner, encode, info_field};
 
-/// Learn `server`'s `redis_version` with a short-lived connection (AUTH, INFO server), so
-/// HELLO and INFO can report it before any client has used the server. Failures are
-/// ignored: the first real connection learns it too.
+/// Learn `server`'s `redis_version` with a short-lived connection (AUTH, `CLIENT SETNAME`,
+/// INFO server), so HELLO and INFO can report it before any client has used the server.
+/// Failures are ignored: the first real connection learns it too. The probe names itself
+/// as the pool's connections do: a cutover's check for clients connected straight to a
+/// source server counts a nameless connection that has sent a command (`INFO`) as one
+/// (`migrate/direct_clients.rs`), and a pool starts (a fleet member joining, say) while
+/// another process checks.
 pub async fn probe(pool: Arc<Pool>, server: usize) {
     let s = &pool.servers[server];
     let Ok(stream) = connect(&s.addr, pool.timeout()).await else {
@@ -23,6 +27,8 @@ pub async fn probe(pool: Arc<Pool>, server: usize) {
     if let Some(password) = &pool.config.redis_auth {
         encode::command(&mut request, &[b"AUTH".as_slice(), password.as_bytes()]);
     }
+    let name = pool.connection_name();
+    encode::command(&mut request, &[b"CLIENT".as_slice(), b"SETNAME", &name]);
     encode::command(&mut request, &[b"INFO".as_slice(), b"server"]);
     let exchange = async {
         let (mut rd, mut wr): (
@@ -41,10 +47,11 @@ pub async fn probe(pool: Arc<Pool>, server: usize) {
         wr.write_all(&request).await.ok()?;
         let mut buf = BytesMut::with_capacity(8192);
         let mut scanner = ReplyScanner::default();
+        // AUTH's, if sent, and SETNAME's (neither holds `redis_version:`), then INFO's.
         let replies = if pool.config.redis_auth.is_some() {
-            2
+            3
         } else {
-            1
+            2
         };
         for _ in 0..replies {
             loop {

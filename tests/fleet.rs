@@ -128,6 +128,18 @@ fn leader(members: &[&Proxy]) -> usize {
     found.expect("a leader")
 }
 
+/// [`count_through`] each of the members `which`, their counters tagged `m<index>`.
+fn count_through_members(
+    members: &[Proxy],
+    which: impl IntoIterator<Item = usize>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<i64>>> {
+    which
+        .into_iter()
+        .map(|i| count_through(members[i].port, format!("m{i}"), stop.clone()))
+        .collect()
+}
+
 /// INCRs of 20 counters through `port` until `stop`; every counter's acknowledged count.
 fn count_through(
     port: u16,
@@ -164,11 +176,7 @@ fn three_members_elect_one_leader_which_migrates_what_all_three_write() {
     assert_eq!(seen["role"], "follower", "{seen}");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| count_through(m.port, format!("m{i}"), stop.clone()))
-        .collect();
+    let writers = count_through_members(&members, 0..3, &stop);
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Relaxed);
     let acked: Vec<Vec<i64>> = joined(writers);
@@ -211,10 +219,7 @@ fn a_leader_killed_during_the_backfill_is_replaced_from_its_checkpoint() {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let survivors: Vec<usize> = (0..3).filter(|&i| i != first).collect();
-    let writers: Vec<_> = survivors
-        .iter()
-        .map(|&i| count_through(members[i].port, format!("m{i}"), stop.clone()))
-        .collect();
+    let writers = count_through_members(&members, survivors.iter().copied(), &stop);
     std::thread::sleep(Duration::from_millis(300));
     members[first].signal("KILL");
     let _ = members[first].terminate(Duration::from_secs(5));
@@ -263,11 +268,7 @@ fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutove
     let prometheus = support::Prometheus::over_with_alerts(&members);
     members[lead].wait_migration_drained(Duration::from_secs(30), 2);
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| count_through(m.port, format!("m{i}"), stop.clone()))
-        .collect();
+    let writers = count_through_members(&members, 0..3, &stop);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(post(leader_admin, "/verify").0, 202);
     let mut pauses = Vec::new();
@@ -734,10 +735,7 @@ fn a_killed_follower_and_a_restarted_etcd_do_not_stop_the_fleet() {
     members[dead].signal("KILL");
     let _ = members[dead].terminate(Duration::from_secs(5));
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = [lead, alive]
-        .into_iter()
-        .map(|i| count_through(members[i].port, format!("m{i}"), stop.clone()))
-        .collect();
+    let writers = count_through_members(&members, [lead, alive], &stop);
     // etcd restarted during the migration: the members keep serving.
     std::thread::sleep(Duration::from_millis(500));
     etcd.restart();
@@ -937,9 +935,7 @@ fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
         members.iter().all(|m| phase(m) == "cutover")
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..3)
-        .map(|i| count_through(members[i].port, format!("m{i}"), stop.clone()))
-        .collect();
+    let writers = count_through_members(&members, 0..3, &stop);
     std::thread::sleep(Duration::from_millis(300));
     // A target server stops answering for 10 s: writes in flight to it are not answered,
     // so no member can hold within the barrier's 8 s, though every lease is renewed.

@@ -305,8 +305,9 @@ fn a_reload_starts_a_migration_without_dropping_a_client_and_refuses_other_chang
 
 /// A reload that starts a migration while a source server hangs: the backfill must wait
 /// until the source answered what was sent to it before (those requests were not
-/// mirrored), but the reload itself answers at once, and the wait is logged. Once the
-/// server wakes, the backfill runs and the target equals the source.
+/// mirrored), but the reload itself answers at once, and the wait is logged, shown by
+/// its gauge and alerted on (in a real Prometheus). Once the server wakes, the backfill
+/// runs and the target equals the source.
 #[test]
 fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
     let source = RedisServer::start_with(&["--enable-debug-command", "yes"]);
@@ -317,6 +318,15 @@ fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
         source.addr()
     );
     let cutover = Proxy::cutover(&plain);
+    // A real Prometheus with the shipped alerting rules, scraping the proxy.
+    let prometheus = support::Prometheus::over_with_alerts(std::slice::from_ref(&cutover));
+    prometheus.wait_scraping();
+    let alerted = || {
+        prometheus
+            .alerts()
+            .iter()
+            .any(|(name, _)| name == "CutoverBackfillWaitingForSource")
+    };
     let _: () = redis::cmd("SET")
         .arg("before")
         .arg("1")
@@ -330,7 +340,7 @@ fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
     probe
         .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("read timeout");
-    let sleeper = source.hold_busy(8);
+    let sleeper = source.hold_busy(12);
     let (code, body) = http(cutover.admin_port, "POST", "/reload");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("migration to 'fleet' started"), "{body}");
@@ -347,6 +357,8 @@ fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
         1.0,
         "the state's gauge while it waits"
     );
+    // Pending at once (it fires after a minute).
+    wait_for("the waiting alert", Duration::from_secs(8), alerted);
     wait_for("the wait logged", Duration::from_secs(10), || {
         cutover
             .log()
@@ -356,13 +368,14 @@ fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
     cutover.wait_migration_drained(Duration::from_secs(30), 3);
     support::compare::assert_same(&source, &targets);
     assert_eq!(cutover.metric(waiting), 0.0, "the wait is over");
+    wait_for("the alert gone", Duration::from_secs(10), || !alerted());
     let wait = "cutover_backfill_source_wait_seconds";
     assert_eq!(
         cutover.metric(&format!("{wait}_count")),
         1.0,
         "one wait timed"
     );
-    // The server slept 8 s from before the reload; the reload waited for the log line (5 s).
+    // The server slept 12 s from before the reload; the test waited for the log line (5 s).
     let waited = cutover.metric(&format!("{wait}_sum"));
     assert!(
         waited >= 5.0,

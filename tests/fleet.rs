@@ -37,9 +37,7 @@ fn fleet_with_env(
 }
 
 /// A fleet's parts, started: its own etcd, a source, the targets, three members and the
-/// index of the one elected leader. A test takes them apart, binding every part it does
-/// not use to a `_name` (`..` or `_` would leave it in the temporary, dropped, so
-/// stopped, at the end of the statement).
+/// index of the one elected leader.
 struct Fleet {
     etcd: Etcd,
     source: RedisServer,
@@ -71,6 +69,19 @@ impl Fleet {
             members,
             lead,
         }
+    }
+
+    /// The parts, to take apart in one line: `(etcd, source, targets, members, lead)`.
+    /// Every part a test does not use still needs a `_name` binding: `_` alone would drop
+    /// it, so stop it, at the end of the statement.
+    fn parts(self) -> (Etcd, RedisServer, Vec<RedisServer>, Vec<Proxy>, usize) {
+        (
+            self.etcd,
+            self.source,
+            self.targets,
+            self.members,
+            self.lead,
+        )
     }
 }
 
@@ -164,13 +175,7 @@ fn count_through(
 
 #[test]
 fn three_members_elect_one_leader_which_migrates_what_all_three_write() {
-    let Fleet {
-        etcd: _etcd,
-        source,
-        targets,
-        members,
-        lead,
-    } = Fleet::start(3000, "");
+    let (_etcd, source, targets, members, lead) = Fleet::start(3000, "").parts();
     let seen = view(&members[(lead + 1) % 3]);
     assert_eq!(seen["members"].as_array().map(Vec::len), Some(3), "{seen}");
     assert_eq!(seen["role"], "follower", "{seen}");
@@ -202,13 +207,8 @@ fn three_members_elect_one_leader_which_migrates_what_all_three_write() {
 
 #[test]
 fn a_leader_killed_during_the_backfill_is_replaced_from_its_checkpoint() {
-    let Fleet {
-        etcd: _etcd,
-        source,
-        targets,
-        mut members,
-        lead: first,
-    } = Fleet::start(30_000, "    backfill_keys_per_second: 5000\n");
+    let (_etcd, source, targets, mut members, first) =
+        Fleet::start(30_000, "    backfill_keys_per_second: 5000\n").parts();
     let scanned = |member: &Proxy| {
         member.migration()["backfill"]["keys_scanned"]
             .as_u64()
@@ -255,13 +255,8 @@ fn phase(member: &Proxy) -> Value {
 
 #[test]
 fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutover_again() {
-    let Fleet {
-        mut etcd,
-        source,
-        targets,
-        members,
-        lead,
-    } = Fleet::over(500, redis_servers(3), "", &[]);
+    let (mut etcd, source, targets, members, lead) =
+        Fleet::over(500, redis_servers(3), "", &[]).parts();
     let leader_admin = members[lead].admin_port;
     // A real Prometheus scrapes every member, for the dashboard's fleet panels, and
     // evaluates the alerting rules.
@@ -382,13 +377,7 @@ struct Scene {
 /// Three members migrating a source of `fill` numbered keys into two targets, drained
 /// and verified ([`ready_to_flip`]).
 fn ready_with_a_follower_to_stop(fill: u64) -> Scene {
-    let Fleet {
-        etcd,
-        source,
-        targets,
-        members,
-        lead,
-    } = Fleet::start(fill, "");
+    let (etcd, source, targets, members, lead) = Fleet::start(fill, "").parts();
     ready_to_flip(&members[lead]);
     Scene {
         _etcd: etcd,
@@ -723,13 +712,8 @@ fn a_member_stopped_with_requests_queued_behind_a_busy_source_sends_none_after_t
 
 #[test]
 fn a_killed_follower_and_a_restarted_etcd_do_not_stop_the_fleet() {
-    let Fleet {
-        mut etcd,
-        source,
-        targets,
-        mut members,
-        lead,
-    } = Fleet::start(20_000, "    backfill_keys_per_second: 10000\n");
+    let (mut etcd, source, targets, mut members, lead) =
+        Fleet::start(20_000, "    backfill_keys_per_second: 10000\n").parts();
     let (dead, alive) = ((lead + 1) % 3, (lead + 2) % 3);
     // kill -9 of a follower during the backfill.
     members[dead].signal("KILL");
@@ -818,13 +802,7 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
 
 #[test]
 fn a_member_whose_pools_place_keys_differently_is_refused_and_the_fleet_goes_on() {
-    let Fleet {
-        etcd,
-        source,
-        targets,
-        members,
-        lead,
-    } = Fleet::start(100, "");
+    let (etcd, source, targets, members, lead) = Fleet::start(100, "").parts();
     // A fourth member, started from a config whose target pool lacks a server: it would
     // send that server's keys elsewhere than the other members do (rule 16).
     let dir = tempfile::tempdir().expect("dir");
@@ -919,13 +897,7 @@ fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
     let targets: Vec<RedisServer> = (0..2)
         .map(|_| RedisServer::start_with(&["--enable-debug-command", "yes"]))
         .collect();
-    let Fleet {
-        etcd: _etcd,
-        source,
-        targets,
-        members,
-        lead,
-    } = Fleet::over(300, targets, "", &[]);
+    let (_etcd, source, targets, members, lead) = Fleet::over(300, targets, "", &[]).parts();
     members[lead].wait_migration_drained(Duration::from_secs(30), 2);
     assert_eq!(post(members[lead].admin_port, "/verify").0, 202);
     support::until_accepted("the cutover", Duration::from_secs(30), || {
@@ -1151,13 +1123,8 @@ fn an_ejection_at_a_follower_while_the_cutover_prepares_gives_the_flip_up() {
 #[test]
 fn a_lost_etcd_answer_to_a_flips_write_leaves_every_member_in_the_leaders_phase() {
     let lose = [("CUTOVER_TEST_LOSE_ETCD_ANSWERS", "1")];
-    let Fleet {
-        etcd: _etcd,
-        source: _source,
-        targets: _targets,
-        members,
-        lead,
-    } = Fleet::over(300, redis_servers(2), "", &lose);
+    let (_etcd, _source, _targets, members, lead) =
+        Fleet::over(300, redis_servers(2), "", &lose).parts();
     ready_to_flip(&members[lead]);
     for (path, to) in [("/cutover", "cutover"), ("/rollback", "migrating")] {
         support::until_accepted(path, Duration::from_secs(30), || {

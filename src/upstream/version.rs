@@ -16,7 +16,7 @@ use crate::resp::{ReplyScanner, encode, info_field};
 /// Failures are ignored: the first real connection learns it too. The probe names itself
 /// as the pool's connections do: a cutover's check for clients connected straight to a
 /// source server counts a nameless connection that has sent a command (`INFO`) as one
-/// (`migrate/direct_clients.rs`), and a pool starts (a fleet member joining, say) while
+/// (`migrate/direct_clients.rs`), and a pool may start (a fleet member joining, say) while
 /// another process checks.
 pub async fn probe(pool: Arc<Pool>, server: usize) {
     let s = &pool.servers[server];

@@ -269,6 +269,49 @@ pub(super) enum Stream {
     Unix(UnixStream),
 }
 
+/// A setup command: its name (to log a refusal by, and to find INFO's reply) and its
+/// arguments.
+pub(super) type SetupCommand = (&'static str, Vec<Vec<u8>>);
+
+/// How every connection of cutover's to a server of `pool` introduces itself, in order:
+/// HELLO 3 (with AUTH) or AUTH, then SELECT, then `CLIENT SETNAME` with the pool's
+/// connection name (so a migration can tell its own connections from clients, or other
+/// cutover processes, that write to a source server directly: a nameless connection that
+/// has sent a command counts as such a client), then, if `learn_version`, INFO server.
+/// The pooled connections and the short-lived version probe both send this, so none of
+/// them sends a command before its name.
+pub(super) fn setup_commands(
+    pool: &Pool,
+    protocol: Protocol,
+    learn_version: bool,
+) -> Vec<SetupCommand> {
+    let config = &pool.config;
+    let mut commands: Vec<SetupCommand> = Vec::new();
+    let mut add = |command: &'static str, args: &[&[u8]]| {
+        commands.push((command, args.iter().map(|a| a.to_vec()).collect()));
+    };
+    match (protocol, config.redis_auth.as_deref()) {
+        (Protocol::Resp3, Some(pw)) => add(
+            "HELLO",
+            &[b"HELLO", b"3", b"AUTH", b"default", pw.as_bytes()],
+        ),
+        (Protocol::Resp3, None) => add("HELLO", &[b"HELLO", b"3"]),
+        (Protocol::Resp2, Some(pw)) => add("AUTH", &[b"AUTH", pw.as_bytes()]),
+        (Protocol::Resp2, None) => {}
+    }
+    if config.redis_db > 0 {
+        add(
+            "SELECT",
+            &[b"SELECT", config.redis_db.to_string().as_bytes()],
+        );
+    }
+    add("CLIENT", &[b"CLIENT", b"SETNAME", &pool.connection_name()]);
+    if learn_version {
+        add("INFO", &[b"INFO", b"server"]);
+    }
+    commands
+}
+
 /// Connect to `addr`, within the pool's timeout.
 pub(super) async fn connect(
     addr: &ServerAddr,
@@ -344,41 +387,20 @@ impl<'a> Connection<'a> {
         &self.pool.servers[self.server]
     }
 
-    /// The connection's own setup, ahead of any request: HELLO 3 (with AUTH) or AUTH,
-    /// then SELECT, then `CLIENT SETNAME` with the pool's connection name (so a migration
-    /// can tell its own connections from clients, or other cutover processes, that write
-    /// to a source server directly), then INFO once
-    /// per server to learn its version. Setup commands time
-    /// out like requests: a server that never answers them must not hold the requests
-    /// queued behind them past their timeout.
+    /// The connection's own setup ([`setup_commands`]), ahead of any request, with INFO
+    /// only while the server's version is unknown. Setup commands time out like requests:
+    /// a server that never answers them must not hold the requests queued behind them
+    /// past their timeout.
     fn setup(&mut self, protocol: Protocol) {
         let deadline = self.pool.timeout().map(|t| Instant::now() + t);
-        let config = &self.pool.config;
-        match (protocol, config.redis_auth.as_deref()) {
-            (Protocol::Resp3, Some(pw)) => self.queue_setup(
-                "HELLO",
-                &[b"HELLO", b"3", b"AUTH", b"default", pw.as_bytes()],
-                deadline,
-            ),
-            (Protocol::Resp3, None) => self.queue_setup("HELLO", &[b"HELLO", b"3"], deadline),
-            (Protocol::Resp2, Some(pw)) => {
-                self.queue_setup("AUTH", &[b"AUTH", pw.as_bytes()], deadline);
-            }
-            (Protocol::Resp2, None) => {}
-        }
-        if config.redis_db > 0 {
-            let db = config.redis_db.to_string();
-            self.queue_setup("SELECT", &[b"SELECT", db.as_bytes()], deadline);
-        }
-        let name = self.pool.connection_name();
-        self.queue_setup("CLIENT", &[b"CLIENT", b"SETNAME", &name], deadline);
-        if self.server().redis_version().is_none() {
-            self.queue_setup("INFO", &[b"INFO", b"server"], deadline);
+        let learn_version = self.server().redis_version().is_none();
+        for (command, args) in setup_commands(self.pool, protocol, learn_version) {
+            self.queue_setup(command, &args, deadline);
         }
     }
 
     /// Queue one setup command, whose reply is read and dropped.
-    fn queue_setup(&mut self, command: &'static str, args: &[&[u8]], deadline: Option<Instant>) {
+    fn queue_setup(&mut self, command: &'static str, args: &[Vec<u8>], deadline: Option<Instant>) {
         let before = self.wbuf.len();
         encode::command(&mut self.wbuf, args);
         self.inflight.push_back(InFlight {

@@ -7,29 +7,27 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::backend::{DEFAULT_CONNECT_TIMEOUT, Stream, connect};
+use super::backend::{DEFAULT_CONNECT_TIMEOUT, Stream, connect, setup_commands};
 use super::pool::{Pool, Server};
-use crate::resp::{ReplyScanner, encode, info_field};
+use crate::resp::{Protocol, ReplyScanner, encode, info_field};
 
-/// Learn `server`'s `redis_version` with a short-lived connection (AUTH, `CLIENT SETNAME`,
+/// Learn `server`'s `redis_version` with a short-lived connection (the setup every
+/// connection of cutover's sends, [`setup_commands`]: AUTH, SELECT, `CLIENT SETNAME`,
 /// INFO server), so HELLO and INFO can report it before any client has used the server.
-/// Failures are ignored: the first real connection learns it too. The probe names itself
-/// as the pool's connections do: a cutover's check for clients connected straight to a
-/// source server counts a nameless connection that has sent a command (`INFO`) as one
-/// (`migrate/direct_clients.rs`), and a pool may start (a fleet member joining, say) while
-/// another process checks.
+/// Failures are ignored: the first real connection learns it too. It names itself like
+/// the rest because a pool may start (a fleet member joining, say) while another process
+/// checks a source server for clients connected straight to it, and a nameless
+/// connection that has sent `INFO` would count as one (`migrate/direct_clients.rs`).
 pub async fn probe(pool: Arc<Pool>, server: usize) {
     let s = &pool.servers[server];
     let Ok(stream) = connect(&s.addr, pool.timeout()).await else {
         return;
     };
+    let setup = setup_commands(&pool, Protocol::Resp2, true);
     let mut request = BytesMut::new();
-    if let Some(password) = &pool.config.redis_auth {
-        encode::command(&mut request, &[b"AUTH".as_slice(), password.as_bytes()]);
+    for (_, args) in &setup {
+        encode::command(&mut request, args);
     }
-    let name = pool.connection_name();
-    encode::command(&mut request, &[b"CLIENT".as_slice(), b"SETNAME", &name]);
-    encode::command(&mut request, &[b"INFO".as_slice(), b"server"]);
     let exchange = async {
         let (mut rd, mut wr): (
             Box<dyn AsyncRead + Unpin + Send>,
@@ -47,13 +45,8 @@ pub async fn probe(pool: Arc<Pool>, server: usize) {
         wr.write_all(&request).await.ok()?;
         let mut buf = BytesMut::with_capacity(8192);
         let mut scanner = ReplyScanner::default();
-        // AUTH's, if sent, and SETNAME's (neither holds `redis_version:`), then INFO's.
-        let replies = if pool.config.redis_auth.is_some() {
-            3
-        } else {
-            2
-        };
-        for _ in 0..replies {
+        // One reply a command; only INFO's holds `redis_version:`.
+        for _ in 0..setup.len() {
             loop {
                 if let Some(len) = scanner.scan(&buf).ok()? {
                     let reply = buf.split_to(len);

@@ -36,53 +36,32 @@ fn fleet_with_env(
         .collect()
 }
 
-/// A fleet's parts, started: its own etcd, a source, the targets, three members and the
-/// index of the one elected leader.
-struct Fleet {
-    etcd: Etcd,
-    source: RedisServer,
-    targets: Vec<RedisServer>,
-    members: Vec<Proxy>,
-    lead: usize,
+/// A fleet started and led: its own etcd, a source, the targets, three members and the
+/// index of the one elected leader, in that order. A test binds every part it does not
+/// use to a `_name`: `_` alone would drop it, so stop it, at the end of the statement.
+type Started = (Etcd, RedisServer, Vec<RedisServer>, Vec<Proxy>, usize);
+
+/// Three members migrating a source of `keys` numbered keys into two targets (`extra`
+/// adds `migrate:` settings), once they agree on a leader.
+fn started_fleet(keys: u64, extra: &str) -> Started {
+    started_fleet_over(keys, redis_servers(2), extra, &[])
 }
 
-impl Fleet {
-    /// Three members migrating a source of `keys` numbered keys into two targets (`extra`
-    /// adds `migrate:` settings), once they agree on a leader.
-    fn start(keys: u64, extra: &str) -> Fleet {
-        Fleet::over(keys, redis_servers(2), extra, &[])
-    }
-
-    /// [`Fleet::start`] into `targets`, each member started with the environment
-    /// variables `env`.
-    fn over(keys: u64, targets: Vec<RedisServer>, extra: &str, env: &[(&str, &str)]) -> Fleet {
-        let etcd = Etcd::start();
-        let source = RedisServer::start();
-        fill_numbered(&source, keys);
-        let members = fleet_with_env(&etcd, &source, &targets, extra, env);
-        let all: Vec<&Proxy> = members.iter().collect();
-        let lead = leader(&all);
-        Fleet {
-            etcd,
-            source,
-            targets,
-            members,
-            lead,
-        }
-    }
-
-    /// The parts, to take apart in one line: `(etcd, source, targets, members, lead)`.
-    /// Every part a test does not use still needs a `_name` binding: `_` alone would drop
-    /// it, so stop it, at the end of the statement.
-    fn parts(self) -> (Etcd, RedisServer, Vec<RedisServer>, Vec<Proxy>, usize) {
-        (
-            self.etcd,
-            self.source,
-            self.targets,
-            self.members,
-            self.lead,
-        )
-    }
+/// [`started_fleet`] into `targets`, each member started with the environment variables
+/// `env`.
+fn started_fleet_over(
+    keys: u64,
+    targets: Vec<RedisServer>,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Started {
+    let etcd = Etcd::start();
+    let source = RedisServer::start();
+    fill_numbered(&source, keys);
+    let members = fleet_with_env(&etcd, &source, &targets, extra, env);
+    let all: Vec<&Proxy> = members.iter().collect();
+    let lead = leader(&all);
+    (etcd, source, targets, members, lead)
 }
 
 /// A member's config: `source` into `targets` through the fleet that meets in `etcd`
@@ -175,7 +154,7 @@ fn count_through(
 
 #[test]
 fn three_members_elect_one_leader_which_migrates_what_all_three_write() {
-    let (_etcd, source, targets, members, lead) = Fleet::start(3000, "").parts();
+    let (_etcd, source, targets, members, lead) = started_fleet(3000, "");
     let seen = view(&members[(lead + 1) % 3]);
     assert_eq!(seen["members"].as_array().map(Vec::len), Some(3), "{seen}");
     assert_eq!(seen["role"], "follower", "{seen}");
@@ -208,7 +187,7 @@ fn three_members_elect_one_leader_which_migrates_what_all_three_write() {
 #[test]
 fn a_leader_killed_during_the_backfill_is_replaced_from_its_checkpoint() {
     let (_etcd, source, targets, mut members, first) =
-        Fleet::start(30_000, "    backfill_keys_per_second: 5000\n").parts();
+        started_fleet(30_000, "    backfill_keys_per_second: 5000\n");
     let scanned = |member: &Proxy| {
         member.migration()["backfill"]["keys_scanned"]
             .as_u64()
@@ -256,7 +235,7 @@ fn phase(member: &Proxy) -> Value {
 #[test]
 fn writers_on_every_member_lose_nothing_across_fleet_cutover_rollback_and_cutover_again() {
     let (mut etcd, source, targets, members, lead) =
-        Fleet::over(500, redis_servers(3), "", &[]).parts();
+        started_fleet_over(500, redis_servers(3), "", &[]);
     let leader_admin = members[lead].admin_port;
     // A real Prometheus scrapes every member, for the dashboard's fleet panels, and
     // evaluates the alerting rules.
@@ -377,7 +356,7 @@ struct Scene {
 /// Three members migrating a source of `fill` numbered keys into two targets, drained
 /// and verified ([`ready_to_flip`]).
 fn ready_with_a_follower_to_stop(fill: u64) -> Scene {
-    let (etcd, source, targets, members, lead) = Fleet::start(fill, "").parts();
+    let (etcd, source, targets, members, lead) = started_fleet(fill, "");
     ready_to_flip(&members[lead]);
     Scene {
         _etcd: etcd,
@@ -713,7 +692,7 @@ fn a_member_stopped_with_requests_queued_behind_a_busy_source_sends_none_after_t
 #[test]
 fn a_killed_follower_and_a_restarted_etcd_do_not_stop_the_fleet() {
     let (mut etcd, source, targets, mut members, lead) =
-        Fleet::start(20_000, "    backfill_keys_per_second: 10000\n").parts();
+        started_fleet(20_000, "    backfill_keys_per_second: 10000\n");
     let (dead, alive) = ((lead + 1) % 3, (lead + 2) % 3);
     // kill -9 of a follower during the backfill.
     members[dead].signal("KILL");
@@ -802,7 +781,7 @@ fn health_turns_members_that_lost_etcd_away_until_it_is_back() {
 
 #[test]
 fn a_member_whose_pools_place_keys_differently_is_refused_and_the_fleet_goes_on() {
-    let (etcd, source, targets, members, lead) = Fleet::start(100, "").parts();
+    let (etcd, source, targets, members, lead) = started_fleet(100, "");
     // A fourth member, started from a config whose target pool lacks a server: it would
     // send that server's keys elsewhere than the other members do (rule 16).
     let dir = tempfile::tempdir().expect("dir");
@@ -897,7 +876,7 @@ fn a_member_that_cannot_hold_in_time_aborts_the_flip_and_everyone_reopens() {
     let targets: Vec<RedisServer> = (0..2)
         .map(|_| RedisServer::start_with(&["--enable-debug-command", "yes"]))
         .collect();
-    let (_etcd, source, targets, members, lead) = Fleet::over(300, targets, "", &[]).parts();
+    let (_etcd, source, targets, members, lead) = started_fleet_over(300, targets, "", &[]);
     members[lead].wait_migration_drained(Duration::from_secs(30), 2);
     assert_eq!(post(members[lead].admin_port, "/verify").0, 202);
     support::until_accepted("the cutover", Duration::from_secs(30), || {
@@ -1124,7 +1103,7 @@ fn an_ejection_at_a_follower_while_the_cutover_prepares_gives_the_flip_up() {
 fn a_lost_etcd_answer_to_a_flips_write_leaves_every_member_in_the_leaders_phase() {
     let lose = [("CUTOVER_TEST_LOSE_ETCD_ANSWERS", "1")];
     let (_etcd, _source, _targets, members, lead) =
-        Fleet::over(300, redis_servers(2), "", &lose).parts();
+        started_fleet_over(300, redis_servers(2), "", &lose);
     ready_to_flip(&members[lead]);
     for (path, to) in [("/cutover", "cutover"), ("/rollback", "migrating")] {
         support::until_accepted(path, Duration::from_secs(30), || {

@@ -77,12 +77,6 @@ fn alerts_stay_quiet_while_a_migration_goes_right_and_fire_when_it_goes_wrong() 
 
     // Wrong, lastingly: a target server dies, and writes keep coming.
     let dead = targets.pop().map(|t| t.addr()).unwrap_or_default();
-    let active = |name: &str| {
-        prometheus
-            .alerts()
-            .iter()
-            .any(|(alert, state)| alert == name && (state == "pending" || state == "firing"))
-    };
     let mut i = 0;
     wait_for(
         "the dirty-key and server-error alerts",
@@ -92,7 +86,8 @@ fn alerts_stay_quiet_while_a_migration_goes_right_and_fire_when_it_goes_wrong() 
                 let _: () = conn.set(format!("after{i}"), i).expect("SET");
                 i += 1;
             }
-            active("CutoverDirtyKeys") && active("CutoverServerErrors")
+            prometheus.alert_active("CutoverDirtyKeys")
+                && prometheus.alert_active("CutoverServerErrors")
         },
     );
     // `cutover ctl status` names it.

@@ -321,12 +321,7 @@ fn a_reload_answers_while_a_hung_source_server_holds_the_new_backfill() {
     // A real Prometheus with the shipped alerting rules, scraping the proxy.
     let prometheus = support::Prometheus::over_with_alerts(std::slice::from_ref(&cutover));
     prometheus.wait_scraping();
-    let alerted = || {
-        prometheus
-            .alerts()
-            .iter()
-            .any(|(name, _)| name == "CutoverBackfillWaitingForSource")
-    };
+    let alerted = || prometheus.alert_active("CutoverBackfillWaitingForSource");
     let _: () = redis::cmd("SET")
         .arg("before")
         .arg("1")

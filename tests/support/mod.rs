@@ -1326,6 +1326,13 @@ impl Prometheus {
         alerts
     }
 
+    /// Whether the alert `name` is pending or firing now.
+    pub fn alert_active(&self, name: &str) -> bool {
+        self.alerts()
+            .iter()
+            .any(|(alert, state)| alert == name && (state == "pending" || state == "firing"))
+    }
+
     /// The scrape targets, as the HTTP API lists them.
     pub fn targets(&self) -> String {
         let url = format!("http://127.0.0.1:{}/api/v1/targets", self.port);
